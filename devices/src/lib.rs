@@ -1,0 +1,1 @@
+//! Devices for the pvmmu VMM (serial console, exit port, MMIO test device): arriving with the VMM.

@@ -1,0 +1,339 @@
+//! Access to one page-table page in guest memory, and the [`PteBatch`] handed to walker
+//! callbacks.
+//!
+//! This is the one place where pvmmu reaches guest memory through a raw pointer: a table
+//! page is looked up once through `vm-memory` and then viewed as 512 `AtomicU64`s, so the
+//! walker's per-entry work is a plain atomic load or store. Every entry access is an
+//! atomic 8-byte operation, because a hardware walker (or another vCPU) may set A/D bits
+//! in the same table concurrently.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileSlice};
+
+use crate::entry::{Mfn, PTE_AD_MASK, Pte};
+use crate::paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
+
+/// Errors reaching a page-table page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// The frame is not (wholly, contiguously) backed by the guest memory.
+    #[error("frame {0} is not backed by guest memory")]
+    OutsideMemory(Mfn),
+    /// The host mapping of the frame is not 8-byte aligned.
+    #[error("host mapping of frame {0} is not 8-byte aligned")]
+    Unaligned(Mfn),
+}
+
+/// The host view of one page-table page: 512 atomics, plus the `vm-memory` slice it came
+/// from (kept for dirty-page tracking).
+pub(crate) struct TablePage<'m, B> {
+    slice: VolatileSlice<'m, B>,
+    entries: &'m [AtomicU64; ENTRIES_PER_TABLE],
+}
+
+impl<'m, B: BitmapSlice> TablePage<'m, B> {
+    /// The entries of the page.
+    pub(crate) fn entries(&self) -> &'m [AtomicU64; ENTRIES_PER_TABLE] {
+        self.entries
+    }
+
+    /// Records in the embedder's dirty bitmap that entries `[first, first + n)` changed.
+    pub(crate) fn mark_dirty(&self, first: usize, n: usize) {
+        self.slice.bitmap().mark_dirty(first * 8, n * 8);
+    }
+}
+
+/// Looks up the host memory of frame `mfn` of `mem`, once.
+pub(crate) fn table_page<M: GuestMemory + ?Sized>(
+    mem: &M,
+    mfn: Mfn,
+) -> Result<TablePage<'_, vm_memory::bitmap::BS<'_, M::Bitmap>>, TableError> {
+    let addr = mfn
+        .0
+        .checked_mul(PAGE_SIZE)
+        .ok_or(TableError::OutsideMemory(mfn))?;
+    let slice = mem
+        .get_slices(GuestAddress(addr), PAGE_SIZE as usize, Permissions::ReadWrite)
+        .ok()
+        .and_then(|mut it| it.next())
+        .and_then(Result::ok)
+        .filter(|s| s.len() == PAGE_SIZE as usize)
+        .ok_or(TableError::OutsideMemory(mfn))?;
+    let ptr = slice.ptr_guard_mut().as_ptr();
+    if ptr.align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
+        return Err(TableError::Unaligned(mfn));
+    }
+    // SAFETY: `ptr` points at PAGE_SIZE bytes of guest memory that stay mapped for the
+    // lifetime 'm of the borrow of `mem` (vm-memory never unmaps a region while the
+    // memory object is borrowed), and it is 8-byte aligned (checked above). Guest memory
+    // is shared with the guest and other threads, so it is only ever accessed through
+    // atomics here, never through a `&mut`; `AtomicU64` has the size and alignment of a
+    // `u64`, so the page is exactly 512 of them.
+    let entries = unsafe { &*(ptr as *const [AtomicU64; ENTRIES_PER_TABLE]) };
+    Ok(TablePage { slice, entries })
+}
+
+/// A run of consecutive entries of one page-table page, as handed to walker callbacks:
+/// the batch.
+///
+/// The host memory of the page was looked up once; each access below is one atomic
+/// 8-byte operation on guest memory. Index `i` of the batch is entry
+/// `first_index() + i` of the table.
+pub struct PteBatch<'m> {
+    entries: &'m [AtomicU64],
+    level: Level,
+    mode: PagingMode,
+    table: Mfn,
+    first_index: usize,
+    first_linear: u64,
+    path: Path,
+    written: Option<(usize, usize)>,
+}
+
+/// The entries that led from the root to a table, top level first.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Path {
+    entries: [Pte; 5],
+    len: usize,
+}
+
+impl Path {
+    pub(crate) fn push(mut self, pte: Pte) -> Path {
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = pte;
+            self.len += 1;
+        }
+        self
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Pte] {
+        &self.entries[..self.len]
+    }
+}
+
+impl<'m> PteBatch<'m> {
+    /// Builds a batch over entries `first..=last` of `page`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new<B: BitmapSlice>(
+        page: &TablePage<'m, B>,
+        level: Level,
+        mode: PagingMode,
+        table: Mfn,
+        first: usize,
+        last: usize,
+        table_linear: u64,
+        path: Path,
+    ) -> PteBatch<'m> {
+        let entries = page.entries();
+        let last = last.min(ENTRIES_PER_TABLE - 1);
+        let first = first.min(last);
+        PteBatch {
+            entries: &entries[first..=last],
+            level,
+            mode,
+            table,
+            first_index: first,
+            first_linear: table_linear + ((first as u64) << level.shift()),
+            path,
+            written: None,
+        }
+    }
+
+    /// The range of batch indices written through this batch, if any.
+    pub(crate) fn written(&self) -> Option<(usize, usize)> {
+        self.written
+            .map(|(lo, hi)| (lo + self.first_index, hi + self.first_index))
+    }
+
+    fn note_write(&mut self, i: usize) {
+        self.written = Some(match self.written {
+            None => (i, i),
+            Some((lo, hi)) => (lo.min(i), hi.max(i)),
+        });
+    }
+
+    /// Number of entries in the batch (1..=512).
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Level of the table these entries belong to.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// The frame of the page-table page.
+    pub fn table(&self) -> Mfn {
+        self.table
+    }
+
+    /// Index within the table of the batch's first entry.
+    pub fn first_index(&self) -> usize {
+        self.first_index
+    }
+
+    /// Guest-physical address of entry `i` of the batch (the PTE's own address).
+    pub fn entry_addr(&self, i: usize) -> u64 {
+        self.table.addr() + ((self.first_index + i) as u64) * 8
+    }
+
+    /// The virtual address that entry `i` of the batch maps (its first byte).
+    pub fn va(&self, i: usize) -> u64 {
+        self.mode
+            .va(self.first_linear + ((i as u64) << self.level.shift()))
+    }
+
+    /// The upper-level entries that led from the root to this table, top level first
+    /// (empty for a table visited on its own).
+    pub fn path(&self) -> &[Pte] {
+        self.path.as_slice()
+    }
+
+    /// Reads entry `i` (an atomic 8-byte load). Panics if `i >= len()`, like slice
+    /// indexing: `i` is the caller's loop index, never a guest value.
+    #[inline]
+    pub fn get(&self, i: usize) -> Pte {
+        Pte(self.entries[i].load(Ordering::Acquire))
+    }
+
+    /// Writes entry `i` (an atomic 8-byte store).
+    #[inline]
+    pub fn set(&mut self, i: usize, pte: Pte) {
+        self.entries[i].store(pte.0, Ordering::Release);
+        self.note_write(i);
+    }
+
+    /// Replaces entry `i` with `new` if it still holds `current`: returns the previous
+    /// value, `Ok` if it was `current`.
+    #[inline]
+    pub fn compare_exchange(&mut self, i: usize, current: Pte, new: Pte) -> Result<Pte, Pte> {
+        let r = self.entries[i]
+            .compare_exchange(current.0, new.0, Ordering::AcqRel, Ordering::Acquire)
+            .map(Pte)
+            .map_err(Pte);
+        if r.is_ok() {
+            self.note_write(i);
+        }
+        r
+    }
+
+    /// Writes `new` into entry `i` while keeping whatever Accessed/Dirty bits the entry
+    /// holds at the moment of the store (a compare-exchange loop, so A/D bits a hardware
+    /// walker sets concurrently are not lost). Returns the value replaced.
+    pub fn set_preserving_ad(&mut self, i: usize, new: Pte) -> Pte {
+        let mut old = self.get(i);
+        loop {
+            let want = Pte(new.0 | (old.0 & PTE_AD_MASK));
+            match self.compare_exchange(i, old, want) {
+                Ok(prev) => return prev,
+                Err(seen) => old = seen,
+            }
+        }
+    }
+
+    /// Iterates over the entry values of the batch.
+    pub fn iter(&self) -> impl Iterator<Item = Pte> + '_ {
+        self.entries
+            .iter()
+            .map(|e| Pte(e.load(Ordering::Acquire)))
+    }
+}
+
+impl std::fmt::Debug for PteBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PteBatch")
+            .field("level", &self.level)
+            .field("table", &self.table)
+            .field("first_index", &self.first_index)
+            .field("len", &self.entries.len())
+            .field("first_va", &format_args!("{:#x}", self.va(0)))
+            .finish()
+    }
+}
+
+/// Visits all 512 entries of the page-table page `mfn`, treated as a table of `level`,
+/// in one batch. This is how code that works on whole tables (validation, audit) reads
+/// and writes them.
+///
+/// ```
+/// use pvmmu::{visit_table, Level, Mfn, Pte};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+/// let present = visit_table(&mem, Mfn(3), Level::L2, |batch| {
+///     batch.set(7, Pte(0x5003));
+///     batch.iter().filter(|e| e.is_present()).count()
+/// })
+/// .unwrap();
+/// assert_eq!(present, 1);
+/// ```
+pub fn visit_table<M, R>(
+    mem: &M,
+    mfn: Mfn,
+    level: Level,
+    f: impl FnOnce(&mut PteBatch<'_>) -> R,
+) -> Result<R, TableError>
+where
+    M: GuestMemory + ?Sized,
+{
+    let page = table_page(mem, mfn)?;
+    let mut batch = PteBatch::new(
+        &page,
+        level,
+        PagingMode::FourLevel,
+        mfn,
+        0,
+        ENTRIES_PER_TABLE - 1,
+        0,
+        Path::default(),
+    );
+    let r = f(&mut batch);
+    if let Some((lo, hi)) = batch.written() {
+        page.mark_dirty(lo, hi - lo + 1);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    fn mem() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap()
+    }
+
+    #[test]
+    fn frames_outside_memory_are_refused() {
+        let m = mem();
+        assert_eq!(
+            visit_table(&m, Mfn(4), Level::L1, |_| ()),
+            Err(TableError::OutsideMemory(Mfn(4)))
+        );
+        assert_eq!(
+            visit_table(&m, Mfn(u64::MAX), Level::L1, |_| ()),
+            Err(TableError::OutsideMemory(Mfn(u64::MAX)))
+        );
+    }
+
+    #[test]
+    fn batch_reads_and_writes_guest_memory() {
+        let m = mem();
+        m.write_obj(0x1234_5067u64, GuestAddress(0x1008)).unwrap();
+        visit_table(&m, Mfn(1), Level::L1, |b| {
+            assert_eq!(b.len(), 512);
+            assert_eq!(b.get(1), Pte(0x1234_5067));
+            assert_eq!(b.entry_addr(1), 0x1008);
+            // Preserving A/D keeps the old A (0x20) and D (0x40) bits.
+            let old = b.set_preserving_ad(1, Pte(0x9001));
+            assert_eq!(old, Pte(0x1234_5067));
+            assert_eq!(b.get(1), Pte(0x9061));
+            assert_eq!(b.compare_exchange(1, Pte(0), Pte(5)), Err(Pte(0x9061)));
+            assert_eq!(b.compare_exchange(1, Pte(0x9061), Pte(5)), Ok(Pte(0x9061)));
+        })
+        .unwrap();
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x1008)).unwrap(), 5);
+    }
+}

@@ -1,0 +1,1 @@
+//! The pvmmu KVM VMM: arriving with the VMM issue.
