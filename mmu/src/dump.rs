@@ -34,9 +34,14 @@ impl DumpRange {
 }
 
 fn human(size: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
     for (unit, name) in UNITS {
-        if size >= unit && size % unit == 0 {
+        if size >= unit && size.is_multiple_of(unit) {
             return format!("{}{name}", size / unit);
         }
     }
@@ -78,7 +83,12 @@ impl<'m, M: GuestMemory + ?Sized> Walker<'m, M> {
                 prev.last = last;
                 return;
             }
-            out.push(DumpRange { start, last, level, flags });
+            out.push(DumpRange {
+                start,
+                last,
+                level,
+                flags,
+            });
         };
         let kept = PteFlags::PWT | PteFlags::PCD | PteFlags::GLOBAL;
         let range_last = range.last().unwrap_or(range.start());

@@ -52,6 +52,6 @@ pub use range::{RangeError, VaRange};
 pub use table::{PteBatch, TableError, visit_table};
 pub use translate::{Translation, effective_flags};
 pub use walk::{
-    EntryVisit, FrameAllocator, Hole, PteSlot, Visit, WalkError, Walker, apply_to_existing_page_range,
-    apply_to_page_range,
+    EntryVisit, FrameAllocator, Hole, PteSlot, Visit, WalkError, Walker,
+    apply_to_existing_page_range, apply_to_page_range,
 };

@@ -198,7 +198,10 @@ mod tests {
         assert_eq!(Level::L5.higher(), None);
         assert_eq!(Level::L1.higher(), Some(Level::L2));
         assert_eq!(Level::L3.index(0x0000_7fc0_0000_0000), 0x100);
-        assert_eq!(Level::L4.index(0xffff_8000_0000_0000 & 0xffff_ffff_ffff), 256);
+        assert_eq!(
+            Level::L4.index(0xffff_8000_0000_0000 & 0xffff_ffff_ffff),
+            256
+        );
         assert!(Level::L2.may_be_superpage() && !Level::L4.may_be_superpage());
         assert_eq!(Level::from_number(0), None);
     }

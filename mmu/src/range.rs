@@ -70,7 +70,11 @@ impl VaRange {
             start,
             // `start == 0` would need 2^64 bytes; cap at the largest representable length
             // (the final byte is outside every canonical half-range that starts at 0).
-            len: if start == 0 { u64::MAX } else { 0u64.wrapping_sub(start) },
+            len: if start == 0 {
+                u64::MAX
+            } else {
+                0u64.wrapping_sub(start)
+            },
         }
     }
 
@@ -164,10 +168,14 @@ mod tests {
         assert!(r.is_empty());
         assert_eq!(r.linear_bounds(M), Ok(None));
         // Even an empty range at a non-canonical address is accepted: nothing to visit.
-        assert_eq!(VaRange::new(0x8000_0000_0000, 0).unwrap().linear_bounds(M), Ok(None));
+        assert_eq!(
+            VaRange::new(0x8000_0000_0000, 0).unwrap().linear_bounds(M),
+            Ok(None)
+        );
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)]
     fn wrap_and_inversion() {
         assert_eq!(
             VaRange::new(0xffff_ffff_ffff_f000, 0x2000),
@@ -187,13 +195,22 @@ mod tests {
     fn canonical_hole_is_refused() {
         // Ends in the hole.
         let r = VaRange::new(0x7fff_ffff_f000, 0x2000).unwrap();
-        assert!(matches!(r.linear_bounds(M), Err(RangeError::NonCanonical { .. })));
+        assert!(matches!(
+            r.linear_bounds(M),
+            Err(RangeError::NonCanonical { .. })
+        ));
         // Starts in the hole.
         let r = VaRange::new(0xffff_7fff_ffff_f000, 0x2000).unwrap();
-        assert!(matches!(r.linear_bounds(M), Err(RangeError::NonCanonical { .. })));
+        assert!(matches!(
+            r.linear_bounds(M),
+            Err(RangeError::NonCanonical { .. })
+        ));
         // Spans the hole with both ends canonical.
         let r = VaRange::try_from(0x1000..0xffff_8000_0000_1000).unwrap();
-        assert!(matches!(r.linear_bounds(M), Err(RangeError::NonCanonical { .. })));
+        assert!(matches!(
+            r.linear_bounds(M),
+            Err(RangeError::NonCanonical { .. })
+        ));
         // Exactly the halves.
         assert_eq!(
             VaRange::lower_half(M).linear_bounds(M),

@@ -55,7 +55,11 @@ pub(crate) fn table_page<M: GuestMemory + ?Sized>(
         .checked_mul(PAGE_SIZE)
         .ok_or(TableError::OutsideMemory(mfn))?;
     let slice = mem
-        .get_slices(GuestAddress(addr), PAGE_SIZE as usize, Permissions::ReadWrite)
+        .get_slices(
+            GuestAddress(addr),
+            PAGE_SIZE as usize,
+            Permissions::ReadWrite,
+        )
         .ok()
         .and_then(|mut it| it.next())
         .and_then(Result::ok)
@@ -89,7 +93,7 @@ pub struct PteBatch<'m> {
     first_index: usize,
     first_linear: u64,
     path: Path,
-    written: Option<(usize, usize)>,
+    written: bool,
 }
 
 /// The entries that led from the root to a table, top level first.
@@ -137,21 +141,15 @@ impl<'m> PteBatch<'m> {
             first_index: first,
             first_linear: table_linear + ((first as u64) << level.shift()),
             path,
-            written: None,
+            written: false,
         }
     }
 
-    /// The range of batch indices written through this batch, if any.
+    /// The table indices covered by this batch if any entry was written through it
+    /// (dirty tracking is per page, so the run as a whole is reported).
     pub(crate) fn written(&self) -> Option<(usize, usize)> {
         self.written
-            .map(|(lo, hi)| (lo + self.first_index, hi + self.first_index))
-    }
-
-    fn note_write(&mut self, i: usize) {
-        self.written = Some(match self.written {
-            None => (i, i),
-            Some((lo, hi)) => (lo.min(i), hi.max(i)),
-        });
+            .then(|| (self.first_index, self.first_index + self.entries.len() - 1))
     }
 
     /// Number of entries in the batch (1..=512).
@@ -194,16 +192,20 @@ impl<'m> PteBatch<'m> {
 
     /// Reads entry `i` (an atomic 8-byte load). Panics if `i >= len()`, like slice
     /// indexing: `i` is the caller's loop index, never a guest value.
+    ///
+    /// Loads and stores are `Relaxed`: they cannot tear, and the only concurrent writer
+    /// they race with is a hardware walker setting A/D bits. Ordering against other
+    /// memory is the embedder's locking, as with any guest memory.
     #[inline]
     pub fn get(&self, i: usize) -> Pte {
-        Pte(self.entries[i].load(Ordering::Acquire))
+        Pte(self.entries[i].load(Ordering::Relaxed))
     }
 
     /// Writes entry `i` (an atomic 8-byte store).
     #[inline]
     pub fn set(&mut self, i: usize, pte: Pte) {
-        self.entries[i].store(pte.0, Ordering::Release);
-        self.note_write(i);
+        self.entries[i].store(pte.0, Ordering::Relaxed);
+        self.written = true;
     }
 
     /// Replaces entry `i` with `new` if it still holds `current`: returns the previous
@@ -215,7 +217,7 @@ impl<'m> PteBatch<'m> {
             .map(Pte)
             .map_err(Pte);
         if r.is_ok() {
-            self.note_write(i);
+            self.written = true;
         }
         r
     }
@@ -234,11 +236,21 @@ impl<'m> PteBatch<'m> {
         }
     }
 
+    /// Rewrites every entry of the batch with `f(index, old)`: the bulk form of
+    /// [`PteBatch::get`] + [`PteBatch::set`], one plain atomic load and store per entry
+    /// with no per-entry bounds checks.
+    #[inline]
+    pub fn rewrite(&mut self, mut f: impl FnMut(usize, Pte) -> Pte) {
+        for (i, e) in self.entries.iter().enumerate() {
+            let new = f(i, Pte(e.load(Ordering::Relaxed)));
+            e.store(new.0, Ordering::Relaxed);
+        }
+        self.written = true;
+    }
+
     /// Iterates over the entry values of the batch.
     pub fn iter(&self) -> impl Iterator<Item = Pte> + '_ {
-        self.entries
-            .iter()
-            .map(|e| Pte(e.load(Ordering::Acquire)))
+        self.entries.iter().map(|e| Pte(e.load(Ordering::Relaxed)))
     }
 }
 

@@ -12,7 +12,8 @@ use crate::walk::{Visit, WalkError, Walker};
 /// Access rights that result from a whole walk: RW and USER only if every level allows
 /// them, NX if any level sets it.
 pub fn effective_flags(path: &[Pte], leaf: Pte) -> PteFlags {
-    let mut flags = leaf.flags() & (PteFlags::PRESENT | PteFlags::RW | PteFlags::USER | PteFlags::NX);
+    let mut flags =
+        leaf.flags() & (PteFlags::PRESENT | PteFlags::RW | PteFlags::USER | PteFlags::NX);
     for e in path {
         if !e.has(PteFlags::RW) {
             flags.remove(PteFlags::RW);

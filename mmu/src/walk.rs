@@ -215,14 +215,22 @@ impl<'m, M: GuestMemory + ?Sized> Walker<'m, M> {
 
     /// The per-entry adapter: calls `f` once per existing L1 entry (and once per
     /// superpage leaf and per hole) of `range`, on top of the batched walk.
-    pub fn for_each_pte<F, B>(&self, root: Mfn, range: VaRange, mut f: F) -> Result<ControlFlow<B>, WalkError>
+    pub fn for_each_pte<F, B>(
+        &self,
+        root: Mfn,
+        range: VaRange,
+        mut f: F,
+    ) -> Result<ControlFlow<B>, WalkError>
     where
         F: FnMut(EntryVisit<'_, 'm>) -> ControlFlow<B>,
     {
         self.apply_to_existing_page_range(root, range, |visit| match visit {
             Visit::Ptes(batch) => {
                 for i in 0..batch.len() {
-                    f(EntryVisit::Pte(PteSlot { batch: &mut *batch, index: i }))?;
+                    f(EntryVisit::Pte(PteSlot {
+                        batch: &mut *batch,
+                        index: i,
+                    }))?;
                 }
                 ControlFlow::Continue(())
             }
@@ -290,7 +298,12 @@ where
         // Work on whole pages: every page the range touches.
         let page_mask = Level::L1.entry_span() - 1;
         let (first, last) = (first & !page_mask, last | page_mask);
-        trace!("walk {:#x}..={:#x} under root {}", range.start(), last, root);
+        trace!(
+            "walk {:#x}..={:#x} under root {}",
+            range.start(),
+            last,
+            root
+        );
         self.table(self.mode.top(), root, first, last, Path::default())
     }
 
@@ -311,7 +324,11 @@ where
             source,
         })?;
         let span_bits = level.shift() + crate::paging::BITS_PER_LEVEL;
-        let table_linear = if span_bits >= 64 { 0 } else { first & !((1u64 << span_bits) - 1) };
+        let table_linear = if span_bits >= 64 {
+            0
+        } else {
+            first & !((1u64 << span_bits) - 1)
+        };
         let (i0, i1) = (level.index(first), level.index(last));
 
         let Some(lower) = level.lower() else {
@@ -325,11 +342,11 @@ where
 
         let entries = page.entries();
         let mut hole: Option<u64> = None;
-        for i in i0..=i1 {
+        for (i, entry) in entries.iter().enumerate().take(i1 + 1).skip(i0) {
             let entry_linear = table_linear + ((i as u64) << level.shift());
             let sub_first = first.max(entry_linear);
             let sub_last = last.min(entry_linear + (level.entry_span() - 1));
-            let mut pte = Pte(entries[i].load(std::sync::atomic::Ordering::Acquire));
+            let mut pte = Pte(entry.load(std::sync::atomic::Ordering::Acquire));
 
             if !pte.is_present() {
                 if self.alloc.is_none() {
@@ -339,7 +356,11 @@ where
                 pte = self.link_new_table(&page, i, lower, mode.va(sub_first))?;
             }
             if let Some(start) = hole.take() {
-                let h = Hole { level, start: mode.va(start), last: mode.va(sub_first - 1) };
+                let h = Hole {
+                    level,
+                    start: mode.va(start),
+                    last: mode.va(sub_first - 1),
+                };
                 if let ControlFlow::Break(b) = (self.f)(Visit::Hole(h)) {
                     return Ok(ControlFlow::Break(b));
                 }
@@ -359,7 +380,11 @@ where
             }
         }
         if let Some(start) = hole {
-            let h = Hole { level, start: mode.va(start), last: mode.va(last) };
+            let h = Hole {
+                level,
+                start: mode.va(start),
+                last: mode.va(last),
+            };
             return Ok((self.f)(Visit::Hole(h)));
         }
         Ok(ControlFlow::Continue(()))
@@ -376,7 +401,9 @@ where
         let Some(alloc) = self.alloc.as_deref_mut() else {
             return Err(WalkError::OutOfFrames { level, va });
         };
-        let mfn = alloc.allocate(level).ok_or(WalkError::OutOfFrames { level, va })?;
+        let mfn = alloc
+            .allocate(level)
+            .ok_or(WalkError::OutOfFrames { level, va })?;
         let link = alloc.link_flags(level);
         let child = table_page(self.mem, mfn).map_err(|source| WalkError::Table {
             level,

@@ -41,17 +41,32 @@ fn l1() -> impl Strategy<Value = Node> {
 }
 
 fn l2() -> impl Strategy<Value = Node> {
-    prop::collection::btree_map(index(), prop_oneof![3 => l1(), 1 => raw_upper().prop_map(Node::Raw)], 0..5)
-        .prop_map(Node::Table)
+    prop::collection::btree_map(
+        index(),
+        prop_oneof![3 => l1(), 1 => raw_upper().prop_map(Node::Raw)],
+        0..5,
+    )
+    .prop_map(Node::Table)
 }
 
 fn l3() -> impl Strategy<Value = Node> {
-    prop::collection::btree_map(index(), prop_oneof![3 => l2(), 1 => raw_upper().prop_map(Node::Raw)], 0..4)
-        .prop_map(Node::Table)
+    prop::collection::btree_map(
+        index(),
+        prop_oneof![3 => l2(), 1 => raw_upper().prop_map(Node::Raw)],
+        0..4,
+    )
+    .prop_map(Node::Table)
 }
 
 fn l4_slot() -> impl Strategy<Value = usize> {
-    prop_oneof![Just(0usize), Just(1), Just(255), Just(256), Just(511), 0usize..512]
+    prop_oneof![
+        Just(0usize),
+        Just(1),
+        Just(255),
+        Just(256),
+        Just(511),
+        0usize..512
+    ]
 }
 
 fn tree() -> impl Strategy<Value = BTreeMap<usize, Node>> {
@@ -60,7 +75,8 @@ fn tree() -> impl Strategy<Value = BTreeMap<usize, Node>> {
 
 /// Writes `tree` into fresh memory; returns the memory and the first free frame.
 fn build(tree: &BTreeMap<usize, Node>) -> (GuestMemoryMmap<()>, u64) {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (MEM_FRAMES << 12) as usize)]).unwrap();
+    let mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (MEM_FRAMES << 12) as usize)]).unwrap();
     let mut next = ROOT.0 + 1;
     fn write(mem: &GuestMemoryMmap<()>, table: u64, node: &BTreeMap<usize, Node>, next: &mut u64) {
         for (&i, child) in node {
@@ -76,12 +92,14 @@ fn build(tree: &BTreeMap<usize, Node>) -> (GuestMemoryMmap<()>, u64) {
                     let f = *next;
                     *next += 1;
                     for (&j, &v) in entries {
-                        mem.write_obj(v, GuestAddress((f << 12) + j as u64 * 8)).unwrap();
+                        mem.write_obj(v, GuestAddress((f << 12) + j as u64 * 8))
+                            .unwrap();
                     }
                     (f << 12) | LINK
                 }
             };
-            mem.write_obj(val, GuestAddress((table << 12) + i as u64 * 8)).unwrap();
+            mem.write_obj(val, GuestAddress((table << 12) + i as u64 * 8))
+                .unwrap();
         }
     }
     write(&mem, ROOT.0, tree, &mut next);
@@ -90,16 +108,39 @@ fn build(tree: &BTreeMap<usize, Node>) -> (GuestMemoryMmap<()>, u64) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rec {
-    Pte { va: u64, addr: u64, val: u64 },
-    Super { level: Level, va: u64, addr: u64, val: u64 },
-    Hole { level: Level, start: u64, last: u64 },
+    Pte {
+        va: u64,
+        addr: u64,
+        val: u64,
+    },
+    Super {
+        level: Level,
+        va: u64,
+        addr: u64,
+        val: u64,
+    },
+    Hole {
+        level: Level,
+        start: u64,
+        last: u64,
+    },
 }
 
 /// What the naive walker finds for one page.
 enum Found {
-    Leaf { addr: u64 },
-    Super { level: Level, va: u64, addr: u64, val: u64 },
-    Hole { level: Level, table: u64 },
+    Leaf {
+        addr: u64,
+    },
+    Super {
+        level: Level,
+        va: u64,
+        addr: u64,
+        val: u64,
+    },
+    Hole {
+        level: Level,
+        table: u64,
+    },
     OutOfFrames,
 }
 
@@ -126,7 +167,8 @@ fn descend(mem: &GuestMemoryMmap<()>, lin: u64, pool: &mut Option<&mut Vec<u64>>
                         return Found::OutOfFrames;
                     }
                     let f = p.remove(0);
-                    mem.write_slice(&[0u8; 4096], GuestAddress(f << 12)).unwrap();
+                    mem.write_slice(&[0u8; 4096], GuestAddress(f << 12))
+                        .unwrap();
                     e = (f << 12) | LINK;
                     mem.write_obj(e, GuestAddress(addr)).unwrap();
                 }
@@ -134,7 +176,12 @@ fn descend(mem: &GuestMemoryMmap<()>, lin: u64, pool: &mut Option<&mut Vec<u64>>
         }
         if e & 0x80 != 0 && (level == Level::L2 || level == Level::L3) {
             let span = level.entry_span();
-            return Found::Super { level, va: sign_extend(lin & !(span - 1)), addr, val: e };
+            return Found::Super {
+                level,
+                va: sign_extend(lin & !(span - 1)),
+                addr,
+                val: e,
+            };
         }
         table = (e & 0x000f_ffff_ffff_f000) >> 12;
     }
@@ -149,8 +196,13 @@ fn naive(
     modify: Option<&dyn Fn(u64, u64) -> u64>,
 ) -> (Vec<Rec>, Option<u64>) {
     let mut out: Vec<Rec> = Vec::new();
-    let Some(last) = range.last() else { return (out, None) };
-    let (mut lin, last) = (MODE.linear(range.start()) & !0xfff, MODE.linear(last) | 0xfff);
+    let Some(last) = range.last() else {
+        return (out, None);
+    };
+    let (mut lin, last) = (
+        MODE.linear(range.start()) & !0xfff,
+        MODE.linear(last) | 0xfff,
+    );
     let mut hole_table = None;
     loop {
         let step_end;
@@ -166,9 +218,19 @@ fn naive(
                 step_end = lin | 0xfff;
                 hole_table = None;
             }
-            Found::Super { level, va, addr, val } => {
+            Found::Super {
+                level,
+                va,
+                addr,
+                val,
+            } => {
                 if !matches!(out.last(), Some(Rec::Super { addr: a, .. }) if *a == addr) {
-                    out.push(Rec::Super { level, va, addr, val });
+                    out.push(Rec::Super {
+                        level,
+                        va,
+                        addr,
+                        val,
+                    });
                 }
                 step_end = lin | (level.entry_span() - 1);
                 hole_table = None;
@@ -177,12 +239,19 @@ fn naive(
                 step_end = (lin | (level.entry_span() - 1)).min(last);
                 let start = sign_extend(lin);
                 match out.last_mut() {
-                    Some(Rec::Hole { level: l, last: pl, .. })
-                        if *l == level && hole_table == Some(table) && pl.wrapping_add(1) == start =>
+                    Some(Rec::Hole {
+                        level: l, last: pl, ..
+                    }) if *l == level
+                        && hole_table == Some(table)
+                        && pl.wrapping_add(1) == start =>
                     {
                         *pl = sign_extend(step_end)
                     }
-                    _ => out.push(Rec::Hole { level, start, last: sign_extend(step_end) }),
+                    _ => out.push(Rec::Hole {
+                        level,
+                        start,
+                        last: sign_extend(step_end),
+                    }),
                 }
                 hole_table = Some(table);
             }
@@ -213,7 +282,11 @@ fn batched(
                         val = m(b.va(i), val);
                         b.set(i, Pte(val));
                     }
-                    out.push(Rec::Pte { va: b.va(i), addr: b.entry_addr(i), val });
+                    out.push(Rec::Pte {
+                        va: b.va(i),
+                        addr: b.entry_addr(i),
+                        val,
+                    });
                 }
             }
             Visit::Superpage(b) => out.push(Rec::Super {
@@ -222,14 +295,24 @@ fn batched(
                 addr: b.entry_addr(0),
                 val: b.get(0).raw(),
             }),
-            Visit::Hole(h) => out.push(Rec::Hole { level: h.level, start: h.start, last: h.last }),
+            Visit::Hole(h) => out.push(Rec::Hole {
+                level: h.level,
+                start: h.start,
+                last: h.last,
+            }),
         }
         ControlFlow::<()>::Continue(())
     };
     let r = match pool {
         None => walker.apply_to_existing_page_range(ROOT, range, cb),
         Some(p) => {
-            let mut alloc = |_: Level| if p.is_empty() { None } else { Some(Mfn(p.remove(0))) };
+            let mut alloc = |_: Level| {
+                if p.is_empty() {
+                    None
+                } else {
+                    Some(Mfn(p.remove(0)))
+                }
+            };
             walker.apply_to_page_range(ROOT, range, &mut alloc, cb)
         }
     };
@@ -242,7 +325,9 @@ fn batched(
 
 fn range_strategy() -> impl Strategy<Value = VaRange> {
     let start = (l4_slot(), index(), index(), index(), 0u64..4096).prop_map(|(a, b, c, d, off)| {
-        sign_extend(((a as u64) << 39) | ((b as u64) << 30) | ((c as u64) << 21) | ((d as u64) << 12) | off)
+        sign_extend(
+            ((a as u64) << 39) | ((b as u64) << 30) | ((c as u64) << 21) | ((d as u64) << 12) | off,
+        )
     });
     let len = prop_oneof![
         0u64..0x4000,
@@ -252,7 +337,11 @@ fn range_strategy() -> impl Strategy<Value = VaRange> {
     ];
     (start, len).prop_filter_map("range must stay in one canonical half", |(start, len)| {
         let r = VaRange::new(start, len).ok()?;
-        let half_last = if start < MODE.upper_half_start() { MODE.lower_half_last() } else { u64::MAX };
+        let half_last = if start < MODE.upper_half_start() {
+            MODE.lower_half_last()
+        } else {
+            u64::MAX
+        };
         (r.last().unwrap_or(start) <= half_last).then_some(r)
     })
 }
@@ -316,7 +405,7 @@ proptest! {
         let want = match descend(&mem, lin, &mut None) {
             Found::Leaf { addr } => {
                 let e: u64 = mem.read_obj(GuestAddress(addr)).unwrap();
-                (e & 1 != 0).then(|| (e & 0x000f_ffff_ffff_f000) | (va & 0xfff))
+                (e & 1 != 0).then_some((e & 0x000f_ffff_ffff_f000) | (va & 0xfff))
             }
             Found::Super { level, val, .. } => {
                 let span = level.entry_span();
