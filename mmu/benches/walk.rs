@@ -5,10 +5,14 @@
 //! - `per_entry`: the per-entry adapter over it;
 //! - `naive`: one full four-level descent per page through `vm-memory`;
 //! - `x86_64_crate`: the `x86_64` crate's `OffsetPageTable` over the same memory;
-//! - `scan_limit`: a plain loop over the L1 tables' bytes (the memory-bandwidth floor).
+//! - `scan_limit`: a plain loop over the L1 tables' bytes (the memory-bandwidth floor);
+//! - `scan_limit_atomic`: the same loop with one relaxed atomic access per entry, as
+//!   the walker must make (the compiler cannot vectorise it);
+//! - `walk_overhead`: the batched walk with a callback that touches no entry.
 
 use std::hint::black_box;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -241,6 +245,34 @@ fn bench(c: &mut Criterion) {
                 let entries = unsafe { std::slice::from_raw_parts_mut(t, 512) };
                 for e in entries {
                     *e ^= TOGGLE;
+                }
+            }
+        })
+    });
+    // The same floor, but reading and writing each entry with a relaxed atomic access
+    // as the walker must (no SIMD): isolates the walker's own overhead.
+    let atomic_tables: Vec<&[AtomicU64]> = tables
+        .iter()
+        // SAFETY: as above; `AtomicU64` has the layout of `u64`, and these slices are only
+        // used while no plain reference to the same tables is live.
+        .map(|&t| unsafe { std::slice::from_raw_parts(t as *const AtomicU64, 512) })
+        .collect();
+    g.bench_function(BenchmarkId::new("scan_limit_atomic", "read"), |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for t in &atomic_tables {
+                for e in t.iter() {
+                    sum = sum.wrapping_add(e.load(Ordering::Relaxed));
+                }
+            }
+            black_box(sum)
+        })
+    });
+    g.bench_function(BenchmarkId::new("scan_limit_atomic", "write"), |b| {
+        b.iter(|| {
+            for t in &atomic_tables {
+                for e in t.iter() {
+                    e.store(e.load(Ordering::Relaxed) ^ TOGGLE, Ordering::Relaxed);
                 }
             }
         })
