@@ -37,15 +37,39 @@
 //! # Ok::<(), pvmmu::WalkError>(())
 //! ```
 
+pub mod audit;
+pub mod batch;
+pub mod domain;
 pub mod dump;
 pub mod entry;
+pub mod flush;
+pub mod frame;
+pub mod guest;
+pub mod machine;
+pub mod mmu_update;
+pub mod mmuext;
+pub mod multicall;
 pub mod paging;
+pub mod ptwr;
 pub mod range;
 pub mod table;
 pub mod translate;
+pub mod va_mapping;
+mod validate;
+pub mod vmassist;
 pub mod walk;
 
+pub use audit::AuditError;
+pub use batch::{BatchOutcome, Caller};
+pub use domain::{Domain, DomainConfig, Vcpu};
 pub use dump::DumpRange;
+pub use flush::{FlushReason, FlushRequest, FlushScope, NoFlush, RecordingFlush, TlbFlush, VcpuSet};
+pub use frame::{FrameTable, PageInfo, PageType};
+pub use guest::{GuestView, guest_range_ok};
+pub use machine::{Machine, MachineConfig, MachineError, Stats};
+pub use multicall::MulticallDispatch;
+pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};
+pub use pvmmu_abi::Errno;
 pub use entry::{Mfn, PTE_AD_MASK, PTE_ADDR_MASK, Pte, PteFlags};
 pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use range::{RangeError, VaRange};

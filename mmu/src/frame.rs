@@ -1,0 +1,390 @@
+//! The frame table: per machine frame its owner, general reference count and type word
+//! (type, type count, validated, pinned), as in Xen's `struct page_info`.
+//!
+//! This module holds the counters and the primitive transitions on them; the rules that
+//! decide *when* a count may move (validation, linear page tables) live in `validate`.
+
+use std::fmt;
+
+use pvmmu_abi::Errno;
+use pvmmu_abi::domid::{DOMID_INVALID, DOMID_IO, DOMID_XEN};
+
+use crate::entry::Mfn;
+use crate::paging::Level;
+
+/// The type of a frame (Xen's `PGT_*` in bits 63:61 of the type word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum PageType {
+    /// No type (fresh frame).
+    #[default]
+    None = 0,
+    /// An L1 page table.
+    L1 = 1,
+    /// An L2 page table.
+    L2 = 2,
+    /// An L3 page table.
+    L3 = 3,
+    /// An L4 page table.
+    L4 = 4,
+    /// A GDT/LDT page.
+    SegDesc = 5,
+    /// A mem-sharing page (never used by this model).
+    Shared = 6,
+    /// Ordinary writable memory.
+    Writable = 7,
+}
+
+impl PageType {
+    /// The page-table type of tables of `level` (L1..=L4).
+    pub const fn table(level: Level) -> Option<PageType> {
+        match level {
+            Level::L1 => Some(PageType::L1),
+            Level::L2 => Some(PageType::L2),
+            Level::L3 => Some(PageType::L3),
+            Level::L4 => Some(PageType::L4),
+            Level::L5 => None,
+        }
+    }
+
+    /// The paging level if this is a page-table type.
+    pub const fn level(self) -> Option<Level> {
+        match self {
+            PageType::L1 => Some(Level::L1),
+            PageType::L2 => Some(Level::L2),
+            PageType::L3 => Some(Level::L3),
+            PageType::L4 => Some(Level::L4),
+            _ => None,
+        }
+    }
+
+    /// Whether this is one of the page-table types.
+    pub const fn is_page_table(self) -> bool {
+        self.level().is_some()
+    }
+}
+
+impl fmt::Display for PageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            PageType::None => "none",
+            PageType::L1 => "l1",
+            PageType::L2 => "l2",
+            PageType::L3 => "l3",
+            PageType::L4 => "l4",
+            PageType::SegDesc => "seg_desc",
+            PageType::Shared => "shared",
+            PageType::Writable => "writable",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Largest general reference count (Xen's count field is 56 bits wide; the top two
+/// values are never reached, one being reserved for an internal "light" reference).
+pub const COUNT_MASK: u64 = (1 << 56) - 1;
+/// Largest type count (55 bits).
+pub const TYPE_COUNT_MASK: u64 = (1 << 55) - 1;
+
+/// A frame's owner, as the raw domain id (`DOMID_IO`, `DOMID_XEN` or a real domain), or
+/// `DOMID_INVALID` for a free frame.
+pub type Owner = u16;
+
+/// The bookkeeping of one machine frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageInfo {
+    /// Owning domain (raw id), or `DOMID_INVALID` if free.
+    pub owner: Owner,
+    /// General reference count; an allocated frame holds one for its allocation.
+    pub count: u64,
+    /// Current (or, at type count 0, last) type.
+    pub ty: PageType,
+    /// Number of uses in the current type.
+    pub type_count: u64,
+    /// Whether the contents were validated for the current type.
+    pub validated: bool,
+    /// Whether the frame is pinned (holds one type and one general reference).
+    pub pinned: bool,
+    /// Whether the allocation reference is held (Xen's `PGC_allocated`).
+    pub allocated: bool,
+    /// XSA-240 linear-use counter: > 0 = contains that many same-level entries,
+    /// < 0 = referenced by that many same-level entries.
+    pub linear: i16,
+    /// Whether a TLB may still hold a translation of this frame that was removed or
+    /// downgraded since the last flush.
+    pub stale: bool,
+}
+
+impl Default for PageInfo {
+    fn default() -> Self {
+        PageInfo {
+            owner: DOMID_INVALID,
+            count: 0,
+            ty: PageType::None,
+            type_count: 0,
+            validated: false,
+            pinned: false,
+            allocated: false,
+            linear: 0,
+            stale: false,
+        }
+    }
+}
+
+impl PageInfo {
+    /// Whether the frame is a live page table (a page-table type with uses).
+    pub fn is_live_page_table(&self) -> bool {
+        self.ty.is_page_table() && self.type_count > 0
+    }
+}
+
+/// Outcome of taking a type reference before validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TypeTaken {
+    /// The frame's contents must now be validated for the type.
+    pub needs_validation: bool,
+    /// The type changed (from another type, with count 0).
+    pub changed: bool,
+}
+
+/// The frame table of one machine: `PageInfo` per RAM frame, and the M2P.
+#[derive(Debug, Clone)]
+pub struct FrameTable {
+    pages: Vec<PageInfo>,
+    m2p: Vec<u64>,
+}
+
+impl FrameTable {
+    /// A table for `frames` RAM frames, all free, M2P all invalid.
+    pub fn new(frames: usize) -> FrameTable {
+        FrameTable {
+            pages: vec![PageInfo::default(); frames],
+            m2p: vec![u64::MAX; frames],
+        }
+    }
+
+    /// Number of RAM frames covered.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether the table covers no frames.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Whether `mfn` is a RAM frame known to the table (Xen's `mfn_valid`).
+    pub fn is_ram(&self, mfn: Mfn) -> bool {
+        (mfn.0 as usize as u64) == mfn.0 && (mfn.0 as usize) < self.pages.len()
+    }
+
+    /// The bookkeeping of `mfn`, if it is RAM.
+    pub fn get(&self, mfn: Mfn) -> Option<&PageInfo> {
+        usize::try_from(mfn.0).ok().and_then(|i| self.pages.get(i))
+    }
+
+    pub(crate) fn get_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
+        usize::try_from(mfn.0).ok().and_then(|i| self.pages.get_mut(i))
+    }
+
+    /// Iterates over `(mfn, info)` for every RAM frame.
+    pub fn iter(&self) -> impl Iterator<Item = (Mfn, &PageInfo)> {
+        self.pages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (Mfn(i as u64), p))
+    }
+
+    /// The M2P entry of `mfn`.
+    pub fn m2p(&self, mfn: Mfn) -> Option<u64> {
+        usize::try_from(mfn.0).ok().and_then(|i| self.m2p.get(i)).copied()
+    }
+
+    pub(crate) fn set_m2p(&mut self, mfn: Mfn, pfn: u64) -> bool {
+        match usize::try_from(mfn.0).ok().and_then(|i| self.m2p.get_mut(i)) {
+            Some(e) => {
+                *e = pfn;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `mfn` is RAM owned by `owner`.
+    pub fn owned_by(&self, mfn: Mfn, owner: Owner) -> bool {
+        self.get(mfn).is_some_and(|p| p.owner == owner && p.count > 0)
+    }
+
+    /// Xen's `get_page`: takes a general reference if the frame is owned by `owner` and
+    /// in use; refuses overflow.
+    pub(crate) fn get_page(&mut self, mfn: Mfn, owner: Owner) -> bool {
+        match self.get_mut(mfn) {
+            Some(p) if p.owner == owner && p.count > 0 && p.count + 1 < COUNT_MASK - 1 => {
+                p.count += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Xen's `put_page`: drops a general reference. Dropping the last one frees the
+    /// frame (owner cleared, type reset).
+    pub(crate) fn put_page(&mut self, mfn: Mfn) {
+        if let Some(p) = self.get_mut(mfn) {
+            debug_assert!(p.count > 0, "put_page on free frame {mfn}");
+            p.count = p.count.saturating_sub(1);
+            if p.count == 0 {
+                let stale = p.stale;
+                *p = PageInfo {
+                    stale,
+                    ..PageInfo::default()
+                };
+            }
+        }
+    }
+
+    /// First half of Xen's `get_page_type`: takes a type reference on `ty` if the frame's
+    /// type allows it. The caller validates when asked to, and calls
+    /// [`FrameTable::type_validated`] or [`FrameTable::type_failed`].
+    pub(crate) fn take_type(&mut self, mfn: Mfn, ty: PageType) -> Result<TypeTaken, Errno> {
+        let p = self.get_mut(mfn).ok_or(Errno::EINVAL)?;
+        if p.type_count >= TYPE_COUNT_MASK {
+            return Err(Errno::EINVAL);
+        }
+        let mut changed = false;
+        if p.type_count == 0 {
+            if p.ty != ty {
+                p.ty = ty;
+                p.validated = false;
+                p.linear = 0;
+                changed = true;
+            }
+            if matches!(ty, PageType::Writable | PageType::Shared) {
+                p.validated = true;
+            }
+        } else if p.ty != ty {
+            return Err(Errno::EINVAL);
+        }
+        p.type_count += 1;
+        Ok(TypeTaken {
+            needs_validation: !p.validated,
+            changed,
+        })
+    }
+
+    /// Marks a frame validated after its first type reference validated it.
+    pub(crate) fn type_validated(&mut self, mfn: Mfn) {
+        if let Some(p) = self.get_mut(mfn) {
+            p.validated = true;
+        }
+    }
+
+    /// Validation failed: the type word is reset to none, count 0 (Xen's behaviour).
+    pub(crate) fn type_failed(&mut self, mfn: Mfn) {
+        if let Some(p) = self.get_mut(mfn) {
+            p.ty = PageType::None;
+            p.type_count = 0;
+            p.validated = false;
+            p.pinned = false;
+            p.linear = 0;
+        }
+    }
+
+    /// First half of `put_page_type`: drops a type reference. Returns the page-table
+    /// level to de-validate if this was the last reference of a validated table (the
+    /// validated bit is already cleared).
+    pub(crate) fn drop_type(&mut self, mfn: Mfn) -> Option<Level> {
+        let p = self.get_mut(mfn)?;
+        debug_assert!(p.type_count > 0, "put_page_type at count 0 on {mfn}");
+        p.type_count = p.type_count.saturating_sub(1);
+        if p.type_count == 0 {
+            p.pinned = false;
+            if p.ty.is_page_table() && p.validated {
+                p.validated = false;
+                return p.ty.level();
+            }
+        }
+        None
+    }
+
+    /// Assigns a free frame to `owner` with its allocation reference.
+    pub(crate) fn allocate(&mut self, mfn: Mfn, owner: Owner) -> bool {
+        match self.get_mut(mfn) {
+            Some(p) if p.count == 0 && p.owner == DOMID_INVALID => {
+                *p = PageInfo {
+                    owner,
+                    count: 1,
+                    allocated: true,
+                    ..PageInfo::default()
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks a frame stale (a TLB may still translate to it with rights since removed);
+    /// returns `true` if it was not already.
+    pub(crate) fn mark_stale(&mut self, mfn: Mfn) -> bool {
+        match self.get_mut(mfn) {
+            Some(p) if !p.stale => {
+                p.stale = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn clear_stale(&mut self, mfn: Mfn) {
+        if let Some(p) = self.get_mut(mfn) {
+            p.stale = false;
+        }
+    }
+
+    #[doc(hidden)]
+    /// Test hook: overwrite a frame's counts (to reach overflow limits in tests).
+    pub fn set_counts_for_test(&mut self, mfn: Mfn, count: u64, type_count: u64) {
+        if let Some(p) = self.get_mut(mfn) {
+            p.count = count;
+            p.type_count = type_count;
+        }
+    }
+}
+
+/// Whether `owner` is one of the pseudo-domains that own frames without being guests.
+pub const fn is_pseudo_owner(owner: Owner) -> bool {
+    owner == DOMID_IO || owner == DOMID_XEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_changes_only_at_count_zero() {
+        let mut ft = FrameTable::new(4);
+        assert!(ft.allocate(Mfn(1), 1));
+        let t = ft.take_type(Mfn(1), PageType::Writable).unwrap();
+        assert_eq!(t, TypeTaken { needs_validation: false, changed: true });
+        assert_eq!(ft.take_type(Mfn(1), PageType::L1), Err(Errno::EINVAL));
+        assert_eq!(ft.drop_type(Mfn(1)), None);
+        let t = ft.take_type(Mfn(1), PageType::L1).unwrap();
+        assert!(t.needs_validation && t.changed);
+        ft.type_validated(Mfn(1));
+        assert_eq!(ft.drop_type(Mfn(1)), Some(Level::L1));
+        assert!(!ft.get(Mfn(1)).unwrap().validated);
+    }
+
+    #[test]
+    fn overflow_is_refused() {
+        let mut ft = FrameTable::new(2);
+        assert!(ft.allocate(Mfn(0), 1));
+        ft.set_counts_for_test(Mfn(0), COUNT_MASK - 2, TYPE_COUNT_MASK);
+        assert!(!ft.get_page(Mfn(0), 1));
+        assert_eq!(ft.take_type(Mfn(0), PageType::Writable), Err(Errno::EINVAL));
+        ft.set_counts_for_test(Mfn(0), COUNT_MASK - 3, 0);
+        assert!(ft.get_page(Mfn(0), 1));
+        assert!(!ft.get_page(Mfn(0), 2), "wrong owner");
+        assert!(!ft.get_page(Mfn(7), 1), "not RAM");
+    }
+}

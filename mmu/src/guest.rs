@@ -1,0 +1,171 @@
+//! Access to guest *virtual* memory, as Xen's `copy_from_guest`/`copy_to_guest` do it:
+//! through the guest's current kernel page tables (walked with the batched walker), as
+//! a supervisor access (present everywhere; RW everywhere for writes), refusing
+//! addresses in the hypervisor's range. Any failure is `-EFAULT`.
+
+use std::ops::ControlFlow;
+
+use pvmmu_abi::Errno;
+use pvmmu_abi::layout::is_guest_va;
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::entry::{Mfn, PteFlags};
+use crate::paging::PAGE_SIZE;
+use crate::range::VaRange;
+use crate::walk::{Visit, Walker};
+
+/// Xen's `access_ok` for an array: `len` bytes from `va` lie in the guest's part of the
+/// address space, without wrapping or crossing the hypervisor range.
+pub fn guest_range_ok(va: u64, len: u64) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let Some(last) = va.checked_add(len - 1) else {
+        return false;
+    };
+    is_guest_va(va) && is_guest_va(last) && ((va >> 47) == 0) == ((last >> 47) == 0)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    page: u64,
+    paddr: u64,
+    writable: bool,
+    tables: [Mfn; 4],
+}
+
+/// A view of one vCPU's guest-virtual memory through its kernel root, with a one-page
+/// translation cache that is dropped whenever a table on the cached path is written.
+#[derive(Debug)]
+pub struct GuestView<'m, M: ?Sized> {
+    mem: &'m M,
+    root: Option<Mfn>,
+    cache: Option<Cached>,
+}
+
+impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
+    /// A view through `root` (`None`: nothing is mapped).
+    pub fn new(mem: &'m M, root: Option<Mfn>) -> Self {
+        GuestView { mem, root, cache: None }
+    }
+
+    /// Tells the view that an entry of the table `table` changed.
+    pub fn table_written(&mut self, table: Mfn) {
+        if self.cache.is_some_and(|c| c.tables.contains(&table)) {
+            self.cache = None;
+        }
+    }
+
+    /// Switches to another root.
+    pub fn set_root(&mut self, root: Option<Mfn>) {
+        self.root = root;
+        self.cache = None;
+    }
+
+    fn translate(&mut self, va: u64, write: bool) -> Result<u64, Errno> {
+        if !is_guest_va(va) {
+            return Err(Errno::EFAULT);
+        }
+        let page = va & !(PAGE_SIZE - 1);
+        if let Some(c) = self.cache.filter(|c| c.page == page) {
+            return if write && !c.writable {
+                Err(Errno::EFAULT)
+            } else {
+                Ok(c.paddr + (va - page))
+            };
+        }
+        let root = self.root.ok_or(Errno::EFAULT)?;
+        let mut found = None;
+        let walk = Walker::new(self.mem).apply_to_existing_page_range(root, VaRange::page(va), |v| {
+            if let Visit::Ptes(b) = v {
+                let pte = b.get(0);
+                if pte.is_present() {
+                    let path = b.path();
+                    let writable = pte.has(PteFlags::RW) && path.iter().all(|e| e.has(PteFlags::RW));
+                    let mut tables = [root; 4];
+                    for (k, e) in path.iter().take(2).enumerate() {
+                        tables[k + 1] = e.mfn();
+                    }
+                    tables[3] = b.table();
+                    found = Some(Cached {
+                        page,
+                        paddr: pte.addr(),
+                        writable,
+                        tables,
+                    });
+                }
+            }
+            // Superpages cannot exist in validated PV tables; treat them as faults.
+            ControlFlow::<()>::Break(())
+        });
+        if walk.is_err() {
+            return Err(Errno::EFAULT);
+        }
+        let c = found.ok_or(Errno::EFAULT)?;
+        self.cache = Some(c);
+        if write && !c.writable {
+            return Err(Errno::EFAULT);
+        }
+        Ok(c.paddr + (va - page))
+    }
+
+    /// Copies `buf.len()` bytes from guest VA `va`.
+    pub fn read(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let cur = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let room = (PAGE_SIZE - (cur & (PAGE_SIZE - 1))) as usize;
+            let n = room.min(buf.len() - done);
+            let pa = self.translate(cur, false)?;
+            self.mem
+                .read_slice(&mut buf[done..done + n], GuestAddress(pa))
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` to guest VA `va`.
+    pub fn write(&mut self, va: u64, buf: &[u8]) -> Result<(), Errno> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let cur = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let room = (PAGE_SIZE - (cur & (PAGE_SIZE - 1))) as usize;
+            let n = room.min(buf.len() - done);
+            let pa = self.translate(cur, true)?;
+            self.mem
+                .write_slice(&buf[done..done + n], GuestAddress(pa))
+                .map_err(|_| Errno::EFAULT)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads a little-endian `u64`.
+    pub fn read_u64(&mut self, va: u64) -> Result<u64, Errno> {
+        let mut b = [0u8; 8];
+        self.read(va, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian `u32`.
+    pub fn write_u32(&mut self, va: u64, v: u32) -> Result<(), Errno> {
+        self.write(va, &v.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_ok_edges() {
+        assert!(guest_range_ok(0, 0));
+        assert!(guest_range_ok(0x7fff_ffff_f000, 0x1000));
+        assert!(!guest_range_ok(0x7fff_ffff_f000, 0x1001));
+        assert!(!guest_range_ok(0xffff_8000_0000_0000, 8));
+        assert!(guest_range_ok(0xffff_8800_0000_0000, 8));
+        assert!(!guest_range_ok(u64::MAX, 2));
+        assert!(guest_range_ok(u64::MAX, 1));
+    }
+}

@@ -1,0 +1,281 @@
+//! The machine: guest memory, the frame table shared by all domains, the domains, and
+//! the embedder's flush hook. Every PV MMU operation is a method of [`Machine`].
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+
+use log::debug;
+use pvmmu_abi::domid::{DOMID_FIRST_RESERVED, DOMID_IO, DOMID_XEN};
+use vm_memory::{GuestMemory, GuestMemoryBackend};
+
+use crate::domain::{Domain, DomainConfig};
+use crate::entry::Mfn;
+use crate::flush::{RecordingFlush, TlbFlush};
+use crate::frame::FrameTable;
+use crate::paging::PAGE_SIZE;
+
+/// Number of Xen-reserved L4 slots (256..=271).
+pub const XEN_L4_SLOTS: usize = 16;
+/// First Xen-reserved L4 slot.
+pub const FIRST_XEN_L4_SLOT: usize = 256;
+
+/// Embedder errors (guest mistakes are Xen errno values instead).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineError {
+    /// The guest memory has no RAM region starting at address 0... or is too large.
+    #[error("guest memory layout unsupported: {0}")]
+    Memory(String),
+    /// A domain id is reserved or already in use.
+    #[error("domain id {0} is reserved or in use")]
+    DomainId(u16),
+    /// No such domain.
+    #[error("no domain {0}")]
+    NoDomain(u16),
+    /// A vCPU count outside 1..=64.
+    #[error("bad vCPU count {0}")]
+    Vcpus(u32),
+    /// No such vCPU.
+    #[error("domain {0} has no vCPU {1}")]
+    NoVcpu(u16, u32),
+    /// A frame is not free RAM.
+    #[error("frame {0} is not free RAM")]
+    FrameNotFree(Mfn),
+    /// Teardown could not return every frame.
+    #[error("teardown of domain {domain} left {frames} frames referenced")]
+    Teardown {
+        /// The domain.
+        domain: u16,
+        /// Frames still referenced (by other domains' mappings).
+        frames: usize,
+    },
+}
+
+/// Fixed machine-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Raw entries the library writes into L4 slots 256..=271 of every L4 it validates
+    /// (the embedder's hypervisor area). Slot 256 is the read-only M2P: left empty in new
+    /// L4s of domains with `VMASST_TYPE_m2p_strict`.
+    pub xen_l4_slots: [u64; XEN_L4_SLOTS],
+    /// I/O-memory frames that are read-only: Xen clears RW on mappings of them.
+    pub ro_mmio: Vec<RangeInclusive<u64>>,
+    /// Guest-physical address of a guest-readable copy of the M2P (8 bytes per frame),
+    /// kept up to date by the library; `None` keeps the M2P only in the frame table.
+    pub m2p_mirror: Option<u64>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            xen_l4_slots: [0; XEN_L4_SLOTS],
+            ro_mmio: Vec::new(),
+            m2p_mirror: None,
+        }
+    }
+}
+
+/// Counters of PV MMU work, for `--stats` and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Entries checked during (recursive) validation.
+    pub validated: u64,
+    /// Entries written on a guest's request.
+    pub applied: u64,
+    /// Requests refused with an errno.
+    pub rejected: u64,
+    /// Flush requests issued.
+    pub flushes: u64,
+}
+
+/// The PV MMU of one machine.
+///
+/// ```
+/// use pvmmu::{DomainConfig, Machine, MachineConfig, Mfn};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+/// let mut m = Machine::new(mem, MachineConfig::default()).unwrap();
+/// m.create_domain(DomainConfig::new(1)).unwrap();
+/// m.assign_frames(1, (0x10..0x100).map(Mfn)).unwrap();
+/// assert_eq!(m.frames().get(Mfn(0x10)).unwrap().owner, 1);
+/// assert!(m.audit().is_ok());
+/// ```
+#[derive(Debug)]
+pub struct Machine<M, F = RecordingFlush> {
+    pub(crate) mem: M,
+    pub(crate) core: Core<F>,
+}
+
+/// Everything of a machine but its memory (so that operations can borrow the memory
+/// and the bookkeeping separately).
+#[derive(Debug)]
+pub(crate) struct Core<F> {
+    pub(crate) frames: FrameTable,
+    pub(crate) domains: BTreeMap<u16, Domain>,
+    pub(crate) config: MachineConfig,
+    pub(crate) flusher: F,
+    pub(crate) stats: Stats,
+    /// Frames marked stale since the last flush.
+    pub(crate) stale: Vec<Mfn>,
+    /// Whether an L2..L4 entry changed since the last flush.
+    pub(crate) non_leaf_pending: bool,
+}
+
+impl<M: GuestMemory> Machine<M, RecordingFlush> {
+    /// A machine over `mem` whose flushes are recorded (see [`Machine::with_flusher`]).
+    pub fn new(mem: M, config: MachineConfig) -> Result<Self, MachineError> {
+        Machine::with_flusher(mem, config, RecordingFlush::default())
+    }
+}
+
+impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
+    /// A machine over `mem` that hands its flushes to `flusher`. Every frame backed by
+    /// `mem` is RAM in the frame table, initially free.
+    pub fn with_flusher(mem: M, config: MachineConfig, flusher: F) -> Result<Self, MachineError> {
+        let phys = mem
+            .physical_memory()
+            .ok_or_else(|| MachineError::Memory("no physical memory view".into()))?;
+        let end = phys
+            .iter()
+            .map(|r| {
+                use vm_memory::{Address, GuestMemoryRegion};
+                r.last_addr().raw_value()
+            })
+            .max()
+            .unwrap_or(0);
+        let frames = usize::try_from(end / PAGE_SIZE + 1)
+            .map_err(|_| MachineError::Memory("too many frames".into()))?;
+        debug!("machine with {frames} frames");
+        Ok(Machine {
+            mem,
+            core: Core {
+                frames: FrameTable::new(frames),
+                domains: BTreeMap::new(),
+                config,
+                flusher,
+                stats: Stats::default(),
+                stale: Vec::new(),
+                non_leaf_pending: false,
+            },
+        })
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The frame table.
+    pub fn frames(&self) -> &FrameTable {
+        &self.core.frames
+    }
+
+    /// Mutable access to the frame table, for tests that force counters.
+    #[doc(hidden)]
+    pub fn frames_mut_for_test(&mut self) -> &mut FrameTable {
+        &mut self.core.frames
+    }
+
+    /// The flush hook.
+    pub fn flusher(&mut self) -> &mut F {
+        &mut self.core.flusher
+    }
+
+    /// The machine configuration.
+    pub fn config(&self) -> &MachineConfig {
+        &self.core.config
+    }
+
+    /// Work counters.
+    pub fn stats(&self) -> Stats {
+        self.core.stats
+    }
+
+    /// A domain.
+    pub fn domain(&self, id: u16) -> Option<&Domain> {
+        self.core.domains.get(&id)
+    }
+
+    /// All domain ids.
+    pub fn domain_ids(&self) -> Vec<u16> {
+        self.core.domains.keys().copied().collect()
+    }
+
+    /// Creates a domain.
+    pub fn create_domain(&mut self, config: DomainConfig) -> Result<u16, MachineError> {
+        let id = config.id;
+        if id >= DOMID_FIRST_RESERVED || self.core.domains.contains_key(&id) {
+            return Err(MachineError::DomainId(id));
+        }
+        if config.vcpus == 0 || config.vcpus > 64 {
+            return Err(MachineError::Vcpus(config.vcpus));
+        }
+        self.core.domains.insert(id, Domain::new(config));
+        Ok(id)
+    }
+
+    /// Gives free RAM frames to domain `dom` (each with its allocation reference). On
+    /// error, frames assigned before the bad one stay assigned.
+    pub fn assign_frames(&mut self, dom: u16, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+        if !self.core.domains.contains_key(&dom) {
+            return Err(MachineError::NoDomain(dom));
+        }
+        self.give(dom, frames)
+    }
+
+    /// Reserves RAM frames for the hypervisor itself (owner `DOMID_XEN`): the embedder's
+    /// hypervisor area. Guests cannot map them.
+    pub fn reserve_xen_frames(&mut self, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+        self.give(DOMID_XEN, frames)
+    }
+
+    /// Marks RAM frames as I/O memory (owner `DOMID_IO`); frames beyond RAM are I/O
+    /// memory implicitly.
+    pub fn assign_io_frames(&mut self, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+        self.give(DOMID_IO, frames)
+    }
+
+    fn give(&mut self, owner: u16, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+        for mfn in frames {
+            if !self.core.frames.allocate(mfn, owner) {
+                return Err(MachineError::FrameNotFree(mfn));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the M2P entry of `mfn` (as Xen does when it allocates a frame to a guest).
+    pub fn set_m2p(&mut self, mfn: Mfn, pfn: u64) -> bool {
+        self.write_m2p(mfn, pfn)
+    }
+
+    pub(crate) fn write_m2p(&mut self, mfn: Mfn, pfn: u64) -> bool {
+        self.core.write_m2p(&self.mem, mfn, pfn)
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn vcpu_check(&self, dom: u16, vcpu: u32) -> Result<(), MachineError> {
+        let d = self.core.domains.get(&dom).ok_or(MachineError::NoDomain(dom))?;
+        if (vcpu as usize) < d.vcpus.len() {
+            Ok(())
+        } else {
+            Err(MachineError::NoVcpu(dom, vcpu))
+        }
+    }
+}
+
+impl<F> Core<F> {
+    pub(crate) fn write_m2p<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, pfn: u64) -> bool {
+        if !self.frames.set_m2p(mfn, pfn) {
+            return false;
+        }
+        if let Some(base) = self.config.m2p_mirror {
+            use vm_memory::{Bytes, GuestAddress};
+            let addr = mfn.0.checked_mul(8).and_then(|o| o.checked_add(base));
+            if let Some(a) = addr {
+                let _ = mem.write_obj(pfn, GuestAddress(a));
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,357 @@
+//! `mmu_update` (hypercall 1): page-table updates by machine address, M2P updates, and
+//! the per-entry modification rules shared with `update_va_mapping` and ptwr
+//! (Xen's `mod_l1_entry` .. `mod_l4_entry`).
+
+use pvmmu_abi::mmu::{
+    MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_NO_TRANSLATE, MMU_PT_UPDATE_PRESERVE_AD,
+    MMU_UPDATE_PREEMPTED,
+};
+use pvmmu_abi::pte::FASTPATH_FLAG_WHITELIST;
+use pvmmu_abi::{Errno, MmuUpdate};
+use vm_memory::GuestMemory;
+
+use crate::batch::{BatchOutcome, Caller, Entries, GuestEntries, SliceEntries};
+use crate::entry::{Mfn, Pte};
+use crate::flush::{FlushReason, FlushScope, TlbFlush};
+use crate::frame::{Owner, PageType};
+use crate::guest::{GuestView, guest_range_ok};
+use crate::machine::{Core, Machine, MachineError};
+use crate::paging::Level;
+use crate::table::visit_table;
+use crate::validate::{adjust, is_xen_slot, upper_disallow_mask};
+
+/// Whether `new` differs from `old` in anything but the fast-path whitelist (the frame
+/// included): Xen's `l?e_has_changed(old, new, ~FASTPATH_FLAG_WHITELIST)`.
+const fn needs_full_path(old: u64, new: u64) -> bool {
+    (old ^ new) & !FASTPATH_FLAG_WHITELIST != 0
+}
+
+/// How a PTE write is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// A plain 8-byte store.
+    Plain,
+    /// Keep the A/D bits present at the moment of the store (PRESERVE_AD).
+    PreserveAd,
+    /// Store only if the entry still holds this value (ptwr CMPXCHG).
+    IfEqual(u64),
+}
+
+/// Result of a store that may be conditional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Done,
+    /// `Store::IfEqual` found this value instead: nothing changed.
+    Mismatch(u64),
+}
+
+fn store(batch: &mut crate::table::PteBatch<'_>, i: usize, val: u64, how: Store) -> Stored {
+    match how {
+        Store::Plain => {
+            batch.set(i, Pte(val));
+            Stored::Done
+        }
+        Store::PreserveAd => {
+            batch.set_preserving_ad(i, Pte(val));
+            Stored::Done
+        }
+        Store::IfEqual(old) => match batch.compare_exchange(i, Pte(old), Pte(val)) {
+            Ok(_) => Stored::Done,
+            Err(seen) => Stored::Mismatch(seen.raw()),
+        },
+    }
+}
+
+impl<F: TlbFlush> Core<F> {
+    /// Xen's `mod_l1_entry`: entry `idx` of L1 table `table` (owned by `pt_owner`)
+    /// becomes `new`, data frames owned by `pg_owner`.
+    pub(crate) fn mod_l1_entry<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        table: Mfn,
+        idx: usize,
+        new: u64,
+        how: Store,
+        pt_owner: Owner,
+        pg_owner: Owner,
+        fast_path: bool,
+    ) -> Result<Stored, Errno> {
+        let r = visit_table(mem, table, Level::L1, |b| -> Result<Stored, Errno> {
+            let old = match how {
+                Store::IfEqual(o) => o,
+                _ => b.get(idx).raw(),
+            };
+            if new & 1 == 0 {
+                let s = store(b, idx, new, how);
+                if s == Stored::Done {
+                    self.put_page_from_l1e(old);
+                    self.note_stale(old, new);
+                }
+                return Ok(s);
+            }
+            if new & self.l1_disallow_mask(pt_owner) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let nl = adjust(Level::L1, new);
+            if fast_path && old & 1 != 0 && !needs_full_path(old, nl) {
+                let s = store(b, idx, nl, how);
+                if s == Stored::Done {
+                    self.note_stale(old, nl);
+                }
+                return Ok(s);
+            }
+            let flip = self.get_page_from_l1e(nl, pt_owner, pg_owner)?;
+            let nl = nl ^ flip;
+            let s = store(b, idx, nl, how);
+            match s {
+                Stored::Done => {
+                    self.put_page_from_l1e(old);
+                    self.note_stale(old, nl);
+                }
+                Stored::Mismatch(_) => self.put_page_from_l1e(nl),
+            }
+            Ok(s)
+        });
+        r.map_err(|_| Errno::EINVAL)?
+    }
+
+    /// Xen's `mod_l2_entry` .. `mod_l4_entry`.
+    pub(crate) fn mod_upper_entry<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        level: Level,
+        table: Mfn,
+        idx: usize,
+        new: u64,
+        how: Store,
+        d: Owner,
+    ) -> Result<(), Errno> {
+        if level == Level::L4 && is_xen_slot(idx) {
+            return Err(Errno::EINVAL);
+        }
+        let r = visit_table(mem, table, level, |b| -> Result<(), Errno> {
+            let old = b.get(idx).raw();
+            if new & 1 == 0 {
+                store(b, idx, new, how);
+                self.put_page_from_upper(mem, level, old, table);
+                return Ok(());
+            }
+            if new & upper_disallow_mask(level) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let nl = adjust(level, new);
+            if old & 1 != 0 && !needs_full_path(old, nl) {
+                store(b, idx, nl, how);
+                return Ok(());
+            }
+            self.get_page_from_upper(mem, level, nl, table, d)?;
+            store(b, idx, nl, how);
+            self.put_page_from_upper(mem, level, old, table);
+            Ok(())
+        });
+        r.map_err(|_| Errno::EINVAL)?
+    }
+
+    /// One `MMU_NORMAL_PT_UPDATE` / `PRESERVE_AD` / `NO_TRANSLATE` request. Returns the
+    /// level written (for the non-leaf flush) on success.
+    fn pt_update<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        ptr: u64,
+        val: u64,
+        how: Store,
+        pt_owner: Owner,
+        pg_owner: Owner,
+    ) -> Result<Option<Level>, Errno> {
+        let table = Mfn::containing(ptr);
+        let idx = ((ptr & 0xfff) >> 3) as usize;
+        let info = *self.frames.get(table).ok_or(Errno::EINVAL)?;
+        if info.owner != pt_owner || info.count == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let locked = info.type_count > 0 && info.validated;
+        if !locked || info.ty == PageType::Writable {
+            // Not a live table: a plain write into the guest's own memory, under a
+            // temporary writable type reference.
+            if !locked {
+                self.frames.take_type(table, PageType::Writable).map_err(|_| Errno::EINVAL)?;
+            }
+            let r = visit_table(mem, table, Level::L1, |b| b.set(idx, Pte(val)));
+            if !locked {
+                self.frames.drop_type(table);
+            }
+            r.map_err(|_| Errno::EINVAL)?;
+            return Ok(None);
+        }
+        match info.ty {
+            PageType::L1 => {
+                self.mod_l1_entry(mem, table, idx, val, how, pt_owner, pg_owner, true)?;
+                Ok(Some(Level::L1))
+            }
+            PageType::L2 | PageType::L3 | PageType::L4 => {
+                if pg_owner != pt_owner {
+                    return Err(Errno::EINVAL);
+                }
+                let level = info.ty.level().ok_or(Errno::EINVAL)?;
+                self.mod_upper_entry(mem, level, table, idx, val, how, pt_owner)?;
+                Ok(Some(level))
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Resolves `foreigndom` for `mmu_update`: `(pt_owner, pg_owner)`. The outer error
+    /// says whether Xen returns before writing `pdone`.
+    fn mmu_update_owners(&self, caller: u16, foreigndom: u32) -> Result<(Owner, Owner), (bool, Errno)> {
+        let pfd = foreigndom >> 16;
+        let pt_owner = if pfd == 0 || (pfd - 1) as u16 == caller {
+            caller
+        } else {
+            let id = (pfd - 1) as u16;
+            if !self.domains.contains_key(&id) {
+                return Err((true, Errno::ESRCH));
+            }
+            id
+        };
+        let pg_owner = self.pg_owner(caller, foreigndom as u16).map_err(|e| (false, e))?;
+        if !self.may_use(caller, pt_owner) || !self.may_use(caller, pg_owner) {
+            return Err((false, Errno::EPERM));
+        }
+        Ok((pt_owner, pg_owner))
+    }
+
+    /// The body of `mmu_update` after argument decoding.
+    pub(crate) fn mmu_update_batch<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        caller: Caller,
+        entries: &mut dyn Entries<MmuUpdate>,
+        foreigndom: u32,
+    ) -> Result<BatchOutcome, (bool, Errno)> {
+        let (pt_owner, pg_owner) = self.mmu_update_owners(caller.dom, foreigndom)?;
+        let mut non_leaf = false;
+        let mut done = 0;
+        let mut result = Ok(());
+        for i in 0..entries.count() {
+            let r = entries.read(i).and_then(|req| {
+                let cmd = req.ptr & 7;
+                let ptr = req.ptr & !7;
+                match cmd {
+                    MMU_NORMAL_PT_UPDATE | MMU_PT_UPDATE_PRESERVE_AD | MMU_PT_UPDATE_NO_TRANSLATE => {
+                        let how = if cmd == MMU_PT_UPDATE_PRESERVE_AD { Store::PreserveAd } else { Store::Plain };
+                        let level = self.pt_update(mem, ptr, req.val, how, pt_owner, pg_owner)?;
+                        entries.table_written(Mfn::containing(ptr));
+                        if level.is_some_and(|l| l != Level::L1) {
+                            non_leaf = true;
+                        }
+                        Ok(())
+                    }
+                    MMU_MACHPHYS_UPDATE => {
+                        if pt_owner != caller.dom {
+                            return Err(Errno::EPERM);
+                        }
+                        let mfn = Mfn::containing(ptr);
+                        if !self.frames.owned_by(mfn, pg_owner) {
+                            return Err(Errno::EINVAL);
+                        }
+                        self.write_m2p(mem, mfn, req.val);
+                        Ok(())
+                    }
+                    _ => Err(Errno::ENOSYS),
+                }
+            });
+            if let Err(e) = r {
+                self.stats.rejected += 1;
+                result = Err(e);
+                break;
+            }
+            self.stats.applied += 1;
+            done += 1;
+        }
+        if non_leaf {
+            // XSA-286: paging-structure changes are flushed before returning.
+            self.non_leaf_pending = true;
+            let vcpus = self.all_vcpus(pt_owner);
+            self.flush(pt_owner, vcpus, FlushScope::All, FlushReason::NonLeafUpdate);
+        }
+        Ok(BatchOutcome { done, result })
+    }
+}
+
+impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
+    /// `mmu_update` with the requests given as a slice (for embedders and tests).
+    ///
+    /// Entries are applied in order; the first failure stops the batch, earlier
+    /// entries stay applied. Errors that Xen reports before touching any entry come
+    /// back as a `BatchOutcome` with `done == 0`.
+    pub fn mmu_update(&mut self, caller: Caller, reqs: &[MmuUpdate], foreigndom: u32) -> Result<BatchOutcome, MachineError> {
+        self.vcpu_check(caller.dom, caller.vcpu)?;
+        let Machine { mem, core } = self;
+        let mut src = SliceEntries(reqs);
+        Ok(core
+            .mmu_update_batch(mem, caller, &mut src, foreigndom)
+            .unwrap_or_else(|(_, e)| BatchOutcome { done: 0, result: Err(e) }))
+    }
+
+    /// The `mmu_update` hypercall as the guest issues it: `reqs` and `pdone` are guest
+    /// virtual addresses (read and written through the vCPU's kernel page tables);
+    /// returns the value for RAX.
+    pub fn hypercall_mmu_update(
+        &mut self,
+        caller: Caller,
+        reqs: u64,
+        count: u64,
+        pdone: u64,
+        foreigndom: u64,
+    ) -> Result<i64, MachineError> {
+        self.vcpu_check(caller.dom, caller.vcpu)?;
+        let root = self.kernel_root(caller);
+        let Machine { mem, core } = self;
+        let mut view = GuestView::new(mem, root);
+        let (count, carried) = continuation(&mut view, count as u32, pdone);
+        if !guest_range_ok(reqs, u64::from(count) * 16) {
+            return Ok(Errno::EFAULT.neg());
+        }
+        let mut src = GuestEntries {
+            view: &mut view,
+            va: reqs,
+            count,
+        };
+        let outcome = core.mmu_update_batch(mem, caller, &mut src, foreigndom as u32);
+        Ok(finish(&mut view, outcome, carried, pdone))
+    }
+}
+
+/// Handles `MMU_UPDATE_PREEMPTED` in `count`: returns the real count and the `done`
+/// carried over from `*pdone`.
+pub(crate) fn continuation<M: GuestMemory + ?Sized>(view: &mut GuestView<'_, M>, count: u32, pdone: u64) -> (u32, u32) {
+    if count & MMU_UPDATE_PREEMPTED == 0 {
+        return (count, 0);
+    }
+    let mut carried = 0;
+    if pdone != 0 {
+        let mut b = [0u8; 4];
+        if view.read(pdone, &mut b).is_ok() {
+            carried = u32::from_le_bytes(b);
+        }
+    }
+    (count & !MMU_UPDATE_PREEMPTED, carried)
+}
+
+/// Writes `*pdone` (where Xen does) and turns the outcome into RAX.
+pub(crate) fn finish<M: GuestMemory + ?Sized>(
+    view: &mut GuestView<'_, M>,
+    outcome: Result<BatchOutcome, (bool, Errno)>,
+    carried: u32,
+    pdone: u64,
+) -> i64 {
+    let (done, rc, write) = match outcome {
+        Ok(o) => (o.done, o.rc(), true),
+        Err((early, e)) => (0, e.neg(), !early),
+    };
+    if write && pdone != 0 {
+        // A fault writing the count is not reported (as in Xen).
+        let _ = view.write_u32(pdone, carried.wrapping_add(done));
+    }
+    rc
+}

@@ -1,0 +1,421 @@
+//! Xen's per-level validation rules and the reference counting around them: taking and
+//! releasing the references an entry holds, recursive validation of a table when it
+//! first takes a page-table type, and recursive de-validation when it drops the last.
+//!
+//! The rules follow Xen's `get_page_from_l[1-4]e`, `put_page_from_l[1-4]e`,
+//! `promote_l[1-4]_table`, `demote_l[1-4]_table` and the linear-page-table checks for a
+//! 64-bit PV guest (release build). Validation is done to completion in one call: the
+//! model has no partial (preemptible) state, so the XSA-45/58/290/299/309/310 class of
+//! partial-state bugs cannot arise; the price is that pinning a huge tree is one long
+//! call.
+
+use pvmmu_abi::Errno;
+use pvmmu_abi::domid::DOMID_IO;
+use pvmmu_abi::pte::{
+    L1_DISALLOW_MASK_RELEASE, L2_DISALLOW_MASK, L3_DISALLOW_MASK, L4_DISALLOW_MASK, PAGE_PCD, PAGE_PAT,
+    PAGE_PWT, PAGE_RW, PAT_IDX_UC, PAT_IDX_UCM, PAT_IDX_WC, adjust_guest_l1e, adjust_guest_l2e_l3e,
+    adjust_guest_l4e, l1_pat_index,
+};
+use pvmmu_abi::vmassist::VMASST_TYPE_m2p_strict;
+use vm_memory::GuestMemory;
+
+use crate::entry::{Mfn, Pte};
+use crate::flush::{FlushReason, FlushRequest, FlushScope, TlbFlush, VcpuSet};
+use crate::frame::{Owner, PageType};
+use crate::machine::{Core, FIRST_XEN_L4_SLOT, XEN_L4_SLOTS};
+use crate::paging::Level;
+use crate::table::visit_table;
+
+/// Xen's disallowed-flag mask for an upper level.
+pub(crate) const fn upper_disallow_mask(level: Level) -> u64 {
+    match level {
+        Level::L2 => L2_DISALLOW_MASK,
+        Level::L3 => L3_DISALLOW_MASK,
+        _ => L4_DISALLOW_MASK,
+    }
+}
+
+/// Xen's guest-entry adjustment for `level` (what the guest reads back).
+pub(crate) const fn adjust(level: Level, raw: u64) -> u64 {
+    match level {
+        Level::L1 => adjust_guest_l1e(raw),
+        Level::L2 | Level::L3 => adjust_guest_l2e_l3e(raw),
+        _ => adjust_guest_l4e(raw),
+    }
+}
+
+/// Whether L4 slot `i` belongs to Xen.
+pub(crate) const fn is_xen_slot(i: usize) -> bool {
+    i >= FIRST_XEN_L4_SLOT && i < FIRST_XEN_L4_SLOT + XEN_L4_SLOTS
+}
+
+impl<F: TlbFlush> Core<F> {
+    /// Xen's `l1_disallow_mask(d)`: PAT/PCD/PWT are refused unless the domain has I/O
+    /// rights (or is DOMID_IO).
+    pub(crate) fn l1_disallow_mask(&self, d: Owner) -> u64 {
+        let relaxed = d == DOMID_IO || self.domains.get(&d).is_some_and(|dom| dom.cache_flush_permitted());
+        if relaxed { 0 } else { L1_DISALLOW_MASK_RELEASE }
+    }
+
+    fn iomem_permitted(&self, d: Owner, mfn: u64) -> bool {
+        self.domains.get(&d).is_some_and(|dom| dom.iomem_permitted(mfn))
+    }
+
+    fn is_ro_mmio(&self, mfn: u64) -> bool {
+        self.config.ro_mmio.iter().any(|r| r.contains(&mfn))
+    }
+
+    fn privileged_over(&self, d: Owner, target: Owner) -> bool {
+        self.domains.get(&d).is_some_and(|dom| dom.may_control(target))
+    }
+
+    /// Xen's `get_page_from_l1e` for a present entry: takes the references the entry
+    /// needs and returns the flag bits Xen flips in the stored entry.
+    pub(crate) fn get_page_from_l1e(&mut self, l1e: u64, l1e_owner: Owner, pg_owner: Owner) -> Result<u64, Errno> {
+        let pte = Pte(l1e);
+        if l1e & self.l1_disallow_mask(l1e_owner) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mfn = pte.mfn();
+        let owner = self.frames.get(mfn).map(|p| p.owner);
+        let is_ram = owner.is_some_and(|o| o != DOMID_IO && self.frames.get(mfn).is_some_and(|p| p.count > 0));
+        if !is_ram {
+            if mfn.0 == (crate::entry::PTE_ADDR_MASK >> 12) {
+                return Err(Errno::EINVAL);
+            }
+            // I/O memory: DOMID_IO as FD means "with the caller's permissions".
+            let pg = if pg_owner == DOMID_IO { l1e_owner } else { pg_owner };
+            if !self.iomem_permitted(pg, mfn.0) || (pg != l1e_owner && !self.iomem_permitted(l1e_owner, mfn.0)) {
+                return Err(Errno::EPERM);
+            }
+            let mut flip = 0;
+            if l1e & PAGE_RW != 0 && self.is_ro_mmio(mfn.0) {
+                flip |= PAGE_RW;
+            }
+            let idx = l1_pat_index(l1e);
+            if !matches!(idx, PAT_IDX_UC | PAT_IDX_UCM | PAT_IDX_WC) {
+                // Force UC: PAT:PCD:PWT = 0:1:1.
+                let want = PAGE_PCD | PAGE_PWT;
+                flip |= (l1e & (PAGE_PAT | PAGE_PCD | PAGE_PWT)) ^ want;
+            }
+            return Ok(flip);
+        }
+        let real = owner.unwrap_or(0);
+        let mut pg = pg_owner;
+        if real != pg {
+            // A privileged FD may map frames of a domain it controls when FD is not the
+            // page-table owner (the stub-domain case).
+            if pg != l1e_owner && self.privileged_over(pg, real) {
+                pg = real;
+            } else {
+                return Err(Errno::EBUSY);
+            }
+        }
+        if !self.frames.get_page(mfn, pg) {
+            return Err(Errno::EBUSY);
+        }
+        if l1e & PAGE_RW != 0 {
+            // A writable mapping needs the writable type: never of a live page table.
+            if self.frames.take_type(mfn, PageType::Writable).is_err() {
+                self.frames.put_page(mfn);
+                return Err(Errno::EBUSY);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Xen's `put_page_from_l1e`: releases what a present entry held.
+    pub(crate) fn put_page_from_l1e(&mut self, l1e: u64) {
+        let pte = Pte(l1e);
+        if !pte.is_present() {
+            return;
+        }
+        let mfn = pte.mfn();
+        match self.frames.get(mfn) {
+            Some(p) if p.owner != DOMID_IO && p.count > 0 => {}
+            _ => return, // I/O memory holds no references
+        }
+        if l1e & PAGE_RW != 0 {
+            self.frames.drop_type(mfn);
+        }
+        self.frames.put_page(mfn);
+    }
+
+    /// Records that some TLB may still hold a translation to `mfn` that was removed or
+    /// downgraded.
+    pub(crate) fn note_stale(&mut self, old: u64, new: u64) {
+        let (o, n) = (Pte(old), Pte(new));
+        if !o.is_present() {
+            return;
+        }
+        let downgraded = !n.is_present()
+            || n.mfn() != o.mfn()
+            || (o.raw() & PAGE_RW != 0 && n.raw() & PAGE_RW == 0)
+            || (n.raw() & crate::entry::PteFlags::NX.bits() != 0 && o.raw() & crate::entry::PteFlags::NX.bits() == 0);
+        if downgraded && self.frames.mark_stale(o.mfn()) {
+            self.stale.push(o.mfn());
+        }
+    }
+
+    /// Hands a flush to the embedder, with the stale frames and non-leaf state
+    /// accumulated since the previous one.
+    pub(crate) fn flush(&mut self, domain: Owner, vcpus: VcpuSet, scope: FlushScope, reason: FlushReason) {
+        let stale = std::mem::take(&mut self.stale);
+        for m in &stale {
+            self.frames.clear_stale(*m);
+        }
+        let req = FlushRequest {
+            domain,
+            vcpus,
+            scope,
+            stale,
+            non_leaf: std::mem::take(&mut self.non_leaf_pending),
+            reason,
+        };
+        self.stats.flushes += 1;
+        self.flusher.flush(&req);
+    }
+
+    pub(crate) fn all_vcpus(&self, d: Owner) -> VcpuSet {
+        self.domains
+            .get(&d)
+            .map_or(VcpuSet(0), |dom| VcpuSet::first(dom.vcpus.len() as u32))
+    }
+
+    /// Xen's `get_page_type`, validating the frame if this is its first reference of
+    /// the type.
+    pub(crate) fn get_page_type<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        ty: PageType,
+    ) -> Result<(), Errno> {
+        let taken = self.frames.take_type(mfn, ty)?;
+        if taken.changed && ty != PageType::Writable && self.frames.get(mfn).is_some_and(|p| p.stale) {
+            // No CPU may keep a (writable) translation of a frame that becomes a table.
+            let owner = self.frames.get(mfn).map_or(0, |p| p.owner);
+            let vcpus = self.all_vcpus(owner);
+            self.flush(owner, vcpus, FlushScope::All, FlushReason::TypeChange);
+        }
+        if taken.needs_validation {
+            let level = ty.level().ok_or(Errno::EINVAL)?;
+            match self.promote(mem, mfn, level) {
+                Ok(()) => self.frames.type_validated(mfn),
+                Err(e) => {
+                    self.frames.type_failed(mfn);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Xen's `put_page_type`: de-validates on the last reference of a validated table.
+    pub(crate) fn put_page_type<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn) {
+        if let Some(level) = self.frames.drop_type(mfn) {
+            self.demote(mem, mfn, level);
+        }
+    }
+
+    /// `get_page` + `get_page_type`; on type failure the general reference is dropped.
+    pub(crate) fn get_page_and_type<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        d: Owner,
+        ty: PageType,
+    ) -> Result<(), Errno> {
+        if !self.frames.get_page(mfn, d) {
+            return Err(Errno::EINVAL);
+        }
+        if let Err(e) = self.get_page_type(mem, mfn, ty) {
+            self.frames.put_page(mfn);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_page_and_type<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn) {
+        self.put_page_type(mem, mfn);
+        self.frames.put_page(mfn);
+    }
+
+    /// Xen's `get_page_from_l2e/l3e/l4e` for a present entry of the table `table` of
+    /// `level` owned by `d`.
+    pub(crate) fn get_page_from_upper<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        level: Level,
+        entry: u64,
+        table: Mfn,
+        d: Owner,
+    ) -> Result<(), Errno> {
+        if entry & upper_disallow_mask(level) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let lower = level.lower().and_then(PageType::table).ok_or(Errno::EINVAL)?;
+        match self.get_page_and_type(mem, Pte(entry).mfn(), d, lower) {
+            Err(Errno::EINVAL) => {
+                if self.get_linear(level, entry, table, d) {
+                    Ok(())
+                } else {
+                    Err(Errno::EINVAL)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Xen's linear ("recursive") page-table rule for an entry of `table` (of `level`)
+    /// pointing at another table of the same level.
+    fn get_linear(&mut self, level: Level, entry: u64, table: Mfn, d: Owner) -> bool {
+        let Some(ty) = PageType::table(level) else {
+            return false;
+        };
+        if entry & PAGE_RW != 0 {
+            return false; // a writable linear entry would expose page tables
+        }
+        let target = Pte(entry).mfn();
+        if target == table {
+            return true; // self-reference: no reference taken
+        }
+        let (Some(tp), Some(pp)) = (self.frames.get(target), self.frames.get(table)) else {
+            return false;
+        };
+        // XSA-240: a table may contain same-level entries or be referenced by them,
+        // never both; 16-bit counters.
+        if pp.linear < 0 || pp.linear == i16::MAX || tp.linear > 0 || tp.linear == i16::MIN {
+            return false;
+        }
+        if tp.owner != d || pp.owner != d {
+            return false;
+        }
+        if tp.ty != ty || !tp.validated || tp.type_count == 0 {
+            return false;
+        }
+        if !self.frames.get_page(target, d) {
+            return false;
+        }
+        if self.frames.take_type(target, ty).is_err() {
+            self.frames.put_page(target);
+            return false;
+        }
+        if let Some(p) = self.frames.get_mut(table) {
+            p.linear += 1;
+        }
+        if let Some(p) = self.frames.get_mut(target) {
+            p.linear -= 1;
+        }
+        true
+    }
+
+    /// Xen's `put_page_from_l2e/l3e/l4e`.
+    pub(crate) fn put_page_from_upper<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        level: Level,
+        entry: u64,
+        table: Mfn,
+    ) {
+        let pte = Pte(entry);
+        if !pte.is_present() {
+            return;
+        }
+        let target = pte.mfn();
+        if target == table {
+            return;
+        }
+        let same_level = PageType::table(level);
+        if self.frames.get(target).map(|p| p.ty) == same_level {
+            if let Some(p) = self.frames.get_mut(target) {
+                p.linear += 1;
+            }
+            if let Some(p) = self.frames.get_mut(table) {
+                p.linear -= 1;
+            }
+        }
+        self.put_page_and_type(mem, target);
+    }
+
+    /// Validates the table `mfn` of `level` (Xen's `promote_lN_table`): takes every
+    /// reference its entries need and stores the adjusted entries. All or nothing.
+    pub(crate) fn promote<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, level: Level) -> Result<(), Errno> {
+        let d = self.frames.get(mfn).map(|p| p.owner).ok_or(Errno::EINVAL)?;
+        let r = visit_table(mem, mfn, level, |batch| -> Result<(), Errno> {
+            let n = batch.len();
+            for i in 0..n {
+                if level == Level::L4 && is_xen_slot(i) {
+                    continue;
+                }
+                let e = batch.get(i).raw();
+                if e & 1 == 0 {
+                    continue;
+                }
+                self.stats.validated += 1;
+                let r = if level == Level::L1 {
+                    self.get_page_from_l1e(e, d, d).map(|flip| e ^ flip)
+                } else {
+                    self.get_page_from_upper(mem, level, e, mfn, d).map(|()| e)
+                };
+                match r {
+                    Ok(v) => {
+                        let adjusted = adjust(level, v);
+                        if adjusted != e {
+                            batch.set(i, Pte(adjusted));
+                        }
+                    }
+                    Err(err) => {
+                        for j in (0..i).rev() {
+                            if level == Level::L4 && is_xen_slot(j) {
+                                continue;
+                            }
+                            let done = batch.get(j).raw();
+                            self.release_entry(mem, level, done, mfn);
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            if level == Level::L4 {
+                let strict = self
+                    .domains
+                    .get(&d)
+                    .is_some_and(|dom| dom.has_assist(VMASST_TYPE_m2p_strict));
+                for (k, raw) in self.config.xen_l4_slots.iter().enumerate() {
+                    let v = if k == 0 && strict { 0 } else { *raw };
+                    batch.set(FIRST_XEN_L4_SLOT + k, Pte(v));
+                }
+            }
+            Ok(())
+        });
+        r.map_err(|_| Errno::EINVAL)?
+    }
+
+    /// Releases what one present entry of a table of `level` holds.
+    pub(crate) fn release_entry<M: GuestMemory + ?Sized>(&mut self, mem: &M, level: Level, entry: u64, table: Mfn) {
+        if entry & 1 == 0 {
+            return;
+        }
+        if level == Level::L1 {
+            self.put_page_from_l1e(entry);
+        } else {
+            self.put_page_from_upper(mem, level, entry, table);
+        }
+    }
+
+    /// De-validates the table `mfn` of `level` (Xen's `demote_lN_table`).
+    pub(crate) fn demote<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, level: Level) {
+        let _ = visit_table(mem, mfn, level, |batch| {
+            for i in 0..batch.len() {
+                if level == Level::L4 && is_xen_slot(i) {
+                    continue;
+                }
+                let e = batch.get(i).raw();
+                self.release_entry(mem, level, e, mfn);
+            }
+        });
+        if let Some(p) = self.frames.get_mut(mfn) {
+            p.linear = 0;
+        }
+    }
+}
