@@ -84,9 +84,13 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                         continue;
                     }
                     let target = pte.mfn();
-                    let Some(tp) = core.frames.get(target) else { continue };
+                    let Some(tp) = core.frames.get(target) else {
+                        continue;
+                    };
                     if level == Level::L1 {
-                        if tp.owner == DOMID_IO || tp.count == 0 && tp.owner == pvmmu_abi::DOMID_INVALID {
+                        if tp.owner == DOMID_IO
+                            || tp.count == 0 && tp.owner == pvmmu_abi::DOMID_INVALID
+                        {
                             if tp.owner != DOMID_IO {
                                 problems.push(format!("{mfn}[{i}] maps free frame {target}"));
                             }
@@ -109,7 +113,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                             e.linear -= 1;
                             exp.entry(mfn.0).or_default().linear += 1;
                         } else if tp.ty.level() != level.lower() {
-                            problems.push(format!("{mfn}[{i}] ({}) points at {target} of type {}", p.ty, tp.ty));
+                            problems.push(format!(
+                                "{mfn}[{i}] ({}) points at {target} of type {}",
+                                p.ty, tp.ty
+                            ));
                         }
                     }
                 }
@@ -118,16 +125,28 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         for (mfn, p) in core.frames.iter() {
             let e = exp.get(&mfn.0).copied().unwrap_or_default();
             if p.count != e.count {
-                problems.push(format!("{mfn}: general count {} expected {}", p.count, e.count));
+                problems.push(format!(
+                    "{mfn}: general count {} expected {}",
+                    p.count, e.count
+                ));
             }
             if p.type_count != e.type_count {
-                problems.push(format!("{mfn}: {} type count {} expected {}", p.ty, p.type_count, e.type_count));
+                problems.push(format!(
+                    "{mfn}: {} type count {} expected {}",
+                    p.ty, p.type_count, e.type_count
+                ));
             }
             if i64::from(p.linear) != e.linear {
-                problems.push(format!("{mfn}: linear count {} expected {}", p.linear, e.linear));
+                problems.push(format!(
+                    "{mfn}: linear count {} expected {}",
+                    p.linear, e.linear
+                ));
             }
             if e.writable_maps > 0 && p.ty != PageType::Writable {
-                problems.push(format!("{mfn}: mapped writable {} times but typed {}", e.writable_maps, p.ty));
+                problems.push(format!(
+                    "{mfn}: mapped writable {} times but typed {}",
+                    e.writable_maps, p.ty
+                ));
             }
             if p.ty.is_page_table() && p.type_count > 0 && !p.validated {
                 problems.push(format!("{mfn}: live {} table not validated", p.ty));
@@ -146,7 +165,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// free, untyped, with count 0, unless another domain still maps it (an error).
     pub fn destroy_domain(&mut self, dom: u16) -> Result<(), MachineError> {
         let Machine { mem, core } = self;
-        let d = core.domains.get_mut(&dom).ok_or(MachineError::NoDomain(dom))?;
+        let d = core
+            .domains
+            .get_mut(&dom)
+            .ok_or(MachineError::NoDomain(dom))?;
         let roots: Vec<Mfn> = d
             .vcpus
             .iter_mut()
@@ -206,7 +228,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         core.domains.remove(&dom);
         if left > 0 {
             warn!("domain {dom} torn down with {left} frames still referenced");
-            return Err(MachineError::Teardown { domain: dom, frames: left });
+            return Err(MachineError::Teardown {
+                domain: dom,
+                frames: left,
+            });
         }
         Ok(())
     }

@@ -143,9 +143,8 @@ impl<F> Core<F> {
     pub(crate) fn may_use(&self, caller: u16, target: Owner) -> bool {
         target == caller
             || target == DOMID_IO
-            || self
-                .domains
-                .get(&caller)
-                .is_some_and(|d| d.may_control(target) && (target != DOMID_XEN || d.config().privileged))
+            || self.domains.get(&caller).is_some_and(|d| {
+                d.may_control(target) && (target != DOMID_XEN || d.config().privileged)
+            })
     }
 }

@@ -141,6 +141,8 @@ impl Domain {
 
     /// Whether this domain may operate on domain `other` (itself, or by privilege).
     pub fn may_control(&self, other: u16) -> bool {
-        other == self.config.id || self.config.privileged || self.config.device_model_of == Some(other)
+        other == self.config.id
+            || self.config.privileged
+            || self.config.device_model_of == Some(other)
     }
 }

@@ -184,7 +184,9 @@ impl FrameTable {
     }
 
     pub(crate) fn get_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
-        usize::try_from(mfn.0).ok().and_then(|i| self.pages.get_mut(i))
+        usize::try_from(mfn.0)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
     }
 
     /// Iterates over `(mfn, info)` for every RAM frame.
@@ -197,11 +199,17 @@ impl FrameTable {
 
     /// The M2P entry of `mfn`.
     pub fn m2p(&self, mfn: Mfn) -> Option<u64> {
-        usize::try_from(mfn.0).ok().and_then(|i| self.m2p.get(i)).copied()
+        usize::try_from(mfn.0)
+            .ok()
+            .and_then(|i| self.m2p.get(i))
+            .copied()
     }
 
     pub(crate) fn set_m2p(&mut self, mfn: Mfn, pfn: u64) -> bool {
-        match usize::try_from(mfn.0).ok().and_then(|i| self.m2p.get_mut(i)) {
+        match usize::try_from(mfn.0)
+            .ok()
+            .and_then(|i| self.m2p.get_mut(i))
+        {
             Some(e) => {
                 *e = pfn;
                 true
@@ -212,7 +220,8 @@ impl FrameTable {
 
     /// Whether `mfn` is RAM owned by `owner`.
     pub fn owned_by(&self, mfn: Mfn, owner: Owner) -> bool {
-        self.get(mfn).is_some_and(|p| p.owner == owner && p.count > 0)
+        self.get(mfn)
+            .is_some_and(|p| p.owner == owner && p.count > 0)
     }
 
     /// Xen's `get_page`: takes a general reference if the frame is owned by `owner` and
@@ -365,7 +374,13 @@ mod tests {
         let mut ft = FrameTable::new(4);
         assert!(ft.allocate(Mfn(1), 1));
         let t = ft.take_type(Mfn(1), PageType::Writable).unwrap();
-        assert_eq!(t, TypeTaken { needs_validation: false, changed: true });
+        assert_eq!(
+            t,
+            TypeTaken {
+                needs_validation: false,
+                changed: true
+            }
+        );
         assert_eq!(ft.take_type(Mfn(1), PageType::L1), Err(Errno::EINVAL));
         assert_eq!(ft.drop_type(Mfn(1)), None);
         let t = ft.take_type(Mfn(1), PageType::L1).unwrap();

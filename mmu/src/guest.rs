@@ -46,7 +46,11 @@ pub struct GuestView<'m, M: ?Sized> {
 impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
     /// A view through `root` (`None`: nothing is mapped).
     pub fn new(mem: &'m M, root: Option<Mfn>) -> Self {
-        GuestView { mem, root, cache: None }
+        GuestView {
+            mem,
+            root,
+            cache: None,
+        }
     }
 
     /// Tells the view that an entry of the table `table` changed.
@@ -76,28 +80,30 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
         }
         let root = self.root.ok_or(Errno::EFAULT)?;
         let mut found = None;
-        let walk = Walker::new(self.mem).apply_to_existing_page_range(root, VaRange::page(va), |v| {
-            if let Visit::Ptes(b) = v {
-                let pte = b.get(0);
-                if pte.is_present() {
-                    let path = b.path();
-                    let writable = pte.has(PteFlags::RW) && path.iter().all(|e| e.has(PteFlags::RW));
-                    let mut tables = [root; 4];
-                    for (k, e) in path.iter().take(2).enumerate() {
-                        tables[k + 1] = e.mfn();
+        let walk =
+            Walker::new(self.mem).apply_to_existing_page_range(root, VaRange::page(va), |v| {
+                if let Visit::Ptes(b) = v {
+                    let pte = b.get(0);
+                    if pte.is_present() {
+                        let path = b.path();
+                        let writable =
+                            pte.has(PteFlags::RW) && path.iter().all(|e| e.has(PteFlags::RW));
+                        let mut tables = [root; 4];
+                        for (k, e) in path.iter().take(2).enumerate() {
+                            tables[k + 1] = e.mfn();
+                        }
+                        tables[3] = b.table();
+                        found = Some(Cached {
+                            page,
+                            paddr: pte.addr(),
+                            writable,
+                            tables,
+                        });
                     }
-                    tables[3] = b.table();
-                    found = Some(Cached {
-                        page,
-                        paddr: pte.addr(),
-                        writable,
-                        tables,
-                    });
                 }
-            }
-            // Superpages cannot exist in validated PV tables; treat them as faults.
-            ControlFlow::<()>::Break(())
-        });
+                // Superpages cannot exist in validated PV tables; treat them as faults.
+                ControlFlow::<()>::Break(())
+            });
         if walk.is_err() {
             return Err(Errno::EFAULT);
         }

@@ -63,15 +63,17 @@ pub use audit::AuditError;
 pub use batch::{BatchOutcome, Caller};
 pub use domain::{Domain, DomainConfig, Vcpu};
 pub use dump::DumpRange;
-pub use flush::{FlushReason, FlushRequest, FlushScope, NoFlush, RecordingFlush, TlbFlush, VcpuSet};
+pub use entry::{Mfn, PTE_AD_MASK, PTE_ADDR_MASK, Pte, PteFlags};
+pub use flush::{
+    FlushReason, FlushRequest, FlushScope, NoFlush, RecordingFlush, TlbFlush, VcpuSet,
+};
 pub use frame::{FrameTable, PageInfo, PageType};
 pub use guest::{GuestView, guest_range_ok};
 pub use machine::{Machine, MachineConfig, MachineError, Stats};
 pub use multicall::MulticallDispatch;
+pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 pub use pvmmu_abi::Errno;
-pub use entry::{Mfn, PTE_AD_MASK, PTE_ADDR_MASK, Pte, PteFlags};
-pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use range::{RangeError, VaRange};
 pub use table::{PteBatch, TableError, visit_table};
 pub use translate::{Translation, effective_flags};

@@ -216,7 +216,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 
     /// Gives free RAM frames to domain `dom` (each with its allocation reference). On
     /// error, frames assigned before the bad one stay assigned.
-    pub fn assign_frames(&mut self, dom: u16, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+    pub fn assign_frames(
+        &mut self,
+        dom: u16,
+        frames: impl IntoIterator<Item = Mfn>,
+    ) -> Result<(), MachineError> {
         if !self.core.domains.contains_key(&dom) {
             return Err(MachineError::NoDomain(dom));
         }
@@ -225,17 +229,27 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 
     /// Reserves RAM frames for the hypervisor itself (owner `DOMID_XEN`): the embedder's
     /// hypervisor area. Guests cannot map them.
-    pub fn reserve_xen_frames(&mut self, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+    pub fn reserve_xen_frames(
+        &mut self,
+        frames: impl IntoIterator<Item = Mfn>,
+    ) -> Result<(), MachineError> {
         self.give(DOMID_XEN, frames)
     }
 
     /// Marks RAM frames as I/O memory (owner `DOMID_IO`); frames beyond RAM are I/O
     /// memory implicitly.
-    pub fn assign_io_frames(&mut self, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+    pub fn assign_io_frames(
+        &mut self,
+        frames: impl IntoIterator<Item = Mfn>,
+    ) -> Result<(), MachineError> {
         self.give(DOMID_IO, frames)
     }
 
-    fn give(&mut self, owner: u16, frames: impl IntoIterator<Item = Mfn>) -> Result<(), MachineError> {
+    fn give(
+        &mut self,
+        owner: u16,
+        frames: impl IntoIterator<Item = Mfn>,
+    ) -> Result<(), MachineError> {
         for mfn in frames {
             if !self.core.frames.allocate(mfn, owner) {
                 return Err(MachineError::FrameNotFree(mfn));
@@ -255,7 +269,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 
     #[allow(dead_code)]
     pub(crate) fn vcpu_check(&self, dom: u16, vcpu: u32) -> Result<(), MachineError> {
-        let d = self.core.domains.get(&dom).ok_or(MachineError::NoDomain(dom))?;
+        let d = self
+            .core
+            .domains
+            .get(&dom)
+            .ok_or(MachineError::NoDomain(dom))?;
         if (vcpu as usize) < d.vcpus.len() {
             Ok(())
         } else {
@@ -265,7 +283,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 }
 
 impl<F> Core<F> {
-    pub(crate) fn write_m2p<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, pfn: u64) -> bool {
+    pub(crate) fn write_m2p<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        pfn: u64,
+    ) -> bool {
         if !self.frames.set_m2p(mfn, pfn) {
             return false;
         }

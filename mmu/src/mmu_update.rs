@@ -3,8 +3,8 @@
 //! (Xen's `mod_l1_entry` .. `mod_l4_entry`).
 
 use pvmmu_abi::mmu::{
-    MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_NO_TRANSLATE, MMU_PT_UPDATE_PRESERVE_AD,
-    MMU_UPDATE_PREEMPTED,
+    MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_NO_TRANSLATE,
+    MMU_PT_UPDATE_PRESERVE_AD, MMU_UPDATE_PREEMPTED,
 };
 use pvmmu_abi::pte::FASTPATH_FLAG_WHITELIST;
 use pvmmu_abi::{Errno, MmuUpdate};
@@ -174,7 +174,9 @@ impl<F: TlbFlush> Core<F> {
             // Not a live table: a plain write into the guest's own memory, under a
             // temporary writable type reference.
             if !locked {
-                self.frames.take_type(table, PageType::Writable).map_err(|_| Errno::EINVAL)?;
+                self.frames
+                    .take_type(table, PageType::Writable)
+                    .map_err(|_| Errno::EINVAL)?;
             }
             let r = visit_table(mem, table, Level::L1, |b| b.set(idx, Pte(val)));
             if !locked {
@@ -202,7 +204,11 @@ impl<F: TlbFlush> Core<F> {
 
     /// Resolves `foreigndom` for `mmu_update`: `(pt_owner, pg_owner)`. The outer error
     /// says whether Xen returns before writing `pdone`.
-    fn mmu_update_owners(&self, caller: u16, foreigndom: u32) -> Result<(Owner, Owner), (bool, Errno)> {
+    fn mmu_update_owners(
+        &self,
+        caller: u16,
+        foreigndom: u32,
+    ) -> Result<(Owner, Owner), (bool, Errno)> {
         let pfd = foreigndom >> 16;
         let pt_owner = if pfd == 0 || (pfd - 1) as u16 == caller {
             caller
@@ -213,7 +219,9 @@ impl<F: TlbFlush> Core<F> {
             }
             id
         };
-        let pg_owner = self.pg_owner(caller, foreigndom as u16).map_err(|e| (false, e))?;
+        let pg_owner = self
+            .pg_owner(caller, foreigndom as u16)
+            .map_err(|e| (false, e))?;
         if !self.may_use(caller, pt_owner) || !self.may_use(caller, pg_owner) {
             return Err((false, Errno::EPERM));
         }
@@ -237,8 +245,14 @@ impl<F: TlbFlush> Core<F> {
                 let cmd = req.ptr & 7;
                 let ptr = req.ptr & !7;
                 match cmd {
-                    MMU_NORMAL_PT_UPDATE | MMU_PT_UPDATE_PRESERVE_AD | MMU_PT_UPDATE_NO_TRANSLATE => {
-                        let how = if cmd == MMU_PT_UPDATE_PRESERVE_AD { Store::PreserveAd } else { Store::Plain };
+                    MMU_NORMAL_PT_UPDATE
+                    | MMU_PT_UPDATE_PRESERVE_AD
+                    | MMU_PT_UPDATE_NO_TRANSLATE => {
+                        let how = if cmd == MMU_PT_UPDATE_PRESERVE_AD {
+                            Store::PreserveAd
+                        } else {
+                            Store::Plain
+                        };
                         let level = self.pt_update(mem, ptr, req.val, how, pt_owner, pg_owner)?;
                         entries.table_written(Mfn::containing(ptr));
                         if level.is_some_and(|l| l != Level::L1) {
@@ -284,13 +298,21 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// Entries are applied in order; the first failure stops the batch, earlier
     /// entries stay applied. Errors that Xen reports before touching any entry come
     /// back as a `BatchOutcome` with `done == 0`.
-    pub fn mmu_update(&mut self, caller: Caller, reqs: &[MmuUpdate], foreigndom: u32) -> Result<BatchOutcome, MachineError> {
+    pub fn mmu_update(
+        &mut self,
+        caller: Caller,
+        reqs: &[MmuUpdate],
+        foreigndom: u32,
+    ) -> Result<BatchOutcome, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let Machine { mem, core } = self;
         let mut src = SliceEntries(reqs);
         Ok(core
             .mmu_update_batch(mem, caller, &mut src, foreigndom)
-            .unwrap_or_else(|(_, e)| BatchOutcome { done: 0, result: Err(e) }))
+            .unwrap_or_else(|(_, e)| BatchOutcome {
+                done: 0,
+                result: Err(e),
+            }))
     }
 
     /// The `mmu_update` hypercall as the guest issues it: `reqs` and `pdone` are guest
@@ -324,7 +346,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 
 /// Handles `MMU_UPDATE_PREEMPTED` in `count`: returns the real count and the `done`
 /// carried over from `*pdone`.
-pub(crate) fn continuation<M: GuestMemory + ?Sized>(view: &mut GuestView<'_, M>, count: u32, pdone: u64) -> (u32, u32) {
+pub(crate) fn continuation<M: GuestMemory + ?Sized>(
+    view: &mut GuestView<'_, M>,
+    count: u32,
+    pdone: u64,
+) -> (u32, u32) {
     if count & MMU_UPDATE_PREEMPTED == 0 {
         return (count, 0);
     }

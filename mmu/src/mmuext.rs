@@ -2,11 +2,11 @@
 //! clear/copy, with Xen's semantics and errno values.
 
 use pvmmu_abi::mmu::{
-    MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE, MMUEXT_FLUSH_CACHE, MMUEXT_FLUSH_CACHE_GLOBAL, MMUEXT_INVLPG_ALL,
-    MMUEXT_INVLPG_LOCAL, MMUEXT_INVLPG_MULTI, MMUEXT_MARK_SUPER, MMUEXT_NEW_BASEPTR, MMUEXT_NEW_USER_BASEPTR,
-    MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L2_TABLE, MMUEXT_PIN_L3_TABLE, MMUEXT_PIN_L4_TABLE, MMUEXT_SET_LDT,
-    MMUEXT_TLB_FLUSH_ALL, MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNMARK_SUPER,
-    MMUEXT_UNPIN_TABLE,
+    MMUEXT_CLEAR_PAGE, MMUEXT_COPY_PAGE, MMUEXT_FLUSH_CACHE, MMUEXT_FLUSH_CACHE_GLOBAL,
+    MMUEXT_INVLPG_ALL, MMUEXT_INVLPG_LOCAL, MMUEXT_INVLPG_MULTI, MMUEXT_MARK_SUPER,
+    MMUEXT_NEW_BASEPTR, MMUEXT_NEW_USER_BASEPTR, MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L2_TABLE,
+    MMUEXT_PIN_L3_TABLE, MMUEXT_PIN_L4_TABLE, MMUEXT_SET_LDT, MMUEXT_TLB_FLUSH_ALL,
+    MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNMARK_SUPER, MMUEXT_UNPIN_TABLE,
 };
 use pvmmu_abi::vmassist::VMASST_TYPE_m2p_strict;
 use pvmmu_abi::{Errno, MmuextOp};
@@ -55,7 +55,10 @@ impl<F: TlbFlush> Core<F> {
         mfn: Mfn,
     ) -> Result<(), Errno> {
         let d = caller.dom;
-        let strict = self.domains.get(&d).is_some_and(|x| x.has_assist(VMASST_TYPE_m2p_strict));
+        let strict = self
+            .domains
+            .get(&d)
+            .is_some_and(|x| x.has_assist(VMASST_TYPE_m2p_strict));
         let old = self.vcpu_root(caller, which);
         if which == Root::Kernel && old == Some(mfn) {
             let vcpus = VcpuSet::one(caller.vcpu);
@@ -91,7 +94,11 @@ impl<F: TlbFlush> Core<F> {
     }
 
     pub(crate) fn vcpu_root(&self, caller: Caller, which: Root) -> Option<Mfn> {
-        let v = self.domains.get(&caller.dom)?.vcpus.get(caller.vcpu as usize)?;
+        let v = self
+            .domains
+            .get(&caller.dom)?
+            .vcpus
+            .get(caller.vcpu as usize)?;
         match which {
             Root::Kernel => v.kernel_root,
             Root::User => v.user_root,
@@ -124,7 +131,8 @@ impl<F: TlbFlush> Core<F> {
         let local = VcpuSet::one(caller.vcpu);
         let is_self = pg_owner == d;
         match op.cmd {
-            MMUEXT_PIN_L1_TABLE | MMUEXT_PIN_L2_TABLE | MMUEXT_PIN_L3_TABLE | MMUEXT_PIN_L4_TABLE => {
+            MMUEXT_PIN_L1_TABLE | MMUEXT_PIN_L2_TABLE | MMUEXT_PIN_L3_TABLE
+            | MMUEXT_PIN_L4_TABLE => {
                 let ty = match op.cmd {
                     MMUEXT_PIN_L1_TABLE => PageType::L1,
                     MMUEXT_PIN_L2_TABLE => PageType::L2,
@@ -162,7 +170,11 @@ impl<F: TlbFlush> Core<F> {
                 if !is_self {
                     return Err(Errno::EPERM);
                 }
-                let which = if op.cmd == MMUEXT_NEW_BASEPTR { Root::Kernel } else { Root::User };
+                let which = if op.cmd == MMUEXT_NEW_BASEPTR {
+                    Root::Kernel
+                } else {
+                    Root::User
+                };
                 self.set_root(mem, caller, which, Mfn(op.arg1))?;
                 if which == Root::Kernel
                     && let Some(v) = view.as_deref_mut()
@@ -178,7 +190,9 @@ impl<F: TlbFlush> Core<F> {
                 let vcpus = match op.cmd {
                     MMUEXT_TLB_FLUSH_LOCAL => local,
                     MMUEXT_TLB_FLUSH_ALL => self.all_vcpus(d),
-                    _ => self.read_vcpumask(view, d, op.arg2).map_err(|_| Errno::EINVAL)?,
+                    _ => self
+                        .read_vcpumask(view, d, op.arg2)
+                        .map_err(|_| Errno::EINVAL)?,
                 };
                 self.flush(d, vcpus, FlushScope::All, FlushReason::Mmuext);
                 Ok(())
@@ -191,7 +205,9 @@ impl<F: TlbFlush> Core<F> {
                 let vcpus = match op.cmd {
                     MMUEXT_INVLPG_LOCAL => local,
                     MMUEXT_INVLPG_ALL => self.all_vcpus(d),
-                    _ => self.read_vcpumask(view, d, op.arg2).map_err(|_| Errno::EINVAL)?,
+                    _ => self
+                        .read_vcpumask(view, d, op.arg2)
+                        .map_err(|_| Errno::EINVAL)?,
                 };
                 // LOCAL skips non-canonical VAs; MULTI/ALL skip non-guest VAs.
                 let skip = if op.cmd == MMUEXT_INVLPG_LOCAL {
@@ -208,7 +224,10 @@ impl<F: TlbFlush> Core<F> {
                 if !is_self {
                     return Err(Errno::EPERM);
                 }
-                let ok = self.domains.get(&d).is_some_and(|x| x.cache_flush_permitted());
+                let ok = self
+                    .domains
+                    .get(&d)
+                    .is_some_and(|x| x.cache_flush_permitted());
                 if ok { Ok(()) } else { Err(Errno::EACCES) }
             }
             MMUEXT_SET_LDT => {
@@ -216,7 +235,9 @@ impl<F: TlbFlush> Core<F> {
                     return Err(Errno::EPERM);
                 }
                 let (base, ents) = (op.arg1, op.arg2 as u32);
-                if ents > LDT_MAX_ENTS || (ents != 0 && (base & (PAGE_SIZE - 1) != 0 || !pvmmu_abi::is_guest_va(base))) {
+                if ents > LDT_MAX_ENTS
+                    || (ents != 0 && (base & (PAGE_SIZE - 1) != 0 || !pvmmu_abi::is_guest_va(base)))
+                {
                     return Err(Errno::EINVAL);
                 }
                 let changed = match self
@@ -239,7 +260,8 @@ impl<F: TlbFlush> Core<F> {
             MMUEXT_CLEAR_PAGE => {
                 let mfn = Mfn(op.arg1);
                 self.with_writable(mfn, pg_owner, |addr| {
-                    mem.write_slice(&[0u8; PAGE_SIZE as usize], GuestAddress(addr)).is_ok()
+                    mem.write_slice(&[0u8; PAGE_SIZE as usize], GuestAddress(addr))
+                        .is_ok()
                 })
             }
             MMUEXT_COPY_PAGE => {
@@ -251,7 +273,9 @@ impl<F: TlbFlush> Core<F> {
                 if mem.read_slice(&mut buf, GuestAddress(src.addr())).is_err() {
                     return Err(Errno::EINVAL);
                 }
-                self.with_writable(dst, pg_owner, |addr| mem.write_slice(&buf, GuestAddress(addr)).is_ok())
+                self.with_writable(dst, pg_owner, |addr| {
+                    mem.write_slice(&buf, GuestAddress(addr)).is_ok()
+                })
             }
             MMUEXT_MARK_SUPER | MMUEXT_UNMARK_SUPER => Err(Errno::EOPNOTSUPP),
             _ => Err(Errno::ENOSYS),
@@ -261,11 +285,18 @@ impl<F: TlbFlush> Core<F> {
     /// Runs `f` on the address of `mfn` while holding a writable type reference (Xen's
     /// CLEAR_PAGE/COPY_PAGE destination rule); -EINVAL if the frame is not the owner's
     /// RAM or is a live page table.
-    fn with_writable(&mut self, mfn: Mfn, owner: Owner, f: impl FnOnce(u64) -> bool) -> Result<(), Errno> {
+    fn with_writable(
+        &mut self,
+        mfn: Mfn,
+        owner: Owner,
+        f: impl FnOnce(u64) -> bool,
+    ) -> Result<(), Errno> {
         if owner == pvmmu_abi::DOMID_IO || !self.frames.owned_by(mfn, owner) {
             return Err(Errno::EINVAL);
         }
-        self.frames.take_type(mfn, PageType::Writable).map_err(|_| Errno::EINVAL)?;
+        self.frames
+            .take_type(mfn, PageType::Writable)
+            .map_err(|_| Errno::EINVAL)?;
         let ok = f(mfn.addr());
         self.frames.drop_type(mfn);
         if ok { Ok(()) } else { Err(Errno::EINVAL) }
@@ -279,7 +310,9 @@ impl<F: TlbFlush> Core<F> {
         mut view: Option<&mut GuestView<'_, M>>,
         foreigndom: u32,
     ) -> Result<BatchOutcome, (bool, Errno)> {
-        let pg_owner = self.pg_owner(caller.dom, foreigndom as u16).map_err(|e| (true, e))?;
+        let pg_owner = self
+            .pg_owner(caller.dom, foreigndom as u16)
+            .map_err(|e| (true, e))?;
         if !self.may_use(caller.dom, pg_owner) {
             return Err((true, Errno::EPERM));
         }
@@ -309,7 +342,12 @@ impl<F: TlbFlush> Core<F> {
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// `mmuext_op` with the operations given as a slice. Operations that read guest
     /// memory (vCPU bitmaps) read it through the caller's kernel page tables.
-    pub fn mmuext_op(&mut self, caller: Caller, ops: &[MmuextOp], foreigndom: u32) -> Result<BatchOutcome, MachineError> {
+    pub fn mmuext_op(
+        &mut self,
+        caller: Caller,
+        ops: &[MmuextOp],
+        foreigndom: u32,
+    ) -> Result<BatchOutcome, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let root = self.kernel_root(caller);
         let Machine { mem, core } = self;
@@ -317,7 +355,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         let mut src = SliceEntries(ops);
         Ok(core
             .mmuext_batch(mem, caller, &mut src, Some(&mut view), foreigndom)
-            .unwrap_or_else(|(_, e)| BatchOutcome { done: 0, result: Err(e) }))
+            .unwrap_or_else(|(_, e)| BatchOutcome {
+                done: 0,
+                result: Err(e),
+            }))
     }
 
     /// The `mmuext_op` hypercall as the guest issues it (guest virtual pointers);

@@ -20,14 +20,26 @@ use crate::machine::{Machine, MachineError};
 /// in, RAX out. The embedder's hypercall dispatcher.
 pub trait MulticallDispatch<M, F> {
     /// Runs hypercall `op` for `caller`; returns its RAX value.
-    fn dispatch(&mut self, machine: &mut Machine<M, F>, caller: Caller, op: u64, args: [u64; 5]) -> i64;
+    fn dispatch(
+        &mut self,
+        machine: &mut Machine<M, F>,
+        caller: Caller,
+        op: u64,
+        args: [u64; 5],
+    ) -> i64;
 }
 
 impl<M, F, T> MulticallDispatch<M, F> for T
 where
     T: FnMut(&mut Machine<M, F>, Caller, u64, [u64; 5]) -> i64,
 {
-    fn dispatch(&mut self, machine: &mut Machine<M, F>, caller: Caller, op: u64, args: [u64; 5]) -> i64 {
+    fn dispatch(
+        &mut self,
+        machine: &mut Machine<M, F>,
+        caller: Caller,
+        op: u64,
+        args: [u64; 5],
+    ) -> i64 {
         self(machine, caller, op, args)
     }
 }
@@ -90,7 +102,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             let result = self.multicall_one(caller, &entry, other)?;
             let root = self.kernel_root(caller);
             let at = list + u64::from(i) * 64 + RESULT_OFFSET;
-            if GuestView::new(&self.mem, root).write(at, &result.to_le_bytes()).is_err() {
+            if GuestView::new(&self.mem, root)
+                .write(at, &result.to_le_bytes())
+                .is_err()
+            {
                 return Ok(Errno::EFAULT.neg());
             }
             if entry.op == HYPERVISOR_iret {

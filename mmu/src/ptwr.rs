@@ -84,7 +84,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             return Ok(Err(PtwrRefusal::NotL1Table));
         }
         let size = u64::from(write.size);
-        if !matches!(size, 1 | 2 | 4 | 8) || write.addr % size != 0 || (write.addr ^ fault_va) >> 12 != 0 {
+        if !matches!(size, 1 | 2 | 4 | 8)
+            || write.addr % size != 0
+            || (write.addr ^ fault_va) >> 12 != 0
+        {
             return Ok(Err(PtwrRefusal::BadAccess));
         }
         // The L1 entry mapping the faulting VA in the kernel tables: present, read-only,
@@ -92,15 +95,19 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         let root = self.core.vcpu_root(caller, Root::Kernel);
         let mut target = None;
         if let Some(root) = root {
-            let _ = Walker::new(&self.mem).apply_to_existing_page_range(root, VaRange::page(fault_va), |v| {
-                if let Visit::Ptes(b) = v {
-                    let e = b.get(0);
-                    if e.is_present() && !e.has(PteFlags::RW) {
-                        target = Some(e.mfn());
+            let _ = Walker::new(&self.mem).apply_to_existing_page_range(
+                root,
+                VaRange::page(fault_va),
+                |v| {
+                    if let Visit::Ptes(b) = v {
+                        let e = b.get(0);
+                        if e.is_present() && !e.has(PteFlags::RW) {
+                            target = Some(e.mfn());
+                        }
                     }
-                }
-                ControlFlow::<()>::Break(())
-            });
+                    ControlFlow::<()>::Break(())
+                },
+            );
         }
         let Some(table) = target else {
             return Ok(Err(PtwrRefusal::NotL1Table));
@@ -111,9 +118,15 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         let idx = ((write.addr & 0xfff) >> 3) as usize;
         let shift = (write.addr & 7) * 8;
-        let mask = if size == 8 { u64::MAX } else { ((1u64 << (size * 8)) - 1) << shift };
-        let current = crate::table::visit_table(&self.mem, table, crate::paging::Level::L1, |b| b.get(idx).raw())
-            .map_err(|_| MachineError::FrameNotFree(table))?;
+        let mask = if size == 8 {
+            u64::MAX
+        } else {
+            ((1u64 << (size * 8)) - 1) << shift
+        };
+        let current = crate::table::visit_table(&self.mem, table, crate::paging::Level::L1, |b| {
+            b.get(idx).raw()
+        })
+        .map_err(|_| MachineError::FrameNotFree(table))?;
         let merge = |v: u64| (current & !mask) | ((v << shift) & mask);
         let new = merge(write.value);
         let how = match write.cmpxchg {
@@ -144,6 +157,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         let root = self.core.vcpu_root(caller, Root::Kernel)?;
         let t = Walker::new(&self.mem).translate(root, fault_va).ok()??;
         let p = self.core.frames.get(t.mfn())?;
-        (p.owner == caller.dom && p.ty == PageType::L1 && p.validated && !t.writable()).then_some(t.mfn())
+        (p.owner == caller.dom && p.ty == PageType::L1 && p.validated && !t.writable())
+            .then_some(t.mfn())
     }
 }

@@ -40,7 +40,9 @@ impl<F: TlbFlush> Core<F> {
         });
         let (table, idx) = found.ok_or(Errno::EINVAL)?;
         match self.frames.get(table) {
-            Some(p) if p.owner == d && p.ty == PageType::L1 && p.validated && p.type_count > 0 => Ok((table, idx)),
+            Some(p) if p.owner == d && p.ty == PageType::L1 && p.validated && p.type_count > 0 => {
+                Ok((table, idx))
+            }
             _ => Err(Errno::EINVAL),
         }
     }
@@ -86,10 +88,18 @@ impl<F: TlbFlush> Core<F> {
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// `update_va_mapping(va, val, flags)`; returns RAX.
-    pub fn update_va_mapping(&mut self, caller: Caller, va: u64, val: u64, flags: u64) -> Result<i64, MachineError> {
+    pub fn update_va_mapping(
+        &mut self,
+        caller: Caller,
+        va: u64,
+        val: u64,
+        flags: u64,
+    ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let Machine { mem, core } = self;
-        Ok(rc(core.update_va_mapping(mem, caller, va, val, flags, caller.dom)))
+        Ok(rc(core.update_va_mapping(
+            mem, caller, va, val, flags, caller.dom,
+        )))
     }
 
     /// `update_va_mapping_otherdomain(va, val, flags, domid)`: the mapped frame must
@@ -112,7 +122,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         if fd != DOMID_SELF && !core.may_use(caller.dom, pg_owner) {
             return Ok(Errno::EPERM.neg());
         }
-        Ok(rc(core.update_va_mapping(mem, caller, va, val, flags, pg_owner)))
+        Ok(rc(
+            core.update_va_mapping(mem, caller, va, val, flags, pg_owner)
+        ))
     }
 }
 

@@ -12,9 +12,9 @@
 use pvmmu_abi::Errno;
 use pvmmu_abi::domid::DOMID_IO;
 use pvmmu_abi::pte::{
-    L1_DISALLOW_MASK_RELEASE, L2_DISALLOW_MASK, L3_DISALLOW_MASK, L4_DISALLOW_MASK, PAGE_PCD, PAGE_PAT,
-    PAGE_PWT, PAGE_RW, PAT_IDX_UC, PAT_IDX_UCM, PAT_IDX_WC, adjust_guest_l1e, adjust_guest_l2e_l3e,
-    adjust_guest_l4e, l1_pat_index,
+    L1_DISALLOW_MASK_RELEASE, L2_DISALLOW_MASK, L3_DISALLOW_MASK, L4_DISALLOW_MASK, PAGE_PAT,
+    PAGE_PCD, PAGE_PWT, PAGE_RW, PAT_IDX_UC, PAT_IDX_UCM, PAT_IDX_WC, adjust_guest_l1e,
+    adjust_guest_l2e_l3e, adjust_guest_l4e, l1_pat_index,
 };
 use pvmmu_abi::vmassist::VMASST_TYPE_m2p_strict;
 use vm_memory::GuestMemory;
@@ -53,12 +53,18 @@ impl<F: TlbFlush> Core<F> {
     /// Xen's `l1_disallow_mask(d)`: PAT/PCD/PWT are refused unless the domain has I/O
     /// rights (or is DOMID_IO).
     pub(crate) fn l1_disallow_mask(&self, d: Owner) -> u64 {
-        let relaxed = d == DOMID_IO || self.domains.get(&d).is_some_and(|dom| dom.cache_flush_permitted());
+        let relaxed = d == DOMID_IO
+            || self
+                .domains
+                .get(&d)
+                .is_some_and(|dom| dom.cache_flush_permitted());
         if relaxed { 0 } else { L1_DISALLOW_MASK_RELEASE }
     }
 
     fn iomem_permitted(&self, d: Owner, mfn: u64) -> bool {
-        self.domains.get(&d).is_some_and(|dom| dom.iomem_permitted(mfn))
+        self.domains
+            .get(&d)
+            .is_some_and(|dom| dom.iomem_permitted(mfn))
     }
 
     fn is_ro_mmio(&self, mfn: u64) -> bool {
@@ -66,26 +72,40 @@ impl<F: TlbFlush> Core<F> {
     }
 
     fn privileged_over(&self, d: Owner, target: Owner) -> bool {
-        self.domains.get(&d).is_some_and(|dom| dom.may_control(target))
+        self.domains
+            .get(&d)
+            .is_some_and(|dom| dom.may_control(target))
     }
 
     /// Xen's `get_page_from_l1e` for a present entry: takes the references the entry
     /// needs and returns the flag bits Xen flips in the stored entry.
-    pub(crate) fn get_page_from_l1e(&mut self, l1e: u64, l1e_owner: Owner, pg_owner: Owner) -> Result<u64, Errno> {
+    pub(crate) fn get_page_from_l1e(
+        &mut self,
+        l1e: u64,
+        l1e_owner: Owner,
+        pg_owner: Owner,
+    ) -> Result<u64, Errno> {
         let pte = Pte(l1e);
         if l1e & self.l1_disallow_mask(l1e_owner) != 0 {
             return Err(Errno::EINVAL);
         }
         let mfn = pte.mfn();
         let owner = self.frames.get(mfn).map(|p| p.owner);
-        let is_ram = owner.is_some_and(|o| o != DOMID_IO && self.frames.get(mfn).is_some_and(|p| p.count > 0));
+        let is_ram = owner
+            .is_some_and(|o| o != DOMID_IO && self.frames.get(mfn).is_some_and(|p| p.count > 0));
         if !is_ram {
             if mfn.0 == (crate::entry::PTE_ADDR_MASK >> 12) {
                 return Err(Errno::EINVAL);
             }
             // I/O memory: DOMID_IO as FD means "with the caller's permissions".
-            let pg = if pg_owner == DOMID_IO { l1e_owner } else { pg_owner };
-            if !self.iomem_permitted(pg, mfn.0) || (pg != l1e_owner && !self.iomem_permitted(l1e_owner, mfn.0)) {
+            let pg = if pg_owner == DOMID_IO {
+                l1e_owner
+            } else {
+                pg_owner
+            };
+            if !self.iomem_permitted(pg, mfn.0)
+                || (pg != l1e_owner && !self.iomem_permitted(l1e_owner, mfn.0))
+            {
                 return Err(Errno::EPERM);
             }
             let mut flip = 0;
@@ -151,7 +171,8 @@ impl<F: TlbFlush> Core<F> {
         let downgraded = !n.is_present()
             || n.mfn() != o.mfn()
             || (o.raw() & PAGE_RW != 0 && n.raw() & PAGE_RW == 0)
-            || (n.raw() & crate::entry::PteFlags::NX.bits() != 0 && o.raw() & crate::entry::PteFlags::NX.bits() == 0);
+            || (n.raw() & crate::entry::PteFlags::NX.bits() != 0
+                && o.raw() & crate::entry::PteFlags::NX.bits() == 0);
         if downgraded && self.frames.mark_stale(o.mfn()) {
             self.stale.push(o.mfn());
         }
@@ -159,7 +180,13 @@ impl<F: TlbFlush> Core<F> {
 
     /// Hands a flush to the embedder, with the stale frames and non-leaf state
     /// accumulated since the previous one.
-    pub(crate) fn flush(&mut self, domain: Owner, vcpus: VcpuSet, scope: FlushScope, reason: FlushReason) {
+    pub(crate) fn flush(
+        &mut self,
+        domain: Owner,
+        vcpus: VcpuSet,
+        scope: FlushScope,
+        reason: FlushReason,
+    ) {
         let stale = std::mem::take(&mut self.stale);
         for m in &stale {
             self.frames.clear_stale(*m);
@@ -191,7 +218,10 @@ impl<F: TlbFlush> Core<F> {
         ty: PageType,
     ) -> Result<(), Errno> {
         let taken = self.frames.take_type(mfn, ty)?;
-        if taken.changed && ty != PageType::Writable && self.frames.get(mfn).is_some_and(|p| p.stale) {
+        if taken.changed
+            && ty != PageType::Writable
+            && self.frames.get(mfn).is_some_and(|p| p.stale)
+        {
             // No CPU may keep a (writable) translation of a frame that becomes a table.
             let owner = self.frames.get(mfn).map_or(0, |p| p.owner);
             let vcpus = self.all_vcpus(owner);
@@ -253,7 +283,10 @@ impl<F: TlbFlush> Core<F> {
         if entry & upper_disallow_mask(level) != 0 {
             return Err(Errno::EINVAL);
         }
-        let lower = level.lower().and_then(PageType::table).ok_or(Errno::EINVAL)?;
+        let lower = level
+            .lower()
+            .and_then(PageType::table)
+            .ok_or(Errno::EINVAL)?;
         match self.get_page_and_type(mem, Pte(entry).mfn(), d, lower) {
             Err(Errno::EINVAL) => {
                 if self.get_linear(level, entry, table, d) {
@@ -339,7 +372,12 @@ impl<F: TlbFlush> Core<F> {
 
     /// Validates the table `mfn` of `level` (Xen's `promote_lN_table`): takes every
     /// reference its entries need and stores the adjusted entries. All or nothing.
-    pub(crate) fn promote<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, level: Level) -> Result<(), Errno> {
+    pub(crate) fn promote<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        level: Level,
+    ) -> Result<(), Errno> {
         let d = self.frames.get(mfn).map(|p| p.owner).ok_or(Errno::EINVAL)?;
         let r = visit_table(mem, mfn, level, |batch| -> Result<(), Errno> {
             let n = batch.len();
@@ -392,7 +430,13 @@ impl<F: TlbFlush> Core<F> {
     }
 
     /// Releases what one present entry of a table of `level` holds.
-    pub(crate) fn release_entry<M: GuestMemory + ?Sized>(&mut self, mem: &M, level: Level, entry: u64, table: Mfn) {
+    pub(crate) fn release_entry<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        level: Level,
+        entry: u64,
+        table: Mfn,
+    ) {
         if entry & 1 == 0 {
             return;
         }

@@ -1,8 +1,8 @@
 //! `vm_assist` (hypercall 21): enabling and disabling the assists the PV MMU honours
 //! (writable page tables, m2p_strict) and the others Xen accepts for 64-bit PV.
 
-use pvmmu_abi::vmassist::{PV64_VM_ASSIST_MASK, VMASST_CMD_disable, VMASST_CMD_enable};
 use pvmmu_abi::Errno;
+use pvmmu_abi::vmassist::{PV64_VM_ASSIST_MASK, VMASST_CMD_disable, VMASST_CMD_enable};
 use vm_memory::GuestMemory;
 
 use crate::batch::Caller;
