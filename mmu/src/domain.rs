@@ -87,6 +87,10 @@ pub struct Domain {
     pub(crate) config: DomainConfig,
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) vm_assist: u64,
+    /// Own frames whose translations this domain's TLBs may hold stale.
+    pub(crate) stale: Vec<Mfn>,
+    /// Whether an L2..L4 entry of this domain changed since its last full flush.
+    pub(crate) non_leaf_pending: bool,
 }
 
 impl Domain {
@@ -101,6 +105,8 @@ impl Domain {
             config,
             vcpus,
             vm_assist: 0,
+            stale: Vec::new(),
+            non_leaf_pending: false,
         }
     }
 

@@ -110,9 +110,12 @@ pub struct PageInfo {
     /// XSA-240 linear-use counter: > 0 = contains that many same-level entries,
     /// < 0 = referenced by that many same-level entries.
     pub linear: i16,
-    /// Whether a TLB may still hold a translation of this frame that was removed or
-    /// downgraded since the last flush.
+    /// Whether a TLB of the owning domain may still hold a translation of this frame
+    /// that was removed or downgraded since that domain's last full flush.
     pub stale: bool,
+    /// Number of *other* domains whose TLBs may hold such a stale translation (foreign
+    /// mappings).
+    pub stale_foreign: u16,
 }
 
 impl Default for PageInfo {
@@ -127,6 +130,7 @@ impl Default for PageInfo {
             allocated: false,
             linear: 0,
             stale: false,
+            stale_foreign: 0,
         }
     }
 }
@@ -243,9 +247,10 @@ impl FrameTable {
             debug_assert!(p.count > 0, "put_page on free frame {mfn}");
             p.count = p.count.saturating_sub(1);
             if p.count == 0 {
-                let stale = p.stale;
+                // A freed frame may still be in some TLB: keep its staleness.
                 *p = PageInfo {
-                    stale,
+                    stale: p.stale,
+                    stale_foreign: p.stale_foreign,
                     ..PageInfo::default()
                 };
             }
@@ -324,29 +329,13 @@ impl FrameTable {
                     owner,
                     count: 1,
                     allocated: true,
+                    stale: p.stale,
+                    stale_foreign: p.stale_foreign,
                     ..PageInfo::default()
                 };
                 true
             }
             _ => false,
-        }
-    }
-
-    /// Marks a frame stale (a TLB may still translate to it with rights since removed);
-    /// returns `true` if it was not already.
-    pub(crate) fn mark_stale(&mut self, mfn: Mfn) -> bool {
-        match self.get_mut(mfn) {
-            Some(p) if !p.stale => {
-                p.stale = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    pub(crate) fn clear_stale(&mut self, mfn: Mfn) {
-        if let Some(p) = self.get_mut(mfn) {
-            p.stale = false;
         }
     }
 

@@ -1,13 +1,57 @@
 //! # pvmmu
 //!
 //! A hypervisor-side page-table service for paravirtualised (Xen PV) guests, over any
-//! [`vm_memory::GuestMemory`].
+//! [`vm_memory::GuestMemory`]. A PV guest kernel keeps its x86-64 page tables in its own
+//! memory but may not write them; it asks through Xen's PV MMU hypercalls, and this
+//! library validates every request by Xen's rules (page types, reference counts,
+//! per-level flag rules, linear page tables, reserved slots) before applying it, with
+//! the same results and errno values as Xen 4.23.
 //!
-//! Its root is the **batched page-table walker** ([`Walker`]): one way to walk a range of
-//! page tables that calls back once per page-table page with the run of entries the
-//! range covers ([`PteBatch`]), instead of once per entry, so the callback's cost is
-//! amortised over up to 512 entries. Translation ([`Walker::translate`]) and the
-//! ptdump-style dump ([`Walker::dump`]) are built on it.
+//! Two layers:
+//!
+//! - **The batched page-table walker** ([`Walker`]): one way to walk a range of page
+//!   tables that calls back once per page-table page with the run of entries the range
+//!   covers ([`PteBatch`]), so the callback's cost is amortised over up to 512 entries.
+//!   Translation ([`Walker::translate`]), the ptdump-style dump ([`Walker::dump`]), guest
+//!   virtual memory access ([`GuestView`]) and the PV MMU itself all walk through it.
+//! - **Xen's PV MMU** ([`Machine`]): the frame table shared by all domains, the domains
+//!   and their vCPUs, and the hypercalls `mmu_update`, `mmuext_op`,
+//!   `update_va_mapping(_otherdomain)`, `multicall`, `vm_assist`, writable-page-table
+//!   emulation ([`Machine::ptwr_write`]), [`Machine::audit`] and domain teardown. TLB
+//!   flushes are handed to the embedder through [`TlbFlush`] at exactly the points where
+//!   Xen flushes.
+//!
+//! ## Embedding in a VMM
+//!
+//! ```
+//! use pvmmu::{Caller, DomainConfig, Machine, MachineConfig, Mfn};
+//! use pvmmu_abi::mmu::MMUEXT_PIN_L1_TABLE;
+//! use pvmmu_abi::{MmuUpdate, MmuextOp, DOMID_SELF};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//!
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let mut m = Machine::new(mem, MachineConfig::default()).unwrap();
+//! m.create_domain(DomainConfig::new(1)).unwrap();
+//! m.assign_frames(1, (0x10..0x100).map(Mfn)).unwrap();
+//! let me = Caller::new(1, 0);
+//!
+//! // Pin frame 0x10 as an L1 table, then map frame 0x20 read-write through it.
+//! let o = m.mmuext_op(me, &[MmuextOp::new(MMUEXT_PIN_L1_TABLE, 0x10, 0)], DOMID_SELF.into())?;
+//! assert_eq!(o.result, Ok(()));
+//! let o = m.mmu_update(me, &[MmuUpdate { ptr: 0x10_000, val: 0x20_003 }], DOMID_SELF.into())?;
+//! assert_eq!((o.done, o.result), (1, Ok(())));
+//! // Mapping the table itself writable is refused with Xen's errno.
+//! let o = m.mmu_update(me, &[MmuUpdate { ptr: 0x10_008, val: 0x10_003 }], DOMID_SELF.into())?;
+//! assert_eq!(o.result, Err(pvmmu::Errno::EBUSY));
+//! assert!(m.audit().is_ok());
+//! # Ok::<(), pvmmu::MachineError>(())
+//! ```
+//!
+//! A VMM calls the `hypercall_*` forms with the guest's raw register arguments: their
+//! pointers are guest *virtual* addresses, read and written through the vCPU's current
+//! kernel page tables, and they return the value for RAX.
+//!
+//! ## The walker
 //!
 //! ```
 //! use std::ops::ControlFlow;

@@ -115,10 +115,8 @@ pub(crate) struct Core<F> {
     pub(crate) config: MachineConfig,
     pub(crate) flusher: F,
     pub(crate) stats: Stats,
-    /// Frames marked stale since the last flush.
-    pub(crate) stale: Vec<Mfn>,
-    /// Whether an L2..L4 entry changed since the last flush.
-    pub(crate) non_leaf_pending: bool,
+    /// Stale translations held by a domain's TLBs of frames it does not own.
+    pub(crate) stale_foreign: std::collections::HashSet<(u16, u64)>,
 }
 
 impl<M: GuestMemory> Machine<M, RecordingFlush> {
@@ -154,8 +152,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 config,
                 flusher,
                 stats: Stats::default(),
-                stale: Vec::new(),
-                non_leaf_pending: false,
+                stale_foreign: std::collections::HashSet::new(),
             },
         })
     }

@@ -37,6 +37,15 @@ pub(crate) enum Store {
     IfEqual(u64),
 }
 
+/// One entry write: entry `idx` of table `table` becomes `new`, stored as `how`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryWrite {
+    pub table: Mfn,
+    pub idx: usize,
+    pub new: u64,
+    pub how: Store,
+}
+
 /// Result of a store that may be conditional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stored {
@@ -68,14 +77,17 @@ impl<F: TlbFlush> Core<F> {
     pub(crate) fn mod_l1_entry<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
-        table: Mfn,
-        idx: usize,
-        new: u64,
-        how: Store,
+        w: EntryWrite,
         pt_owner: Owner,
         pg_owner: Owner,
         fast_path: bool,
     ) -> Result<Stored, Errno> {
+        let EntryWrite {
+            table,
+            idx,
+            new,
+            how,
+        } = w;
         let r = visit_table(mem, table, Level::L1, |b| -> Result<Stored, Errno> {
             let old = match how {
                 Store::IfEqual(o) => o,
@@ -85,7 +97,7 @@ impl<F: TlbFlush> Core<F> {
                 let s = store(b, idx, new, how);
                 if s == Stored::Done {
                     self.put_page_from_l1e(old);
-                    self.note_stale(old, new);
+                    self.note_stale(pt_owner, old, new);
                 }
                 return Ok(s);
             }
@@ -96,7 +108,7 @@ impl<F: TlbFlush> Core<F> {
             if fast_path && old & 1 != 0 && !needs_full_path(old, nl) {
                 let s = store(b, idx, nl, how);
                 if s == Stored::Done {
-                    self.note_stale(old, nl);
+                    self.note_stale(pt_owner, old, nl);
                 }
                 return Ok(s);
             }
@@ -106,7 +118,7 @@ impl<F: TlbFlush> Core<F> {
             match s {
                 Stored::Done => {
                     self.put_page_from_l1e(old);
-                    self.note_stale(old, nl);
+                    self.note_stale(pt_owner, old, nl);
                 }
                 Stored::Mismatch(_) => self.put_page_from_l1e(nl),
             }
@@ -120,12 +132,15 @@ impl<F: TlbFlush> Core<F> {
         &mut self,
         mem: &M,
         level: Level,
-        table: Mfn,
-        idx: usize,
-        new: u64,
-        how: Store,
+        w: EntryWrite,
         d: Owner,
     ) -> Result<(), Errno> {
+        let EntryWrite {
+            table,
+            idx,
+            new,
+            how,
+        } = w;
         if level == Level::L4 && is_xen_slot(idx) {
             return Err(Errno::EINVAL);
         }
@@ -187,7 +202,18 @@ impl<F: TlbFlush> Core<F> {
         }
         match info.ty {
             PageType::L1 => {
-                self.mod_l1_entry(mem, table, idx, val, how, pt_owner, pg_owner, true)?;
+                self.mod_l1_entry(
+                    mem,
+                    EntryWrite {
+                        table,
+                        idx,
+                        new: val,
+                        how,
+                    },
+                    pt_owner,
+                    pg_owner,
+                    true,
+                )?;
                 Ok(Some(Level::L1))
             }
             PageType::L2 | PageType::L3 | PageType::L4 => {
@@ -195,7 +221,17 @@ impl<F: TlbFlush> Core<F> {
                     return Err(Errno::EINVAL);
                 }
                 let level = info.ty.level().ok_or(Errno::EINVAL)?;
-                self.mod_upper_entry(mem, level, table, idx, val, how, pt_owner)?;
+                self.mod_upper_entry(
+                    mem,
+                    level,
+                    EntryWrite {
+                        table,
+                        idx,
+                        new: val,
+                        how,
+                    },
+                    pt_owner,
+                )?;
                 Ok(Some(level))
             }
             _ => Err(Errno::EINVAL),
@@ -284,7 +320,9 @@ impl<F: TlbFlush> Core<F> {
         }
         if non_leaf {
             // XSA-286: paging-structure changes are flushed before returning.
-            self.non_leaf_pending = true;
+            if let Some(d) = self.domains.get_mut(&pt_owner) {
+                d.non_leaf_pending = true;
+            }
             let vcpus = self.all_vcpus(pt_owner);
             self.flush(pt_owner, vcpus, FlushScope::All, FlushReason::NonLeafUpdate);
         }

@@ -13,7 +13,7 @@ use crate::entry::{Mfn, PteFlags};
 use crate::flush::TlbFlush;
 use crate::frame::PageType;
 use crate::machine::{Machine, MachineError};
-use crate::mmu_update::{Store, Stored};
+use crate::mmu_update::{EntryWrite, Store, Stored};
 use crate::mmuext::Root;
 use crate::range::VaRange;
 use crate::walk::{Visit, Walker};
@@ -85,7 +85,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         let size = u64::from(write.size);
         if !matches!(size, 1 | 2 | 4 | 8)
-            || write.addr % size != 0
+            || !write.addr.is_multiple_of(size)
             || (write.addr ^ fault_va) >> 12 != 0
         {
             return Ok(Err(PtwrRefusal::BadAccess));
@@ -135,7 +135,18 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         };
         let Machine { mem, core } = self;
         Ok(
-            match core.mod_l1_entry(mem, table, idx, new, how, d, d, false) {
+            match core.mod_l1_entry(
+                mem,
+                EntryWrite {
+                    table,
+                    idx,
+                    new,
+                    how,
+                },
+                d,
+                d,
+                false,
+            ) {
                 Ok(Stored::Done) => {
                     core.stats.applied += 1;
                     Ok(PtwrOutcome::Written)

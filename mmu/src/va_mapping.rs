@@ -13,7 +13,7 @@ use crate::flush::{FlushReason, FlushScope, TlbFlush, VcpuSet};
 use crate::frame::{Owner, PageType};
 use crate::guest::GuestView;
 use crate::machine::{Core, Machine, MachineError};
-use crate::mmu_update::Store;
+use crate::mmu_update::{EntryWrite, Store};
 use crate::range::VaRange;
 use crate::walk::{Visit, Walker};
 
@@ -59,7 +59,18 @@ impl<F: TlbFlush> Core<F> {
         let d = caller.dom;
         let root = self.vcpu_root(caller, crate::mmuext::Root::Kernel);
         let (table, idx) = self.guest_l1e(mem, root, va, d)?;
-        if let Err(e) = self.mod_l1_entry(mem, table, idx, val, Store::Plain, d, pg_owner, true) {
+        if let Err(e) = self.mod_l1_entry(
+            mem,
+            EntryWrite {
+                table,
+                idx,
+                new: val,
+                how: Store::Plain,
+            },
+            d,
+            pg_owner,
+            true,
+        ) {
             self.stats.rejected += 1;
             return Err(e); // XSA-279: no flush, no use of the VA
         }

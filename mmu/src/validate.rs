@@ -91,8 +91,9 @@ impl<F: TlbFlush> Core<F> {
         }
         let mfn = pte.mfn();
         let owner = self.frames.get(mfn).map(|p| p.owner);
-        let is_ram = owner
-            .is_some_and(|o| o != DOMID_IO && self.frames.get(mfn).is_some_and(|p| p.count > 0));
+        // RAM known to the frame table and not I/O memory (free RAM included: mapping
+        // it is -EBUSY below, never the MMIO path).
+        let is_ram = owner.is_some_and(|o| o != DOMID_IO);
         if !is_ram {
             if mfn.0 == (crate::entry::PTE_ADDR_MASK >> 12) {
                 return Err(Errno::EINVAL);
@@ -161,46 +162,112 @@ impl<F: TlbFlush> Core<F> {
         self.frames.put_page(mfn);
     }
 
-    /// Records that some TLB may still hold a translation to `mfn` that was removed or
-    /// downgraded.
-    pub(crate) fn note_stale(&mut self, old: u64, new: u64) {
+    /// Records that the TLBs of domain `d` (whose tables held `old`) may still hold a
+    /// translation that `new` removed or downgraded.
+    pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64) {
         let (o, n) = (Pte(old), Pte(new));
         if !o.is_present() {
             return;
         }
+        let nx = crate::entry::PteFlags::NX.bits();
         let downgraded = !n.is_present()
             || n.mfn() != o.mfn()
             || (o.raw() & PAGE_RW != 0 && n.raw() & PAGE_RW == 0)
-            || (n.raw() & crate::entry::PteFlags::NX.bits() != 0
-                && o.raw() & crate::entry::PteFlags::NX.bits() == 0);
-        if downgraded && self.frames.mark_stale(o.mfn()) {
-            self.stale.push(o.mfn());
+            || (n.raw() & nx != 0 && o.raw() & nx == 0);
+        if !downgraded {
+            return;
+        }
+        let mfn = o.mfn();
+        let Some(p) = self.frames.get_mut(mfn) else {
+            return; // I/O memory: not RAM
+        };
+        if p.owner == d {
+            if !p.stale {
+                p.stale = true;
+                if let Some(dom) = self.domains.get_mut(&d) {
+                    dom.stale.push(mfn);
+                }
+            }
+        } else if self.stale_foreign.insert((d, mfn.0)) {
+            p.stale_foreign = p.stale_foreign.saturating_add(1);
         }
     }
 
-    /// Hands a flush to the embedder, with the stale frames and non-leaf state
-    /// accumulated since the previous one.
+    /// Hands a flush of domain `d` to the embedder, with the frames `d`'s TLBs may hold
+    /// stale and whether a non-leaf entry changed. Only a flush of every vCPU of `d`
+    /// including global entries forgets them.
     pub(crate) fn flush(
         &mut self,
-        domain: Owner,
+        d: Owner,
         vcpus: VcpuSet,
         scope: FlushScope,
         reason: FlushReason,
     ) {
-        let stale = std::mem::take(&mut self.stale);
-        for m in &stale {
-            self.frames.clear_stale(*m);
+        let all = self.all_vcpus(d);
+        let full = scope == FlushScope::All && vcpus.0 & all.0 == all.0;
+        let mut stale: Vec<Mfn> = self
+            .domains
+            .get(&d)
+            .map(|x| x.stale.clone())
+            .unwrap_or_default();
+        stale.extend(
+            self.stale_foreign
+                .iter()
+                .filter(|(x, _)| *x == d)
+                .map(|(_, m)| Mfn(*m)),
+        );
+        let non_leaf = self.domains.get(&d).is_some_and(|x| x.non_leaf_pending);
+        if full {
+            if let Some(dom) = self.domains.get_mut(&d) {
+                dom.non_leaf_pending = false;
+                for m in std::mem::take(&mut dom.stale) {
+                    if let Some(p) = self.frames.get_mut(m) {
+                        p.stale = false;
+                    }
+                }
+            }
+            let frames = &mut self.frames;
+            self.stale_foreign.retain(|(x, m)| {
+                if *x != d {
+                    return true;
+                }
+                if let Some(p) = frames.get_mut(Mfn(*m)) {
+                    p.stale_foreign = p.stale_foreign.saturating_sub(1);
+                }
+                false
+            });
         }
         let req = FlushRequest {
-            domain,
+            domain: d,
             vcpus,
             scope,
             stale,
-            non_leaf: std::mem::take(&mut self.non_leaf_pending),
+            non_leaf,
             reason,
         };
         self.stats.flushes += 1;
         self.flusher.flush(&req);
+    }
+
+    /// Before `mfn` becomes a page table: a full flush of every domain whose TLBs may
+    /// still translate it (with rights since removed, writable among them).
+    fn flush_before_type_change(&mut self, mfn: Mfn) {
+        let Some(p) = self.frames.get(mfn).copied() else {
+            return;
+        };
+        if !p.stale && p.stale_foreign == 0 {
+            return;
+        }
+        let doms: Vec<Owner> = self
+            .domains
+            .keys()
+            .copied()
+            .filter(|x| (*x == p.owner && p.stale) || self.stale_foreign.contains(&(*x, mfn.0)))
+            .collect();
+        for x in doms {
+            let vcpus = self.all_vcpus(x);
+            self.flush(x, vcpus, FlushScope::All, FlushReason::TypeChange);
+        }
     }
 
     pub(crate) fn all_vcpus(&self, d: Owner) -> VcpuSet {
@@ -218,14 +285,10 @@ impl<F: TlbFlush> Core<F> {
         ty: PageType,
     ) -> Result<(), Errno> {
         let taken = self.frames.take_type(mfn, ty)?;
-        if taken.changed
-            && ty != PageType::Writable
-            && self.frames.get(mfn).is_some_and(|p| p.stale)
-        {
-            // No CPU may keep a (writable) translation of a frame that becomes a table.
-            let owner = self.frames.get(mfn).map_or(0, |p| p.owner);
-            let vcpus = self.all_vcpus(owner);
-            self.flush(owner, vcpus, FlushScope::All, FlushReason::TypeChange);
+        if taken.changed && ty != PageType::Writable {
+            // No CPU may keep a (writable) translation of a frame that becomes a table
+            // (XSA-241/401/408: after the new type is taken, before it is used).
+            self.flush_before_type_change(mfn);
         }
         if taken.needs_validation {
             let level = ty.level().ok_or(Errno::EINVAL)?;
@@ -449,6 +512,7 @@ impl<F: TlbFlush> Core<F> {
 
     /// De-validates the table `mfn` of `level` (Xen's `demote_lN_table`).
     pub(crate) fn demote<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, level: Level) {
+        let d = self.frames.get(mfn).map_or(DOMID_IO, |p| p.owner);
         let _ = visit_table(mem, mfn, level, |batch| {
             for i in 0..batch.len() {
                 if level == Level::L4 && is_xen_slot(i) {
@@ -456,6 +520,10 @@ impl<F: TlbFlush> Core<F> {
                 }
                 let e = batch.get(i).raw();
                 self.release_entry(mem, level, e, mfn);
+                if level == Level::L1 {
+                    // The table is unreachable now, but TLBs may still hold its entries.
+                    self.note_stale(d, e, 0);
+                }
             }
         });
         if let Some(p) = self.frames.get_mut(mfn) {

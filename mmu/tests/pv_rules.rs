@@ -256,7 +256,7 @@ fn ptr_must_name_a_frame_of_the_page_table_owner() {
         assert_refused(g.update(&[((DOM2_FIRST << 12) | 8, 0)]), Errno::EINVAL, 0);
         assert_refused(g.update(&[((XEN_FRAME << 12) | 8, 0)]), Errno::EINVAL, 0);
         assert_refused(g.update(&[(FRAMES << 12, 0)]), Errno::EINVAL, 0);
-        assert_refused(g.update(&[(u64::MAX & !7, 0)]), Errno::EINVAL, 0);
+        assert_refused(g.update(&[(!7, 0)]), Errno::EINVAL, 0);
     });
 }
 

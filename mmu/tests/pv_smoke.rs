@@ -1,3 +1,4 @@
+//! Smoke test: the builder fixture produces a validated, pinned, installed tree.
 mod support;
 use support::*;
 
