@@ -117,7 +117,7 @@ impl Fixture {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("ops");
-    g.sample_size(10);
+    g.sample_size(20);
     g.warm_up_time(Duration::from_millis(500));
     g.measurement_time(Duration::from_secs(3));
 

@@ -183,10 +183,12 @@ impl FrameTable {
     }
 
     /// The bookkeeping of `mfn`, if it is RAM.
+    #[inline]
     pub fn get(&self, mfn: Mfn) -> Option<&PageInfo> {
         usize::try_from(mfn.0).ok().and_then(|i| self.pages.get(i))
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
         usize::try_from(mfn.0)
             .ok()
@@ -230,6 +232,7 @@ impl FrameTable {
 
     /// Xen's `get_page`: takes a general reference if the frame is owned by `owner` and
     /// in use; refuses overflow.
+    #[inline]
     pub(crate) fn get_page(&mut self, mfn: Mfn, owner: Owner) -> bool {
         match self.get_mut(mfn) {
             Some(p) if p.owner == owner && p.count > 0 && p.count + 1 < COUNT_MASK - 1 => {
@@ -242,6 +245,7 @@ impl FrameTable {
 
     /// Xen's `put_page`: drops a general reference. Dropping the last one frees the
     /// frame (owner cleared, type reset).
+    #[inline]
     pub(crate) fn put_page(&mut self, mfn: Mfn) {
         if let Some(p) = self.get_mut(mfn) {
             debug_assert!(p.count > 0, "put_page on free frame {mfn}");
@@ -260,6 +264,7 @@ impl FrameTable {
     /// First half of Xen's `get_page_type`: takes a type reference on `ty` if the frame's
     /// type allows it. The caller validates when asked to, and calls
     /// [`FrameTable::type_validated`] or [`FrameTable::type_failed`].
+    #[inline]
     pub(crate) fn take_type(&mut self, mfn: Mfn, ty: PageType) -> Result<TypeTaken, Errno> {
         let p = self.get_mut(mfn).ok_or(Errno::EINVAL)?;
         if p.type_count >= TYPE_COUNT_MASK {
@@ -307,6 +312,7 @@ impl FrameTable {
     /// First half of `put_page_type`: drops a type reference. Returns the page-table
     /// level to de-validate if this was the last reference of a validated table (the
     /// validated bit is already cleared).
+    #[inline]
     pub(crate) fn drop_type(&mut self, mfn: Mfn) -> Option<Level> {
         let p = self.get_mut(mfn)?;
         debug_assert!(p.type_count > 0, "put_page_type at count 0 on {mfn}");

@@ -82,13 +82,26 @@ impl<F: TlbFlush> Core<F> {
         pg_owner: Owner,
         fast_path: bool,
     ) -> Result<Stored, Errno> {
+        let page = crate::table::table_page(mem, w.table).map_err(|_| Errno::EINVAL)?;
+        self.mod_l1_entry_in(&page, w, pt_owner, pg_owner, fast_path)
+    }
+
+    pub(crate) fn mod_l1_entry_in<B: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        page: &crate::table::TablePage<'_, B>,
+        w: EntryWrite,
+        pt_owner: Owner,
+        pg_owner: Owner,
+        fast_path: bool,
+    ) -> Result<Stored, Errno> {
         let EntryWrite {
             table,
             idx,
             new,
             how,
         } = w;
-        let r = visit_table(mem, table, Level::L1, |b| -> Result<Stored, Errno> {
+        let mask = self.l1_disallow_mask(pt_owner);
+        crate::table::visit_page(page, table, Level::L1, |b| -> Result<Stored, Errno> {
             let old = match how {
                 Store::IfEqual(o) => o,
                 _ => b.get(idx).raw(),
@@ -101,7 +114,7 @@ impl<F: TlbFlush> Core<F> {
                 }
                 return Ok(s);
             }
-            if new & self.l1_disallow_mask(pt_owner) != 0 {
+            if new & mask != 0 {
                 return Err(Errno::EINVAL);
             }
             let nl = adjust(Level::L1, new);
@@ -112,7 +125,7 @@ impl<F: TlbFlush> Core<F> {
                 }
                 return Ok(s);
             }
-            let flip = self.get_page_from_l1e(nl, pt_owner, pg_owner)?;
+            let flip = self.get_page_from_l1e(nl, mask, pt_owner, pg_owner)?;
             let nl = nl ^ flip;
             let s = store(b, idx, nl, how);
             match s {
@@ -123,8 +136,7 @@ impl<F: TlbFlush> Core<F> {
                 Stored::Mismatch(_) => self.put_page_from_l1e(nl),
             }
             Ok(s)
-        });
-        r.map_err(|_| Errno::EINVAL)?
+        })
     }
 
     /// Xen's `mod_l2_entry` .. `mod_l4_entry`.
@@ -169,14 +181,14 @@ impl<F: TlbFlush> Core<F> {
 
     /// One `MMU_NORMAL_PT_UPDATE` / `PRESERVE_AD` / `NO_TRANSLATE` request. Returns the
     /// level written (for the non-leaf flush) on success.
-    fn pt_update<M: GuestMemory + ?Sized>(
+    fn pt_update<'m, M: GuestMemory + ?Sized>(
         &mut self,
-        mem: &M,
+        mem: &'m M,
+        cache: &mut Option<(Mfn, crate::table::PageOf<'m, M>)>,
         ptr: u64,
         val: u64,
         how: Store,
-        pt_owner: Owner,
-        pg_owner: Owner,
+        (pt_owner, pg_owner): (Owner, Owner),
     ) -> Result<Option<Level>, Errno> {
         let table = Mfn::containing(ptr);
         let idx = ((ptr & 0xfff) >> 3) as usize;
@@ -202,8 +214,13 @@ impl<F: TlbFlush> Core<F> {
         }
         match info.ty {
             PageType::L1 => {
-                self.mod_l1_entry(
-                    mem,
+                if cache.as_ref().map(|c| c.0) != Some(table) {
+                    let page = crate::table::table_page(mem, table).map_err(|_| Errno::EINVAL)?;
+                    *cache = Some((table, page));
+                }
+                let page = &cache.as_ref().ok_or(Errno::EINVAL)?.1;
+                self.mod_l1_entry_in(
+                    page,
                     EntryWrite {
                         table,
                         idx,
@@ -273,6 +290,7 @@ impl<F: TlbFlush> Core<F> {
         foreigndom: u32,
     ) -> Result<BatchOutcome, (bool, Errno)> {
         let (pt_owner, pg_owner) = self.mmu_update_owners(caller.dom, foreigndom)?;
+        let mut cache = None;
         let mut non_leaf = false;
         let mut done = 0;
         let mut result = Ok(());
@@ -289,7 +307,14 @@ impl<F: TlbFlush> Core<F> {
                         } else {
                             Store::Plain
                         };
-                        let level = self.pt_update(mem, ptr, req.val, how, pt_owner, pg_owner)?;
+                        let level = self.pt_update(
+                            mem,
+                            &mut cache,
+                            ptr,
+                            req.val,
+                            how,
+                            (pt_owner, pg_owner),
+                        )?;
                         entries.table_written(Mfn::containing(ptr));
                         if level.is_some_and(|l| l != Level::L1) {
                             non_leaf = true;

@@ -308,6 +308,34 @@ where
     Ok(r)
 }
 
+/// The page handle of a memory `M`.
+pub(crate) type PageOf<'m, M> =
+    TablePage<'m, vm_memory::bitmap::BS<'m, <M as GuestMemory>::Bitmap>>;
+
+/// `visit_table` on an already looked-up page.
+pub(crate) fn visit_page<'m, B: BitmapSlice, R>(
+    page: &TablePage<'m, B>,
+    mfn: Mfn,
+    level: Level,
+    f: impl FnOnce(&mut PteBatch<'_>) -> R,
+) -> R {
+    let mut batch = PteBatch::new(
+        page,
+        level,
+        PagingMode::FourLevel,
+        mfn,
+        0,
+        ENTRIES_PER_TABLE - 1,
+        0,
+        Path::default(),
+    );
+    let r = f(&mut batch);
+    if let Some((lo, hi)) = batch.written() {
+        page.mark_dirty(lo, hi - lo + 1);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
