@@ -44,9 +44,10 @@ fn l1e_addr(va: u64) -> u64 {
     mfn_of_va(table_va) + ((va >> 12) & 511) * 8
 }
 
-/// pfn of an mfn through the read-only M2P at 0xFFFF800000000000.
+/// pfn of an mfn through the read-only M2P (its alias in slot 257: KVM-PVM refuses
+/// CPL3 accesses to slot 256, where Xen's ABI puts it).
 fn m2p(mfn: u64) -> u64 {
-    peek(0xffff_8000_0000_0000 + mfn * 8)
+    peek(0xffff_8080_0000_0000 + mfn * 8)
 }
 
 fn mfn_of_va(va: u64) -> u64 {

@@ -220,11 +220,54 @@ impl Write for Console {
     }
 }
 
-/// Prints to the hypervisor console.
+/// Formats into a line buffer and hands it to the console in as few hypercalls as
+/// possible.
+pub struct Buffered {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Buffered {
+    /// An empty buffer.
+    pub const fn new() -> Buffered {
+        Buffered { buf: [0; 256], len: 0 }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        if self.len > 0 {
+            console_write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Default for Buffered {
+    fn default() -> Self {
+        Buffered::new()
+    }
+}
+
+impl Write for Buffered {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Prints to the hypervisor console (one hypercall per 256 bytes).
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {{
-        let _ = core::fmt::Write::write_fmt(&mut $crate::Console, format_args!($($arg)*));
+        let mut b = $crate::Buffered::new();
+        let _ = core::fmt::Write::write_fmt(&mut b, format_args!($($arg)*));
+        b.flush();
     }};
 }
 
@@ -232,7 +275,12 @@ macro_rules! print {
 #[macro_export]
 macro_rules! println {
     () => { $crate::print!("\n") };
-    ($($arg:tt)*) => {{ $crate::print!($($arg)*); $crate::print!("\n"); }};
+    ($($arg:tt)*) => {{
+        let mut b = $crate::Buffered::new();
+        let _ = core::fmt::Write::write_fmt(&mut b, format_args!($($arg)*));
+        let _ = core::fmt::Write::write_str(&mut b, "\n");
+        b.flush();
+    }};
 }
 
 /// Reports the verdict as the last console line and shuts down accordingly.

@@ -1,0 +1,290 @@
+//! The hypervisor area: the VMM's own supervisor-only pages in the Xen-reserved L4 slots
+//! (GDT with Xen's flat selectors, IDT, TSS with RSP0 and an I/O bitmap that opens only
+//! the hypercall port, ring-0 exception stubs, a ring-0 stack) and the guest-readable
+//! read-only M2P at 0xFFFF800000000000. Its page tables are built with the batched
+//! walker in frames owned by `DOMID_XEN`; the library copies the resulting L4 slots into
+//! every L4 it validates.
+//!
+//! KVM-PVM quirk (measured here): CPL3 accesses to L4 slot 256 fault whatever the page
+//! tables say, so the M2P is also mapped, identically, at [`M2P_ALIAS_VA`] (slot 257,
+//! Xen's unused MMCONFIG slot). On hardware-assisted KVM the ABI address works.
+
+use std::ops::ControlFlow;
+
+use pvmmu::{Level, Mfn, Pte, PteFlags, VaRange, Visit, Walker};
+use pvmmu_abi::layout::RO_MPT_VIRT_START;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::*;
+
+/// Errors building the area.
+#[derive(Debug, thiserror::Error)]
+pub enum HvAreaError {
+    /// Guest memory too small for the area.
+    #[error("guest memory too small for the hypervisor area ({0} frames needed)")]
+    TooSmall(u64),
+    /// Writing guest memory failed.
+    #[error("writing the hypervisor area: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// The page-table walk failed.
+    #[error("building the hypervisor page tables: {0}")]
+    Walk(#[from] pvmmu::WalkError),
+}
+
+/// What the VMM needs to know about the built area.
+#[derive(Debug, Clone)]
+pub struct HvArea {
+    /// First frame of the area (everything from here to the end of RAM is the VMM's).
+    pub first_frame: u64,
+    /// Raw L4 entries for slots 256..=271.
+    pub l4_slots: [u64; 16],
+    /// Guest-physical address of the M2P (contiguous, 8 bytes per frame).
+    pub m2p_gpa: u64,
+    /// Guest-physical address of the ring-0 stack's lowest page.
+    pub stack_gpa: u64,
+}
+
+/// Hands out frames downwards from the top of the area.
+struct Frames {
+    next: u64,
+    end: u64,
+    link: PteFlags,
+}
+
+impl pvmmu::FrameAllocator for Frames {
+    fn allocate(&mut self, _level: Level) -> Option<Mfn> {
+        (self.next < self.end).then(|| {
+            self.next += 1;
+            Mfn(self.next - 1)
+        })
+    }
+    fn link_flags(&self, _level: Level) -> PteFlags {
+        self.link
+    }
+}
+
+fn descriptor(base: u64, limit: u32, access: u8, flags: u8) -> u64 {
+    (u64::from(limit) & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (u64::from(access) << 40)
+        | ((u64::from(limit) >> 16 & 0xf) << 48)
+        | (u64::from(flags & 0xf) << 52)
+        | ((base >> 24 & 0xff) << 56)
+}
+
+/// Vectors whose exceptions push an error code.
+const fn has_error_code(v: u8) -> bool {
+    matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// The ring-0 stub for vector `v`: push the vector (and a 0 error code where the CPU
+/// pushes none), `out` to the fault port, drop both, `iretq`.
+fn stub(v: u8) -> [u8; STUB_SIZE as usize] {
+    let mut s = [0xcc; STUB_SIZE as usize];
+    let mut code = Vec::with_capacity(16);
+    if !has_error_code(v) {
+        code.extend_from_slice(&[0x6a, 0x00]);
+    }
+    code.extend_from_slice(&[
+        0x6a,
+        v,
+        0xe6,
+        FAULT_PORT as u8,
+        0x48,
+        0x83,
+        0xc4,
+        0x10,
+        0x48,
+        0xcf,
+    ]);
+    s[..code.len()].copy_from_slice(&code);
+    s
+}
+
+/// Builds the area in the top frames of `mem` (which has `ram_frames` frames).
+pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAreaError> {
+    let m2p_frames = (ram_frames * 8).div_ceil(PAGE);
+    // gdt(1) + zero(1) + idt(1) + tss(3) + stubs(1) + stack(2) + scratch L4 (1)
+    // + tables: hv L3/L2/L1 (3) + for the M2P and its alias each L3/L2 (2) + L1s.
+    let tables = 3 + 2 * (2 + m2p_frames.div_ceil(512));
+    let needed = 10 + tables + m2p_frames;
+    if needed * 4 > ram_frames {
+        return Err(HvAreaError::TooSmall(needed));
+    }
+    let first = ram_frames - needed;
+    let mut next = first;
+    let mut take = |n: u64| {
+        next += n;
+        next - n
+    };
+    let (gdt, zero, idt, tss, stubs, stack, l4) = (
+        take(1),
+        take(1),
+        take(1),
+        take(3),
+        take(1),
+        take(2),
+        take(1),
+    );
+    let m2p = take(m2p_frames);
+    let table_frames = take(tables);
+    let zero_page = [0u8; PAGE as usize];
+    for f in first..ram_frames {
+        mem.write_slice(&zero_page, GuestAddress(f * PAGE))?;
+    }
+
+    // GDT reserved page.
+    let tss_base = TSS_VA;
+    let mut page = vec![0u8; PAGE as usize];
+    let mut put =
+        |index: usize, v: u64| page[index * 8..index * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    put(1, descriptor(0, 0xfffff, 0x9b, 0xa)); // 0xe008 ring-0 CS64
+    put(2, descriptor(0, 0xfffff, 0x93, 0xc)); // 0xe010 ring-0 DS
+    put(4, descriptor(0, 0xfffff, 0xfb, 0xc)); // 0xe023 FLAT_RING3_CS32
+    put(5, descriptor(0, 0xfffff, 0xf3, 0xc)); // 0xe02b FLAT_RING3_DS / SS
+    put(6, descriptor(0, 0xfffff, 0xfb, 0xa)); // 0xe033 FLAT_RING3_CS64
+    put(8, descriptor(tss_base, TSS_LIMIT, 0x8b, 0)); // 0xe040 TSS (busy)
+    put(9, tss_base >> 32);
+    mem.write_slice(&page, GuestAddress(gdt * PAGE))?;
+
+    // IDT: 32 interrupt gates, DPL0, to the stubs.
+    let mut idt_page = vec![0u8; PAGE as usize];
+    let mut stub_page = vec![0xccu8; PAGE as usize];
+    for v in 0..32u8 {
+        let off = STUBS_VA + u64::from(v) * STUB_SIZE;
+        let lo = (off & 0xffff)
+            | (u64::from(RING0_CS) << 16)
+            | (0x8eu64 << 40)
+            | ((off >> 16 & 0xffff) << 48);
+        let hi = off >> 32;
+        let at = usize::from(v) * 16;
+        idt_page[at..at + 8].copy_from_slice(&lo.to_le_bytes());
+        idt_page[at + 8..at + 16].copy_from_slice(&hi.to_le_bytes());
+        let s = usize::from(v) * STUB_SIZE as usize;
+        stub_page[s..s + STUB_SIZE as usize].copy_from_slice(&stub(v));
+    }
+    mem.write_slice(&idt_page, GuestAddress(idt * PAGE))?;
+    mem.write_slice(&stub_page, GuestAddress(stubs * PAGE))?;
+
+    // TSS: RSP0, the I/O bitmap at 0x68 with only the hypercall port open.
+    let mut t = vec![0u8; 3 * PAGE as usize];
+    t[4..12].copy_from_slice(&STACK_TOP.to_le_bytes());
+    t[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+    for b in &mut t[0x68..0x68 + 8192 + 1] {
+        *b = 0xff;
+    }
+    let port = usize::from(HYPERCALL_PORT);
+    t[0x68 + port / 8] &= !(1 << (port % 8));
+    mem.write_slice(&t, GuestAddress(tss * PAGE))?;
+
+    // Page tables: the supervisor-only area and the user-readable read-only M2P.
+    let walker = Walker::new(mem);
+    let root = Mfn(l4);
+    let mut alloc = Frames {
+        next: table_frames,
+        end: table_frames + tables,
+        link: PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED,
+    };
+    let sup = PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY;
+    let area: Vec<(u64, u64, PteFlags)> = (0..16)
+        .map(|i| {
+            let f = if i == GDT_RESERVED_PAGE { gdt } else { zero };
+            (GDT_VA + i * PAGE, f, sup)
+        })
+        .chain([
+            (IDT_VA, idt, sup),
+            (STUBS_VA, stubs, PteFlags::PRESENT | PteFlags::ACCESSED),
+        ])
+        .chain((0..3).map(|i| (TSS_VA + i * PAGE, tss + i, sup | PteFlags::NX)))
+        .chain((0..2).map(|i| (STACK_VA + i * PAGE, stack + i, sup | PteFlags::NX)))
+        .collect();
+    for (va, frame, flags) in area {
+        let _ = walker.apply_to_page_range(root, VaRange::page(va), &mut alloc, |v| {
+            if let Visit::Ptes(b) = v {
+                b.set(0, Pte::new(Mfn(frame), flags));
+            }
+            ControlFlow::<()>::Continue(())
+        })?;
+    }
+    alloc.link = PteFlags::PRESENT | PteFlags::USER | PteFlags::ACCESSED;
+    for base in [RO_MPT_VIRT_START, M2P_ALIAS_VA] {
+        let m2p_range = VaRange::new(base, m2p_frames * PAGE).map_err(pvmmu::WalkError::from)?;
+        let _ = walker.apply_to_page_range(root, m2p_range, &mut alloc, |v| {
+            if let Visit::Ptes(b) = v {
+                for i in 0..b.len() {
+                    let frame = m2p + ((b.va(i) - base) >> 12);
+                    let flags =
+                        PteFlags::PRESENT | PteFlags::USER | PteFlags::ACCESSED | PteFlags::NX;
+                    b.set(i, Pte::new(Mfn(frame), flags));
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        })?;
+    }
+    let mut l4_slots = [0u64; 16];
+    for (k, slot) in l4_slots.iter_mut().enumerate() {
+        *slot = mem.read_obj(GuestAddress(l4 * PAGE + (256 + k as u64) * 8))?;
+    }
+    Ok(HvArea {
+        first_frame: first,
+        l4_slots,
+        m2p_gpa: m2p * PAGE,
+        stack_gpa: stack * PAGE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_translates_through_its_own_tables() {
+        let frames = 4096u64;
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (frames * PAGE) as usize)])
+                .unwrap();
+        let a = build(&mem, frames).unwrap();
+        assert!(a.first_frame > frames - 64);
+        // Put the template into a scratch L4 and translate through it.
+        let l4 = Mfn(1);
+        for (k, e) in a.l4_slots.iter().enumerate() {
+            mem.write_obj(*e, GuestAddress(l4.addr() + (256 + k as u64) * 8))
+                .unwrap();
+        }
+        let w = Walker::new(&mem);
+        let t = w.translate(l4, STACK_TOP - 8).unwrap().unwrap();
+        assert_eq!(t.paddr, a.stack_gpa + 0x2000 - 8);
+        assert!(!t.user() && t.writable());
+        let m = w
+            .translate(l4, RO_MPT_VIRT_START + 8 * 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.paddr, a.m2p_gpa + 800);
+        let alias = w.translate(l4, M2P_ALIAS_VA + 8 * 100).unwrap().unwrap();
+        assert_eq!(alias.paddr, m.paddr);
+        assert!(m.user() && !m.writable());
+        assert_eq!(a.l4_slots[HV_SLOT - 256] & PteFlags::USER.bits(), 0);
+        // The I/O bitmap opens the hypercall port only.
+        let tss = w.translate(l4, TSS_VA).unwrap().unwrap().paddr;
+        let byte: u8 = mem
+            .read_obj(GuestAddress(tss + 0x68 + u64::from(HYPERCALL_PORT) / 8))
+            .unwrap();
+        assert_eq!(byte, !(1u8 << (HYPERCALL_PORT % 8)));
+        let byte: u8 = mem.read_obj(GuestAddress(tss + 0x68 + 0x3f8 / 8)).unwrap();
+        assert_eq!(byte, 0xff);
+    }
+
+    #[test]
+    fn stubs_have_the_expected_shape() {
+        assert_eq!(
+            &stub(6)[..12],
+            &[
+                0x6a, 0, 0x6a, 6, 0xe6, 0xf0, 0x48, 0x83, 0xc4, 0x10, 0x48, 0xcf
+            ]
+        );
+        assert_eq!(
+            &stub(14)[..10],
+            &[0x6a, 14, 0xe6, 0xf0, 0x48, 0x83, 0xc4, 0x10, 0x48, 0xcf]
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! Where things live: guest-physical layout, the hypervisor area's virtual layout, the
+//! VMM's private I/O ports and the selectors of the reserved GDT page.
+
+/// Hypercall port: the hypercall page's stubs `out` to it from CPL3 (the only port the
+/// TSS I/O bitmap opens).
+pub const HYPERCALL_PORT: u16 = 0xf1;
+/// Fault port: the ring-0 exception stubs `out` to it.
+pub const FAULT_PORT: u16 = 0xf0;
+
+/// L4 slot of the hypervisor area (inside Xen's reserved 256..=271; 256 is the M2P).
+pub const HV_SLOT: usize = 260;
+/// Base VA of the hypervisor area.
+pub const HV_BASE: u64 = 0xffff_8000_0000_0000 + ((HV_SLOT as u64 - 256) << 39);
+/// The GDT: 16 pages (8192 descriptors); page 14 is the reserved page with Xen's flat
+/// selectors, the others are a shared zero page.
+pub const GDT_VA: u64 = HV_BASE;
+/// GDT page holding the reserved descriptors (entries 7168..7679).
+pub const GDT_RESERVED_PAGE: u64 = 14;
+/// The IDT (256 gates).
+pub const IDT_VA: u64 = HV_BASE + 0x1_0000;
+/// The TSS (with its I/O permission bitmap): 3 pages.
+pub const TSS_VA: u64 = HV_BASE + 0x1_1000;
+/// Size of the TSS with the bitmap and its terminating byte.
+pub const TSS_LIMIT: u32 = 0x68 + 8192;
+/// The ring-0 exception stubs.
+pub const STUBS_VA: u64 = HV_BASE + 0x1_4000;
+/// Bytes per exception stub.
+pub const STUB_SIZE: u64 = 16;
+/// The ring-0 stack (2 pages, below it an unmapped guard page); RSP0 is its top.
+pub const STACK_VA: u64 = HV_BASE + 0x1_6000;
+/// Top of the ring-0 stack.
+pub const STACK_TOP: u64 = STACK_VA + 0x2000;
+
+/// Ring-0 code selector (reserved GDT page).
+pub const RING0_CS: u16 = 0xe008;
+/// Ring-0 data selector.
+pub const RING0_DS: u16 = 0xe010;
+/// TSS selector.
+pub const TSS_SEL: u16 = 0xe040;
+
+/// An alias of the read-only M2P in L4 slot 257: KVM-PVM faults CPL3 accesses to slot
+/// 256, where Xen's ABI puts the M2P.
+pub const M2P_ALIAS_VA: u64 = 0xffff_8080_0000_0000;
+
+/// Xen's PAT MSR value: WB, WT, UC-, UC, WC, WP, UC, UC.
+pub const XEN_PAT: u64 = 0x0000_0501_0007_0406;
+
+/// Page size.
+pub const PAGE: u64 = 4096;
