@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The built-in guests: crate name = binary name.
-const GUESTS: &[&str] = &["demo"];
+/// The built-in guests (binary names).
+const GUESTS: &[&str] = &["demo", "fault", "spin", "bench", "ptwr_bad"];
 
 fn main() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guests");
@@ -36,7 +36,7 @@ fn main() {
             path.display()
         );
     }
-    for p in ["Cargo.toml", "Cargo.lock", "link.ld", "rt", "demo"] {
+    for p in ["Cargo.toml", "Cargo.lock", "link.ld", "rt", "demo", "suite"] {
         println!("cargo:rerun-if-changed={}", dir.join(p).display());
     }
     println!("cargo:rerun-if-changed=../mmu/abi/src");

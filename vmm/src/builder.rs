@@ -144,7 +144,10 @@ pub fn build<F: TlbFlush>(
         mem.write_slice(&zeros, GuestAddress(gpa.0 + s.filesz as u64))?;
     }
     if let Some(hp) = image.hypercall_page {
-        if hp < image.v_start || hp.checked_add(PAGE).is_none_or(|e| e > image.v_end) || hp % PAGE != 0 {
+        if hp < image.v_start
+            || hp.checked_add(PAGE).is_none_or(|e| e > image.v_end)
+            || hp % PAGE != 0
+        {
             return Err(BuildError::HypercallPage(hp));
         }
         let mut page = vec![0u8; PAGE as usize];

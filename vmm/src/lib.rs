@@ -21,6 +21,7 @@
 //! # Ok::<(), vmm::vm::VmError>(())
 //! ```
 
+pub mod bench;
 pub mod builder;
 pub mod elf;
 pub mod fault;

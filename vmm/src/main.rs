@@ -68,6 +68,15 @@ enum Cmd {
     },
     /// List the built-in guests.
     Guests,
+    /// Measure guest launch and end-to-end mmu_update cost against the library's own.
+    Bench {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Launches of the demo guest to time.
+        #[arg(long, default_value_t = 5)]
+        launches: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +93,20 @@ fn main() -> ExitCode {
         stats: false,
     });
     match cmd {
+        Cmd::Bench { json, launches } => match vmm::bench::run(launches) {
+            Ok(r) => {
+                if json {
+                    println!("{}", r.to_json());
+                } else {
+                    print!("{}", vmm::bench::table(&r));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pvmmu bench: {e}");
+                ExitCode::from(code::VMM_ERROR)
+            }
+        },
         Cmd::Guests => {
             for g in guests::GUESTS {
                 println!("{:<12} {}", g.name, g.about);

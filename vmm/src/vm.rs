@@ -11,7 +11,7 @@ use devices::mmio_test::{MMIO_TEST_BASE, MMIO_TEST_SIZE};
 use devices::{ExitPort, MmioDevice, MmioTestDevice, PioDevice, SerialConsole};
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment,
-    kvm_userspace_memory_region,
+    kvm_userspace_memory_region, kvm_xcr, kvm_xcrs,
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use log::{debug, info, warn};
@@ -132,6 +132,8 @@ pub struct RunReport {
     pub stats: RunStats,
     /// The domain audit after the run, and after teardown (every frame returned).
     pub audit: Result<(), String>,
+    /// Hypercall timings, if recorded.
+    pub timings: Vec<HypercallTiming>,
 }
 
 struct SerialSink(Arc<Mutex<SerialConsole>>);
@@ -161,6 +163,21 @@ pub struct Vm {
     started: Instant,
     stats: RunStats,
     cr3: Mfn,
+    /// Hypercall timings, when recording (for `pvmmu bench`).
+    pub timings: Option<Vec<HypercallTiming>>,
+}
+
+/// When one hypercall exit arrived and how long serving it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HypercallTiming {
+    /// Hypercall number.
+    pub nr: u64,
+    /// Its second argument (the count of a batched call).
+    pub count: u64,
+    /// Arrival, from VM creation.
+    pub at: Duration,
+    /// Time spent serving it.
+    pub served: Duration,
 }
 
 impl std::fmt::Debug for Vm {
@@ -253,6 +270,7 @@ impl Vm {
             started,
             stats: RunStats::default(),
             cr3: boot.l4,
+            timings: None,
         };
         v.setup_vcpu(&kvm)?;
         Ok(v)
@@ -261,6 +279,12 @@ impl Vm {
     fn setup_vcpu(&mut self, kvm: &Kvm) -> Result<(), VmError> {
         let cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
         self.vcpu.set_cpuid2(&cpuid)?;
+        // CPUID.1:ECX.XSAVE (bit 26): enable XSAVE with x87 and SSE state, as a CPU
+        // running SSE code must (our KVM does not enforce it; hardware KVM does).
+        let xsave = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
         let mut sregs = self.vcpu.get_sregs()?;
         sregs.cs = segment(pvmmu_abi::selector::FLAT_RING3_CS64, true, 3);
         sregs.ss = segment(pvmmu_abi::selector::FLAT_RING3_SS64, false, 3);
@@ -297,6 +321,9 @@ impl Vm {
         sregs.idt.limit = 32 * 16 - 1;
         sregs.cr0 = 0x8001_0033; // PE MP ET NE WP PG
         sregs.cr4 = 0x6a0; // PAE PGE OSFXSR OSXMMEXCPT
+        if xsave {
+            sregs.cr4 |= 1 << 18; // OSXSAVE
+        }
         sregs.efer = 0xd00; // LME LMA NXE
         sregs.cr3 = self.boot.l4.addr();
         self.vcpu.set_sregs(&sregs)?;
@@ -318,6 +345,18 @@ impl Vm {
             ..Default::default()
         };
         self.vcpu.set_fpu(&fpu)?;
+        if xsave {
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0] = kvm_xcr {
+                xcr: 0,
+                reserved: 0,
+                value: 0x3, // x87 | SSE
+            };
+            self.vcpu.set_xcrs(&xcrs)?;
+        }
         let regs = kvm_regs {
             rip: self.boot.entry,
             rsp: self.boot.stack_top,
@@ -353,6 +392,7 @@ impl Vm {
     }
 
     fn hypercall(&mut self) -> Result<Option<GuestExit>, VmError> {
+        let arrived = Instant::now();
         let regs = self.vcpu.sync_regs().regs;
         let mut console = SerialSink(self.serial.clone());
         let caller = self.caller();
@@ -364,6 +404,14 @@ impl Vm {
             regs.rax,
             hypercall::args(&regs),
         )?;
+        if let Some(t) = self.timings.as_mut() {
+            t.push(HypercallTiming {
+                nr: regs.rax,
+                count: regs.rsi,
+                at: arrived - self.started,
+                served: arrived.elapsed(),
+            });
+        }
         match out {
             Outcome::Return(v) => {
                 self.vcpu.sync_regs_mut().regs.rax = v as u64;
@@ -390,7 +438,8 @@ impl Vm {
         let frame = Frame::from_words(words);
         let caller = self.caller();
         let mut note = None;
-        if frame.vector == 14 {
+        // A write to a present page: a candidate for writable page tables.
+        if frame.vector == 14 && frame.error & 0b11011 == 0b00011 {
             match fault::try_ptwr(&mut self.machine, caller, &frame, sregs.cr2, &regs, &sregs) {
                 Ok(em) => {
                     self.stats.ptwr += 1;
@@ -534,6 +583,7 @@ impl Vm {
             exit,
             stats: self.stats,
             audit,
+            timings: self.timings.unwrap_or_default(),
         })
     }
 }

@@ -140,7 +140,20 @@ pub fn guest_main(si: &'static StartInfo) {
         rt::finish(Some("downgrade/unmap not applied"));
     }
 
-    // 4. A second L4 sharing the kernel's L3: pin it, switch to it, run, switch back.
+    // 4. Writable page tables: a direct store to our own (read-only) L1 table, emulated
+    //    and validated by the hypervisor, then a flush.
+    check("vm_assist", rt::vm_assist(0, rt::abi::vmassist::VMASST_TYPE_writable_pagetables));
+    let slot2 = mem::pfn_to_va(l1) + 2 * 8;
+    let new = (mem::pfn_to_mfn(data[2]) << 12) | P | RW | A;
+    poke(slot2, new);
+    check("invlpg", rt::mmuext(rt::abi::mmu::MMUEXT_INVLPG_LOCAL, RANGE_VA + 2 * 4096, 0));
+    let v = peek(RANGE_VA + 2 * 4096);
+    println!("ptwr: stored L1[2] directly, entry now {:#x}, page 2 reads {:#x}", peek(slot2), v);
+    if v != 0x1002 {
+        rt::finish(Some("ptwr: direct L1 write not applied"));
+    }
+
+    // 5. A second L4 sharing the kernel's L3: pin it, switch to it, run, switch back.
     let l4b = frames.take();
     for i in 0..512 {
         poke(mem::pfn_to_va(l4b) + i * 8, 0);
@@ -149,12 +162,12 @@ pub fn guest_main(si: &'static StartInfo) {
     check("l4b ro", rt::mmu_update(&[make_readonly(l4b), MmuUpdate { ptr: l4b_mfn << 12, val: peek(si.pt_base) }], self_dom).0);
     check("pin l4b", rt::mmuext(MMUEXT_PIN_L4_TABLE, l4b_mfn, 0));
     check("switch to l4b", rt::mmuext(MMUEXT_NEW_BASEPTR, l4b_mfn, 0));
-    println!("second L4: running on {:#x}, page 2 reads {:#x}", l4b_mfn, peek(RANGE_VA + 2 * 4096));
+    println!("second L4: running on {:#x}, page 3 reads {:#x}", l4b_mfn, peek(RANGE_VA + 3 * 4096));
     check("switch back", rt::mmuext(MMUEXT_NEW_BASEPTR, mfn_of_va(si.pt_base) >> 12, 0));
     check("unpin l4b", rt::mmuext(MMUEXT_UNPIN_TABLE, l4b_mfn, 0));
     println!("second L4: switched back and unpinned");
 
-    // 5. The MMIO device: one batched mmu_update with FD = DOMID_IO.
+    // 6. The MMIO device: one batched mmu_update with FD = DOMID_IO.
     let mmio_l1 = [MmuUpdate { ptr: (l1_mfn << 12) + PAGES * 8, val: MMIO_GPA | P | RW | A }];
     let (rc, _) = rt::mmu_update(&mmio_l1, u32::from(DOMID_IO));
     if rc != 0 {

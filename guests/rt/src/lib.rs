@@ -9,17 +9,22 @@ use core::fmt::{self, Write};
 pub use pvmmu_abi as abi;
 use pvmmu_abi::{MmuUpdate, MmuextOp, StartInfo};
 
-// The entry point: Xen starts the kernel with RSI = start_info and RSP = top of the boot
-// stack. Align the stack and call into Rust.
+// The entry point: Xen starts the kernel with RSI = start_info and RSP = top of the
+// one-page boot stack. Switch to the runtime's own 64 KiB stack and call into Rust.
 global_asm!(
     r#"
     .section .text._start, "ax"
     .globl _start
 _start:
-    and $-16, %rsp
+    lea rt_stack_top(%rip), %rsp
     mov %rsi, %rdi
     call rt_entry
     ud2
+
+    .section .bss.rt_stack, "aw", @nobits
+    .balign 4096
+    .space 65536
+rt_stack_top:
     "#,
     options(att_syntax)
 );

@@ -1,0 +1,166 @@
+//! `pvmmu bench`: guest launch to shutdown for the demo guest, and end-to-end cost of
+//! mmu_update batches of 1, 8, 64 and 512 L1 remaps from a guest, next to the library's
+//! own cost and the exit cost, all from the same run.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::guests;
+use crate::vm::{GuestExit, HypercallTiming, Vm, VmConfig, VmError};
+
+/// Batch sizes the bench guest issues.
+pub const SIZES: [u64; 4] = [1, 8, 64, 512];
+
+/// Results for one batch size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchFigures {
+    /// Entries per mmu_update.
+    pub size: u64,
+    /// End to end (guest issue to next issue) per update, ns.
+    pub end_to_end_ns: f64,
+    /// Time inside the library per update, ns.
+    pub library_ns: f64,
+}
+
+/// All figures of one `pvmmu bench`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// Demo guest: VM creation to shutdown, median, ms.
+    pub launch_ms: f64,
+    /// One hypercall round trip (null hypercall), median, ns.
+    pub exit_ns: f64,
+    /// Per batch size.
+    pub batches: Vec<BatchFigures>,
+}
+
+impl BenchReport {
+    /// The issue's target: at batch 512, end to end within 1.5x of library cost plus
+    /// the exit cost divided by 512. Returns (ratio, met).
+    pub fn target_512(&self) -> Option<(f64, bool)> {
+        let b = self.batches.iter().find(|b| b.size == 512)?;
+        let bound = b.library_ns + self.exit_ns / 512.0;
+        let ratio = b.end_to_end_ns / bound;
+        Some((ratio, ratio <= 1.5))
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (ratio, met) = self.target_512().unwrap_or((f64::NAN, false));
+        serde_json::json!({
+            "launch_ms": self.launch_ms,
+            "exit_ns": self.exit_ns,
+            "batches": self.batches.iter().map(|b| serde_json::json!({
+                "size": b.size,
+                "end_to_end_ns_per_update": b.end_to_end_ns,
+                "library_ns_per_update": b.library_ns,
+            })).collect::<Vec<_>>(),
+            "target_512": { "ratio": ratio, "met": met },
+        })
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Intervals between consecutive calls of hypercall `nr` with argument `count` (when
+/// `Some`), and their serve times.
+fn series(t: &[HypercallTiming], nr: u64, count: Option<u64>) -> (Vec<f64>, Vec<f64>) {
+    let calls: Vec<&HypercallTiming> = t
+        .iter()
+        .filter(|h| h.nr == nr && count.is_none_or(|c| h.count == c))
+        .collect();
+    let gaps = calls
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).as_nanos() as f64)
+        .collect();
+    let served = calls.iter().map(|h| h.served.as_nanos() as f64).collect();
+    (gaps, served)
+}
+
+fn quiet_config(image: &[u8]) -> VmConfig {
+    VmConfig {
+        memory_mib: 64,
+        vcpus: 1,
+        image: image.to_vec(),
+        cmdline: String::new(),
+        console_out: Box::new(std::io::sink()),
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(launches: usize) -> Result<BenchReport, VmError> {
+    let stop = AtomicBool::new(false);
+    let demo = guests::find("demo").ok_or_else(|| VmError::Exit("no demo guest".into()))?;
+    let mut walls = Vec::new();
+    for _ in 0..launches.max(1) {
+        let r = Vm::new(quiet_config(demo.image))?.run_to_end(&stop)?;
+        if r.exit != GuestExit::Shutdown(0) {
+            return Err(VmError::Exit(format!("demo guest ended with {:?}", r.exit)));
+        }
+        walls.push(r.stats.wall.as_secs_f64() * 1e3);
+    }
+    let bench = guests::find("bench").ok_or_else(|| VmError::Exit("no bench guest".into()))?;
+    let mut vm = Vm::new(quiet_config(bench.image))?;
+    vm.timings = Some(Vec::with_capacity(4096));
+    let r = vm.run_to_end(&stop)?;
+    if r.exit != GuestExit::Shutdown(0) {
+        return Err(VmError::Exit(format!(
+            "bench guest ended with {:?}",
+            r.exit
+        )));
+    }
+    let t = &r.timings;
+    let (exit_gaps, _) = series(t, pvmmu_abi::hypercall::HYPERVISOR_xen_version, None);
+    let batches = SIZES
+        .iter()
+        .map(|&size| {
+            let (gaps, served) = series(t, pvmmu_abi::hypercall::HYPERVISOR_mmu_update, Some(size));
+            BatchFigures {
+                size,
+                end_to_end_ns: median(gaps) / size as f64,
+                library_ns: median(served) / size as f64,
+            }
+        })
+        .collect();
+    Ok(BenchReport {
+        launch_ms: median(walls),
+        exit_ns: median(exit_gaps),
+        batches,
+    })
+}
+
+/// A human-readable table.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "demo guest launch to shutdown: {:.1} ms (median)\nhypercall round trip (exit cost): {:.1} us\n\n",
+        r.launch_ms,
+        r.exit_ns / 1e3
+    );
+    s.push_str("batch | end to end ns/update | library ns/update | exit cost / batch ns\n");
+    for b in &r.batches {
+        s.push_str(&format!(
+            "{:>5} | {:>19.1} | {:>17.1} | {:>20.1}\n",
+            b.size,
+            b.end_to_end_ns,
+            b.library_ns,
+            r.exit_ns / b.size as f64
+        ));
+    }
+    if let Some((ratio, met)) = r.target_512() {
+        s.push_str(&format!(
+            "\nbatch 512: end to end = {ratio:.2}x (library + exit/512); target <= 1.5x: {}\n",
+            if met { "met" } else { "missed" }
+        ));
+    }
+    s
+}
+
+/// Time for a duration in ms (helper for reports).
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
