@@ -10,8 +10,13 @@ use vmm::guests::{Expect, GUESTS};
 use vmm::vm::{GuestExit, Vm, VmConfig};
 
 fn boot(image: &[u8]) -> (vmm::vm::RunReport, String) {
+    boot_with(image, true)
+}
+
+fn boot_with(image: &[u8], iomem: bool) -> (vmm::vm::RunReport, String) {
     let out = Capture::default();
     let cfg = VmConfig {
+        iomem,
         memory_mib: 64,
         vcpus: 1,
         image: image.to_vec(),
@@ -31,7 +36,7 @@ fn every_builtin_guest_passes_through_the_library_api() {
         return;
     }
     for g in GUESTS.iter().filter(|g| g.expect != Expect::Runs) {
-        let (report, text) = boot(g.image);
+        let (report, text) = boot_with(g.image, g.iomem);
         match g.expect {
             Expect::Success => {
                 assert_eq!(

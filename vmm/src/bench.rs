@@ -89,6 +89,7 @@ fn quiet_config(image: &[u8]) -> VmConfig {
         image: image.to_vec(),
         cmdline: String::new(),
         console_out: Box::new(std::io::sink()),
+        iomem: true,
     }
 }
 

@@ -15,6 +15,7 @@
 //!     image: vmm::guests::find("demo").unwrap().image.to_vec(),
 //!     cmdline: String::new(),
 //!     console_out: Box::new(std::io::stdout()),
+//!     iomem: true,
 //! };
 //! let report = Vm::new(cfg)?.run_to_end(&AtomicBool::new(false))?;
 //! assert_eq!(report.exit, GuestExit::Shutdown(0));

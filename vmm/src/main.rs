@@ -121,6 +121,7 @@ fn main() -> ExitCode {
             cmdline,
             stats,
         } => {
+            let mut iomem = true;
             let image = match (file, guest) {
                 (Some(path), _) => match std::fs::read(&path) {
                     Ok(b) => b,
@@ -132,7 +133,10 @@ fn main() -> ExitCode {
                 (None, name) => {
                     let name = name.unwrap_or_else(|| "demo".into());
                     match guests::find(&name) {
-                        Some(g) => g.image.to_vec(),
+                        Some(g) => {
+                            iomem = g.iomem;
+                            g.image.to_vec()
+                        }
                         None => {
                             eprintln!("pvmmu: no built-in guest '{name}' (see `pvmmu guests`)");
                             return ExitCode::from(code::VMM_ERROR);
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
                 image,
                 cmdline,
                 console_out: Box::new(std::io::stdout()),
+                iomem,
             };
             match run(cfg) {
                 Ok(report) => {

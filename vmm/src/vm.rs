@@ -94,6 +94,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Where the console goes.
     pub console_out: Box<dyn Write + Send>,
+    /// Whether the domain may map the MMIO test device (I/O-memory permission).
+    pub iomem: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -242,7 +244,11 @@ impl Vm {
         };
         let mut machine = Vmm::with_flusher(mem, config, flusher)?;
         let mmio = MMIO_TEST_BASE / PAGE..=(MMIO_TEST_BASE + MMIO_TEST_SIZE - 1) / PAGE;
-        machine.create_domain(DomainConfig::new(DOMID).vcpus(cfg.vcpus.max(1)).iomem(mmio))?;
+        let mut dom = DomainConfig::new(DOMID).vcpus(cfg.vcpus.max(1));
+        if cfg.iomem {
+            dom = dom.iomem(mmio);
+        }
+        machine.create_domain(dom)?;
         machine.assign_frames(DOMID, (0..hv.first_frame).map(Mfn))?;
         machine.reserve_xen_frames((hv.first_frame..frames).map(Mfn))?;
         let boot = builder::build(

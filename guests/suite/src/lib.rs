@@ -94,3 +94,103 @@ pub fn map_range(l2: u64, l1: u64, l3_slot: u64, data: &[u64]) -> u64 {
     }
     l1_mfn
 }
+
+/// A zeroed frame from `frames` whose own mapping was made read-only: ready to become a
+/// page table. Returns its pfn (== mfn).
+pub fn table_frame(frames: &mut Frames) -> u64 {
+    let f = frames.take();
+    zero(f);
+    let (rc, _) = rt::mmu_update(&[make_readonly(f)], u32::from(rt::abi::DOMID_SELF));
+    if rc != 0 {
+        rt::finish(Some("table_frame: making the frame read-only"));
+    }
+    f
+}
+
+/// The MFN of the L4 the builder installed.
+pub fn builder_l4() -> u64 {
+    rt::mem::pfn_to_mfn(rt::start_info().pt_base >> 12)
+}
+
+/// The MFN of the builder's L3 (under L4 slot 0).
+pub fn builder_l3() -> u64 {
+    (rt::peek(rt::start_info().pt_base) & 0x000f_ffff_ffff_f000) >> 12
+}
+
+/// Collects check results; `finish` reports the verdict as the last console line.
+pub struct Check {
+    failures: u32,
+    first: Option<&'static str>,
+    checks: u32,
+}
+
+impl Check {
+    /// No checks yet.
+    pub const fn new() -> Check {
+        Check { failures: 0, first: None, checks: 0 }
+    }
+
+    /// Records `what`: `got` must equal `want`.
+    pub fn eq(&mut self, what: &'static str, got: i64, want: i64) {
+        self.checks += 1;
+        if got != want {
+            rt::println!("FAIL {what}: got {got} ({got:#x}), want {want} ({want:#x})");
+            self.failures += 1;
+            self.first.get_or_insert(what);
+        }
+    }
+
+    /// Records `what`: `cond` must hold.
+    pub fn ok(&mut self, what: &'static str, cond: bool) {
+        self.eq(what, i64::from(cond), 1);
+    }
+
+    /// An mmu_update batch must end with `rc` after `done` entries.
+    pub fn update(&mut self, what: &'static str, reqs: &[MmuUpdate], fd: u32, rc: i64, done: u32) {
+        let (r, d) = rt::mmu_update(reqs, fd);
+        self.eq(what, r, rc);
+        self.eq(what, i64::from(d), i64::from(done));
+    }
+
+    /// An mmuext_op batch must end with `rc` after `done` entries.
+    pub fn ext(&mut self, what: &'static str, ops: &[rt::abi::MmuextOp], fd: u32, rc: i64, done: u32) {
+        let (r, d) = rt::mmuext_op(ops, fd);
+        self.eq(what, r, rc);
+        self.eq(what, i64::from(d), i64::from(done));
+    }
+
+    /// Prints the totals and the verdict, and shuts down.
+    pub fn finish(self) -> ! {
+        rt::println!("{} checks, {} failed", self.checks, self.failures);
+        rt::finish(self.first)
+    }
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Check::new()
+    }
+}
+
+/// `-errno` as a hypercall returns it.
+pub const fn err(e: rt::abi::Errno) -> i64 {
+    e.neg()
+}
+
+/// The caller's own domain as a `foreigndom` argument.
+pub const SELF: u32 = rt::abi::DOMID_SELF as u32;
+
+/// Zeroes a frame whose own mapping is read-only, through mmu_update plain writes (the
+/// frame must not be a page table at the moment).
+pub fn zero_ro(pfn: u64) {
+    let mfn = rt::mem::pfn_to_mfn(pfn);
+    for chunk in 0..8u64 {
+        let reqs: [MmuUpdate; 64] = core::array::from_fn(|i| MmuUpdate {
+            ptr: (mfn << 12) + (chunk * 64 + i as u64) * 8,
+            val: 0,
+        });
+        if rt::mmu_update(&reqs, u32::from(rt::abi::DOMID_SELF)).0 != 0 {
+            rt::finish(Some("zero_ro"));
+        }
+    }
+}
