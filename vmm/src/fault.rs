@@ -174,6 +174,7 @@ pub fn try_ptwr(
     cr2: u64,
     regs: &kvm_regs,
     sregs: &kvm_sregs,
+    on_write: &mut dyn FnMut(&PtwrWrite, &Result<PtwrOutcome, pvmmu::PtwrRefusal>),
 ) -> Result<Emulated, String> {
     // Present, write, user-mode (the PV kernel runs at CPL3), not a fetch or RSVD.
     if frame.error & 0b11011 != 0b00011 {
@@ -243,10 +244,11 @@ pub fn try_ptwr(
         value: src & mask,
         cmpxchg: cmpxchg.map(|c| c & mask),
     };
-    let outcome = m
+    let result = m
         .ptwr_write(caller, cr2, write)
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("writable page tables: {e}"))?;
+        .map_err(|e| e.to_string())?;
+    on_write(&write, &result);
+    let outcome = result.map_err(|e| format!("writable page tables: {e}"))?;
     let mut em = Emulated {
         len: ins.len() as u64,
         rax: None,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::kvm_regs;
-use pvmmu::{Caller, Errno, GuestView, Machine, MachineError};
+use pvmmu::{Caller, Errno, GuestView, Machine, MachineError, TlbFlush};
 use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
 use pvmmu_abi::hypercall::*;
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
@@ -20,6 +20,10 @@ use crate::flush::KvmFlush;
 
 /// The machine type the VMM drives.
 pub type Vmm = Machine<GuestMemoryMmap<()>, KvmFlush>;
+
+/// The machine over the VMM's guest memory with any flush hook (KVM's, or a recording
+/// one for fuzzing and trace replay).
+pub type Mach<F> = Machine<GuestMemoryMmap<()>, F>;
 
 /// Largest console write served in one call (longer writes are truncated, as Xen's
 /// console ring would).
@@ -59,8 +63,8 @@ pub fn args(regs: &kvm_regs) -> [u64; 5] {
 }
 
 /// Serves hypercall `nr` with `a` for `caller`.
-pub fn dispatch(
-    m: &mut Vmm,
+pub fn dispatch<F: TlbFlush>(
+    m: &mut Mach<F>,
     console: &mut dyn Console,
     stats: &mut HypercallStats,
     caller: Caller,
@@ -78,7 +82,7 @@ pub fn dispatch(
         HYPERVISOR_vm_assist => m.vm_assist(caller, a[0], a[1])?,
         HYPERVISOR_multicall => {
             let mut shutdown = None;
-            let mut other = |m: &mut Vmm, c: Caller, op: u64, args: [u64; 5]| -> i64 {
+            let mut other = |m: &mut Mach<F>, c: Caller, op: u64, args: [u64; 5]| -> i64 {
                 match dispatch(m, console, stats, c, op, args) {
                     Ok(Outcome::Return(v)) => v,
                     Ok(Outcome::Shutdown(r)) => {
@@ -113,7 +117,12 @@ pub fn dispatch(
     Ok(Outcome::Return(ret))
 }
 
-fn console_io(m: &Vmm, console: &mut dyn Console, caller: Caller, a: [u64; 5]) -> i64 {
+fn console_io<F: TlbFlush>(
+    m: &Mach<F>,
+    console: &mut dyn Console,
+    caller: Caller,
+    a: [u64; 5],
+) -> i64 {
     let (cmd, count, buf) = (a[0] as u32, u64::from(a[1] as u32), a[2]);
     let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
     match cmd {
@@ -143,7 +152,7 @@ fn console_io(m: &Vmm, console: &mut dyn Console, caller: Caller, a: [u64; 5]) -
     }
 }
 
-fn xen_version(m: &Vmm, caller: Caller, a: [u64; 5]) -> i64 {
+fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
     let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
     let mut put = |bytes: &[u8]| rc(view.write(a[1], bytes));
     match a[0] as u32 {

@@ -31,4 +31,5 @@ pub mod guests;
 pub mod hvarea;
 pub mod hypercall;
 pub mod layout;
+pub mod trace;
 pub mod vm;

@@ -65,6 +65,16 @@ enum Cmd {
         /// flushes) on exit.
         #[arg(long)]
         stats: bool,
+        /// Record every hypercall (and the guest's memory writes between them) into
+        /// this trace file, for `pvmmu replay`.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+    },
+    /// Replay a trace recorded with `run --trace` against the library, without KVM, and
+    /// check that every result is identical. Exit code 0 if so, 1 otherwise.
+    Replay {
+        /// The trace file.
+        file: PathBuf,
     },
     /// List the built-in guests.
     Guests,
@@ -91,6 +101,7 @@ fn main() -> ExitCode {
         vcpus: 1,
         cmdline: String::new(),
         stats: false,
+        trace: None,
     });
     match cmd {
         Cmd::Bench { json, launches } => match vmm::bench::run(launches) {
@@ -107,6 +118,7 @@ fn main() -> ExitCode {
                 ExitCode::from(code::VMM_ERROR)
             }
         },
+        Cmd::Replay { file } => replay(&file),
         Cmd::Guests => {
             for g in guests::GUESTS {
                 println!("{:<12} {}", g.name, g.about);
@@ -120,6 +132,7 @@ fn main() -> ExitCode {
             vcpus,
             cmdline,
             stats,
+            trace,
         } => {
             let mut iomem = true;
             let image = match (file, guest) {
@@ -152,7 +165,7 @@ fn main() -> ExitCode {
                 console_out: Box::new(std::io::stdout()),
                 iomem,
             };
-            match run(cfg) {
+            match run(cfg, trace.as_deref()) {
                 Ok(report) => {
                     if stats {
                         print_stats(&report);
@@ -298,11 +311,17 @@ fn signal_fd() -> std::io::Result<std::os::fd::OwnedFd> {
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-fn run(cfg: VmConfig) -> Result<RunReport, Box<dyn std::error::Error>> {
+fn run(
+    cfg: VmConfig,
+    trace: Option<&std::path::Path>,
+) -> Result<RunReport, Box<dyn std::error::Error>> {
     let kick = vmm_sys_util::signal::SIGRTMIN();
     vmm_sys_util::signal::register_signal_handler(kick, kick_handler)?;
     let signals = signal_fd()?;
-    let vm = Vm::new(cfg)?;
+    let mut vm = Vm::new(cfg)?;
+    if let Some(path) = trace {
+        vm.start_trace(path)?;
+    }
     let serial = vm.serial.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -335,4 +354,39 @@ fn run(cfg: VmConfig) -> Result<RunReport, Box<dyn std::error::Error>> {
     }
     let report = handle.join().map_err(|_| "the vCPU thread panicked")??;
     Ok(report)
+}
+
+fn replay(file: &std::path::Path) -> ExitCode {
+    let (header, records) = match vmm::trace::read_file(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pvmmu replay: {}: {e}", file.display());
+            return ExitCode::from(code::VMM_ERROR);
+        }
+    };
+    match vmm::trace::replay(&header, &records) {
+        Ok(r) => {
+            println!(
+                "replayed {} records ({} hypercalls)",
+                r.records, r.hypercalls
+            );
+            if let Some(d) = &r.divergence {
+                eprintln!(
+                    "pvmmu replay: first divergence at record {}: {}\n  recorded: {}\n  replayed: {}",
+                    d.index, d.what, d.recorded, d.replayed
+                );
+                return ExitCode::from(code::VMM_ERROR);
+            }
+            if let Err(e) = &r.audit {
+                eprintln!("pvmmu replay: audit after the replay failed: {e}");
+                return ExitCode::from(code::VMM_ERROR);
+            }
+            println!("every result identical; audit clean");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pvmmu replay: {e}");
+            ExitCode::from(code::VMM_ERROR)
+        }
+    }
 }

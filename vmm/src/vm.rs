@@ -151,9 +151,50 @@ impl Console for SerialSink {
     }
 }
 
+/// Builds the PV side of a VM without KVM: the hypervisor area in the top frames of
+/// `mem`, the PV MMU over `mem` with `flusher`, domain [`DOMID`] owning the rest, and the
+/// guest from `image`. The same function serves KVM runs, trace replay and fuzzing, so
+/// all three start from the same state.
+pub fn build_domain<F: pvmmu::TlbFlush>(
+    mem: GuestMemoryMmap<()>,
+    frames: u64,
+    image: &elf::GuestImage,
+    cfg: &VmConfig,
+    flusher: F,
+) -> Result<(hypercall::Mach<F>, hvarea::HvArea, BootInfo), VmError> {
+    let hv = hvarea::build(&mem, frames)?;
+    let config = MachineConfig {
+        xen_l4_slots: hv.l4_slots,
+        ro_mmio: Vec::new(),
+        m2p_mirror: Some(hv.m2p_gpa),
+    };
+    let mut machine = pvmmu::Machine::with_flusher(mem, config, flusher)?;
+    let mmio = MMIO_TEST_BASE / PAGE..=(MMIO_TEST_BASE + MMIO_TEST_SIZE - 1) / PAGE;
+    let mut dom = DomainConfig::new(DOMID).vcpus(cfg.vcpus.max(1));
+    if cfg.iomem {
+        dom = dom.iomem(mmio);
+    }
+    machine.create_domain(dom)?;
+    machine.assign_frames(DOMID, (0..hv.first_frame).map(Mfn))?;
+    machine.reserve_xen_frames((hv.first_frame..frames).map(Mfn))?;
+    let boot = builder::build(
+        &mut machine,
+        DOMID,
+        hv.first_frame,
+        image,
+        &cfg.image,
+        &cfg.cmdline,
+    )?;
+    Ok((machine, hv, boot))
+}
+
 /// A prepared VM, ready to run its first vCPU.
 pub struct Vm {
-    _vm: Arc<VmFd>,
+    vm: Arc<VmFd>,
+    ram_size: u64,
+    host: u64,
+    header: crate::trace::TraceHeader,
+    trace: Option<crate::trace::TraceWriter>,
     vcpu: VcpuFd,
     machine: Vmm,
     hv: hvarea::HvArea,
@@ -235,37 +276,26 @@ impl Vm {
         // SAFETY: `host` maps `size` bytes of guest RAM owned by `mem`, which the
         // machine keeps alive as long as the VM.
         unsafe { vm.set_user_memory_region(region)? };
-        let hv = hvarea::build(&mem, frames)?;
         let flusher = KvmFlush::new(vm.clone(), host, frames)?;
-        let config = MachineConfig {
-            xen_l4_slots: hv.l4_slots,
-            ro_mmio: Vec::new(),
-            m2p_mirror: Some(hv.m2p_gpa),
-        };
-        let mut machine = Vmm::with_flusher(mem, config, flusher)?;
-        let mmio = MMIO_TEST_BASE / PAGE..=(MMIO_TEST_BASE + MMIO_TEST_SIZE - 1) / PAGE;
-        let mut dom = DomainConfig::new(DOMID).vcpus(cfg.vcpus.max(1));
-        if cfg.iomem {
-            dom = dom.iomem(mmio);
-        }
-        machine.create_domain(dom)?;
-        machine.assign_frames(DOMID, (0..hv.first_frame).map(Mfn))?;
-        machine.reserve_xen_frames((hv.first_frame..frames).map(Mfn))?;
-        let boot = builder::build(
-            &mut machine,
-            DOMID,
-            hv.first_frame,
-            &image,
-            &cfg.image,
-            &cfg.cmdline,
-        )?;
+        let (machine, hv, boot) = build_domain(mem, frames, &image, &cfg, flusher)?;
         info!(
             "built domain {DOMID}: entry {:#x}, L4 {}, {} pages mapped",
             boot.entry, boot.l4, boot.mapped_pages
         );
         let vcpu = vm.create_vcpu(0)?;
+        let header = crate::trace::TraceHeader {
+            memory_mib: cfg.memory_mib as u32,
+            vcpus: cfg.vcpus,
+            iomem: cfg.iomem,
+            cmdline: cfg.cmdline.clone(),
+            image: cfg.image.clone(),
+        };
         let mut v = Vm {
-            _vm: vm,
+            vm,
+            ram_size: size,
+            host: host as u64,
+            header,
+            trace: None,
             vcpu,
             machine,
             hv,
@@ -375,6 +405,76 @@ impl Vm {
         Ok(())
     }
 
+    /// Starts recording a hypercall trace into `path` (see [`crate::trace`]): turns on
+    /// KVM's dirty log for guest RAM so the guest's own writes are captured too.
+    pub fn start_trace(&mut self, path: &std::path::Path) -> Result<(), VmError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
+            guest_phys_addr: 0,
+            memory_size: self.ram_size,
+            userspace_addr: self.host,
+        };
+        // SAFETY: the same mapping as registered in `new`, only with dirty logging on.
+        unsafe { self.vm.set_user_memory_region(region)? };
+        self.trace = Some(crate::trace::TraceWriter::create(path, &self.header)?);
+        Ok(())
+    }
+
+    /// Records the pages the guest wrote since the last call (tracing only).
+    fn trace_pages(&mut self) -> Result<(), VmError> {
+        if self.trace.is_none() {
+            return Ok(());
+        }
+        let bitmap = self.vm.get_dirty_log(0, self.ram_size as usize)?;
+        let mut pages = Vec::new();
+        for (w, bits) in bitmap.iter().enumerate() {
+            let mut b = *bits;
+            while b != 0 {
+                let pfn = w as u64 * 64 + u64::from(b.trailing_zeros());
+                b &= b - 1;
+                let mut page = vec![0u8; PAGE as usize];
+                self.machine
+                    .memory()
+                    .read_slice(&mut page, GuestAddress(pfn * PAGE))
+                    .map_err(|e| VmError::Exit(e.to_string()))?;
+                pages.push((pfn, page));
+            }
+        }
+        if !pages.is_empty()
+            && let Some(t) = self.trace.as_mut()
+        {
+            t.record(&crate::trace::Record::Pages(pages))?;
+        }
+        Ok(())
+    }
+
+    /// The batch a batched MMU hypercall reads, for the trace (best effort).
+    #[allow(non_upper_case_globals)] // Xen's names for the hypercall numbers
+    fn batch_bytes(&self, nr: u64, a: [u64; 5]) -> Vec<u8> {
+        use pvmmu_abi::hypercall::{
+            HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op, HYPERVISOR_multicall,
+        };
+        let size = match nr {
+            HYPERVISOR_mmu_update => 16,
+            HYPERVISOR_mmuext_op => 24,
+            HYPERVISOR_multicall => 64,
+            _ => return Vec::new(),
+        };
+        let count = if nr == HYPERVISOR_multicall {
+            a[1]
+        } else {
+            a[1] & 0x7fff_ffff
+        };
+        let len = count.saturating_mul(size).min(1 << 20) as usize;
+        let mut buf = vec![0u8; len];
+        let root = self.machine.kernel_root(self.caller());
+        match pvmmu::GuestView::new(self.machine.memory(), root).read(a[0], &mut buf) {
+            Ok(()) => buf,
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The PV MMU (for tests and `pvmmu dump`).
     pub fn machine(&self) -> &Vmm {
         &self.machine
@@ -400,6 +500,12 @@ impl Vm {
     fn hypercall(&mut self) -> Result<Option<GuestExit>, VmError> {
         let arrived = Instant::now();
         let regs = self.vcpu.sync_regs().regs;
+        self.trace_pages()?;
+        let batch = if self.trace.is_some() {
+            self.batch_bytes(regs.rax, hypercall::args(&regs))
+        } else {
+            Vec::new()
+        };
         let mut console = SerialSink(self.serial.clone());
         let caller = self.caller();
         let out = hypercall::dispatch(
@@ -410,6 +516,15 @@ impl Vm {
             regs.rax,
             hypercall::args(&regs),
         )?;
+        if let Some(t) = self.trace.as_mut() {
+            t.record(&crate::trace::Record::Hypercall {
+                vcpu: caller.vcpu,
+                nr: regs.rax,
+                args: hypercall::args(&regs),
+                batch,
+                outcome: out,
+            })?;
+        }
         if let Some(t) = self.timings.as_mut() {
             t.push(HypercallTiming {
                 nr: regs.rax,
@@ -446,7 +561,30 @@ impl Vm {
         let mut note = None;
         // A write to a present page: a candidate for writable page tables.
         if frame.vector == 14 && frame.error & 0b11011 == 0b00011 {
-            match fault::try_ptwr(&mut self.machine, caller, &frame, sregs.cr2, &regs, &sregs) {
+            self.trace_pages()?;
+            let mut seen = None;
+            let mut on_write =
+                |w: &pvmmu::PtwrWrite, r: &Result<pvmmu::PtwrOutcome, pvmmu::PtwrRefusal>| {
+                    seen = Some((*w, crate::trace::ptwr_code(r)));
+                };
+            let result = fault::try_ptwr(
+                &mut self.machine,
+                caller,
+                &frame,
+                sregs.cr2,
+                &regs,
+                &sregs,
+                &mut on_write,
+            );
+            if let (Some(t), Some((write, outcome))) = (self.trace.as_mut(), seen) {
+                t.record(&crate::trace::Record::Ptwr {
+                    vcpu: caller.vcpu,
+                    fault_va: sregs.cr2,
+                    write,
+                    outcome,
+                })?;
+            }
+            match result {
                 Ok(em) => {
                     self.stats.ptwr += 1;
                     let mem = self.machine.memory();
@@ -571,6 +709,9 @@ impl Vm {
     /// Runs to the end and tears the domain down, auditing before and after.
     pub fn run_to_end(mut self, stop: &AtomicBool) -> Result<RunReport, VmError> {
         let exit = self.run(stop)?;
+        if let Some(t) = self.trace.take() {
+            t.finish()?;
+        }
         self.stats.mmu = self.machine.stats();
         let mut audit = self.machine.audit().map_err(|e| e.to_string());
         if audit.is_ok() {

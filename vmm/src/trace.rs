@@ -1,0 +1,513 @@
+//! Hypercall traces: `pvmmu run --trace FILE` records every hypercall a guest issues
+//! (number, arguments, the batch read from guest memory, the result) and every
+//! writable-page-table write, together with the guest's own memory writes between them
+//! (from KVM's dirty log); `pvmmu replay FILE` replays them against the library without
+//! KVM and checks that every result is identical.
+//!
+//! # Format (version 1, all integers little endian)
+//!
+//! ```text
+//! header  : "PVMMUTRC" u32:version u32:memory_mib u32:vcpus u8:iomem
+//!           u32:cmdline_len cmdline  u64:image_len image
+//! record  : u8:tag, then
+//!   0x01 pages     : u32:n, n x (u64:pfn, 4096 bytes)      guest writes since the last record
+//!   0x02 hypercall : u32:vcpu u64:nr 5 x u64:args u32:batch_len batch
+//!                    u8:outcome (0 return, 1 shutdown) i64:value
+//!   0x03 ptwr      : u32:vcpu u64:fault_va u64:addr u8:size u64:value u8:has_cmpxchg
+//!                    u64:cmpxchg u8:outcome (0 written, 1 mismatch, 2 refused) u64:value
+//!   0xff end
+//! ```
+//!
+//! A trace replays from the same start as the run: the domain is rebuilt from the image
+//! in the header, then page records are written into guest memory and the hypercalls and
+//! ptwr writes re-executed in order.
+
+use std::io::{BufWriter, Read, Write};
+
+use pvmmu::{Caller, PtwrOutcome, PtwrRefusal, PtwrWrite, RecordingFlush};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::elf;
+use crate::hypercall::{self, Console, HypercallStats, Outcome};
+use crate::layout::PAGE;
+use crate::vm::{DOMID, VmConfig, VmError, build_domain};
+
+/// Magic at the start of every trace.
+pub const MAGIC: &[u8; 8] = b"PVMMUTRC";
+/// The format version written.
+pub const VERSION: u32 = 1;
+
+const TAG_PAGES: u8 = 0x01;
+const TAG_HYPERCALL: u8 = 0x02;
+const TAG_PTWR: u8 = 0x03;
+const TAG_END: u8 = 0xff;
+/// Largest image or batch a trace may hold (guards against corrupt lengths).
+const MAX_BLOB: u64 = 256 << 20;
+
+/// Errors reading a trace.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// Not a trace.
+    #[error("not a pvmmu trace (bad magic)")]
+    Magic,
+    /// A version this build cannot read.
+    #[error("trace version {0} is not supported (this build reads version {VERSION})")]
+    Version(u32),
+    /// The file ends inside a header or record.
+    #[error("trace truncated at byte {0}")]
+    Truncated(u64),
+    /// An unknown record type.
+    #[error("unknown record tag {tag:#x} at byte {offset}")]
+    Tag {
+        /// The tag.
+        tag: u8,
+        /// Where.
+        offset: u64,
+    },
+    /// A length field too large to be real.
+    #[error("implausible length {len} at byte {offset}")]
+    Length {
+        /// The length.
+        len: u64,
+        /// Where.
+        offset: u64,
+    },
+    /// I/O.
+    #[error("reading the trace: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The run a trace belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceHeader {
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// I/O-memory permission for the MMIO test device.
+    pub iomem: bool,
+    /// Guest command line.
+    pub cmdline: String,
+    /// The guest image.
+    pub image: Vec<u8>,
+}
+
+/// One record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Guest memory pages (pfn, contents) written by the guest since the last record.
+    Pages(Vec<(u64, Vec<u8>)>),
+    /// A hypercall and its result.
+    Hypercall {
+        /// vCPU.
+        vcpu: u32,
+        /// Number.
+        nr: u64,
+        /// Arguments.
+        args: [u64; 5],
+        /// The batch it read from guest memory (for batched MMU calls).
+        batch: Vec<u8>,
+        /// Result.
+        outcome: Outcome,
+    },
+    /// A writable-page-table write and what the library made of it.
+    Ptwr {
+        /// vCPU.
+        vcpu: u32,
+        /// The faulting VA.
+        fault_va: u64,
+        /// The decoded write.
+        write: PtwrWrite,
+        /// 0 written, 1 mismatch (value = current), 2 refused (value = errno or 0).
+        outcome: (u8, u64),
+    },
+}
+
+/// Encodes a ptwr result for the trace.
+pub fn ptwr_code(r: &Result<PtwrOutcome, PtwrRefusal>) -> (u8, u64) {
+    match r {
+        Ok(PtwrOutcome::Written) => (0, 0),
+        Ok(PtwrOutcome::Mismatch { current }) => (1, *current),
+        Err(PtwrRefusal::Refused(e)) => (2, e.code() as u64),
+        Err(_) => (2, 0),
+    }
+}
+
+/// Writes a trace.
+pub struct TraceWriter {
+    out: BufWriter<std::fs::File>,
+}
+
+impl std::fmt::Debug for TraceWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceWriter").finish_non_exhaustive()
+    }
+}
+
+impl TraceWriter {
+    /// Creates `path` and writes the header.
+    pub fn create(path: &std::path::Path, h: &TraceHeader) -> std::io::Result<TraceWriter> {
+        let mut out = BufWriter::new(std::fs::File::create(path)?);
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&h.memory_mib.to_le_bytes())?;
+        out.write_all(&h.vcpus.to_le_bytes())?;
+        out.write_all(&[u8::from(h.iomem)])?;
+        out.write_all(&(h.cmdline.len() as u32).to_le_bytes())?;
+        out.write_all(h.cmdline.as_bytes())?;
+        out.write_all(&(h.image.len() as u64).to_le_bytes())?;
+        out.write_all(&h.image)?;
+        Ok(TraceWriter { out })
+    }
+
+    /// Appends a record.
+    pub fn record(&mut self, r: &Record) -> std::io::Result<()> {
+        let o = &mut self.out;
+        match r {
+            Record::Pages(pages) => {
+                o.write_all(&[TAG_PAGES])?;
+                o.write_all(&(pages.len() as u32).to_le_bytes())?;
+                for (pfn, bytes) in pages {
+                    o.write_all(&pfn.to_le_bytes())?;
+                    o.write_all(bytes)?;
+                }
+            }
+            Record::Hypercall {
+                vcpu,
+                nr,
+                args,
+                batch,
+                outcome,
+            } => {
+                o.write_all(&[TAG_HYPERCALL])?;
+                o.write_all(&vcpu.to_le_bytes())?;
+                o.write_all(&nr.to_le_bytes())?;
+                for a in args {
+                    o.write_all(&a.to_le_bytes())?;
+                }
+                o.write_all(&(batch.len() as u32).to_le_bytes())?;
+                o.write_all(batch)?;
+                let (kind, value) = match outcome {
+                    Outcome::Return(v) => (0u8, *v),
+                    Outcome::Shutdown(r) => (1u8, i64::from(*r)),
+                };
+                o.write_all(&[kind])?;
+                o.write_all(&value.to_le_bytes())?;
+            }
+            Record::Ptwr {
+                vcpu,
+                fault_va,
+                write,
+                outcome,
+            } => {
+                o.write_all(&[TAG_PTWR])?;
+                o.write_all(&vcpu.to_le_bytes())?;
+                o.write_all(&fault_va.to_le_bytes())?;
+                o.write_all(&write.addr.to_le_bytes())?;
+                o.write_all(&[write.size])?;
+                o.write_all(&write.value.to_le_bytes())?;
+                o.write_all(&[u8::from(write.cmpxchg.is_some())])?;
+                o.write_all(&write.cmpxchg.unwrap_or(0).to_le_bytes())?;
+                o.write_all(&[outcome.0])?;
+                o.write_all(&outcome.1.to_le_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the end marker and flushes.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.out.write_all(&[TAG_END])?;
+        self.out.flush()
+    }
+}
+
+/// A cursor over trace bytes with bounds-checked reads.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], TraceError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
+        let end = end.ok_or(TraceError::Truncated(self.b.len() as u64))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, TraceError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, TraceError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, TraceError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn blob(&mut self, len: u64) -> Result<Vec<u8>, TraceError> {
+        if len > MAX_BLOB {
+            return Err(TraceError::Length {
+                len,
+                offset: self.at as u64,
+            });
+        }
+        Ok(self.take(len as usize)?.to_vec())
+    }
+}
+
+/// Parses a whole trace.
+pub fn parse(bytes: &[u8]) -> Result<(TraceHeader, Vec<Record>), TraceError> {
+    let mut c = Cursor { b: bytes, at: 0 };
+    if c.take(8).map_err(|_| TraceError::Magic)? != MAGIC {
+        return Err(TraceError::Magic);
+    }
+    let version = c.u32()?;
+    if version != VERSION {
+        return Err(TraceError::Version(version));
+    }
+    let memory_mib = c.u32()?;
+    let vcpus = c.u32()?;
+    let iomem = c.u8()? != 0;
+    let cl = u64::from(c.u32()?);
+    let cmdline = String::from_utf8_lossy(&c.blob(cl)?).into_owned();
+    let il = c.u64()?;
+    let image = c.blob(il)?;
+    let header = TraceHeader {
+        memory_mib,
+        vcpus,
+        iomem,
+        cmdline,
+        image,
+    };
+    let mut records = Vec::new();
+    loop {
+        let offset = c.at as u64;
+        match c.u8()? {
+            TAG_END => break,
+            TAG_PAGES => {
+                let n = c.u32()?;
+                if u64::from(n) * PAGE > MAX_BLOB * 16 {
+                    return Err(TraceError::Length {
+                        len: n.into(),
+                        offset,
+                    });
+                }
+                let mut pages = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let pfn = c.u64()?;
+                    pages.push((pfn, c.blob(PAGE)?));
+                }
+                records.push(Record::Pages(pages));
+            }
+            TAG_HYPERCALL => {
+                let vcpu = c.u32()?;
+                let nr = c.u64()?;
+                let mut args = [0u64; 5];
+                for a in &mut args {
+                    *a = c.u64()?;
+                }
+                let bl = u64::from(c.u32()?);
+                let batch = c.blob(bl)?;
+                let kind = c.u8()?;
+                let value = c.u64()? as i64;
+                let outcome = match kind {
+                    0 => Outcome::Return(value),
+                    1 => Outcome::Shutdown(value as u32),
+                    tag => return Err(TraceError::Tag { tag, offset }),
+                };
+                records.push(Record::Hypercall {
+                    vcpu,
+                    nr,
+                    args,
+                    batch,
+                    outcome,
+                });
+            }
+            TAG_PTWR => {
+                let vcpu = c.u32()?;
+                let fault_va = c.u64()?;
+                let addr = c.u64()?;
+                let size = c.u8()?;
+                let value = c.u64()?;
+                let has = c.u8()? != 0;
+                let cmp = c.u64()?;
+                let kind = c.u8()?;
+                let v = c.u64()?;
+                records.push(Record::Ptwr {
+                    vcpu,
+                    fault_va,
+                    write: PtwrWrite {
+                        addr,
+                        size,
+                        value,
+                        cmpxchg: has.then_some(cmp),
+                    },
+                    outcome: (kind, v),
+                });
+            }
+            tag => return Err(TraceError::Tag { tag, offset }),
+        }
+    }
+    Ok((header, records))
+}
+
+/// The first point where a replay differs from the recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// Index of the record.
+    pub index: usize,
+    /// What the record was.
+    pub what: String,
+    /// Recorded result.
+    pub recorded: String,
+    /// Replayed result.
+    pub replayed: String,
+}
+
+/// Result of a replay.
+#[derive(Debug)]
+pub struct ReplayReport {
+    /// Records replayed.
+    pub records: usize,
+    /// Hypercalls replayed.
+    pub hypercalls: usize,
+    /// The first divergence, if any.
+    pub divergence: Option<Divergence>,
+    /// Audit of the replayed machine at the end.
+    pub audit: Result<(), String>,
+}
+
+struct NullConsole;
+
+impl Console for NullConsole {
+    fn write(&mut self, _bytes: &[u8]) {}
+    fn read(&mut self, _buf: &mut [u8]) -> usize {
+        0
+    }
+}
+
+fn name(nr: u64) -> String {
+    pvmmu_abi::Hypercall::try_from(nr).map_or_else(|_| format!("#{nr}"), |h| h.to_string())
+}
+
+/// Replays a parsed trace against the library, without KVM.
+pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, VmError> {
+    let image = elf::parse(&header.image)?;
+    let cfg = VmConfig {
+        memory_mib: u64::from(header.memory_mib),
+        vcpus: header.vcpus.max(1),
+        image: header.image.clone(),
+        cmdline: header.cmdline.clone(),
+        console_out: Box::new(std::io::sink()),
+        iomem: header.iomem,
+    };
+    if !(16..=4096).contains(&cfg.memory_mib) {
+        return Err(VmError::MemorySize(cfg.memory_mib));
+    }
+    let size = cfg.memory_mib << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+        .map_err(|e| VmError::Memory(e.to_string()))?;
+    let (mut m, _hv, _boot) =
+        build_domain(mem, size / PAGE, &image, &cfg, RecordingFlush::default())?;
+    let mut stats = HypercallStats::default();
+    let mut report = ReplayReport {
+        records: 0,
+        hypercalls: 0,
+        divergence: None,
+        audit: Ok(()),
+    };
+    for (index, r) in records.iter().enumerate() {
+        report.records += 1;
+        match r {
+            Record::Pages(pages) => {
+                for (pfn, bytes) in pages {
+                    let at = pfn
+                        .checked_mul(PAGE)
+                        .ok_or_else(|| VmError::Exit("bad pfn in trace".into()))?;
+                    m.memory()
+                        .write_slice(bytes, GuestAddress(at))
+                        .map_err(|e| VmError::Exit(format!("trace page {pfn:#x}: {e}")))?;
+                }
+            }
+            Record::Hypercall {
+                vcpu,
+                nr,
+                args,
+                outcome,
+                ..
+            } => {
+                report.hypercalls += 1;
+                let caller = Caller::new(DOMID, *vcpu);
+                let got =
+                    hypercall::dispatch(&mut m, &mut NullConsole, &mut stats, caller, *nr, *args)?;
+                if got != *outcome {
+                    report.divergence = Some(Divergence {
+                        index,
+                        what: format!("hypercall {} args {:#x?}", name(*nr), args),
+                        recorded: format!("{outcome:?}"),
+                        replayed: format!("{got:?}"),
+                    });
+                    break;
+                }
+            }
+            Record::Ptwr {
+                vcpu,
+                fault_va,
+                write,
+                outcome,
+            } => {
+                let got = m.ptwr_write(Caller::new(DOMID, *vcpu), *fault_va, *write)?;
+                let code = ptwr_code(&got);
+                if code != *outcome {
+                    report.divergence = Some(Divergence {
+                        index,
+                        what: format!("ptwr write {write:?} at fault VA {fault_va:#x}"),
+                        recorded: format!("{outcome:?}"),
+                        replayed: format!("{code:?} ({got:?})"),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    report.audit = m.audit().map_err(|e| e.to_string());
+    Ok(report)
+}
+
+/// Reads a whole trace file.
+pub fn read_file(path: &std::path::Path) -> Result<(TraceHeader, Vec<Record>), TraceError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    parse(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_traces_give_clear_errors() {
+        assert!(matches!(parse(b"nope"), Err(TraceError::Magic)));
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&7u32.to_le_bytes());
+        assert!(matches!(parse(&b), Err(TraceError::Version(7))));
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&64u32.to_le_bytes());
+        assert!(matches!(parse(&b), Err(TraceError::Truncated(_))));
+        // A huge image length is refused before allocating.
+        let mut b = MAGIC.to_vec();
+        for v in [VERSION, 64, 1] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.push(1);
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(parse(&b), Err(TraceError::Length { .. })));
+    }
+}
