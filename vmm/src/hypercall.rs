@@ -46,6 +46,17 @@ pub trait Console {
     fn read(&mut self, buf: &mut [u8]) -> usize;
 }
 
+/// A console that drops output and has no input (replay, fuzzing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullConsole;
+
+impl Console for NullConsole {
+    fn write(&mut self, _bytes: &[u8]) {}
+    fn read(&mut self, _buf: &mut [u8]) -> usize {
+        0
+    }
+}
+
 /// Per-VM hypercall counters.
 #[derive(Debug, Clone, Default)]
 pub struct HypercallStats {

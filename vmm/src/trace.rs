@@ -28,7 +28,7 @@ use pvmmu::{Caller, PtwrOutcome, PtwrRefusal, PtwrWrite, RecordingFlush};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::elf;
-use crate::hypercall::{self, Console, HypercallStats, Outcome};
+use crate::hypercall::{self, HypercallStats, NullConsole, Outcome};
 use crate::layout::PAGE;
 use crate::vm::{DOMID, VmConfig, VmError, build_domain};
 
@@ -380,15 +380,6 @@ pub struct ReplayReport {
     pub divergence: Option<Divergence>,
     /// Audit of the replayed machine at the end.
     pub audit: Result<(), String>,
-}
-
-struct NullConsole;
-
-impl Console for NullConsole {
-    fn write(&mut self, _bytes: &[u8]) {}
-    fn read(&mut self, _buf: &mut [u8]) -> usize {
-        0
-    }
 }
 
 fn name(nr: u64) -> String {

@@ -1,0 +1,27 @@
+//! Fuzzing harnesses for pvmmu, usable on stable Rust: `cargo fuzz` targets in
+//! `mmu/fuzz` call them, and `cargo test` replays every input in `mmu/fuzz/regressions`
+//! through them, so every finding stays fixed without a fuzzing engine.
+//!
+//! - [`mmu_ops`]: a structured sequence of PV MMU operations on two domains that start
+//!   from a builder-like state (pinned trees, a privileged domain, I/O memory), decoded
+//!   with `arbitrary` and biased toward frames and entries that exist.
+//! - [`vmm_hypercall`]: raw hypercall registers and guest memory contents against the
+//!   VMM's hypercall dispatch, over a domain built by the VMM's own builder, no KVM.
+//!
+//! After every operation the oracles run: no panic, `audit()` clean (which includes "no
+//! frame with a page-table type mapped writable" and "reserved L4 slots intact"), the
+//! first entry of every L1 update agrees with an independent reference model of Xen's
+//! L1 rules, and after teardown every frame is free, untyped, with count 0.
+//!
+//! ```
+//! // Any bytes are a valid input; the harness panics only if an oracle fails.
+//! pvmmu_fuzzing::mmu_ops(&[0u8; 64]);
+//! pvmmu_fuzzing::mmu_ops(b"arbitrary bytes decode to operations");
+//! ```
+
+pub mod model;
+pub mod ops;
+pub mod vmm_calls;
+
+pub use ops::mmu_ops;
+pub use vmm_calls::vmm_hypercall;

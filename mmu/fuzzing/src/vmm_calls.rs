@@ -1,0 +1,202 @@
+//! The `vmm_hypercall` harness: raw hypercall registers and guest memory contents against
+//! the VMM's dispatch, over a domain the VMM's own builder made (no KVM).
+
+use std::sync::OnceLock;
+
+use arbitrary::{Arbitrary, Unstructured};
+use pvmmu::{Caller, RecordingFlush};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::hypercall::{self, HypercallStats, NullConsole};
+use vmm::trace::{Record, TraceHeader};
+use vmm::vm::{DOMID, VmConfig, build_domain};
+
+/// Guest memory for the harness (the VMM's minimum).
+const MEMORY_MIB: u64 = 16;
+
+/// An argument register value.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Arg {
+    /// A VA inside the builder's initial mapping (so the guest could have put data there).
+    Mapped(u16),
+    /// A small number.
+    Small(u8),
+    /// Anything.
+    Raw(u64),
+}
+
+/// One hypercall.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Call {
+    nr: u8,
+    args: [Arg; 5],
+}
+
+/// Guest memory the guest wrote before its calls.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Write {
+    page: u16,
+    offset: u16,
+    bytes: Vec<u8>,
+}
+
+/// A harness input.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct Input {
+    writes: Vec<Write>,
+    calls: Vec<Call>,
+}
+
+fn image() -> &'static [u8] {
+    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    IMAGE.get_or_init(|| vmm::guests::find("demo").map(|g| g.image.to_vec()).unwrap_or_default())
+}
+
+/// The harness. An input that is a pvmmu trace (`pvmmu run --trace`) is replayed with
+/// the oracles checked after every record, so recorded runs seed the corpus; any other
+/// input is decoded with `arbitrary`.
+pub fn vmm_hypercall(data: &[u8]) {
+    if data.starts_with(vmm::trace::MAGIC) {
+        if let Ok((header, records)) = vmm::trace::parse(data) {
+            replay_checked(&header, &records);
+        }
+        return;
+    }
+    let _ = run(data);
+}
+
+/// A fuzzer input as a trace (header and records), with the results this build gives:
+/// findings written this way replay with `pvmmu replay`.
+pub fn to_trace(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
+    run(data)
+}
+
+fn replay_checked(header: &TraceHeader, records: &[Record]) {
+    let Ok(image) = vmm::elf::parse(&header.image) else { return };
+    if !(16..=64).contains(&header.memory_mib) {
+        return;
+    }
+    let cfg = VmConfig {
+        memory_mib: u64::from(header.memory_mib),
+        vcpus: 1,
+        image: header.image.clone(),
+        cmdline: header.cmdline.clone(),
+        console_out: Box::new(std::io::sink()),
+        iomem: header.iomem,
+    };
+    let size = cfg.memory_mib << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
+    let Ok((mut m, _hv, _boot)) = build_domain(mem, size >> 12, &image, &cfg, RecordingFlush::default()) else {
+        return;
+    };
+    let mut stats = HypercallStats::default();
+    for r in records.iter().take(4096) {
+        match r {
+            Record::Pages(pages) => {
+                // Only pages the guest could have written: its own frames that are not
+                // live page tables (a mutated trace may name any page).
+                for (pfn, bytes) in pages {
+                    let guest_writable = m
+                        .frames()
+                        .get(pvmmu::Mfn(*pfn))
+                        .is_some_and(|p| p.owner == DOMID && p.count > 0 && !p.is_live_page_table());
+                    if guest_writable && let Some(at) = pfn.checked_mul(4096) {
+                        let _ = m.memory().write_slice(bytes, GuestAddress(at));
+                    }
+                }
+            }
+            Record::Hypercall { nr, args, .. } => {
+                let r = hypercall::dispatch(&mut m, &mut NullConsole, &mut stats, Caller::new(DOMID, 0), *nr, *args);
+                assert!(r.is_ok(), "dispatch refused a valid caller: {r:?}");
+            }
+            Record::Ptwr { fault_va, write, .. } => {
+                let _ = m.ptwr_write(Caller::new(DOMID, 0), *fault_va, *write);
+            }
+        }
+        if let Err(e) = m.audit() {
+            let what = match r {
+                Record::Pages(p) => format!("pages {:x?}", p.iter().map(|x| x.0).collect::<Vec<_>>()),
+                Record::Hypercall { nr, args, .. } => format!("hypercall {nr} {args:#x?}"),
+                Record::Ptwr { fault_va, write, .. } => format!("ptwr at {fault_va:#x}: {write:?}"),
+            };
+            panic!("audit failed after trace record {what}: {e}");
+        }
+    }
+    let _ = m.destroy_domain(DOMID);
+    if let Err(e) = m.audit() {
+        panic!("audit failed after teardown: {e}");
+    }
+}
+
+fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
+    let mut u = Unstructured::new(data);
+    let input = Input::arbitrary(&mut u).ok()?;
+    let bytes = image();
+    let parsed = vmm::elf::parse(bytes).expect("the demo guest parses");
+    let cfg = VmConfig {
+        memory_mib: MEMORY_MIB,
+        vcpus: 1,
+        image: bytes.to_vec(),
+        cmdline: String::new(),
+        console_out: Box::new(std::io::sink()),
+        iomem: true,
+    };
+    let size = MEMORY_MIB << 20;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
+    let (mut m, _hv, boot) =
+        build_domain(mem, size >> 12, &parsed, &cfg, RecordingFlush::default()).expect("the demo domain builds");
+    let mapped = boot.mapped_pages.max(1);
+    let header = TraceHeader {
+        memory_mib: MEMORY_MIB as u32,
+        vcpus: 1,
+        iomem: true,
+        cmdline: String::new(),
+        image: bytes.to_vec(),
+    };
+    let mut records = Vec::new();
+    // Guest writes land only in pages the guest could write: its mapped, writable ones.
+    for w in input.writes.iter().take(16) {
+        let page = u64::from(w.page) % mapped;
+        let writable = pvmmu::Walker::new(m.memory())
+            .translate(boot.l4, page << 12)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.writable());
+        if writable {
+            let at = (page << 12) + u64::from(w.offset % 4096);
+            let n = w.bytes.len().min((4096 - (at & 0xfff)) as usize);
+            let _ = m.memory().write_slice(&w.bytes[..n], GuestAddress(at));
+            let mut content = vec![0u8; 4096];
+            let _ = m.memory().read_slice(&mut content, GuestAddress(page << 12));
+            records.push(Record::Pages(vec![(page, content)]));
+        }
+    }
+    let mut stats = HypercallStats::default();
+    let caller = Caller::new(DOMID, 0);
+    for call in input.calls.iter().take(32) {
+        let nr = u64::from(call.nr % 40);
+        let args = call.args.map(|a| match a {
+            Arg::Mapped(p) => (u64::from(p) % mapped) << 12 | u64::from(p >> 8 & 0xff0),
+            Arg::Small(s) => u64::from(s),
+            Arg::Raw(r) => r,
+        });
+        let r = hypercall::dispatch(&mut m, &mut NullConsole, &mut stats, caller, nr, args);
+        assert!(r.is_ok(), "dispatch refused a valid caller: {r:?}");
+        if let Ok(outcome) = r {
+            records.push(Record::Hypercall {
+                vcpu: 0,
+                nr,
+                args,
+                batch: Vec::new(),
+                outcome,
+            });
+        }
+        if let Err(e) = m.audit() {
+            panic!("audit failed after hypercall {nr} {args:#x?}: {e}");
+        }
+    }
+    m.destroy_domain(DOMID).expect("teardown returns every frame");
+    if let Err(e) = m.audit() {
+        panic!("audit failed after teardown: {e}");
+    }
+    Some((header, records))
+}
