@@ -212,6 +212,12 @@ impl<F: TlbFlush> Core<F> {
             r.map_err(|_| Errno::EINVAL)?;
             return Ok(None);
         }
+        let w = EntryWrite {
+            table,
+            idx,
+            new: val,
+            how,
+        };
         match info.ty {
             PageType::L1 => {
                 if cache.as_ref().map(|c| c.0) != Some(table) {
@@ -219,18 +225,7 @@ impl<F: TlbFlush> Core<F> {
                     *cache = Some((table, page));
                 }
                 let page = &cache.as_ref().ok_or(Errno::EINVAL)?.1;
-                self.mod_l1_entry_in(
-                    page,
-                    EntryWrite {
-                        table,
-                        idx,
-                        new: val,
-                        how,
-                    },
-                    pt_owner,
-                    pg_owner,
-                    true,
-                )?;
+                self.mod_l1_entry_in(page, w, pt_owner, pg_owner, true)?;
                 Ok(Some(Level::L1))
             }
             PageType::L2 | PageType::L3 | PageType::L4 => {
@@ -238,17 +233,7 @@ impl<F: TlbFlush> Core<F> {
                     return Err(Errno::EINVAL);
                 }
                 let level = info.ty.level().ok_or(Errno::EINVAL)?;
-                self.mod_upper_entry(
-                    mem,
-                    level,
-                    EntryWrite {
-                        table,
-                        idx,
-                        new: val,
-                        how,
-                    },
-                    pt_owner,
-                )?;
+                self.mod_upper_entry(mem, level, w, pt_owner)?;
                 Ok(Some(level))
             }
             _ => Err(Errno::EINVAL),
@@ -393,10 +378,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         let root = self.kernel_root(caller);
         let Machine { mem, core } = self;
         let mut view = GuestView::new(mem, root);
-        let (count, carried) = continuation(&mut view, count as u32, pdone);
-        if !guest_range_ok(reqs, u64::from(count) * 16) {
-            return Ok(Errno::EFAULT.neg());
-        }
+        let (count, carried) = match batch_args(&mut view, reqs, count, pdone, 16) {
+            Ok(v) => v,
+            Err(rax) => return Ok(rax),
+        };
         let mut src = GuestEntries {
             view: &mut view,
             va: reqs,
@@ -407,9 +392,26 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     }
 }
 
+/// Decodes the `count` of a batched hypercall from the guest (continuation flag, `done`
+/// carried over in `*pdone`) and checks that the array of `entry_size`-byte entries lies
+/// in guest space: `(count, carried)`, or the RAX Xen returns up front.
+pub(crate) fn batch_args<M: GuestMemory + ?Sized>(
+    view: &mut GuestView<'_, M>,
+    array: u64,
+    count: u64,
+    pdone: u64,
+    entry_size: u64,
+) -> Result<(u32, u32), i64> {
+    let (count, carried) = continuation(view, count as u32, pdone);
+    if !guest_range_ok(array, u64::from(count) * entry_size) {
+        return Err(Errno::EFAULT.neg());
+    }
+    Ok((count, carried))
+}
+
 /// Handles `MMU_UPDATE_PREEMPTED` in `count`: returns the real count and the `done`
 /// carried over from `*pdone`.
-pub(crate) fn continuation<M: GuestMemory + ?Sized>(
+fn continuation<M: GuestMemory + ?Sized>(
     view: &mut GuestView<'_, M>,
     count: u32,
     pdone: u64,

@@ -16,9 +16,9 @@ use crate::batch::{BatchOutcome, Caller, Entries, GuestEntries, SliceEntries};
 use crate::entry::{Mfn, Pte};
 use crate::flush::{FlushReason, FlushScope, TlbFlush, VcpuSet};
 use crate::frame::{Owner, PageType};
-use crate::guest::{GuestView, guest_range_ok};
+use crate::guest::GuestView;
 use crate::machine::{Core, FIRST_XEN_L4_SLOT, Machine, MachineError};
-use crate::mmu_update::{continuation, finish};
+use crate::mmu_update::{batch_args, finish};
 use crate::paging::{Level, PAGE_SIZE, PagingMode};
 use crate::table::visit_table;
 
@@ -375,10 +375,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         let root = self.kernel_root(caller);
         let Machine { mem, core } = self;
         let mut view = GuestView::new(mem, root);
-        let (count, carried) = continuation(&mut view, count as u32, pdone);
-        if !guest_range_ok(ops, u64::from(count) * 24) {
-            return Ok(Errno::EFAULT.neg());
-        }
+        let (count, carried) = match batch_args(&mut view, ops, count, pdone, 24) {
+            Ok(v) => v,
+            Err(rax) => return Ok(rax),
+        };
         // Operations and vCPU bitmaps are read through the same view; the view follows
         // NEW_BASEPTR. Entries are read through a second view over the same tables.
         let mut entry_view = GuestView::new(mem, root);

@@ -291,21 +291,7 @@ where
     M: GuestMemory + ?Sized,
 {
     let page = table_page(mem, mfn)?;
-    let mut batch = PteBatch::new(
-        &page,
-        level,
-        PagingMode::FourLevel,
-        mfn,
-        0,
-        ENTRIES_PER_TABLE - 1,
-        0,
-        Path::default(),
-    );
-    let r = f(&mut batch);
-    if let Some((lo, hi)) = batch.written() {
-        page.mark_dirty(lo, hi - lo + 1);
-    }
-    Ok(r)
+    Ok(visit_page(&page, mfn, level, f))
 }
 
 /// The page handle of a memory `M`.

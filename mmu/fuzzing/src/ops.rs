@@ -4,8 +4,8 @@ use std::ops::ControlFlow;
 
 use arbitrary::{Arbitrary, Unstructured};
 use pvmmu::{
-    BatchOutcome, Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, PageType, Pte, PtwrWrite, VaRange, Visit,
-    Walker,
+    BatchOutcome, Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, PageType, Pte,
+    PtwrWrite, VaRange, Visit, Walker,
 };
 use pvmmu_abi::{MmuUpdate, MmuextOp};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -177,8 +177,15 @@ fn build_tree(m: &mut HarnessMachine, dom: u16, (first, end): (u64, u64)) {
         ControlFlow::<()>::Continue(())
     });
     let c = Caller::new(dom, 0);
-    for cmd in [pvmmu_abi::mmu::MMUEXT_PIN_L4_TABLE, pvmmu_abi::mmu::MMUEXT_NEW_BASEPTR] {
-        let o = m.mmuext_op(c, &[MmuextOp::new(cmd, l4.0, 0)], pvmmu_abi::DOMID_SELF.into());
+    for cmd in [
+        pvmmu_abi::mmu::MMUEXT_PIN_L4_TABLE,
+        pvmmu_abi::mmu::MMUEXT_NEW_BASEPTR,
+    ] {
+        let o = m.mmuext_op(
+            c,
+            &[MmuextOp::new(cmd, l4.0, 0)],
+            pvmmu_abi::DOMID_SELF.into(),
+        );
         assert_eq!(o.map(|o| o.result), Ok(Ok(())), "fixture: {cmd}");
     }
     m.flusher().take();
@@ -188,20 +195,26 @@ impl Fixture {
     /// Domain 1 (2 vCPUs, I/O memory at MMIO) and domain 2 (privileged), each with a
     /// pinned, installed tree mapping its frames.
     pub fn new() -> Fixture {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)]).expect("memory");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)])
+            .expect("memory");
         let config = MachineConfig {
             xen_l4_slots: template(),
             ..MachineConfig::default()
         };
         let mut m = Machine::new(mem, config).expect("machine");
-        m.create_domain(DomainConfig::new(1).vcpus(2).iomem(MMIO..=MMIO + 3)).expect("dom1");
-        m.create_domain(DomainConfig::new(2).privileged(true)).expect("dom2");
+        m.create_domain(DomainConfig::new(1).vcpus(2).iomem(MMIO..=MMIO + 3))
+            .expect("dom1");
+        m.create_domain(DomainConfig::new(2).privileged(true))
+            .expect("dom2");
         m.assign_frames(1, (D1.0..D1.1).map(Mfn)).expect("frames");
         m.assign_frames(2, (D2.0..D2.1).map(Mfn)).expect("frames");
         m.reserve_xen_frames((XEN.0..XEN.1).map(Mfn)).expect("xen");
         build_tree(&mut m, 1, D1);
         build_tree(&mut m, 2, D2);
-        Fixture { m, alive: [true, true] }
+        Fixture {
+            m,
+            alive: [true, true],
+        }
     }
 
     fn tables(&self, dom: u16) -> Vec<Mfn> {
@@ -223,7 +236,8 @@ impl Fixture {
             FrameSel::Own(i) => first + u64::from(i) % (end - first),
             FrameSel::Table(i) => {
                 let t = self.tables(d.id());
-                t.get(usize::from(i) % t.len().max(1)).map_or(first, |m| m.0)
+                t.get(usize::from(i) % t.len().max(1))
+                    .map_or(first, |m| m.0)
             }
             FrameSel::Other(i) => other.0 + u64::from(i) % (other.1 - other.0),
             FrameSel::Xen(i) => XEN.0 + u64::from(i) % (XEN.1 - XEN.0),
@@ -235,7 +249,9 @@ impl Fixture {
     fn val(&self, d: Dom, v: Val) -> u64 {
         match v {
             Val::Map(f, flags) => {
-                let bits = u64::from(flags & 0x1ff) | (u64::from(flags >> 9 & 1) << 63) | (u64::from(flags >> 10 & 1) << 52);
+                let bits = u64::from(flags & 0x1ff)
+                    | (u64::from(flags >> 9 & 1) << 63)
+                    | (u64::from(flags >> 10 & 1) << 52);
                 (self.frame(d, f) << 12) | bits | 1
             }
             Val::Zero => 0,
@@ -247,7 +263,9 @@ impl Fixture {
         match s {
             Slot::Table(t, i) => {
                 let tables = self.tables(d.id());
-                let f = tables.get(usize::from(t) % tables.len().max(1)).map_or(d.frames().0, |m| m.0);
+                let f = tables
+                    .get(usize::from(t) % tables.len().max(1))
+                    .map_or(d.frames().0, |m| m.0);
                 (f << 12) + u64::from(i % 512) * 8
             }
             Slot::Frame(f, i) => (self.frame(d, f) << 12) + u64::from(i % 512) * 8,
@@ -292,7 +310,10 @@ impl Fixture {
                             12 => 3,
                             n => u64::from(n - 9),
                         };
-                        MmuUpdate { ptr: self.slot(*d, r.slot) | cmd, val: self.val(*d, r.val) }
+                        MmuUpdate {
+                            ptr: self.slot(*d, r.slot) | cmd,
+                            val: self.val(*d, r.val),
+                        }
                     })
                     .collect();
                 let predicted = reqs.first().and_then(|r| self.predict_l1(d.id(), fdv, r));
@@ -321,23 +342,36 @@ impl Fixture {
                         MmuextOp::new(cmd, a1, a2)
                     })
                     .collect();
-                let _ = self.m.mmuext_op(c, &ops, Self::fd(*d, *fd)).expect("caller exists");
+                let _ = self
+                    .m
+                    .mmuext_op(c, &ops, Self::fd(*d, *fd))
+                    .expect("caller exists");
             }
             Op::Uvm(d, vcpu, page, v, flags) if alive(*d, &self.alive) => {
                 let c = Caller::new(d.id(), u32::from(*vcpu && d.id() == 1));
                 let (first, end) = d.frames();
                 let va = KBASE + ((first + u64::from(*page) % (end - first)) << 12);
                 let val = self.val(*d, *v);
-                let _ = self.m.update_va_mapping(c, va, val, u64::from(*flags)).expect("caller");
+                let _ = self
+                    .m
+                    .update_va_mapping(c, va, val, u64::from(*flags))
+                    .expect("caller");
             }
             Op::Ptwr(d, t, i, v, size, cmp) if alive(*d, &self.alive) => {
                 let c = Caller::new(d.id(), 0);
                 let tables: Vec<Mfn> = self
                     .tables(d.id())
                     .into_iter()
-                    .filter(|m| self.m.frames().get(*m).is_some_and(|p| p.ty == PageType::L1))
+                    .filter(|m| {
+                        self.m
+                            .frames()
+                            .get(*m)
+                            .is_some_and(|p| p.ty == PageType::L1)
+                    })
                     .collect();
-                let Some(table) = tables.get(usize::from(*t) % tables.len().max(1)) else { return };
+                let Some(table) = tables.get(usize::from(*t) % tables.len().max(1)) else {
+                    return;
+                };
                 let size = [1u8, 2, 4, 8][usize::from(size % 4)];
                 let addr = KBASE + (table.0 << 12) + (u64::from(i % 512) * 8);
                 let w = PtwrWrite {
@@ -349,7 +383,11 @@ impl Fixture {
                 let _ = self.m.ptwr_write(c, addr, w).expect("caller");
             }
             Op::VmAssist(d, enable, ty) if alive(*d, &self.alive) => {
-                let _ = self.m.vm_assist(Caller::new(d.id(), 0), u64::from(!enable), u64::from(ty % 40));
+                let _ = self.m.vm_assist(
+                    Caller::new(d.id(), 0),
+                    u64::from(!enable),
+                    u64::from(ty % 40),
+                );
             }
             Op::Teardown(d) if alive(*d, &self.alive) => {
                 let _ = self.m.destroy_domain(d.id());

@@ -48,7 +48,11 @@ pub struct Input {
 
 fn image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
-    IMAGE.get_or_init(|| vmm::guests::find("demo").map(|g| g.image.to_vec()).unwrap_or_default())
+    IMAGE.get_or_init(|| {
+        vmm::guests::find("demo")
+            .map(|g| g.image.to_vec())
+            .unwrap_or_default()
+    })
 }
 
 /// The harness. An input that is a pvmmu trace (`pvmmu run --trace`) is replayed with
@@ -71,7 +75,9 @@ pub fn to_trace(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
 }
 
 fn replay_checked(header: &TraceHeader, records: &[Record]) {
-    let Ok(image) = vmm::elf::parse(&header.image) else { return };
+    let Ok(image) = vmm::elf::parse(&header.image) else {
+        return;
+    };
     if !(16..=64).contains(&header.memory_mib) {
         return;
     }
@@ -84,8 +90,11 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
         iomem: header.iomem,
     };
     let size = cfg.memory_mib << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
-    let Ok((mut m, _hv, _boot)) = build_domain(mem, size >> 12, &image, &cfg, RecordingFlush::default()) else {
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
+    let Ok((mut m, _hv, _boot)) =
+        build_domain(mem, size >> 12, &image, &cfg, RecordingFlush::default())
+    else {
         return;
     };
     let mut stats = HypercallStats::default();
@@ -95,28 +104,40 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
                 // Only pages the guest could have written: its own frames that are not
                 // live page tables (a mutated trace may name any page).
                 for (pfn, bytes) in pages {
-                    let guest_writable = m
-                        .frames()
-                        .get(pvmmu::Mfn(*pfn))
-                        .is_some_and(|p| p.owner == DOMID && p.count > 0 && !p.is_live_page_table());
+                    let guest_writable = m.frames().get(pvmmu::Mfn(*pfn)).is_some_and(|p| {
+                        p.owner == DOMID && p.count > 0 && !p.is_live_page_table()
+                    });
                     if guest_writable && let Some(at) = pfn.checked_mul(4096) {
                         let _ = m.memory().write_slice(bytes, GuestAddress(at));
                     }
                 }
             }
             Record::Hypercall { nr, args, .. } => {
-                let r = hypercall::dispatch(&mut m, &mut NullConsole, &mut stats, Caller::new(DOMID, 0), *nr, *args);
+                let r = hypercall::dispatch(
+                    &mut m,
+                    &mut NullConsole,
+                    &mut stats,
+                    Caller::new(DOMID, 0),
+                    *nr,
+                    *args,
+                );
                 assert!(r.is_ok(), "dispatch refused a valid caller: {r:?}");
             }
-            Record::Ptwr { fault_va, write, .. } => {
+            Record::Ptwr {
+                fault_va, write, ..
+            } => {
                 let _ = m.ptwr_write(Caller::new(DOMID, 0), *fault_va, *write);
             }
         }
         if let Err(e) = m.audit() {
             let what = match r {
-                Record::Pages(p) => format!("pages {:x?}", p.iter().map(|x| x.0).collect::<Vec<_>>()),
+                Record::Pages(p) => {
+                    format!("pages {:x?}", p.iter().map(|x| x.0).collect::<Vec<_>>())
+                }
                 Record::Hypercall { nr, args, .. } => format!("hypercall {nr} {args:#x?}"),
-                Record::Ptwr { fault_va, write, .. } => format!("ptwr at {fault_va:#x}: {write:?}"),
+                Record::Ptwr {
+                    fault_va, write, ..
+                } => format!("ptwr at {fault_va:#x}: {write:?}"),
             };
             panic!("audit failed after trace record {what}: {e}");
         }
@@ -141,9 +162,11 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
         iomem: true,
     };
     let size = MEMORY_MIB << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
+    let mem =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
     let (mut m, _hv, boot) =
-        build_domain(mem, size >> 12, &parsed, &cfg, RecordingFlush::default()).expect("the demo domain builds");
+        build_domain(mem, size >> 12, &parsed, &cfg, RecordingFlush::default())
+            .expect("the demo domain builds");
     let mapped = boot.mapped_pages.max(1);
     let header = TraceHeader {
         memory_mib: MEMORY_MIB as u32,
@@ -166,7 +189,9 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
             let n = w.bytes.len().min((4096 - (at & 0xfff)) as usize);
             let _ = m.memory().write_slice(&w.bytes[..n], GuestAddress(at));
             let mut content = vec![0u8; 4096];
-            let _ = m.memory().read_slice(&mut content, GuestAddress(page << 12));
+            let _ = m
+                .memory()
+                .read_slice(&mut content, GuestAddress(page << 12));
             records.push(Record::Pages(vec![(page, content)]));
         }
     }
@@ -194,7 +219,8 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
             panic!("audit failed after hypercall {nr} {args:#x?}: {e}");
         }
     }
-    m.destroy_domain(DOMID).expect("teardown returns every frame");
+    m.destroy_domain(DOMID)
+        .expect("teardown returns every frame");
     if let Err(e) = m.audit() {
         panic!("audit failed after teardown: {e}");
     }

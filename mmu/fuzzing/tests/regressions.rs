@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz").join(kind).join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz")
+        .join(kind)
+        .join(target);
     let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -34,7 +37,10 @@ fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
 
 #[test]
 fn mmu_ops_regressions_and_corpus_stay_fixed() {
-    let files: Vec<_> = inputs("regressions", "mmu_ops").into_iter().chain(inputs("corpus", "mmu_ops")).collect();
+    let files: Vec<_> = inputs("regressions", "mmu_ops")
+        .into_iter()
+        .chain(inputs("corpus", "mmu_ops"))
+        .collect();
     for (path, bytes) in &files {
         eprintln!("replaying {}", path.display());
         pvmmu_fuzzing::mmu_ops(bytes);
