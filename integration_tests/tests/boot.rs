@@ -250,3 +250,27 @@ fn bench_reports_json_with_every_batch_size() {
         );
     }
 }
+
+#[test]
+fn dump_prints_the_initial_tables_without_kvm() {
+    let out = Command::new(pvmmu_binary())
+        .args(["dump", "--guest", "demo"])
+        .output()
+        .expect("pvmmu dump");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    // The guest's identity map, the read-only M2P (user) and the supervisor-only area.
+    assert!(stdout.contains("0x0000000000000000-"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("0xffff800000000000-") && l.contains(" ro USR")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("0xffff820000000000-") && !l.contains("USR")),
+        "{stdout}"
+    );
+}
