@@ -274,3 +274,60 @@ fn dump_prints_the_initial_tables_without_kvm() {
         "{stdout}"
     );
 }
+
+/// The demo image with its first PT_LOAD's memory size replaced.
+fn demo_with_memsz(memsz: u64) -> Vec<u8> {
+    let mut b = vmm::guests::find("demo").expect("demo").image.to_vec();
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().expect("e_phoff")) as usize;
+    let (entsize, num) = (u16_at(&b, 0x36), u16_at(&b, 0x38));
+    for i in 0..num {
+        let ph = phoff + i * entsize;
+        if u32::from_le_bytes(b[ph..ph + 4].try_into().expect("p_type")) == 1 {
+            b[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+            break;
+        }
+    }
+    b
+}
+
+#[test]
+fn images_that_do_not_fit_or_need_unsupported_features_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Larger than guest memory.
+    let big = dir.join("big");
+    std::fs::write(&big, demo_with_memsz(0x8000_0000)).expect("write");
+    let out = Command::new(pvmmu_binary())
+        .arg("run")
+        .arg(&big)
+        .output()
+        .expect("pvmmu");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not fit"), "{stderr}");
+    // A required feature this hypervisor lacks ("!ritable_page_tables").
+    let mut img = vmm::guests::find("demo").expect("demo").image.to_vec();
+    let at = img
+        .windows(20)
+        .position(|w| w == b"writable_page_tables")
+        .expect("FEATURES note");
+    img[at] = b'!';
+    let feat = dir.join("feature");
+    std::fs::write(&feat, img).expect("write");
+    let out = Command::new(pvmmu_binary())
+        .arg("run")
+        .arg(&feat)
+        .output()
+        .expect("pvmmu");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("requires feature 'ritable_page_tables'"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
