@@ -49,8 +49,9 @@ pub fn last_line(text: &str) -> &str {
         .unwrap_or("")
 }
 
-/// The `pvmmu` binary of this build (built on demand: cargo builds binaries only for
-/// their own package's tests).
+/// The `pvmmu` binary of this build, brought up to date first (cargo builds binaries
+/// only for their own package's tests, so this crate builds it itself; a no-op build
+/// takes a fraction of a second).
 pub fn pvmmu_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/pvmmu
@@ -59,7 +60,8 @@ pub fn pvmmu_binary() -> std::path::PathBuf {
         .and_then(|d| d.parent())
         .expect("test executable in target/<profile>/deps");
     let bin = profile_dir.join("pvmmu");
-    if !bin.exists() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.args(["build", "-p", "vmm", "--bin", "pvmmu"]);
@@ -68,6 +70,6 @@ pub fn pvmmu_binary() -> std::path::PathBuf {
         }
         let status = cmd.status().expect("building pvmmu");
         assert!(status.success(), "building the pvmmu binary failed");
-    }
+    });
     bin
 }

@@ -185,7 +185,9 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         end: table_frames + tables,
         link: PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED,
     };
-    let sup = PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY;
+    // Supervisor data: writable, never executable.
+    let sup =
+        PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;
     let area: Vec<(u64, u64, PteFlags)> = (0..16)
         .map(|i| {
             let f = if i == GDT_RESERVED_PAGE { gdt } else { zero };
@@ -195,8 +197,8 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
             (IDT_VA, idt, sup),
             (STUBS_VA, stubs, PteFlags::PRESENT | PteFlags::ACCESSED),
         ])
-        .chain((0..3).map(|i| (TSS_VA + i * PAGE, tss + i, sup | PteFlags::NX)))
-        .chain((0..2).map(|i| (STACK_VA + i * PAGE, stack + i, sup | PteFlags::NX)))
+        .chain((0..3).map(|i| (TSS_VA + i * PAGE, tss + i, sup)))
+        .chain((0..2).map(|i| (STACK_VA + i * PAGE, stack + i, sup)))
         .collect();
     for (va, frame, flags) in area {
         let _ = walker.apply_to_page_range(root, VaRange::page(va), &mut alloc, |v| {
