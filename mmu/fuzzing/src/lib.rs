@@ -10,8 +10,9 @@
 //!
 //! After every operation the oracles run: no panic, `audit()` clean (which includes "no
 //! frame with a page-table type mapped writable" and "reserved L4 slots intact"), the
-//! first entry of every L1 update agrees with an independent reference model of Xen's
-//! L1 rules, and after teardown every frame is free, untyped, with count 0.
+//! first entry of every page-table update and pin/unpin agrees with an independent
+//! reference model of Xen's rules where it can answer without validating a new subtree,
+//! and after teardown every frame is free, untyped, with count 0.
 //!
 //! ```
 //! // Any bytes are a valid input; the harness panics only if an oracle fails.

@@ -67,3 +67,96 @@ pub fn l1_update<F: TlbFlush>(
 
 /// The same for a machine with recorded flushes (the harness's).
 pub type HarnessMachine = Machine<GuestMemoryMmap<()>, RecordingFlush>;
+
+/// What Xen answers for writing `new` over `old` in entry `index` of the `level` table
+/// (L2..L4) of domain `pt`, when that can be told without validating a new subtree:
+/// `None` where the answer depends on validating the target's contents or on the
+/// linear-page-table rules.
+pub fn upper_update<F: TlbFlush>(
+    m: &Machine<GuestMemoryMmap<()>, F>,
+    pt: u16,
+    level: u8,
+    index: usize,
+    old: u64,
+    new: u64,
+) -> Option<Result<(), Errno>> {
+    if level == 4 && (256..272).contains(&index) {
+        return Some(Err(Errno::EINVAL));
+    }
+    if new & 1 == 0 {
+        return Some(Ok(()));
+    }
+    if new & 0x198 != 0 {
+        return Some(Err(Errno::EINVAL));
+    }
+    let adjusted = new | 4 | if level == 4 { 0x20 } else { 0 };
+    if old & 1 != 0 && (old ^ adjusted) & !WHITELIST == 0 {
+        return Some(Ok(()));
+    }
+    let mfn = Mfn((new & ADDR) >> 12);
+    let Some(p) = m.frames().get(mfn) else {
+        return Some(Err(Errno::EINVAL));
+    };
+    if p.owner != pt || p.count == 0 {
+        return Some(Err(Errno::EINVAL));
+    }
+    let lower = match level {
+        2 => PageType::L1,
+        3 => PageType::L2,
+        _ => PageType::L3,
+    };
+    let same = match level {
+        2 => PageType::L2,
+        3 => PageType::L3,
+        _ => PageType::L4,
+    };
+    if p.type_count == 0 || p.ty == same {
+        return None; // validation of the target, or the linear rules
+    }
+    if p.ty == lower && p.validated {
+        Some(Ok(()))
+    } else {
+        Some(Err(Errno::EINVAL))
+    }
+}
+
+/// What Xen answers for pinning `mfn` as a table of `level` (1..=4) for domain `d`, when
+/// that can be told without validating it.
+pub fn pin<F: TlbFlush>(
+    m: &Machine<GuestMemoryMmap<()>, F>,
+    d: u16,
+    level: u8,
+    mfn: Mfn,
+) -> Option<Result<(), Errno>> {
+    let Some(p) = m.frames().get(mfn) else {
+        return Some(Err(Errno::EINVAL));
+    };
+    if p.owner != d || p.count == 0 {
+        return Some(Err(Errno::EINVAL));
+    }
+    let want = match level {
+        1 => PageType::L1,
+        2 => PageType::L2,
+        3 => PageType::L3,
+        _ => PageType::L4,
+    };
+    if p.type_count == 0 {
+        return None; // validation decides
+    }
+    if p.ty != want || p.pinned {
+        return Some(Err(Errno::EINVAL));
+    }
+    Some(Ok(()))
+}
+
+/// What Xen answers for unpinning `mfn` for domain `d`.
+pub fn unpin<F: TlbFlush>(
+    m: &Machine<GuestMemoryMmap<()>, F>,
+    d: u16,
+    mfn: Mfn,
+) -> Result<(), Errno> {
+    match m.frames().get(mfn) {
+        Some(p) if p.owner == d && p.count > 0 && p.pinned => Ok(()),
+        _ => Err(Errno::EINVAL),
+    }
+}

@@ -342,10 +342,17 @@ impl Fixture {
                         MmuextOp::new(cmd, a1, a2)
                     })
                     .collect();
-                let _ = self
-                    .m
-                    .mmuext_op(c, &ops, Self::fd(*d, *fd))
-                    .expect("caller exists");
+                let fdv = Self::fd(*d, *fd);
+                let predicted = ops.first().and_then(|o| self.predict_ext(d.id(), fdv, o));
+                let o = self.m.mmuext_op(c, &ops, fdv).expect("caller exists");
+                if let Some(p) = predicted {
+                    assert_eq!(
+                        first_result(&o),
+                        p,
+                        "reference model disagrees on {:#x?}",
+                        ops[0]
+                    );
+                }
             }
             Op::Uvm(d, vcpu, page, v, flags) if alive(*d, &self.alive) => {
                 let c = Caller::new(d.id(), u32::from(*vcpu && d.id() == 1));
@@ -400,18 +407,37 @@ impl Fixture {
         }
     }
 
-    /// The reference model's answer for an L1 update request, when it applies.
+    /// The reference model's answer for a page-table update request, when it applies.
     fn predict_l1(&self, pt: u16, fd: u32, r: &MmuUpdate) -> Option<Result<(), pvmmu::Errno>> {
         if fd != u32::from(pvmmu_abi::DOMID_SELF) || r.ptr & 7 != 0 {
             return None;
         }
         let table = Mfn(r.ptr >> 12);
         let p = self.m.frames().get(table)?;
-        if p.owner != pt || p.ty != PageType::L1 || !p.validated || p.type_count == 0 {
+        if p.owner != pt || !p.validated || p.type_count == 0 {
             return None;
         }
         let old = self.read(r.ptr)?;
-        Some(model::l1_update(&self.m, pt, pt, old, r.val))
+        let index = ((r.ptr & 0xfff) >> 3) as usize;
+        match p.ty {
+            PageType::L1 => Some(model::l1_update(&self.m, pt, pt, old, r.val)),
+            PageType::L2 => model::upper_update(&self.m, pt, 2, index, old, r.val),
+            PageType::L3 => model::upper_update(&self.m, pt, 3, index, old, r.val),
+            PageType::L4 => model::upper_update(&self.m, pt, 4, index, old, r.val),
+            _ => None,
+        }
+    }
+
+    /// The reference model's answer for an mmuext pin/unpin, when it applies.
+    fn predict_ext(&self, d: u16, fd: u32, op: &MmuextOp) -> Option<Result<(), pvmmu::Errno>> {
+        if fd != u32::from(pvmmu_abi::DOMID_SELF) {
+            return None;
+        }
+        match op.cmd {
+            0..=3 => model::pin(&self.m, d, op.cmd as u8 + 1, Mfn(op.arg1)),
+            4 => Some(model::unpin(&self.m, d, Mfn(op.arg1))),
+            _ => None,
+        }
     }
 
     /// Tears everything down and checks every frame came back.
