@@ -34,6 +34,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
     ),
     ("spin", "spins forever (stop it with SIGINT)", "Runs", true),
     (
+        "hog",
+        "one multicall of 16.7 million entries (stop it with SIGINT)",
+        "Runs",
+        true,
+    ),
+    (
         "mapping",
         "maps, remaps, unmaps and downgrades L1 entries with mmu_update; reads after the promised flush",
         "Success",

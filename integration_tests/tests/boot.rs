@@ -331,3 +331,37 @@ fn images_that_do_not_fit_or_need_unsupported_features_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_guest_inside_an_enormous_hypercall_stops_on_sigint() {
+    if !kvm_available() {
+        return;
+    }
+    let child = Command::new(pvmmu_binary())
+        .args(["run", "--guest", "hog"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pvmmu");
+    // Long enough for the guest to be inside its 16.7-million-entry multicall.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let signalled = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hog: one multicall"), "{stdout}");
+    assert!(
+        !stdout.contains("multicall returned"),
+        "the multicall ran to its end: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        signalled.elapsed()
+    );
+}

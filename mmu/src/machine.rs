@@ -117,6 +117,8 @@ pub(crate) struct Core<F> {
     pub(crate) stats: Stats,
     /// Stale translations held by a domain's TLBs of frames it does not own.
     pub(crate) stale_foreign: std::collections::HashSet<(u16, u64)>,
+    /// Set by the embedder to stop long batches between entries.
+    pub(crate) interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<M: GuestMemory> Machine<M, RecordingFlush> {
@@ -153,6 +155,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 flusher,
                 stats: Stats::default(),
                 stale_foreign: std::collections::HashSet::new(),
+                interrupt: None,
             },
         })
     }
@@ -176,6 +179,14 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// The flush hook.
     pub fn flusher(&mut self) -> &mut F {
         &mut self.core.flusher
+    }
+
+    /// Installs a flag the embedder sets when it is stopping the guest: batched
+    /// hypercalls (mmu_update, mmuext_op, multicall) check it between entries, where
+    /// Xen would check for preemption, and stop early with -EINTR. Meant for tearing a
+    /// guest down promptly; a guest that keeps running would see the truncated batch.
+    pub fn set_interrupt(&mut self, flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) {
+        self.core.interrupt = flag;
     }
 
     /// The machine configuration.
@@ -280,6 +291,13 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 }
 
 impl<F> Core<F> {
+    /// Whether the embedder asked long batches to stop.
+    pub(crate) fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub(crate) fn write_m2p<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,

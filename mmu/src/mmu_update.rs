@@ -280,6 +280,10 @@ impl<F: TlbFlush> Core<F> {
         let mut done = 0;
         let mut result = Ok(());
         for i in 0..entries.count() {
+            if i > 0 && self.interrupted() {
+                result = Err(Errno::EINTR);
+                break;
+            }
             let r = entries.read(i).and_then(|req| {
                 let cmd = req.ptr & 7;
                 let ptr = req.ptr & !7;

@@ -319,6 +319,10 @@ impl<F: TlbFlush> Core<F> {
         let mut done = 0;
         let mut result = Ok(());
         for i in 0..entries.count() {
+            if i > 0 && self.interrupted() {
+                result = Err(Errno::EINTR);
+                break;
+            }
             let r = entries.read(i).and_then(|op| {
                 self.mmuext_one(mem, caller, pg_owner, &op, &mut view)?;
                 if op.cmd == MMUEXT_NEW_BASEPTR {

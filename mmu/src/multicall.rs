@@ -86,6 +86,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         let count = u32::try_from(nr_calls).unwrap_or(u32::MAX);
         for i in 0..count {
+            if i > 0 && self.core.interrupted() {
+                return Ok(Errno::EINTR.neg());
+            }
             let root = self.kernel_root(caller);
             let entry: Result<MulticallEntry, Errno> = {
                 let mut view = GuestView::new(&self.mem, root);

@@ -1104,3 +1104,25 @@ fn audit_catches_a_change_behind_the_library_s_back() {
     let e = g.m.audit().unwrap_err();
     assert!(e.0.iter().any(|p| p.contains("mapped writable")), "{e}");
 }
+
+#[test]
+fn an_embedder_interrupt_stops_long_batches_between_entries() {
+    let mut g = guest();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    g.m.set_interrupt(Some(flag.clone()));
+    let (a, b) = (g.pte_addr(va_of(0x300)), g.pte_addr(va_of(0x301)));
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The first entry always runs (Xen checks for preemption before later ones only).
+    let o = g.update(&[(a, 0), (b, 0)]);
+    assert_refused(o, Errno::EINTR, 1);
+    assert_eq!(g.read(a), 0);
+    assert_ne!(g.read(b), 0);
+    let ops = [
+        MmuextOp::new(MMUEXT_TLB_FLUSH_LOCAL, 0, 0),
+        MmuextOp::new(MMUEXT_TLB_FLUSH_LOCAL, 0, 0),
+    ];
+    assert_refused(g.m.mmuext_op(g.c, &ops, SELF).unwrap(), Errno::EINTR, 1);
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(g.update(&[(b, 0)]).result, Ok(()));
+    g.audit();
+}

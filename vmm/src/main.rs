@@ -340,7 +340,7 @@ fn run(
         vm.start_trace(path)?;
     }
     let serial = vm.serial.clone();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = vm.stop_flag();
     let done = Arc::new(AtomicBool::new(false));
     let vcpu_done = EventFd::new(libc::EFD_NONBLOCK)?;
     let notify = vcpu_done.try_clone()?;

@@ -208,6 +208,8 @@ pub struct Vm {
     cr3: Mfn,
     /// Hypercall timings, when recording (for `pvmmu bench`).
     pub timings: Option<Vec<HypercallTiming>>,
+    /// Set from outside to stop the guest; also stops long batched hypercalls.
+    stop: Arc<AtomicBool>,
 }
 
 /// When one hypercall exit arrived and how long serving it took.
@@ -307,7 +309,9 @@ impl Vm {
             stats: RunStats::default(),
             cr3: boot.l4,
             timings: None,
+            stop: Arc::new(AtomicBool::new(false)),
         };
+        v.machine.set_interrupt(Some(v.stop.clone()));
         v.setup_vcpu(&kvm)?;
         Ok(v)
     }
@@ -641,10 +645,18 @@ impl Vm {
         }
     }
 
-    /// Runs the vCPU until the guest shuts down, faults or `stop` is set.
+    /// The flag that stops this VM: setting it (and kicking the vCPU thread out of
+    /// KVM_RUN) ends `run` with [`GuestExit::Stopped`], even in the middle of a long
+    /// batched hypercall.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Runs the vCPU until the guest shuts down, faults, or `stop` or the VM's own stop
+    /// flag is set.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<GuestExit, VmError> {
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed) {
                 return Ok(GuestExit::Stopped);
             }
             self.stats.exits += 1;
