@@ -7,7 +7,7 @@
 use std::fmt;
 
 use pvmmu_abi::Errno;
-use pvmmu_abi::domid::{DOMID_INVALID, DOMID_IO, DOMID_XEN};
+use pvmmu_abi::domid::DOMID_INVALID;
 
 use crate::entry::Mfn;
 use crate::paging::Level;
@@ -353,11 +353,6 @@ impl FrameTable {
             p.type_count = type_count;
         }
     }
-}
-
-/// Whether `owner` is one of the pseudo-domains that own frames without being guests.
-pub const fn is_pseudo_owner(owner: Owner) -> bool {
-    owner == DOMID_IO || owner == DOMID_XEN
 }
 
 #[cfg(test)]

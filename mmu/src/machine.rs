@@ -268,14 +268,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 
     /// Sets the M2P entry of `mfn` (as Xen does when it allocates a frame to a guest).
     pub fn set_m2p(&mut self, mfn: Mfn, pfn: u64) -> bool {
-        self.write_m2p(mfn, pfn)
-    }
-
-    pub(crate) fn write_m2p(&mut self, mfn: Mfn, pfn: u64) -> bool {
         self.core.write_m2p(&self.mem, mfn, pfn)
     }
 
-    #[allow(dead_code)]
     pub(crate) fn vcpu_check(&self, dom: u16, vcpu: u32) -> Result<(), MachineError> {
         let d = self
             .core

@@ -9,7 +9,7 @@ use pvmmu_abi::{Errno, is_guest_va};
 use vm_memory::GuestMemory;
 
 use crate::batch::Caller;
-use crate::entry::{Mfn, PteFlags};
+use crate::entry::PteFlags;
 use crate::flush::TlbFlush;
 use crate::frame::PageType;
 use crate::machine::{Machine, MachineError};
@@ -160,15 +160,5 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 }
             },
         )
-    }
-
-    /// The frame of the L1 table a ptwr write at `fault_va` would modify, if any (for
-    /// embedders deciding whether a fault is a ptwr candidate).
-    pub fn ptwr_target(&self, caller: Caller, fault_va: u64) -> Option<Mfn> {
-        let root = self.core.vcpu_root(caller, Root::Kernel)?;
-        let t = Walker::new(&self.mem).translate(root, fault_va).ok()??;
-        let p = self.core.frames.get(t.mfn())?;
-        (p.owner == caller.dom && p.ty == PageType::L1 && p.validated && !t.writable())
-            .then_some(t.mfn())
     }
 }

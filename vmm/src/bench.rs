@@ -3,7 +3,6 @@
 //! own cost and the exit cost, all from the same run.
 
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use crate::guests;
 use crate::vm::{GuestExit, HypercallTiming, Vm, VmConfig, VmError};
@@ -159,9 +158,4 @@ pub fn table(r: &BenchReport) -> String {
         ));
     }
     s
-}
-
-/// Time for a duration in ms (helper for reports).
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
