@@ -66,7 +66,7 @@ fn fixture() -> Fixture {
         xen_l4_slots: slots,
         ..MachineConfig::default()
     };
-    let mut m = Machine::new(mem, config).expect("machine");
+    let mut m = Machine::with_flusher(mem, config, RecordingFlush::default()).expect("machine");
     m.create_domain(DomainConfig::new(DOM)).expect("domain");
     m.assign_frames(DOM, (DOM_FIRST..DOM_END).map(Mfn))
         .expect("frames");
@@ -209,14 +209,14 @@ fn bench(c: &mut Criterion) {
         let va = BASE + (12345 << 12);
         let vals = [data_frame(1), data_frame(2)].map(|f| (f << 12) | 0x23);
         for v in vals {
-            assert_eq!(fx.m.update_va_mapping(fx.c, va, v, 0), Ok(0));
+            assert_eq!(fx.m.hypercall_update_va_mapping(fx.c, va, v, 0), Ok(0));
         }
         let mut k = 0;
         g.throughput(Throughput::Elements(1));
         g.bench_function("update_va_mapping", |b| {
             b.iter(|| {
                 k ^= 1;
-                black_box(fx.m.update_va_mapping(fx.c, black_box(va), vals[k], 0))
+                black_box(fx.m.hypercall_update_va_mapping(fx.c, black_box(va), vals[k], 0))
             })
         });
         assert_eq!(fx.m.stats().rejected, 0);

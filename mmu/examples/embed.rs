@@ -6,7 +6,8 @@ use std::error::Error;
 use std::ops::ControlFlow;
 
 use pvmmu::{
-    Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, Pte, PteFlags, VaRange, Visit, Walker,
+    Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, Pte, PteFlags, RecordingFlush,
+    VaRange, Visit, Walker,
 };
 use pvmmu_abi::mmu::{MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_TLB_FLUSH_LOCAL};
 use pvmmu_abi::{DOMID_SELF, MmuUpdate, MmuUpdateCmd, MmuextOp};
@@ -39,7 +40,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     //    template; slot 256 (the read-only M2P) points at frames reserved for the VMM.
     let mut config = MachineConfig::default();
     config.xen_l4_slots[0] = (0x10 << 12) | 0x5; // present, user, read-only
-    let mut m = Machine::new(mem, config)?;
+    let mut m = Machine::with_flusher(mem, config, RecordingFlush::default())?;
     m.reserve_xen_frames((0x10..0x14).map(Mfn))?;
 
     // 3. Domain 1 with one vCPU owns frames 0x100..0x200, with its M2P entries set.

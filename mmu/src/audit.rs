@@ -164,7 +164,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// chains), and drops every allocation reference. Afterwards each of its frames is
     /// free, untyped, with count 0, unless another domain still maps it (an error).
     pub fn destroy_domain(&mut self, dom: u16) -> Result<(), MachineError> {
-        let Machine { mem, core } = self;
+        let Machine { mem, core, .. } = self;
         let d = core
             .domains
             .get_mut(&dom)

@@ -1,13 +1,16 @@
-//! Batch plumbing shared by the hypercalls: where a batch's entries come from (a Rust
-//! slice, or guest virtual memory), the caller, and owner resolution (`foreigndom`).
+//! Batch plumbing shared by the batched hypercalls: the caller, where a batch's entries
+//! come from (a Rust slice, or guest virtual memory), the decoding of a batch's
+//! arguments (`count` with Xen's continuation flag, `*pdone`), how a batch ends (an
+//! outcome, or a refusal before the first entry) and owner resolution (`foreigndom`).
 
 use pvmmu_abi::Errno;
 use pvmmu_abi::domid::{DOMID_IO, DOMID_SELF, DOMID_XEN};
+use pvmmu_abi::mmu::split_preempted_count;
 use vm_memory::GuestMemory;
 
 use crate::entry::Mfn;
 use crate::frame::Owner;
-use crate::guest::GuestView;
+use crate::guest::{GuestView, guest_range_ok};
 use crate::machine::Core;
 
 /// Who issues a hypercall: a domain and one of its vCPUs.
@@ -45,6 +48,34 @@ impl BatchOutcome {
     }
 }
 
+/// A batched hypercall refused before its first entry. Xen returns some of these
+/// before it writes `*pdone` and some after; the difference is visible to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Xen returns at once: `*pdone` is not written.
+    Early(Errno),
+    /// Xen leaves through the batch's common exit: `*pdone` is written (with the
+    /// count carried over from a continuation).
+    AtEntry(Errno),
+}
+
+impl Refusal {
+    /// The errno.
+    pub(crate) fn errno(self) -> Errno {
+        match self {
+            Refusal::Early(e) | Refusal::AtEntry(e) => e,
+        }
+    }
+
+    /// As an outcome with nothing done (the slice forms, which have no `*pdone`).
+    pub(crate) fn outcome(self) -> BatchOutcome {
+        BatchOutcome {
+            done: 0,
+            result: Err(self.errno()),
+        }
+    }
+}
+
 /// A source of batch entries.
 pub(crate) trait Entries<T> {
     fn count(&self) -> u32;
@@ -67,51 +98,57 @@ impl<T: Copy> Entries<T> for SliceEntries<'_, T> {
     }
 }
 
-/// Plain-data ABI structures read from guest memory.
+/// Plain-data ABI structures read from guest memory, with their size from the ABI.
 pub(crate) trait FromGuest: Sized {
     const SIZE: usize;
     fn decode(bytes: &[u8]) -> Option<Self>;
 }
 
-impl FromGuest for pvmmu_abi::MmuUpdate {
-    const SIZE: usize = 16;
-    fn decode(b: &[u8]) -> Option<Self> {
-        Some(Self::from_bytes(b.try_into().ok()?))
-    }
+macro_rules! from_guest {
+    ($($t:ty),*) => {$(
+        impl FromGuest for $t {
+            const SIZE: usize = <$t>::SIZE;
+            fn decode(b: &[u8]) -> Option<Self> {
+                Some(Self::from_bytes(b.try_into().ok()?))
+            }
+        }
+    )*};
 }
 
-impl FromGuest for pvmmu_abi::MmuextOp {
-    const SIZE: usize = 24;
-    fn decode(b: &[u8]) -> Option<Self> {
-        Some(Self::from_bytes(b.try_into().ok()?))
-    }
-}
+from_guest!(
+    pvmmu_abi::MmuUpdate,
+    pvmmu_abi::MmuextOp,
+    pvmmu_abi::MulticallEntry
+);
 
-impl FromGuest for pvmmu_abi::MulticallEntry {
-    const SIZE: usize = 64;
-    fn decode(b: &[u8]) -> Option<Self> {
-        Some(Self::from_bytes(b.try_into().ok()?))
-    }
-}
+/// The largest [`FromGuest`] entry.
+const MAX_ENTRY: usize = pvmmu_abi::MulticallEntry::SIZE;
 
-pub(crate) struct GuestEntries<'v, 'm, M: ?Sized> {
+/// Entries read from guest virtual memory, `T::SIZE` bytes each from `va`.
+pub(crate) struct GuestEntries<'v, 'm, 'l, M: ?Sized> {
     pub view: &'v mut GuestView<'m, M>,
     pub va: u64,
     pub count: u32,
+    /// Where the bytes of every entry read are appended, when the embedder records
+    /// them (traces).
+    pub log: Option<&'l mut Vec<u8>>,
 }
 
-impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, M> {
+impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, '_, M> {
     fn count(&self) -> u32 {
         self.count
     }
     fn read(&mut self, i: u32) -> Result<T, Errno> {
-        let mut buf = [0u8; 64];
-        let buf = &mut buf[..T::SIZE];
+        let mut buf = [0u8; MAX_ENTRY];
+        let buf = buf.get_mut(..T::SIZE).ok_or(Errno::EFAULT)?;
         let va = self
             .va
             .checked_add(u64::from(i) * T::SIZE as u64)
             .ok_or(Errno::EFAULT)?;
         self.view.read(va, buf)?;
+        if let Some(log) = self.log.as_deref_mut() {
+            log.extend_from_slice(buf);
+        }
         T::decode(buf).ok_or(Errno::EFAULT)
     }
     fn table_written(&mut self, table: Mfn) {
@@ -147,4 +184,59 @@ impl<F> Core<F> {
                 d.may_control(target) && (target != DOMID_XEN || d.config().privileged)
             })
     }
+}
+
+/// Decodes the `count` of a batched hypercall from the guest (continuation flag, `done`
+/// carried over in `*pdone`) and checks that the array of `entry_size`-byte entries lies
+/// in guest space: `(count, carried)`, or the RAX Xen returns up front.
+pub(crate) fn batch_args<M: GuestMemory + ?Sized>(
+    view: &mut GuestView<'_, M>,
+    array: u64,
+    count: u64,
+    pdone: u64,
+    entry_size: usize,
+) -> Result<(u32, u32), i64> {
+    let (count, carried) = continuation(view, count as u32, pdone);
+    if !guest_range_ok(array, u64::from(count) * entry_size as u64) {
+        return Err(Errno::EFAULT.neg());
+    }
+    Ok((count, carried))
+}
+
+/// Handles Xen's continuation flag in `count`: returns the real count and the `done`
+/// carried over from `*pdone`.
+fn continuation<M: GuestMemory + ?Sized>(
+    view: &mut GuestView<'_, M>,
+    count: u32,
+    pdone: u64,
+) -> (u32, u32) {
+    let (count, preempted) = split_preempted_count(count);
+    if !preempted || pdone == 0 {
+        return (count, 0);
+    }
+    let mut b = [0u8; 4];
+    let carried = match view.read(pdone, &mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => 0,
+    };
+    (count, carried)
+}
+
+/// Writes `*pdone` (where Xen does) and turns the outcome into RAX.
+pub(crate) fn finish<M: GuestMemory + ?Sized>(
+    view: &mut GuestView<'_, M>,
+    outcome: Result<BatchOutcome, Refusal>,
+    carried: u32,
+    pdone: u64,
+) -> i64 {
+    let (done, rc, write) = match outcome {
+        Ok(o) => (o.done, o.rc(), true),
+        Err(Refusal::Early(e)) => (0, e.neg(), false),
+        Err(Refusal::AtEntry(e)) => (0, e.neg(), true),
+    };
+    if write && pdone != 0 {
+        // A fault writing the count is not reported (as in Xen).
+        let _ = view.write_u32(pdone, carried.wrapping_add(done));
+    }
+    rc
 }

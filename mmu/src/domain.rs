@@ -79,6 +79,8 @@ pub struct Vcpu {
     pub ldt_ents: u32,
     /// Whether the vCPU is in guest kernel mode (hypercalls are only served then).
     pub in_kernel: bool,
+    /// Whether a root changed since the embedder last asked.
+    pub(crate) roots_changed: bool,
 }
 
 /// A domain's PV MMU state.

@@ -3,9 +3,14 @@
 //! The library decides *when* and *what* to flush, at exactly the points where Xen
 //! flushes; the embedder carries it out (on KVM: host-side invalidation). Every request
 //! carries the frames whose translations went stale since the previous request, so an
-//! embedder can invalidate precisely.
+//! embedder can invalidate precisely. The bookkeeping behind that (which frames went
+//! stale for which domain, and when a full flush forgets them) lives here too.
 
-use crate::entry::Mfn;
+use pvmmu_abi::pte::PAGE_RW;
+
+use crate::entry::{Mfn, Pte};
+use crate::frame::Owner;
+use crate::machine::Core;
 
 /// A set of vCPUs of one domain (up to 64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -113,6 +118,125 @@ pub struct NoFlush;
 
 impl TlbFlush for NoFlush {
     fn flush(&mut self, _req: &FlushRequest) {}
+}
+
+/// The stale-TLB bookkeeping behind every request: which frames each domain's TLBs may
+/// still translate with rights since removed, whether a non-leaf entry changed, and the
+/// hand-over to the embedder.
+impl<F: TlbFlush> Core<F> {
+    /// Records that the TLBs of domain `d` (whose tables held `old`) may still hold a
+    /// translation that `new` removed or downgraded.
+    pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64) {
+        let (o, n) = (Pte(old), Pte(new));
+        if !o.is_present() {
+            return;
+        }
+        let nx = crate::entry::PteFlags::NX.bits();
+        let downgraded = !n.is_present()
+            || n.mfn() != o.mfn()
+            || (o.raw() & PAGE_RW != 0 && n.raw() & PAGE_RW == 0)
+            || (n.raw() & nx != 0 && o.raw() & nx == 0);
+        if !downgraded {
+            return;
+        }
+        let mfn = o.mfn();
+        let Some(p) = self.frames.get_mut(mfn) else {
+            return; // I/O memory: not RAM
+        };
+        if p.owner == d {
+            if !p.stale {
+                p.stale = true;
+                if let Some(dom) = self.domains.get_mut(&d) {
+                    dom.stale.push(mfn);
+                }
+            }
+        } else if self.stale_foreign.insert((d, mfn.0)) {
+            p.stale_foreign = p.stale_foreign.saturating_add(1);
+        }
+    }
+
+    /// Hands a flush of domain `d` to the embedder, with the frames `d`'s TLBs may hold
+    /// stale and whether a non-leaf entry changed. Only a flush of every vCPU of `d`
+    /// including global entries forgets them.
+    pub(crate) fn flush(
+        &mut self,
+        d: Owner,
+        vcpus: VcpuSet,
+        scope: FlushScope,
+        reason: FlushReason,
+    ) {
+        let all = self.all_vcpus(d);
+        let full = scope == FlushScope::All && vcpus.0 & all.0 == all.0;
+        let mut stale: Vec<Mfn> = self
+            .domains
+            .get(&d)
+            .map(|x| x.stale.clone())
+            .unwrap_or_default();
+        stale.extend(
+            self.stale_foreign
+                .iter()
+                .filter(|(x, _)| *x == d)
+                .map(|(_, m)| Mfn(*m)),
+        );
+        let non_leaf = self.domains.get(&d).is_some_and(|x| x.non_leaf_pending);
+        if full {
+            if let Some(dom) = self.domains.get_mut(&d) {
+                dom.non_leaf_pending = false;
+                for m in std::mem::take(&mut dom.stale) {
+                    if let Some(p) = self.frames.get_mut(m) {
+                        p.stale = false;
+                    }
+                }
+            }
+            let frames = &mut self.frames;
+            self.stale_foreign.retain(|(x, m)| {
+                if *x != d {
+                    return true;
+                }
+                if let Some(p) = frames.get_mut(Mfn(*m)) {
+                    p.stale_foreign = p.stale_foreign.saturating_sub(1);
+                }
+                false
+            });
+        }
+        let req = FlushRequest {
+            domain: d,
+            vcpus,
+            scope,
+            stale,
+            non_leaf,
+            reason,
+        };
+        self.stats.flushes += 1;
+        self.flusher.flush(&req);
+    }
+
+    /// Before `mfn` becomes a page table: a full flush of every domain whose TLBs may
+    /// still translate it (with rights since removed, writable among them).
+    pub(crate) fn flush_before_type_change(&mut self, mfn: Mfn) {
+        let Some(p) = self.frames.get(mfn).copied() else {
+            return;
+        };
+        if !p.stale && p.stale_foreign == 0 {
+            return;
+        }
+        let doms: Vec<Owner> = self
+            .domains
+            .keys()
+            .copied()
+            .filter(|x| (*x == p.owner && p.stale) || self.stale_foreign.contains(&(*x, mfn.0)))
+            .collect();
+        for x in doms {
+            let vcpus = self.all_vcpus(x);
+            self.flush(x, vcpus, FlushScope::All, FlushReason::TypeChange);
+        }
+    }
+
+    pub(crate) fn all_vcpus(&self, d: Owner) -> VcpuSet {
+        self.domains
+            .get(&d)
+            .map_or(VcpuSet(0), |dom| VcpuSet::first(dom.vcpus.len() as u32))
+    }
 }
 
 #[cfg(test)]

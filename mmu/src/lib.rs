@@ -89,6 +89,7 @@ pub mod entry;
 pub mod flush;
 pub mod frame;
 pub mod guest;
+pub mod hypercall;
 pub mod machine;
 pub mod mmu_update;
 pub mod mmuext;
@@ -102,6 +103,7 @@ pub mod va_mapping;
 mod validate;
 pub mod vmassist;
 pub mod walk;
+mod write;
 
 pub use audit::AuditError;
 pub use batch::{BatchOutcome, Caller};
@@ -113,8 +115,8 @@ pub use flush::{
 };
 pub use frame::{FrameTable, PageInfo, PageType};
 pub use guest::{GuestView, guest_range_ok};
+pub use hypercall::{HypercallHandler, HypercallResult, NoHandler, Roots};
 pub use machine::{Machine, MachineConfig, MachineError, Stats};
-pub use multicall::MulticallDispatch;
 pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 pub use pvmmu_abi::Errno;

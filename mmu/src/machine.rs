@@ -10,7 +10,7 @@ use vm_memory::{GuestMemory, GuestMemoryBackend};
 
 use crate::domain::{Domain, DomainConfig};
 use crate::entry::Mfn;
-use crate::flush::{RecordingFlush, TlbFlush};
+use crate::flush::{NoFlush, TlbFlush};
 use crate::frame::FrameTable;
 use crate::paging::PAGE_SIZE;
 
@@ -101,9 +101,12 @@ pub struct Stats {
 /// assert!(m.audit().is_ok());
 /// ```
 #[derive(Debug)]
-pub struct Machine<M, F = RecordingFlush> {
+pub struct Machine<M, F = NoFlush> {
     pub(crate) mem: M,
     pub(crate) core: Core<F>,
+    /// The bytes of every batch entry read from guest memory, when the embedder records
+    /// them (see [`Machine::record_reads`]).
+    pub(crate) reads: Option<Vec<u8>>,
 }
 
 /// Everything of a machine but its memory (so that operations can borrow the memory
@@ -121,10 +124,12 @@ pub(crate) struct Core<F> {
     pub(crate) interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
-impl<M: GuestMemory> Machine<M, RecordingFlush> {
-    /// A machine over `mem` whose flushes are recorded (see [`Machine::with_flusher`]).
+impl<M: GuestMemory> Machine<M, NoFlush> {
+    /// A machine over `mem` that flushes nothing (for embedders whose guests do not run
+    /// on a CPU, such as tools that only inspect or build page tables; see
+    /// [`Machine::with_flusher`] for everything else).
     pub fn new(mem: M, config: MachineConfig) -> Result<Self, MachineError> {
-        Machine::with_flusher(mem, config, RecordingFlush::default())
+        Machine::with_flusher(mem, config, NoFlush)
     }
 }
 
@@ -157,6 +162,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 stale_foreign: std::collections::HashSet::new(),
                 interrupt: None,
             },
+            reads: None,
         })
     }
 
@@ -187,6 +193,19 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// guest down promptly; a guest that keeps running would see the truncated batch.
     pub fn set_interrupt(&mut self, flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) {
         self.core.interrupt = flag;
+    }
+
+    /// Starts (`true`) or stops recording the bytes of every batch entry the
+    /// hypercalls read from guest memory (requests of `mmu_update` and `mmuext_op`,
+    /// multicall entries), in the order read. [`Machine::hypercall`] hands them back
+    /// with each call's result; traces store them.
+    pub fn record_reads(&mut self, on: bool) {
+        self.reads = on.then(Vec::new);
+    }
+
+    /// Takes the entry bytes recorded since the last call (empty when not recording).
+    pub fn take_reads(&mut self) -> Vec<u8> {
+        self.reads.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The machine configuration.

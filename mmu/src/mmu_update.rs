@@ -2,73 +2,27 @@
 //! the per-entry modification rules shared with `update_va_mapping` and ptwr
 //! (Xen's `mod_l1_entry` .. `mod_l4_entry`).
 
-use pvmmu_abi::mmu::{
-    MMU_MACHPHYS_UPDATE, MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_NO_TRANSLATE,
-    MMU_PT_UPDATE_PRESERVE_AD, MMU_UPDATE_PREEMPTED,
-};
 use pvmmu_abi::pte::FASTPATH_FLAG_WHITELIST;
-use pvmmu_abi::{Errno, MmuUpdate};
+use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd, decode_foreigndom};
 use vm_memory::GuestMemory;
 
-use crate::batch::{BatchOutcome, Caller, Entries, GuestEntries, SliceEntries};
+use crate::batch::{
+    BatchOutcome, Caller, Entries, GuestEntries, Refusal, SliceEntries, batch_args, finish,
+};
 use crate::entry::{Mfn, Pte};
 use crate::flush::{FlushReason, FlushScope, TlbFlush};
 use crate::frame::{Owner, PageType};
-use crate::guest::{GuestView, guest_range_ok};
+use crate::guest::GuestView;
 use crate::machine::{Core, Machine, MachineError};
 use crate::paging::Level;
 use crate::table::visit_table;
 use crate::validate::{adjust, is_xen_slot, upper_disallow_mask};
+use crate::write::{EntryWrite, Store, Stored, store};
 
 /// Whether `new` differs from `old` in anything but the fast-path whitelist (the frame
 /// included): Xen's `l?e_has_changed(old, new, ~FASTPATH_FLAG_WHITELIST)`.
 const fn needs_full_path(old: u64, new: u64) -> bool {
     (old ^ new) & !FASTPATH_FLAG_WHITELIST != 0
-}
-
-/// How a PTE write is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Store {
-    /// A plain 8-byte store.
-    Plain,
-    /// Keep the A/D bits present at the moment of the store (PRESERVE_AD).
-    PreserveAd,
-    /// Store only if the entry still holds this value (ptwr CMPXCHG).
-    IfEqual(u64),
-}
-
-/// One entry write: entry `idx` of table `table` becomes `new`, stored as `how`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct EntryWrite {
-    pub table: Mfn,
-    pub idx: usize,
-    pub new: u64,
-    pub how: Store,
-}
-
-/// Result of a store that may be conditional.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stored {
-    Done,
-    /// `Store::IfEqual` found this value instead: nothing changed.
-    Mismatch(u64),
-}
-
-fn store(batch: &mut crate::table::PteBatch<'_>, i: usize, val: u64, how: Store) -> Stored {
-    match how {
-        Store::Plain => {
-            batch.set(i, Pte(val));
-            Stored::Done
-        }
-        Store::PreserveAd => {
-            batch.set_preserving_ad(i, Pte(val));
-            Stored::Done
-        }
-        Store::IfEqual(old) => match batch.compare_exchange(i, Pte(old), Pte(val)) {
-            Ok(_) => Stored::Done,
-            Err(seen) => Stored::Mismatch(seen.raw()),
-        },
-    }
 }
 
 impl<F: TlbFlush> Core<F> {
@@ -240,28 +194,22 @@ impl<F: TlbFlush> Core<F> {
         }
     }
 
-    /// Resolves `foreigndom` for `mmu_update`: `(pt_owner, pg_owner)`. The outer error
-    /// says whether Xen returns before writing `pdone`.
-    fn mmu_update_owners(
-        &self,
-        caller: u16,
-        foreigndom: u32,
-    ) -> Result<(Owner, Owner), (bool, Errno)> {
-        let pfd = foreigndom >> 16;
-        let pt_owner = if pfd == 0 || (pfd - 1) as u16 == caller {
-            caller
-        } else {
-            let id = (pfd - 1) as u16;
-            if !self.domains.contains_key(&id) {
-                return Err((true, Errno::ESRCH));
+    /// Resolves `foreigndom` for `mmu_update`: `(pt_owner, pg_owner)`.
+    fn mmu_update_owners(&self, caller: u16, foreigndom: u32) -> Result<(Owner, Owner), Refusal> {
+        let (fd, pfd) = decode_foreigndom(foreigndom);
+        let pt_owner = match pfd {
+            None => caller,
+            Some(id) if id == caller => caller,
+            Some(id) => {
+                if !self.domains.contains_key(&id) {
+                    return Err(Refusal::Early(Errno::ESRCH));
+                }
+                id
             }
-            id
         };
-        let pg_owner = self
-            .pg_owner(caller, foreigndom as u16)
-            .map_err(|e| (false, e))?;
+        let pg_owner = self.pg_owner(caller, fd).map_err(Refusal::AtEntry)?;
         if !self.may_use(caller, pt_owner) || !self.may_use(caller, pg_owner) {
-            return Err((false, Errno::EPERM));
+            return Err(Refusal::AtEntry(Errno::EPERM));
         }
         Ok((pt_owner, pg_owner))
     }
@@ -273,7 +221,7 @@ impl<F: TlbFlush> Core<F> {
         caller: Caller,
         entries: &mut dyn Entries<MmuUpdate>,
         foreigndom: u32,
-    ) -> Result<BatchOutcome, (bool, Errno)> {
+    ) -> Result<BatchOutcome, Refusal> {
         let (pt_owner, pg_owner) = self.mmu_update_owners(caller.dom, foreigndom)?;
         let mut cache = None;
         let mut non_leaf = false;
@@ -285,13 +233,12 @@ impl<F: TlbFlush> Core<F> {
                 break;
             }
             let r = entries.read(i).and_then(|req| {
-                let cmd = req.ptr & 7;
-                let ptr = req.ptr & !7;
-                match cmd {
-                    MMU_NORMAL_PT_UPDATE
-                    | MMU_PT_UPDATE_PRESERVE_AD
-                    | MMU_PT_UPDATE_NO_TRANSLATE => {
-                        let how = if cmd == MMU_PT_UPDATE_PRESERVE_AD {
+                let ptr = req.addr();
+                match req.cmd().map_err(|_| Errno::ENOSYS)? {
+                    cmd @ (MmuUpdateCmd::NormalPtUpdate
+                    | MmuUpdateCmd::PtUpdatePreserveAd
+                    | MmuUpdateCmd::PtUpdateNoTranslate) => {
+                        let how = if cmd == MmuUpdateCmd::PtUpdatePreserveAd {
                             Store::PreserveAd
                         } else {
                             Store::Plain
@@ -310,7 +257,7 @@ impl<F: TlbFlush> Core<F> {
                         }
                         Ok(())
                     }
-                    MMU_MACHPHYS_UPDATE => {
+                    MmuUpdateCmd::MachphysUpdate => {
                         if pt_owner != caller.dom {
                             return Err(Errno::EPERM);
                         }
@@ -321,7 +268,6 @@ impl<F: TlbFlush> Core<F> {
                         self.write_m2p(mem, mfn, req.val);
                         Ok(())
                     }
-                    _ => Err(Errno::ENOSYS),
                 }
             });
             if let Err(e) = r {
@@ -357,14 +303,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         foreigndom: u32,
     ) -> Result<BatchOutcome, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
-        let Machine { mem, core } = self;
+        let Machine { mem, core, .. } = self;
         let mut src = SliceEntries(reqs);
         Ok(core
             .mmu_update_batch(mem, caller, &mut src, foreigndom)
-            .unwrap_or_else(|(_, e)| BatchOutcome {
-                done: 0,
-                result: Err(e),
-            }))
+            .unwrap_or_else(Refusal::outcome))
     }
 
     /// The `mmu_update` hypercall as the guest issues it: `reqs` and `pdone` are guest
@@ -380,9 +323,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let root = self.kernel_root(caller);
-        let Machine { mem, core } = self;
+        let Machine { mem, core, reads } = self;
         let mut view = GuestView::new(mem, root);
-        let (count, carried) = match batch_args(&mut view, reqs, count, pdone, 16) {
+        let (count, carried) = match batch_args(&mut view, reqs, count, pdone, MmuUpdate::SIZE) {
             Ok(v) => v,
             Err(rax) => return Ok(rax),
         };
@@ -390,63 +333,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             view: &mut view,
             va: reqs,
             count,
+            log: reads.as_mut(),
         };
         let outcome = core.mmu_update_batch(mem, caller, &mut src, foreigndom as u32);
         Ok(finish(&mut view, outcome, carried, pdone))
     }
-}
-
-/// Decodes the `count` of a batched hypercall from the guest (continuation flag, `done`
-/// carried over in `*pdone`) and checks that the array of `entry_size`-byte entries lies
-/// in guest space: `(count, carried)`, or the RAX Xen returns up front.
-pub(crate) fn batch_args<M: GuestMemory + ?Sized>(
-    view: &mut GuestView<'_, M>,
-    array: u64,
-    count: u64,
-    pdone: u64,
-    entry_size: u64,
-) -> Result<(u32, u32), i64> {
-    let (count, carried) = continuation(view, count as u32, pdone);
-    if !guest_range_ok(array, u64::from(count) * entry_size) {
-        return Err(Errno::EFAULT.neg());
-    }
-    Ok((count, carried))
-}
-
-/// Handles `MMU_UPDATE_PREEMPTED` in `count`: returns the real count and the `done`
-/// carried over from `*pdone`.
-fn continuation<M: GuestMemory + ?Sized>(
-    view: &mut GuestView<'_, M>,
-    count: u32,
-    pdone: u64,
-) -> (u32, u32) {
-    if count & MMU_UPDATE_PREEMPTED == 0 {
-        return (count, 0);
-    }
-    let mut carried = 0;
-    if pdone != 0 {
-        let mut b = [0u8; 4];
-        if view.read(pdone, &mut b).is_ok() {
-            carried = u32::from_le_bytes(b);
-        }
-    }
-    (count & !MMU_UPDATE_PREEMPTED, carried)
-}
-
-/// Writes `*pdone` (where Xen does) and turns the outcome into RAX.
-pub(crate) fn finish<M: GuestMemory + ?Sized>(
-    view: &mut GuestView<'_, M>,
-    outcome: Result<BatchOutcome, (bool, Errno)>,
-    carried: u32,
-    pdone: u64,
-) -> i64 {
-    let (done, rc, write) = match outcome {
-        Ok(o) => (o.done, o.rc(), true),
-        Err((early, e)) => (0, e.neg(), !early),
-    };
-    if write && pdone != 0 {
-        // A fault writing the count is not reported (as in Xen).
-        let _ = view.write_u32(pdone, carried.wrapping_add(done));
-    }
-    rc
 }

@@ -9,16 +9,17 @@ use pvmmu_abi::mmu::{
     MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_TLB_FLUSH_MULTI, MMUEXT_UNMARK_SUPER, MMUEXT_UNPIN_TABLE,
 };
 use pvmmu_abi::vmassist::VMASST_TYPE_m2p_strict;
-use pvmmu_abi::{Errno, MmuextOp};
+use pvmmu_abi::{Errno, MmuextOp, decode_foreigndom};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use crate::batch::{BatchOutcome, Caller, Entries, GuestEntries, SliceEntries};
+use crate::batch::{
+    BatchOutcome, Caller, Entries, GuestEntries, Refusal, SliceEntries, batch_args, finish,
+};
 use crate::entry::{Mfn, Pte};
 use crate::flush::{FlushReason, FlushScope, TlbFlush, VcpuSet};
 use crate::frame::{Owner, PageType};
 use crate::guest::GuestView;
 use crate::machine::{Core, FIRST_XEN_L4_SLOT, Machine, MachineError};
-use crate::mmu_update::{batch_args, finish};
 use crate::paging::{Level, PAGE_SIZE, PagingMode};
 use crate::table::visit_table;
 
@@ -115,6 +116,7 @@ impl<F: TlbFlush> Core<F> {
                 Root::Kernel => v.kernel_root = new,
                 Root::User => v.user_root = new,
             }
+            v.roots_changed = true;
         }
     }
 
@@ -309,12 +311,11 @@ impl<F: TlbFlush> Core<F> {
         entries: &mut dyn Entries<MmuextOp>,
         mut view: Option<&mut GuestView<'_, M>>,
         foreigndom: u32,
-    ) -> Result<BatchOutcome, (bool, Errno)> {
-        let pg_owner = self
-            .pg_owner(caller.dom, foreigndom as u16)
-            .map_err(|e| (true, e))?;
+    ) -> Result<BatchOutcome, Refusal> {
+        let (fd, _) = decode_foreigndom(foreigndom);
+        let pg_owner = self.pg_owner(caller.dom, fd).map_err(Refusal::Early)?;
         if !self.may_use(caller.dom, pg_owner) {
-            return Err((true, Errno::EPERM));
+            return Err(Refusal::Early(Errno::EPERM));
         }
         let mut done = 0;
         let mut result = Ok(());
@@ -354,15 +355,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     ) -> Result<BatchOutcome, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let root = self.kernel_root(caller);
-        let Machine { mem, core } = self;
+        let Machine { mem, core, .. } = self;
         let mut view = GuestView::new(mem, root);
         let mut src = SliceEntries(ops);
         Ok(core
             .mmuext_batch(mem, caller, &mut src, Some(&mut view), foreigndom)
-            .unwrap_or_else(|(_, e)| BatchOutcome {
-                done: 0,
-                result: Err(e),
-            }))
+            .unwrap_or_else(Refusal::outcome))
     }
 
     /// The `mmuext_op` hypercall as the guest issues it (guest virtual pointers);
@@ -377,9 +375,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let root = self.kernel_root(caller);
-        let Machine { mem, core } = self;
+        let Machine { mem, core, reads } = self;
         let mut view = GuestView::new(mem, root);
-        let (count, carried) = match batch_args(&mut view, ops, count, pdone, 24) {
+        let (count, carried) = match batch_args(&mut view, ops, count, pdone, MmuextOp::SIZE) {
             Ok(v) => v,
             Err(rax) => return Ok(rax),
         };
@@ -390,6 +388,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             view: &mut entry_view,
             va: ops,
             count,
+            log: reads.as_mut(),
         };
         let outcome = core.mmuext_batch(mem, caller, &mut src, Some(&mut view), foreigndom as u32);
         Ok(finish(&mut view, outcome, carried, pdone))

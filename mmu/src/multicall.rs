@@ -1,84 +1,35 @@
 //! `multicall` (hypercall 13): a batch of hypercalls, each with its own result.
 //!
-//! The MMU hypercalls are served by the library; every other operation goes to the
-//! embedder's dispatcher. A failing entry does not stop the batch; `iret` ends it, as
-//! does a vCPU that left guest kernel mode (XSA-213); nesting is refused per entry.
+//! Each entry goes through the library's one hypercall dispatch ([`Machine::hypercall`]):
+//! the MMU hypercalls are served by the library, every other operation by the
+//! embedder's [`HypercallHandler`]. A failing entry does not stop the batch; `iret` ends
+//! it, as does a vCPU that left guest kernel mode (XSA-213); nesting is refused per
+//! entry.
 
-use pvmmu_abi::hypercall::{
-    HYPERVISOR_iret, HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op, HYPERVISOR_multicall,
-    HYPERVISOR_update_va_mapping, HYPERVISOR_update_va_mapping_otherdomain,
-};
+use pvmmu_abi::hypercall::HYPERVISOR_iret;
 use pvmmu_abi::{Errno, MulticallEntry};
 use vm_memory::GuestMemory;
 
 use crate::batch::{Caller, Entries, GuestEntries};
 use crate::flush::TlbFlush;
 use crate::guest::{GuestView, guest_range_ok};
+use crate::hypercall::HypercallHandler;
 use crate::machine::{Machine, MachineError};
-
-/// Serves the entries of a multicall that are not MMU hypercalls: `op` and `args[0..5]`
-/// in, RAX out. The embedder's hypercall dispatcher.
-pub trait MulticallDispatch<M, F> {
-    /// Runs hypercall `op` for `caller`; returns its RAX value.
-    fn dispatch(
-        &mut self,
-        machine: &mut Machine<M, F>,
-        caller: Caller,
-        op: u64,
-        args: [u64; 5],
-    ) -> i64;
-}
-
-impl<M, F, T> MulticallDispatch<M, F> for T
-where
-    T: FnMut(&mut Machine<M, F>, Caller, u64, [u64; 5]) -> i64,
-{
-    fn dispatch(
-        &mut self,
-        machine: &mut Machine<M, F>,
-        caller: Caller,
-        op: u64,
-        args: [u64; 5],
-    ) -> i64 {
-        self(machine, caller, op, args)
-    }
-}
 
 /// Offset of `result` in a multicall entry.
 const RESULT_OFFSET: u64 = 8;
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
-    /// Runs one hypercall of a multicall.
-    #[allow(non_upper_case_globals)] // Xen's names for the hypercall numbers
-    fn multicall_one(
-        &mut self,
-        caller: Caller,
-        e: &MulticallEntry,
-        other: &mut dyn MulticallDispatch<M, F>,
-    ) -> Result<i64, MachineError> {
-        let a = e.args;
-        Ok(match e.op {
-            HYPERVISOR_mmu_update => self.hypercall_mmu_update(caller, a[0], a[1], a[2], a[3])?,
-            HYPERVISOR_mmuext_op => self.hypercall_mmuext_op(caller, a[0], a[1], a[2], a[3])?,
-            HYPERVISOR_update_va_mapping => self.update_va_mapping(caller, a[0], a[1], a[2])?,
-            HYPERVISOR_update_va_mapping_otherdomain => {
-                self.update_va_mapping_otherdomain(caller, a[0], a[1], a[2], a[3])?
-            }
-            HYPERVISOR_multicall => Errno::EINVAL.neg(),
-            op => other.dispatch(self, caller, op, [a[0], a[1], a[2], a[3], a[4]]),
-        })
-    }
-
     /// The `multicall(list, nr_calls)` hypercall; returns RAX.
     pub fn hypercall_multicall(
         &mut self,
         caller: Caller,
         list: u64,
         nr_calls: u64,
-        other: &mut dyn MulticallDispatch<M, F>,
+        other: &mut dyn HypercallHandler<M, F>,
     ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
-        let Some(len) = nr_calls.checked_mul(64) else {
+        let Some(len) = nr_calls.checked_mul(MulticallEntry::SIZE as u64) else {
             return Ok(Errno::EFAULT.neg());
         };
         if !guest_range_ok(list, len) {
@@ -96,15 +47,18 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                     view: &mut view,
                     va: list,
                     count,
+                    log: self.reads.as_mut(),
                 };
                 src.read(i)
             };
             let Ok(entry) = entry else {
                 return Ok(Errno::EFAULT.neg());
             };
-            let result = self.multicall_one(caller, &entry, other)?;
+            let a = entry.args;
+            let args = [a[0], a[1], a[2], a[3], a[4]];
+            let result = self.dispatch(caller, entry.op, args, other, true)?;
             let root = self.kernel_root(caller);
-            let at = list + u64::from(i) * 64 + RESULT_OFFSET;
+            let at = list + u64::from(i) * MulticallEntry::SIZE as u64 + RESULT_OFFSET;
             if GuestView::new(&self.mem, root)
                 .write(at, &result.to_le_bytes())
                 .is_err()

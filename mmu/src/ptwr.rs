@@ -13,10 +13,10 @@ use crate::entry::PteFlags;
 use crate::flush::TlbFlush;
 use crate::frame::PageType;
 use crate::machine::{Machine, MachineError};
-use crate::mmu_update::{EntryWrite, Store, Stored};
 use crate::mmuext::Root;
 use crate::range::VaRange;
 use crate::walk::{Visit, Walker};
+use crate::write::{EntryWrite, Store, Stored};
 
 /// One memory write of the faulting instruction, as the embedder's decoder saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             None => Store::Plain,
             Some(old) => Store::IfEqual(merge(old)),
         };
-        let Machine { mem, core } = self;
+        let Machine { mem, core, .. } = self;
         Ok(
             match core.mod_l1_entry(
                 mem,

@@ -13,9 +13,9 @@ use crate::flush::{FlushReason, FlushScope, TlbFlush, VcpuSet};
 use crate::frame::{Owner, PageType};
 use crate::guest::GuestView;
 use crate::machine::{Core, Machine, MachineError};
-use crate::mmu_update::{EntryWrite, Store};
 use crate::range::VaRange;
 use crate::walk::{Visit, Walker};
+use crate::write::{EntryWrite, Store};
 
 impl<F: TlbFlush> Core<F> {
     /// Xen's `map_guest_l1e`: the L1 table and index that map `va` under `root`, if the
@@ -99,7 +99,7 @@ impl<F: TlbFlush> Core<F> {
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// `update_va_mapping(va, val, flags)`; returns RAX.
-    pub fn update_va_mapping(
+    pub fn hypercall_update_va_mapping(
         &mut self,
         caller: Caller,
         va: u64,
@@ -107,7 +107,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         flags: u64,
     ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
-        let Machine { mem, core } = self;
+        let Machine { mem, core, .. } = self;
         Ok(rc(core.update_va_mapping(
             mem, caller, va, val, flags, caller.dom,
         )))
@@ -115,7 +115,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
 
     /// `update_va_mapping_otherdomain(va, val, flags, domid)`: the mapped frame must
     /// belong to `domid` (which the caller must control); returns RAX.
-    pub fn update_va_mapping_otherdomain(
+    pub fn hypercall_update_va_mapping_otherdomain(
         &mut self,
         caller: Caller,
         va: u64,
@@ -124,7 +124,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         domid: u64,
     ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
-        let Machine { mem, core } = self;
+        let Machine { mem, core, .. } = self;
         let fd = domid as u16;
         let pg_owner = match core.pg_owner(caller.dom, fd) {
             Ok(o) => o,

@@ -20,7 +20,7 @@ use pvmmu_abi::vmassist::VMASST_TYPE_m2p_strict;
 use vm_memory::GuestMemory;
 
 use crate::entry::{Mfn, Pte};
-use crate::flush::{FlushReason, FlushRequest, FlushScope, TlbFlush, VcpuSet};
+use crate::flush::TlbFlush;
 use crate::frame::{Owner, PageType};
 use crate::machine::{Core, FIRST_XEN_L4_SLOT, XEN_L4_SLOTS};
 use crate::paging::Level;
@@ -193,120 +193,6 @@ impl<F: TlbFlush> Core<F> {
             self.frames.drop_type(mfn);
         }
         self.frames.put_page(mfn);
-    }
-
-    /// Records that the TLBs of domain `d` (whose tables held `old`) may still hold a
-    /// translation that `new` removed or downgraded.
-    pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64) {
-        let (o, n) = (Pte(old), Pte(new));
-        if !o.is_present() {
-            return;
-        }
-        let nx = crate::entry::PteFlags::NX.bits();
-        let downgraded = !n.is_present()
-            || n.mfn() != o.mfn()
-            || (o.raw() & PAGE_RW != 0 && n.raw() & PAGE_RW == 0)
-            || (n.raw() & nx != 0 && o.raw() & nx == 0);
-        if !downgraded {
-            return;
-        }
-        let mfn = o.mfn();
-        let Some(p) = self.frames.get_mut(mfn) else {
-            return; // I/O memory: not RAM
-        };
-        if p.owner == d {
-            if !p.stale {
-                p.stale = true;
-                if let Some(dom) = self.domains.get_mut(&d) {
-                    dom.stale.push(mfn);
-                }
-            }
-        } else if self.stale_foreign.insert((d, mfn.0)) {
-            p.stale_foreign = p.stale_foreign.saturating_add(1);
-        }
-    }
-
-    /// Hands a flush of domain `d` to the embedder, with the frames `d`'s TLBs may hold
-    /// stale and whether a non-leaf entry changed. Only a flush of every vCPU of `d`
-    /// including global entries forgets them.
-    pub(crate) fn flush(
-        &mut self,
-        d: Owner,
-        vcpus: VcpuSet,
-        scope: FlushScope,
-        reason: FlushReason,
-    ) {
-        let all = self.all_vcpus(d);
-        let full = scope == FlushScope::All && vcpus.0 & all.0 == all.0;
-        let mut stale: Vec<Mfn> = self
-            .domains
-            .get(&d)
-            .map(|x| x.stale.clone())
-            .unwrap_or_default();
-        stale.extend(
-            self.stale_foreign
-                .iter()
-                .filter(|(x, _)| *x == d)
-                .map(|(_, m)| Mfn(*m)),
-        );
-        let non_leaf = self.domains.get(&d).is_some_and(|x| x.non_leaf_pending);
-        if full {
-            if let Some(dom) = self.domains.get_mut(&d) {
-                dom.non_leaf_pending = false;
-                for m in std::mem::take(&mut dom.stale) {
-                    if let Some(p) = self.frames.get_mut(m) {
-                        p.stale = false;
-                    }
-                }
-            }
-            let frames = &mut self.frames;
-            self.stale_foreign.retain(|(x, m)| {
-                if *x != d {
-                    return true;
-                }
-                if let Some(p) = frames.get_mut(Mfn(*m)) {
-                    p.stale_foreign = p.stale_foreign.saturating_sub(1);
-                }
-                false
-            });
-        }
-        let req = FlushRequest {
-            domain: d,
-            vcpus,
-            scope,
-            stale,
-            non_leaf,
-            reason,
-        };
-        self.stats.flushes += 1;
-        self.flusher.flush(&req);
-    }
-
-    /// Before `mfn` becomes a page table: a full flush of every domain whose TLBs may
-    /// still translate it (with rights since removed, writable among them).
-    fn flush_before_type_change(&mut self, mfn: Mfn) {
-        let Some(p) = self.frames.get(mfn).copied() else {
-            return;
-        };
-        if !p.stale && p.stale_foreign == 0 {
-            return;
-        }
-        let doms: Vec<Owner> = self
-            .domains
-            .keys()
-            .copied()
-            .filter(|x| (*x == p.owner && p.stale) || self.stale_foreign.contains(&(*x, mfn.0)))
-            .collect();
-        for x in doms {
-            let vcpus = self.all_vcpus(x);
-            self.flush(x, vcpus, FlushScope::All, FlushReason::TypeChange);
-        }
-    }
-
-    pub(crate) fn all_vcpus(&self, d: Owner) -> VcpuSet {
-        self.domains
-            .get(&d)
-            .map_or(VcpuSet(0), |dom| VcpuSet::first(dom.vcpus.len() as u32))
     }
 
     /// Xen's `get_page_type`, validating the frame if this is its first reference of

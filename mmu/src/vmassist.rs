@@ -11,7 +11,12 @@ use crate::machine::{Machine, MachineError};
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// `vm_assist(cmd, type)`; returns RAX.
-    pub fn vm_assist(&mut self, caller: Caller, cmd: u64, ty: u64) -> Result<i64, MachineError> {
+    pub fn hypercall_vm_assist(
+        &mut self,
+        caller: Caller,
+        cmd: u64,
+        ty: u64,
+    ) -> Result<i64, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let cmd = cmd as u32;
         let ty = ty as u32;

@@ -375,7 +375,7 @@ impl World {
                 let rax = self
                     .g
                     .m
-                    .update_va_mapping(Caller::new(1, vcpu), va, val, uvmf)
+                    .hypercall_update_va_mapping(Caller::new(1, vcpu), va, val, uvmf)
                     .unwrap();
                 assert!(rax <= 0);
                 if !is_guest_va(va) {

@@ -573,7 +573,7 @@ fn new_baseptr_switches_roots_and_flushes() {
 fn m2p_strict_zaps_the_m2p_slot_of_user_roots() {
     let mut g = guest();
     assert_eq!(
-        g.m.vm_assist(g.c, 0, u64::from(VMASST_TYPE_m2p_strict))
+        g.m.hypercall_vm_assist(g.c, 0, u64::from(VMASST_TYPE_m2p_strict))
             .unwrap(),
         0
     );
@@ -582,7 +582,7 @@ fn m2p_strict_zaps_the_m2p_slot_of_user_roots() {
     assert_eq!(g.read(Guest::slot(l4, 256)), 0);
     // Re-installing it as kernel root without m2p_strict fills the slot again.
     assert_eq!(
-        g.m.vm_assist(g.c, 1, u64::from(VMASST_TYPE_m2p_strict))
+        g.m.hypercall_vm_assist(g.c, 1, u64::from(VMASST_TYPE_m2p_strict))
             .unwrap(),
         0
     );
@@ -729,7 +729,7 @@ fn update_va_mapping_remaps_and_flushes_as_asked() {
     let va = va_of(0x300);
     let f = g.take();
     let rc =
-        g.m.update_va_mapping(g.c, va, (f.0 << 12) | P | RW, UVMF_INVLPG | UVMF_LOCAL)
+        g.m.hypercall_update_va_mapping(g.c, va, (f.0 << 12) | P | RW, UVMF_INVLPG | UVMF_LOCAL)
             .unwrap();
     assert_eq!(rc, 0);
     assert_eq!(g.translate(va), Some(f.addr()));
@@ -739,7 +739,7 @@ fn update_va_mapping_remaps_and_flushes_as_asked() {
         (FlushScope::Va(va), VcpuSet(1), vec![Mfn(0x300)])
     );
     let rc =
-        g.m.update_va_mapping(g.c, va, (0x300 << 12) | P, UVMF_TLB_FLUSH | UVMF_ALL)
+        g.m.hypercall_update_va_mapping(g.c, va, (0x300 << 12) | P, UVMF_TLB_FLUSH | UVMF_ALL)
             .unwrap();
     assert_eq!(rc, 0);
     let fl = g.m.flusher().take();
@@ -748,7 +748,7 @@ fn update_va_mapping_remaps_and_flushes_as_asked() {
     let bm = g.take();
     g.write_raw(bm.addr(), 0b10);
     let rc =
-        g.m.update_va_mapping(
+        g.m.hypercall_update_va_mapping(
             g.c,
             va,
             (0x300 << 12) | P | RW,
@@ -759,14 +759,14 @@ fn update_va_mapping_remaps_and_flushes_as_asked() {
     assert_eq!(g.m.flusher().take()[0].vcpus, VcpuSet(2));
     // Flush type 3 and 0: none.
     assert_eq!(
-        g.m.update_va_mapping(g.c, va, (0x300 << 12) | P, 3)
+        g.m.hypercall_update_va_mapping(g.c, va, (0x300 << 12) | P, 3)
             .unwrap(),
         0
     );
     assert!(g.m.flusher().take().is_empty());
     // A bad bitmap pointer: -EFAULT, but the PTE was changed.
     let rc =
-        g.m.update_va_mapping(g.c, va, (f.0 << 12) | P, UVMF_INVLPG | 0x5000_0000)
+        g.m.hypercall_update_va_mapping(g.c, va, (f.0 << 12) | P, UVMF_INVLPG | 0x5000_0000)
             .unwrap();
     assert_eq!(rc, Errno::EFAULT.neg());
     assert_eq!(g.translate(va), Some(f.addr()));
@@ -780,14 +780,14 @@ fn update_va_mapping_refusals() {
         // Not mapped by any L1 (hole), Xen's range, non-canonical.
         for va in [0x1000, 0xffff_8000_0000_0000, 0x8000_0000_0000] {
             let rc =
-                g.m.update_va_mapping(g.c, va, 0, UVMF_INVLPG | UVMF_ALL)
+                g.m.hypercall_update_va_mapping(g.c, va, 0, UVMF_INVLPG | UVMF_ALL)
                     .unwrap();
             assert_eq!(rc, Errno::EINVAL.neg(), "{va:#x}");
         }
         // Refused entry: no flush.
         let l4 = g.l4;
         let rc =
-            g.m.update_va_mapping(
+            g.m.hypercall_update_va_mapping(
                 g.c,
                 va_of(0x300),
                 (l4.0 << 12) | P | RW,
@@ -795,19 +795,22 @@ fn update_va_mapping_refusals() {
             )
             .unwrap();
         assert_eq!(rc, Errno::EBUSY.neg());
-        let rc =
-            g.m.update_va_mapping_otherdomain(g.c, va_of(0x300), DOM2_FIRST << 12 | P, 0, 2)
-                .unwrap();
+        let rc = g
+            .m
+            .hypercall_update_va_mapping_otherdomain(g.c, va_of(0x300), DOM2_FIRST << 12 | P, 0, 2)
+            .unwrap();
         assert_eq!(rc, Errno::EPERM.neg());
-        let rc =
-            g.m.update_va_mapping_otherdomain(g.c, va_of(0x300), DOM2_FIRST << 12 | P, 0, 1)
-                .unwrap();
+        let rc = g
+            .m
+            .hypercall_update_va_mapping_otherdomain(g.c, va_of(0x300), DOM2_FIRST << 12 | P, 0, 1)
+            .unwrap();
         assert_eq!(rc, Errno::ESRCH.neg());
     });
     assert!(g.m.flusher().take().is_empty());
-    let rc =
-        g.m.update_va_mapping_otherdomain(g.c, va_of(0x300), (0x300 << 12) | P, 0, 0x7FF0)
-            .unwrap();
+    let rc = g
+        .m
+        .hypercall_update_va_mapping_otherdomain(g.c, va_of(0x300), (0x300 << 12) | P, 0, 0x7FF0)
+        .unwrap();
     assert_eq!(rc, 0);
 }
 
@@ -937,13 +940,22 @@ fn multicall_runs_every_entry_and_records_results() {
 fn vm_assist_values() {
     let mut g = guest();
     let c = g.c;
-    assert_eq!(g.m.vm_assist(c, 0, 2).unwrap(), 0);
+    assert_eq!(g.m.hypercall_vm_assist(c, 0, 2).unwrap(), 0);
     assert!(g.m.domain(1).unwrap().has_assist(2));
-    assert_eq!(g.m.vm_assist(c, 1, 2).unwrap(), 0);
-    assert_eq!(g.m.vm_assist(c, 2, 2).unwrap(), Errno::ENOSYS.neg());
-    assert_eq!(g.m.vm_assist(c, 0, 6).unwrap(), Errno::EINVAL.neg());
-    assert_eq!(g.m.vm_assist(c, 0, 64).unwrap(), Errno::EINVAL.neg());
-    assert_eq!(g.m.vm_assist(c, 0, 32).unwrap(), 0);
+    assert_eq!(g.m.hypercall_vm_assist(c, 1, 2).unwrap(), 0);
+    assert_eq!(
+        g.m.hypercall_vm_assist(c, 2, 2).unwrap(),
+        Errno::ENOSYS.neg()
+    );
+    assert_eq!(
+        g.m.hypercall_vm_assist(c, 0, 6).unwrap(),
+        Errno::EINVAL.neg()
+    );
+    assert_eq!(
+        g.m.hypercall_vm_assist(c, 0, 64).unwrap(),
+        Errno::EINVAL.neg()
+    );
+    assert_eq!(g.m.hypercall_vm_assist(c, 0, 32).unwrap(), 0);
 }
 
 // ---------------------------------------------------------------- ptwr
@@ -967,7 +979,7 @@ fn ptwr_emulates_valid_writes_to_own_l1_tables_only() {
         g.m.ptwr_write(c, pt_va, w((f.0 << 12) | P | RW, 8, None))
             .unwrap();
     assert_eq!(r, Err(PtwrRefusal::NotEnabled));
-    g.m.vm_assist(c, 0, u64::from(VMASST_TYPE_writable_pagetables))
+    g.m.hypercall_vm_assist(c, 0, u64::from(VMASST_TYPE_writable_pagetables))
         .unwrap();
     let r =
         g.m.ptwr_write(c, pt_va, w((f.0 << 12) | P | RW, 8, None))

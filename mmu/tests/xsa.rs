@@ -886,7 +886,7 @@ fn xsa_273_not_present_entries_with_junk_address_bits_are_accepted() {
     // Also through update_va_mapping (the L1 entry is found by VA).
     let e = g.take();
     let rax =
-        g.m.update_va_mapping(g.c, va_of(e.0), junk | D, UVMF_NONE)
+        g.m.hypercall_update_va_mapping(g.c, va_of(e.0), junk | D, UVMF_NONE)
             .unwrap();
     assert_eq!(rax, 0);
     assert_eq!(g.read(g.pte_addr(va_of(e.0))), junk | D);
@@ -916,17 +916,19 @@ fn xsa_279_failed_update_va_mapping_does_not_flush() {
             0xffff_7fff_ffff_f000,
             0xffff_8000_0000_1000,
         ] {
-            let rax = g.m.update_va_mapping(g.c, va, kmap(d, P | A), fl).unwrap();
+            let rax =
+                g.m.hypercall_update_va_mapping(g.c, va, kmap(d, P | A), fl)
+                    .unwrap();
             assert_eq!(rax, Errno::EINVAL.neg(), "va {va:#x}");
         }
         // A good VA whose update is refused: writable mapping of the L4.
         let rax =
-            g.m.update_va_mapping(g.c, va_of(d.0), (g.l4.0 << 12) | P | RW | A, fl)
+            g.m.hypercall_update_va_mapping(g.c, va_of(d.0), (g.l4.0 << 12) | P | RW | A, fl)
                 .unwrap();
         assert_eq!(rax, Errno::EBUSY.neg());
         // A good VA with disallowed bits.
         let rax =
-            g.m.update_va_mapping(g.c, va_of(d.0), (d.0 << 12) | P | PWT, fl)
+            g.m.hypercall_update_va_mapping(g.c, va_of(d.0), (d.0 << 12) | P | PWT, fl)
                 .unwrap();
         assert_eq!(rax, Errno::EINVAL.neg());
         assert!(
@@ -937,7 +939,7 @@ fn xsa_279_failed_update_va_mapping_does_not_flush() {
     assert_untouched(&g, &b);
     // Control: a successful update flushes as asked.
     let rax =
-        g.m.update_va_mapping(g.c, va_of(d.0), (d.0 << 12) | P | A, UVMF_INVLPG)
+        g.m.hypercall_update_va_mapping(g.c, va_of(d.0), (d.0 << 12) | P | A, UVMF_INVLPG)
             .unwrap();
     assert_eq!(rax, 0);
     assert_eq!(g.read(pa), kmap(d, P | A));
@@ -953,7 +955,7 @@ fn xsa_279_failed_update_va_mapping_does_not_flush() {
     );
     // A bad vCPU-bitmap pointer after a successful update: -EFAULT, PTE changed anyway.
     let rax =
-        g.m.update_va_mapping(
+        g.m.hypercall_update_va_mapping(
             g.c,
             va_of(d.0),
             (d.0 << 12) | P | RW | A,
@@ -1160,7 +1162,7 @@ fn xsa_287_mapping_a_free_frame_is_ebusy() {
     for flags in [P | A, P | RW | A] {
         assert_refused(g.update(&[(pa, (free.0 << 12) | flags)]), Errno::EBUSY, 0);
         let rax =
-            g.m.update_va_mapping(g.c, va_of(d.0), (free.0 << 12) | flags, UVMF_NONE)
+            g.m.hypercall_update_va_mapping(g.c, va_of(d.0), (free.0 << 12) | flags, UVMF_NONE)
                 .unwrap();
         assert_eq!(rax, Errno::EBUSY.neg());
     }
@@ -1251,7 +1253,7 @@ fn neg_rw_map_of_pinned_l1_ebusy() {
         0,
     );
     let rax =
-        g.m.update_va_mapping(g.c, va_of(d.0), (t.0 << 12) | P | RW | A, UVMF_INVLPG)
+        g.m.hypercall_update_va_mapping(g.c, va_of(d.0), (t.0 << 12) | P | RW | A, UVMF_INVLPG)
             .unwrap();
     assert_eq!(rax, Errno::EBUSY.neg());
     assert!(flushes(&mut g).is_empty());
@@ -1283,7 +1285,7 @@ fn neg_rw_map_of_current_l4_ebusy() {
             0,
         );
         let rax =
-            g.m.update_va_mapping(g.c, va_of(l4.0), (l4.0 << 12) | P | RW | A, UVMF_NONE)
+            g.m.hypercall_update_va_mapping(g.c, va_of(l4.0), (l4.0 << 12) | P | RW | A, UVMF_NONE)
                 .unwrap();
         assert_eq!(rax, Errno::EBUSY.neg());
     }
@@ -1371,9 +1373,10 @@ fn neg_cache_bits_in_domu_l1_einval() {
                 Errno::EINVAL,
                 0,
             );
-            let rax =
-                g.m.update_va_mapping(g.c, va_of(d.0), (d.0 << 12) | base | bit, UVMF_NONE)
-                    .unwrap();
+            let rax = g
+                .m
+                .hypercall_update_va_mapping(g.c, va_of(d.0), (d.0 << 12) | base | bit, UVMF_NONE)
+                .unwrap();
             assert_eq!(rax, Errno::EINVAL.neg());
         }
     }
@@ -1437,7 +1440,7 @@ fn neg_uvm_non_canonical_va_no_flush_einval() {
             UVMF_TLB_FLUSH,
         ] {
             let rax =
-                g.m.update_va_mapping(g.c, va, (d.0 << 12) | P | A, fl)
+                g.m.hypercall_update_va_mapping(g.c, va, (d.0 << 12) | P | A, fl)
                     .unwrap();
             assert_eq!(rax, Errno::EINVAL.neg());
         }
@@ -1534,7 +1537,7 @@ fn neg_map_foreign_frame_with_fd_self_ebusy() {
             0,
         );
         let rax =
-            g.m.update_va_mapping(g.c, va_of(d.0), (foreign.0 << 12) | flags, UVMF_NONE)
+            g.m.hypercall_update_va_mapping(g.c, va_of(d.0), (foreign.0 << 12) | flags, UVMF_NONE)
                 .unwrap();
         assert_eq!(rax, Errno::EBUSY.neg());
     }
@@ -1561,7 +1564,7 @@ fn neg_own_domid_as_fd_esrch() {
         assert_refused(g.update_fd(&[(pa, kmap(d, P | A))], fd), Errno::ESRCH, 0);
         assert_refused(g.ext_fd(MMUEXT_TLB_FLUSH_LOCAL, 0, 0, fd), Errno::ESRCH, 0);
         let rax =
-            g.m.update_va_mapping_otherdomain(
+            g.m.hypercall_update_va_mapping_otherdomain(
                 g.c,
                 va_of(d.0),
                 kmap(d, P | A),
@@ -1581,7 +1584,7 @@ fn neg_own_domid_as_fd_esrch() {
     assert_untouched(&g, &b);
     // DOMID_SELF works.
     let rax =
-        g.m.update_va_mapping_otherdomain(
+        g.m.hypercall_update_va_mapping_otherdomain(
             g.c,
             va_of(d.0),
             kmap(d, P | A),

@@ -86,11 +86,11 @@ pub fn dispatch<F: TlbFlush>(
     let ret = match nr {
         HYPERVISOR_mmu_update => m.hypercall_mmu_update(caller, a[0], a[1], a[2], a[3])?,
         HYPERVISOR_mmuext_op => m.hypercall_mmuext_op(caller, a[0], a[1], a[2], a[3])?,
-        HYPERVISOR_update_va_mapping => m.update_va_mapping(caller, a[0], a[1], a[2])?,
+        HYPERVISOR_update_va_mapping => m.hypercall_update_va_mapping(caller, a[0], a[1], a[2])?,
         HYPERVISOR_update_va_mapping_otherdomain => {
-            m.update_va_mapping_otherdomain(caller, a[0], a[1], a[2], a[3])?
+            m.hypercall_update_va_mapping_otherdomain(caller, a[0], a[1], a[2], a[3])?
         }
-        HYPERVISOR_vm_assist => m.vm_assist(caller, a[0], a[1])?,
+        HYPERVISOR_vm_assist => m.hypercall_vm_assist(caller, a[0], a[1])?,
         HYPERVISOR_multicall => {
             let mut shutdown = None;
             let mut other = |m: &mut Mach<F>, c: Caller, op: u64, args: [u64; 5]| -> i64 {

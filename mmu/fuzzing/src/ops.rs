@@ -201,7 +201,8 @@ impl Fixture {
             xen_l4_slots: template(),
             ..MachineConfig::default()
         };
-        let mut m = Machine::new(mem, config).expect("machine");
+        let mut m =
+            Machine::with_flusher(mem, config, pvmmu::RecordingFlush::default()).expect("machine");
         m.create_domain(DomainConfig::new(1).vcpus(2).iomem(MMIO..=MMIO + 3))
             .expect("dom1");
         m.create_domain(DomainConfig::new(2).privileged(true))
@@ -361,7 +362,7 @@ impl Fixture {
                 let val = self.val(*d, *v);
                 let _ = self
                     .m
-                    .update_va_mapping(c, va, val, u64::from(*flags))
+                    .hypercall_update_va_mapping(c, va, val, u64::from(*flags))
                     .expect("caller");
             }
             Op::Ptwr(d, t, i, v, size, cmp) if alive(*d, &self.alive) => {
@@ -390,7 +391,7 @@ impl Fixture {
                 let _ = self.m.ptwr_write(c, addr, w).expect("caller");
             }
             Op::VmAssist(d, enable, ty) if alive(*d, &self.alive) => {
-                let _ = self.m.vm_assist(
+                let _ = self.m.hypercall_vm_assist(
                     Caller::new(d.id(), 0),
                     u64::from(!enable),
                     u64::from(ty % 40),

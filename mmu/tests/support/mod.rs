@@ -71,7 +71,7 @@ pub fn guest_with(cfg: DomainConfig) -> Guest {
         xen_l4_slots: template(),
         ..MachineConfig::default()
     };
-    let mut m = Machine::new(mem, config).unwrap();
+    let mut m = Machine::with_flusher(mem, config, RecordingFlush::default()).unwrap();
     let dom = m.create_domain(cfg).unwrap();
     m.create_domain(DomainConfig::new(2)).unwrap();
     m.assign_frames(dom, (DOM_FIRST..DOM_END).map(Mfn)).unwrap();
