@@ -1,4 +1,5 @@
-//! Helpers for the KVM integration tests: the `/dev/kvm` gate and output capture.
+//! Helpers for the KVM integration tests that boot guests through the `vmm` library
+//! API: the `/dev/kvm` gate and output capture.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -47,29 +48,4 @@ pub fn last_line(text: &str) -> &str {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-}
-
-/// The `pvmmu` binary of this build, brought up to date first (cargo builds binaries
-/// only for their own package's tests, so this crate builds it itself; a no-op build
-/// takes a fraction of a second).
-pub fn pvmmu_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/pvmmu
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("test executable in target/<profile>/deps");
-    let bin = profile_dir.join("pvmmu");
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-p", "vmm", "--bin", "pvmmu"]);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("building pvmmu");
-        assert!(status.success(), "building the pvmmu binary failed");
-    });
-    bin
 }

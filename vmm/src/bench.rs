@@ -83,36 +83,43 @@ fn series(t: &[HypercallTiming], nr: u64, count: Option<u64>) -> (Vec<f64>, Vec<
 
 fn quiet_config(image: &[u8]) -> VmConfig {
     VmConfig {
-        memory_mib: 64,
-        vcpus: 1,
-        image: image.to_vec(),
-        cmdline: String::new(),
+        domain: platform::DomainSpec::new(image.to_vec(), 64),
         console_out: Box::new(std::io::sink()),
-        iomem: true,
     }
 }
 
+/// Errors of `pvmmu bench`.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A built-in guest is missing from this build.
+    #[error("no built-in guest '{0}'")]
+    NoGuest(&'static str),
+    /// A guest did not power off.
+    #[error("the {0} guest ended with {1:?}")]
+    Guest(&'static str, GuestExit),
+}
+
 /// Runs the benchmark.
-pub fn run(launches: usize) -> Result<BenchReport, VmError> {
+pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
     let stop = AtomicBool::new(false);
-    let demo = guests::find("demo").ok_or_else(|| VmError::Exit("no demo guest".into()))?;
+    let demo = guests::find("demo").ok_or(BenchError::NoGuest("demo"))?;
     let mut walls = Vec::new();
     for _ in 0..launches.max(1) {
         let r = Vm::new(quiet_config(demo.image))?.run_to_end(&stop)?;
         if r.exit != GuestExit::Shutdown(0) {
-            return Err(VmError::Exit(format!("demo guest ended with {:?}", r.exit)));
+            return Err(BenchError::Guest("demo", r.exit));
         }
         walls.push(r.stats.wall.as_secs_f64() * 1e3);
     }
-    let bench = guests::find("bench").ok_or_else(|| VmError::Exit("no bench guest".into()))?;
+    let bench = guests::find("bench").ok_or(BenchError::NoGuest("bench"))?;
     let mut vm = Vm::new(quiet_config(bench.image))?;
     vm.timings = Some(Vec::with_capacity(4096));
     let r = vm.run_to_end(&stop)?;
     if r.exit != GuestExit::Shutdown(0) {
-        return Err(VmError::Exit(format!(
-            "bench guest ended with {:?}",
-            r.exit
-        )));
+        return Err(BenchError::Guest("bench", r.exit));
     }
     let t = &r.timings;
     let (exit_gaps, _) = series(t, pvmmu_abi::hypercall::HYPERVISOR_xen_version, None);

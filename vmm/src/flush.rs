@@ -2,7 +2,7 @@
 //!
 //! KVM on our machines is KVM-PVM with a shadow MMU: a page-table write the VMM makes
 //! through its own mapping of guest memory stays invisible to the guest whatever the
-//! guest flushes (reference/kvm-notes.md). Two host-side invalidations work, and are
+//! guest flushes (`docs/kvm-host.md`). Two host-side invalidations work, and are
 //! correct on hardware-assisted KVM too (there, zapping a frame's second-level mapping
 //! flushes the guest TLB): `mprotect` of the old target frames (leaf remaps, unmaps and
 //! downgrades) and deleting and re-adding a small dummy memslot (zaps every shadow page,
@@ -15,6 +15,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use log::{trace, warn};
 use pvmmu::{FlushRequest, Mfn, TlbFlush};
+use vm_memory::MmapRegion;
 
 /// Above this many separate runs of stale frames, one memslot cycle is cheaper than the
 /// `mprotect` calls (about 8.5 us each against 100-190 us for the cycle).
@@ -23,6 +24,8 @@ const MAX_MPROTECT_RUNS: usize = 16;
 const DUMMY_SLOT: u32 = 1;
 /// Guest-physical address of the dummy page (outside RAM and every device).
 pub const DUMMY_GPA: u64 = 0xf000_0000;
+/// Size of the dummy memslot.
+const DUMMY_SIZE: u64 = 4096;
 
 /// Counters of the invalidations done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,16 +43,13 @@ pub struct FlushStats {
 /// The host-side invalidation for one VM.
 pub struct KvmFlush {
     vm: Arc<VmFd>,
-    host_base: *mut u8,
+    /// Host address of guest RAM (GPA 0), as registered with KVM.
+    host_base: u64,
     ram_frames: u64,
-    dummy: *mut libc::c_void,
+    dummy: MmapRegion<()>,
     /// Counters.
     pub stats: FlushStats,
 }
-
-// SAFETY: the raw pointers are the VM's guest RAM mapping and the dummy page, both of
-// which live as long as the VM; they are only passed to mprotect and KVM.
-unsafe impl Send for KvmFlush {}
 
 impl std::fmt::Debug for KvmFlush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,23 +60,10 @@ impl std::fmt::Debug for KvmFlush {
 }
 
 impl KvmFlush {
-    /// Invalidation for `vm`, whose RAM (`ram_frames` frames at GPA 0) is mapped at
-    /// `host_base`. Creates the dummy memslot.
-    pub fn new(vm: Arc<VmFd>, host_base: *mut u8, ram_frames: u64) -> std::io::Result<KvmFlush> {
-        // SAFETY: an anonymous private mapping of one page; checked for failure below.
-        let dummy = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if dummy == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+    /// Invalidation for `vm`, whose RAM (`ram_frames` frames at GPA 0) is mapped at host
+    /// address `host_base`. Creates the dummy memslot.
+    pub fn new(vm: Arc<VmFd>, host_base: u64, ram_frames: u64) -> std::io::Result<KvmFlush> {
+        let dummy = MmapRegion::new(DUMMY_SIZE as usize).map_err(std::io::Error::other)?;
         let f = KvmFlush {
             vm,
             host_base,
@@ -84,7 +71,7 @@ impl KvmFlush {
             dummy,
             stats: FlushStats::default(),
         };
-        f.set_dummy(4096).map_err(std::io::Error::from)?;
+        f.set_dummy(DUMMY_SIZE).map_err(std::io::Error::from)?;
         Ok(f)
     }
 
@@ -94,16 +81,17 @@ impl KvmFlush {
             flags: 0,
             guest_phys_addr: DUMMY_GPA,
             memory_size: size,
-            userspace_addr: self.dummy as u64,
+            userspace_addr: self.dummy.as_ptr() as u64,
         };
-        // SAFETY: the dummy page is a live anonymous mapping of 4 KiB owned by `self`.
+        // SAFETY: the dummy page is a live anonymous mapping of DUMMY_SIZE bytes owned by
+        // `self` (the region outlives the slot: `drop` deletes the slot first).
         unsafe { self.vm.set_user_memory_region(region) }
     }
 
     /// Zaps every shadow page: delete and re-add the dummy slot.
     fn memslot_cycle(&mut self) {
         self.stats.memslot_cycles += 1;
-        if let Err(e) = self.set_dummy(0).and_then(|()| self.set_dummy(4096)) {
+        if let Err(e) = self.set_dummy(0).and_then(|()| self.set_dummy(DUMMY_SIZE)) {
             warn!("memslot cycle failed: {e}");
         }
     }
@@ -114,7 +102,7 @@ impl KvmFlush {
         // range lies inside the guest RAM mapping; no other thread writes guest memory
         // while the vCPU is in the VMM, and the protection is restored immediately.
         unsafe {
-            let addr = self.host_base.add((first * 4096) as usize) as *mut libc::c_void;
+            let addr = (self.host_base + first * 4096) as *mut libc::c_void;
             let len = (n * 4096) as usize;
             if libc::mprotect(addr, len, libc::PROT_READ) != 0
                 || libc::mprotect(addr, len, libc::PROT_READ | libc::PROT_WRITE) != 0
@@ -179,9 +167,8 @@ impl TlbFlush for KvmFlush {
 
 impl Drop for KvmFlush {
     fn drop(&mut self) {
+        // The slot goes before the region that backs it.
         let _ = self.set_dummy(0);
-        // SAFETY: the page was mapped in `new` and the slot using it is deleted.
-        unsafe { libc::munmap(self.dummy, 4096) };
     }
 }
 

@@ -21,8 +21,8 @@ fn main() -> ExitCode {
         eprintln!("{input}: does not decode to a vmm_hypercall input");
         return ExitCode::from(1);
     };
-    let written =
-        vmm::trace::TraceWriter::create(std::path::Path::new(out), &header).and_then(|mut w| {
+    let written = platform::trace::TraceWriter::create(std::path::Path::new(out), &header)
+        .and_then(|mut w| {
             for r in &records {
                 w.record(r)?;
             }

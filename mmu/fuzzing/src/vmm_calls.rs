@@ -1,14 +1,15 @@
 //! The `vmm_hypercall` harness: raw hypercall registers and guest memory contents against
-//! the VMM's dispatch, over a domain the VMM's own builder made (no KVM).
+//! the VMM's dispatch, over a domain the VMM's own recipe built ([`platform::Domain`],
+//! no KVM).
 
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
+use platform::dispatch::{self, HypercallStats, NullConsole};
+use platform::trace::{Record, TraceHeader};
+use platform::{DOMID, Domain, DomainSpec};
 use pvmmu::{Caller, RecordingFlush};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm::hypercall::{self, HypercallStats, NullConsole};
-use vmm::trace::{Record, TraceHeader};
-use vmm::vm::{DOMID, VmConfig, build_domain};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Guest memory for the harness (the VMM's minimum).
 const MEMORY_MIB: u64 = 16;
@@ -46,21 +47,19 @@ pub struct Input {
     calls: Vec<Call>,
 }
 
+/// The harness's guest: a minimal PV image (its code never runs; the calls are the
+/// fuzzer's).
 fn image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        vmm::guests::find("demo")
-            .map(|g| g.image.to_vec())
-            .unwrap_or_default()
-    })
+    IMAGE.get_or_init(|| platform::elf::minimal_image(&[0x0f, 0x0b]))
 }
 
 /// The harness. An input that is a pvmmu trace (`pvmmu run --trace`) is replayed with
 /// the oracles checked after every record, so recorded runs seed the corpus; any other
 /// input is decoded with `arbitrary`.
 pub fn vmm_hypercall(data: &[u8]) {
-    if data.starts_with(vmm::trace::MAGIC) {
-        if let Ok((header, records)) = vmm::trace::parse(data) {
+    if data.starts_with(platform::trace::MAGIC) {
+        if let Ok((header, records)) = platform::trace::parse(data) {
             replay_checked(&header, &records);
         }
         return;
@@ -75,26 +74,14 @@ pub fn to_trace(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
 }
 
 fn replay_checked(header: &TraceHeader, records: &[Record]) {
-    let Ok(image) = vmm::elf::parse(&header.image) else {
-        return;
-    };
     if !(16..=64).contains(&header.memory_mib) {
         return;
     }
-    let cfg = VmConfig {
-        memory_mib: u64::from(header.memory_mib),
+    let spec = DomainSpec {
         vcpus: 1,
-        image: header.image.clone(),
-        cmdline: header.cmdline.clone(),
-        console_out: Box::new(std::io::sink()),
-        iomem: header.iomem,
+        ..header.spec()
     };
-    let size = cfg.memory_mib << 20;
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
-    let Ok((mut m, _hv, _boot)) =
-        build_domain(mem, size >> 12, &image, &cfg, RecordingFlush::default())
-    else {
+    let Ok(Domain { machine: mut m, .. }) = Domain::create(&spec, RecordingFlush::default()) else {
         return;
     };
     let mut stats = HypercallStats::default();
@@ -113,7 +100,7 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
                 }
             }
             Record::Hypercall { nr, args, .. } => {
-                let r = hypercall::dispatch(
+                let r = dispatch::dispatch(
                     &mut m,
                     &mut NullConsole,
                     &mut stats,
@@ -151,30 +138,15 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
 fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
     let mut u = Unstructured::new(data);
     let input = Input::arbitrary(&mut u).ok()?;
-    let bytes = image();
-    let parsed = vmm::elf::parse(bytes).expect("the demo guest parses");
-    let cfg = VmConfig {
-        memory_mib: MEMORY_MIB,
-        vcpus: 1,
-        image: bytes.to_vec(),
-        cmdline: String::new(),
-        console_out: Box::new(std::io::sink()),
-        iomem: true,
-    };
-    let size = MEMORY_MIB << 20;
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).expect("memory");
-    let (mut m, _hv, boot) =
-        build_domain(mem, size >> 12, &parsed, &cfg, RecordingFlush::default())
-            .expect("the demo domain builds");
+    let spec = DomainSpec::new(image().to_vec(), MEMORY_MIB);
+    let Domain {
+        machine: mut m,
+        boot,
+        ..
+    } = Domain::create(&spec, RecordingFlush::default()).expect("the harness domain builds");
+    m.record_reads(true);
     let mapped = boot.mapped_pages.max(1);
-    let header = TraceHeader {
-        memory_mib: MEMORY_MIB as u32,
-        vcpus: 1,
-        iomem: true,
-        cmdline: String::new(),
-        image: bytes.to_vec(),
-    };
+    let header = TraceHeader::new(&spec);
     let mut records = Vec::new();
     // Guest writes land only in pages the guest could write: its mapped, writable ones.
     for w in input.writes.iter().take(16) {
@@ -204,15 +176,15 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
             Arg::Small(s) => u64::from(s),
             Arg::Raw(r) => r,
         });
-        let r = hypercall::dispatch(&mut m, &mut NullConsole, &mut stats, caller, nr, args);
+        let r = dispatch::dispatch(&mut m, &mut NullConsole, &mut stats, caller, nr, args);
         assert!(r.is_ok(), "dispatch refused a valid caller: {r:?}");
-        if let Ok(outcome) = r {
+        if let Ok(served) = r {
             records.push(Record::Hypercall {
                 vcpu: 0,
                 nr,
                 args,
-                batch: Vec::new(),
-                outcome,
+                batch: served.reads,
+                outcome: served.outcome,
             });
         }
         if let Err(e) = m.audit() {

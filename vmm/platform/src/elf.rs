@@ -1,4 +1,4 @@
-//! Reading a PV guest's ELF image and its Xen ELF notes (reference/xen-pv-boot.md §2.1).
+//! Reading a PV guest's ELF image and its Xen ELF notes (`docs/xen-pv-boot.md`, "ELF notes").
 
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_EXEC};
@@ -180,6 +180,82 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
     Ok(image)
 }
 
+/// Where [`minimal_image`] loads its code.
+pub const MINIMAL_IMAGE_BASE: u64 = 0x20_0000;
+
+/// A minimal Xen PV kernel image: one loadable segment at [`MINIMAL_IMAGE_BASE`] with
+/// `code` at its start (the entry point), a hypercall page in the page after the code,
+/// and the Xen notes (ENTRY, HYPERCALL_PAGE, VIRT_BASE 0, XEN_VERSION). For tests,
+/// fuzzers and examples that need a domain without a real guest; [`parse`] reads it as
+/// it reads any kernel.
+///
+/// ```
+/// let image = platform::elf::minimal_image(&[0x0f, 0x0b]);
+/// let parsed = platform::elf::parse(&image).unwrap();
+/// assert_eq!(parsed.entry, platform::elf::MINIMAL_IMAGE_BASE);
+/// assert!(parsed.hypercall_page.is_some());
+/// ```
+pub fn minimal_image(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    const CODE_AT: usize = 0x1000;
+    let code_pages = (code.len().max(1) as u64).div_ceil(0x1000);
+    let hypercall_page = MINIMAL_IMAGE_BASE + code_pages * 0x1000;
+    let mut notes = Vec::new();
+    let mut note = |ty: u32, desc: &[u8]| {
+        notes.extend_from_slice(&4u32.to_le_bytes());
+        notes.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        notes.extend_from_slice(&ty.to_le_bytes());
+        notes.extend_from_slice(b"Xen\0");
+        notes.extend_from_slice(desc);
+        notes.resize(notes.len().next_multiple_of(4), 0);
+    };
+    note(XEN_ELFNOTE_ENTRY, &MINIMAL_IMAGE_BASE.to_le_bytes());
+    note(XEN_ELFNOTE_HYPERCALL_PAGE, &hypercall_page.to_le_bytes());
+    note(XEN_ELFNOTE_VIRT_BASE, &0u64.to_le_bytes());
+    note(XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0");
+    let notes_at = EHDR + 2 * PHDR;
+    let mut f = vec![0u8; CODE_AT];
+    // ELF header: 64-bit, little endian, version 1, ET_EXEC, EM_X86_64.
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4..7].copy_from_slice(&[2, 1, 1]);
+    f[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+    f[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&MINIMAL_IMAGE_BASE.to_le_bytes());
+    f[32..40].copy_from_slice(&(EHDR as u64).to_le_bytes());
+    f[52..54].copy_from_slice(&(EHDR as u16).to_le_bytes());
+    f[54..56].copy_from_slice(&(PHDR as u16).to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes());
+    f[58..60].copy_from_slice(&64u16.to_le_bytes());
+    let mut phdr = |at: usize, ty: u32, off: u64, va: u64, size: (u64, u64), align: u64| {
+        let (filesz, memsz) = size;
+        let flags: u32 = if ty == PT_LOAD { 7 } else { 4 };
+        f[at..at + 4].copy_from_slice(&ty.to_le_bytes());
+        f[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+        f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+        f[at + 16..at + 24].copy_from_slice(&va.to_le_bytes());
+        f[at + 24..at + 32].copy_from_slice(&va.to_le_bytes());
+        f[at + 32..at + 40].copy_from_slice(&filesz.to_le_bytes());
+        f[at + 40..at + 48].copy_from_slice(&memsz.to_le_bytes());
+        f[at + 48..at + 56].copy_from_slice(&align.to_le_bytes());
+    };
+    let load = (code.len() as u64, (code_pages + 1) * 0x1000);
+    phdr(
+        EHDR,
+        PT_LOAD,
+        CODE_AT as u64,
+        MINIMAL_IMAGE_BASE,
+        load,
+        0x1000,
+    );
+    let n = notes.len() as u64;
+    phdr(EHDR + PHDR, PT_NOTE, notes_at as u64, 0, (n, n), 4);
+    f[notes_at..notes_at + notes.len()].copy_from_slice(&notes);
+    f.extend_from_slice(code);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +267,19 @@ mod tests {
         let mut elfish = vec![0u8; 64];
         elfish[..4].copy_from_slice(b"\x7fELF");
         assert!(parse(&elfish).is_err());
+    }
+
+    #[test]
+    fn the_minimal_image_parses() {
+        let img = parse(&minimal_image(&[0x90; 5000])).unwrap();
+        assert_eq!(img.entry, MINIMAL_IMAGE_BASE);
+        assert_eq!(img.virt_base, 0);
+        assert_eq!(img.hypercall_page, Some(MINIMAL_IMAGE_BASE + 0x2000));
+        assert_eq!(
+            (img.v_start, img.v_end),
+            (MINIMAL_IMAGE_BASE, MINIMAL_IMAGE_BASE + 0x3000)
+        );
+        assert_eq!(img.segments.len(), 1);
+        assert_eq!(img.segments[0].filesz, 5000);
     }
 }

@@ -72,6 +72,36 @@ fn descriptor(base: u64, limit: u32, access: u8, flags: u8) -> u64 {
         | ((base >> 24 & 0xff) << 56)
 }
 
+/// First descriptor of the reserved GDT page (Xen's `FIRST_RESERVED_GDT_ENTRY`).
+pub const FIRST_RESERVED_GDT_ENTRY: usize = GDT_RESERVED_PAGE as usize * 512;
+
+/// The descriptors of the reserved GDT page, as (index within the page, raw 8 bytes):
+/// the hypervisor's ring-0 code and data, Xen's flat ring-3 selectors, and the 16-byte
+/// TSS descriptor (busy). The GDT page and the vCPU's segment registers are both made
+/// from this one table.
+pub fn reserved_gdt() -> [(usize, u64); 7] {
+    [
+        (1, descriptor(0, 0xfffff, 0x9b, 0xa)), // 0xe008 ring-0 CS64
+        (2, descriptor(0, 0xfffff, 0x93, 0xc)), // 0xe010 ring-0 DS
+        (4, descriptor(0, 0xfffff, 0xfb, 0xc)), // 0xe023 FLAT_RING3_CS32
+        (5, descriptor(0, 0xfffff, 0xf3, 0xc)), // 0xe02b FLAT_RING3_DS / SS
+        (6, descriptor(0, 0xfffff, 0xfb, 0xa)), // 0xe033 FLAT_RING3_CS64
+        (8, descriptor(TSS_VA, TSS_LIMIT, 0x8b, 0)), // 0xe040 TSS (busy), low half
+        (9, TSS_VA >> 32),                      // its high half
+    ]
+}
+
+/// The raw eight bytes at `selector`'s slot of the reserved GDT page (for a 16-byte
+/// system descriptor, `selector + 8` names its upper half); `None` outside the page or
+/// for an empty slot.
+pub fn gdt_descriptor(selector: u16) -> Option<u64> {
+    let index = usize::from(selector >> 3).checked_sub(FIRST_RESERVED_GDT_ENTRY)?;
+    reserved_gdt()
+        .iter()
+        .find(|(k, _)| *k == index)
+        .map(|(_, v)| *v)
+}
+
 /// Vectors whose exceptions push an error code.
 const fn has_error_code(v: u8) -> bool {
     matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
@@ -134,17 +164,10 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     }
 
     // GDT reserved page.
-    let tss_base = TSS_VA;
     let mut page = vec![0u8; PAGE as usize];
-    let mut put =
-        |index: usize, v: u64| page[index * 8..index * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    put(1, descriptor(0, 0xfffff, 0x9b, 0xa)); // 0xe008 ring-0 CS64
-    put(2, descriptor(0, 0xfffff, 0x93, 0xc)); // 0xe010 ring-0 DS
-    put(4, descriptor(0, 0xfffff, 0xfb, 0xc)); // 0xe023 FLAT_RING3_CS32
-    put(5, descriptor(0, 0xfffff, 0xf3, 0xc)); // 0xe02b FLAT_RING3_DS / SS
-    put(6, descriptor(0, 0xfffff, 0xfb, 0xa)); // 0xe033 FLAT_RING3_CS64
-    put(8, descriptor(tss_base, TSS_LIMIT, 0x8b, 0)); // 0xe040 TSS (busy)
-    put(9, tss_base >> 32);
+    for (index, v) in reserved_gdt() {
+        page[index * 8..index * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
     mem.write_slice(&page, GuestAddress(gdt * PAGE))?;
 
     // IDT: 32 interrupt gates, DPL0, to the stubs.
@@ -274,6 +297,18 @@ mod tests {
         assert_eq!(byte, !(1u8 << (HYPERCALL_PORT % 8)));
         let byte: u8 = mem.read_obj(GuestAddress(tss + 0x68 + 0x3f8 / 8)).unwrap();
         assert_eq!(byte, 0xff);
+    }
+
+    #[test]
+    fn descriptors_by_selector() {
+        use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
+        assert_eq!(gdt_descriptor(FLAT_RING3_CS64), Some(0x00af_fb00_0000_ffff));
+        assert_eq!(gdt_descriptor(FLAT_RING3_SS64), Some(0x00cf_f300_0000_ffff));
+        let lo = gdt_descriptor(TSS_SEL).unwrap();
+        assert_eq!(gdt_descriptor(TSS_SEL + 8), Some(TSS_VA >> 32));
+        assert_eq!(lo >> 40 & 0xff, 0x8b);
+        assert_eq!(gdt_descriptor(0x08), None);
+        assert_eq!(gdt_descriptor(0xe018), None);
     }
 
     #[test]

@@ -20,17 +20,15 @@
 //!
 //! A trace replays from the same start as the run: the domain is rebuilt from the image
 //! in the header, then page records are written into guest memory and the hypercalls and
-//! ptwr writes re-executed in order.
+//! ptwr writes re-executed in order ([`crate::replay`]).
 
 use std::io::{BufWriter, Read, Write};
 
-use pvmmu::{Caller, PtwrOutcome, PtwrRefusal, PtwrWrite, RecordingFlush};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use pvmmu::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 
-use crate::elf;
-use crate::hypercall::{self, HypercallStats, NullConsole, Outcome};
+use crate::dispatch::Outcome;
+use crate::domain::DomainSpec;
 use crate::layout::PAGE;
-use crate::vm::{DOMID, VmConfig, VmError, build_domain};
 
 /// Magic at the start of every trace.
 pub const MAGIC: &[u8; 8] = b"PVMMUTRC";
@@ -92,6 +90,30 @@ pub struct TraceHeader {
     pub image: Vec<u8>,
 }
 
+impl TraceHeader {
+    /// The header of a run of `spec`.
+    pub fn new(spec: &DomainSpec) -> TraceHeader {
+        TraceHeader {
+            memory_mib: u32::try_from(spec.memory_mib).unwrap_or(u32::MAX),
+            vcpus: spec.vcpus,
+            iomem: spec.iomem,
+            cmdline: spec.cmdline.clone(),
+            image: spec.image.clone(),
+        }
+    }
+
+    /// The domain the trace was recorded on.
+    pub fn spec(&self) -> DomainSpec {
+        DomainSpec {
+            memory_mib: u64::from(self.memory_mib),
+            vcpus: self.vcpus,
+            image: self.image.clone(),
+            cmdline: self.cmdline.clone(),
+            iomem: self.iomem,
+        }
+    }
+}
+
 /// One record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -105,7 +127,8 @@ pub enum Record {
         nr: u64,
         /// Arguments.
         args: [u64; 5],
-        /// The batch it read from guest memory (for batched MMU calls).
+        /// The batch entries the library read from guest memory, in order (requests of
+        /// `mmu_update` and `mmuext_op`, multicall entries and their batches).
         batch: Vec<u8>,
         /// Result.
         outcome: Outcome,
@@ -354,120 +377,6 @@ pub fn parse(bytes: &[u8]) -> Result<(TraceHeader, Vec<Record>), TraceError> {
         }
     }
     Ok((header, records))
-}
-
-/// The first point where a replay differs from the recording.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Divergence {
-    /// Index of the record.
-    pub index: usize,
-    /// What the record was.
-    pub what: String,
-    /// Recorded result.
-    pub recorded: String,
-    /// Replayed result.
-    pub replayed: String,
-}
-
-/// Result of a replay.
-#[derive(Debug)]
-pub struct ReplayReport {
-    /// Records replayed.
-    pub records: usize,
-    /// Hypercalls replayed.
-    pub hypercalls: usize,
-    /// The first divergence, if any.
-    pub divergence: Option<Divergence>,
-    /// Audit of the replayed machine at the end.
-    pub audit: Result<(), String>,
-}
-
-fn name(nr: u64) -> String {
-    pvmmu_abi::Hypercall::try_from(nr).map_or_else(|_| format!("#{nr}"), |h| h.to_string())
-}
-
-/// Replays a parsed trace against the library, without KVM.
-pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, VmError> {
-    let image = elf::parse(&header.image)?;
-    let cfg = VmConfig {
-        memory_mib: u64::from(header.memory_mib),
-        vcpus: header.vcpus.max(1),
-        image: header.image.clone(),
-        cmdline: header.cmdline.clone(),
-        console_out: Box::new(std::io::sink()),
-        iomem: header.iomem,
-    };
-    if !(16..=4096).contains(&cfg.memory_mib) {
-        return Err(VmError::MemorySize(cfg.memory_mib));
-    }
-    let size = cfg.memory_mib << 20;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
-        .map_err(|e| VmError::Memory(e.to_string()))?;
-    let (mut m, _hv, _boot) =
-        build_domain(mem, size / PAGE, &image, &cfg, RecordingFlush::default())?;
-    let mut stats = HypercallStats::default();
-    let mut report = ReplayReport {
-        records: 0,
-        hypercalls: 0,
-        divergence: None,
-        audit: Ok(()),
-    };
-    for (index, r) in records.iter().enumerate() {
-        report.records += 1;
-        match r {
-            Record::Pages(pages) => {
-                for (pfn, bytes) in pages {
-                    let at = pfn
-                        .checked_mul(PAGE)
-                        .ok_or_else(|| VmError::Exit("bad pfn in trace".into()))?;
-                    m.memory()
-                        .write_slice(bytes, GuestAddress(at))
-                        .map_err(|e| VmError::Exit(format!("trace page {pfn:#x}: {e}")))?;
-                }
-            }
-            Record::Hypercall {
-                vcpu,
-                nr,
-                args,
-                outcome,
-                ..
-            } => {
-                report.hypercalls += 1;
-                let caller = Caller::new(DOMID, *vcpu);
-                let got =
-                    hypercall::dispatch(&mut m, &mut NullConsole, &mut stats, caller, *nr, *args)?;
-                if got != *outcome {
-                    report.divergence = Some(Divergence {
-                        index,
-                        what: format!("hypercall {} args {:#x?}", name(*nr), args),
-                        recorded: format!("{outcome:?}"),
-                        replayed: format!("{got:?}"),
-                    });
-                    break;
-                }
-            }
-            Record::Ptwr {
-                vcpu,
-                fault_va,
-                write,
-                outcome,
-            } => {
-                let got = m.ptwr_write(Caller::new(DOMID, *vcpu), *fault_va, *write)?;
-                let code = ptwr_code(&got);
-                if code != *outcome {
-                    report.divergence = Some(Divergence {
-                        index,
-                        what: format!("ptwr write {write:?} at fault VA {fault_va:#x}"),
-                        recorded: format!("{outcome:?}"),
-                        replayed: format!("{code:?} ({got:?})"),
-                    });
-                    break;
-                }
-            }
-        }
-    }
-    report.audit = m.audit().map_err(|e| e.to_string());
-    Ok(report)
 }
 
 /// Reads a whole trace file.

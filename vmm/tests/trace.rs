@@ -4,9 +4,11 @@
 
 use std::process::Command;
 
-use integration_tests::{kvm_available, pvmmu_binary};
-use vmm::hypercall::Outcome;
-use vmm::trace::{self, Record, TraceWriter};
+mod common;
+
+use common::{kvm_available, pvmmu_binary};
+use platform::Outcome;
+use platform::trace::{self, Record, TraceWriter};
 
 fn record(guest: &str, path: &std::path::Path) {
     let out = Command::new(pvmmu_binary())
@@ -62,7 +64,7 @@ fn recorded_runs_replay_identically_and_tampering_is_caught() {
             w.record(r).expect("record");
         }
         w.finish().expect("finish");
-        let report = trace::replay(&header, &records).expect("replay");
+        let report = platform::replay::replay(&header, &records).expect("replay");
         let d = report.divergence.expect("divergence");
         assert_eq!(d.index, index);
         assert!(d.what.contains("mmu_update"), "{}", d.what);
@@ -78,6 +80,19 @@ fn recorded_runs_replay_identically_and_tampering_is_caught() {
             "{stderr}"
         );
         assert!(stderr.contains("recorded: Return(-99)"), "{stderr}");
+
+        // The batch recorded is what the library read, whole requests; changing it is
+        // caught too.
+        let (_, mut records) = trace::read_file(&path).expect("parse");
+        if let Record::Hypercall { batch, .. } = &mut records[index] {
+            assert!(!batch.is_empty(), "{guest}: no batch recorded");
+            assert_eq!(batch.len() % pvmmu_abi::MmuUpdate::SIZE, 0);
+            batch[0] ^= 0x10;
+        }
+        let report = platform::replay::replay(&header, &records).expect("replay");
+        let d = report.divergence.expect("divergence");
+        assert_eq!(d.index, index);
+        assert!(d.recorded.contains("batch entries read"), "{}", d.recorded);
 
         // Truncated: a clear error, exit code 1.
         let bytes = std::fs::read(&path).expect("read");

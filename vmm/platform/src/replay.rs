@@ -1,0 +1,144 @@
+//! `pvmmu replay`: a recorded trace ([`crate::trace`]) re-executed against the library,
+//! without KVM, from the same domain the run started with; every hypercall's result, the
+//! batch entries it read, and every writable-page-table write must come out the same.
+
+use pvmmu::{Caller, RecordingFlush};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::dispatch::{self, HypercallStats, NullConsole};
+use crate::domain::{DOMID, Domain, DomainError};
+use crate::layout::PAGE;
+use crate::trace::{Record, TraceHeader, ptwr_code};
+
+/// Errors that stop a replay (a divergence is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The recorded domain cannot be built.
+    #[error("{0}")]
+    Domain(#[from] DomainError),
+    /// A page record names a frame outside guest memory.
+    #[error("trace page {pfn:#x}: {source}")]
+    Page {
+        /// The frame.
+        pfn: u64,
+        /// Why it could not be written.
+        source: vm_memory::GuestMemoryError,
+    },
+    /// A record names a vCPU or domain the machine does not have.
+    #[error("pvmmu: {0}")]
+    Machine(#[from] pvmmu::MachineError),
+}
+
+/// The first point where a replay differs from the recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// Index of the record.
+    pub index: usize,
+    /// What the record was.
+    pub what: String,
+    /// Recorded result.
+    pub recorded: String,
+    /// Replayed result.
+    pub replayed: String,
+}
+
+/// Result of a replay.
+#[derive(Debug)]
+pub struct ReplayReport {
+    /// Records replayed.
+    pub records: usize,
+    /// Hypercalls replayed.
+    pub hypercalls: usize,
+    /// The first divergence, if any.
+    pub divergence: Option<Divergence>,
+    /// Audit of the replayed machine at the end.
+    pub audit: Result<(), pvmmu::AuditError>,
+}
+
+/// Replays a parsed trace against the library, without KVM.
+pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, ReplayError> {
+    let Domain { machine: mut m, .. } = Domain::create(&header.spec(), RecordingFlush::default())?;
+    m.record_reads(true);
+    let mut stats = HypercallStats::default();
+    let mut report = ReplayReport {
+        records: 0,
+        hypercalls: 0,
+        divergence: None,
+        audit: Ok(()),
+    };
+    for (index, r) in records.iter().enumerate() {
+        report.records += 1;
+        match r {
+            Record::Pages(pages) => {
+                for (pfn, bytes) in pages {
+                    let at = pfn.checked_mul(PAGE).unwrap_or(u64::MAX);
+                    m.memory()
+                        .write_slice(bytes, GuestAddress(at))
+                        .map_err(|source| ReplayError::Page { pfn: *pfn, source })?;
+                }
+            }
+            Record::Hypercall {
+                vcpu,
+                nr,
+                args,
+                batch,
+                outcome,
+            } => {
+                report.hypercalls += 1;
+                let caller = Caller::new(DOMID, *vcpu);
+                let got =
+                    dispatch::dispatch(&mut m, &mut NullConsole, &mut stats, caller, *nr, *args)?;
+                let what = || format!("hypercall {} args {:#x?}", dispatch::name(*nr), args);
+                if got.outcome != *outcome {
+                    report.divergence = Some(Divergence {
+                        index,
+                        what: what(),
+                        recorded: format!("{outcome:?}"),
+                        replayed: format!("{:?}", got.outcome),
+                    });
+                    break;
+                }
+                if got.reads != *batch {
+                    report.divergence = Some(Divergence {
+                        index,
+                        what: what(),
+                        recorded: format!("{} bytes of batch entries read", batch.len()),
+                        replayed: format!(
+                            "{} bytes, differing from byte {}",
+                            got.reads.len(),
+                            first_difference(batch, &got.reads)
+                        ),
+                    });
+                    break;
+                }
+            }
+            Record::Ptwr {
+                vcpu,
+                fault_va,
+                write,
+                outcome,
+            } => {
+                let got = m.ptwr_write(Caller::new(DOMID, *vcpu), *fault_va, *write)?;
+                let code = ptwr_code(&got);
+                if code != *outcome {
+                    report.divergence = Some(Divergence {
+                        index,
+                        what: format!("ptwr write {write:?} at fault VA {fault_va:#x}"),
+                        recorded: format!("{outcome:?}"),
+                        replayed: format!("{code:?} ({got:?})"),
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    report.audit = m.audit();
+    Ok(report)
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}

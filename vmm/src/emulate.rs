@@ -1,0 +1,224 @@
+//! Instruction emulation: the guest instructions the VMM carries out on the guest's
+//! behalf. Today that is writable page tables: a store (`mov`, `xchg`, `cmpxchg`) that
+//! faulted on one of the guest's own L1 tables is decoded with iced-x86, validated and
+//! applied by the library ([`pvmmu::Machine::ptwr_write`]), and its effect on the
+//! registers and flags computed. Privileged-instruction emulation for PV kernels
+//! (`cpuid`, `wrmsr`, control registers, ...) belongs here too.
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use pvmmu::{Caller, GuestView, PtwrOutcome, PtwrWrite};
+
+use crate::fault::Frame;
+use crate::vm::Vmm;
+
+fn reg_value(regs: &kvm_regs, sregs: &kvm_sregs, r: Register) -> Option<u64> {
+    let full = match r.full_register() {
+        Register::RAX => regs.rax,
+        Register::RBX => regs.rbx,
+        Register::RCX => regs.rcx,
+        Register::RDX => regs.rdx,
+        Register::RSI => regs.rsi,
+        Register::RDI => regs.rdi,
+        Register::RBP => regs.rbp,
+        Register::RSP => regs.rsp,
+        Register::R8 => regs.r8,
+        Register::R9 => regs.r9,
+        Register::R10 => regs.r10,
+        Register::R11 => regs.r11,
+        Register::R12 => regs.r12,
+        Register::R13 => regs.r13,
+        Register::R14 => regs.r14,
+        Register::R15 => regs.r15,
+        Register::RIP => regs.rip,
+        Register::FS => return Some(sregs.fs.base),
+        Register::GS => return Some(sregs.gs.base),
+        Register::ES | Register::CS | Register::SS | Register::DS => return Some(0),
+        _ => return None,
+    };
+    Some(match r {
+        Register::AH | Register::BH | Register::CH | Register::DH => (full >> 8) & 0xff,
+        _ => {
+            let size = r.size();
+            if size >= 8 {
+                full
+            } else {
+                full & ((1u64 << (size * 8)) - 1)
+            }
+        }
+    })
+}
+
+/// A write fault the VMM emulated: what to change in the guest before resuming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Emulated {
+    /// Bytes to skip (the instruction length).
+    pub len: u64,
+    /// New RAX (CMPXCHG mismatch), if any.
+    pub rax: Option<u64>,
+    /// New value for the register operand (XCHG), if any: (register, value).
+    pub xchg: Option<(Register, u64)>,
+    /// ZF to set (CMPXCHG).
+    pub zf: Option<bool>,
+}
+
+/// Why a write fault was not emulated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotEmulated {
+    /// Not a write to a present page from guest mode.
+    #[error("not a write to a present page")]
+    NotAWrite,
+    /// The faulting instruction is not a store the VMM emulates.
+    #[error("instruction at {0:#x} is not an emulated store")]
+    NotAStore(u64),
+    /// An operand the emulation does not handle.
+    #[error("unsupported operand: {0}")]
+    Operand(&'static str),
+    /// The mnemonic is a store, but not one emulated on page tables.
+    #[error("{0:?} is not emulated on page tables")]
+    Mnemonic(Mnemonic),
+    /// The old entry (for XCHG) could not be read.
+    #[error("reading the old entry: {0}")]
+    OldEntry(pvmmu::Errno),
+    /// The library refused the caller (an embedder error).
+    #[error("pvmmu: {0}")]
+    Machine(#[from] pvmmu::MachineError),
+    /// The library refused the write.
+    #[error("writable page tables: {0}")]
+    Refused(pvmmu::PtwrRefusal),
+}
+
+/// Tries writable-page-table emulation of the write fault described by `frame`.
+pub fn try_ptwr(
+    m: &mut Vmm,
+    caller: Caller,
+    frame: &Frame,
+    cr2: u64,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    on_write: &mut dyn FnMut(&PtwrWrite, &Result<PtwrOutcome, pvmmu::PtwrRefusal>),
+) -> Result<Emulated, NotEmulated> {
+    // Present, write, user-mode (the PV kernel runs at CPL3), not a fetch or RSVD.
+    if !frame.is_ptwr_candidate() {
+        return Err(NotEmulated::NotAWrite);
+    }
+    let root = m.kernel_root(caller);
+    let mut bytes = [0u8; 15];
+    let mut n = 0;
+    {
+        let mut view = GuestView::new(m.memory(), root);
+        while n < 15
+            && view
+                .read(frame.rip + n as u64, &mut bytes[n..n + 1])
+                .is_ok()
+        {
+            n += 1;
+        }
+    }
+    let mut dec = Decoder::with_ip(64, &bytes[..n], frame.rip, DecoderOptions::NONE);
+    let ins: Instruction = dec.decode();
+    if ins.is_invalid() || ins.op_count() < 2 || ins.op_kind(0) != OpKind::Memory {
+        return Err(NotEmulated::NotAStore(frame.rip));
+    }
+    let size = ins.memory_size().size();
+    let addr = ins
+        .virtual_address(0, 0, |r, _, _| reg_value(regs, sregs, r))
+        .ok_or(NotEmulated::Operand("store address"))?;
+    let src = match ins.op_kind(1) {
+        OpKind::Register => reg_value(regs, sregs, ins.op_register(1))
+            .ok_or(NotEmulated::Operand("source register"))?,
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64
+        | OpKind::Immediate64 => ins.immediate(1),
+        _ => return Err(NotEmulated::Operand("source")),
+    };
+    let cmpxchg = match ins.mnemonic() {
+        Mnemonic::Mov | Mnemonic::Xchg => None,
+        Mnemonic::Cmpxchg => Some(regs.rax),
+        other => return Err(NotEmulated::Mnemonic(other)),
+    };
+    let mask = if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size * 8)) - 1
+    };
+    let old = if ins.mnemonic() == Mnemonic::Xchg {
+        let mut b = [0u8; 8];
+        GuestView::new(m.memory(), root)
+            .read(addr, &mut b[..size])
+            .map_err(NotEmulated::OldEntry)?;
+        Some(u64::from_le_bytes(b))
+    } else {
+        None
+    };
+    let write = PtwrWrite {
+        addr,
+        size: size as u8,
+        value: src & mask,
+        cmpxchg: cmpxchg.map(|c| c & mask),
+    };
+    let result = m.ptwr_write(caller, cr2, write)?;
+    on_write(&write, &result);
+    let outcome = result.map_err(NotEmulated::Refused)?;
+    let mut em = Emulated {
+        len: ins.len() as u64,
+        rax: None,
+        xchg: None,
+        zf: None,
+    };
+    match outcome {
+        PtwrOutcome::Written => {
+            if let Some(o) = old {
+                em.xchg = Some((ins.op_register(1), o));
+            }
+            if cmpxchg.is_some() {
+                em.zf = Some(true);
+            }
+        }
+        PtwrOutcome::Mismatch { current } => {
+            em.zf = Some(false);
+            em.rax = Some(if size >= 8 {
+                current
+            } else {
+                (regs.rax & !mask) | current
+            });
+        }
+    }
+    Ok(em)
+}
+
+/// Applies an XCHG result to the register file.
+pub fn set_reg(regs: &mut kvm_regs, r: Register, value: u64) {
+    let size = r.size();
+    let slot = match r.full_register() {
+        Register::RAX => &mut regs.rax,
+        Register::RBX => &mut regs.rbx,
+        Register::RCX => &mut regs.rcx,
+        Register::RDX => &mut regs.rdx,
+        Register::RSI => &mut regs.rsi,
+        Register::RDI => &mut regs.rdi,
+        Register::RBP => &mut regs.rbp,
+        Register::R8 => &mut regs.r8,
+        Register::R9 => &mut regs.r9,
+        Register::R10 => &mut regs.r10,
+        Register::R11 => &mut regs.r11,
+        Register::R12 => &mut regs.r12,
+        Register::R13 => &mut regs.r13,
+        Register::R14 => &mut regs.r14,
+        Register::R15 => &mut regs.r15,
+        _ => return,
+    };
+    *slot = match size {
+        8 => value,
+        4 => value & 0xffff_ffff,
+        _ => {
+            let mask = (1u64 << (size * 8)) - 1;
+            (*slot & !mask) | (value & mask)
+        }
+    };
+}

@@ -1,0 +1,135 @@
+//! One PV vCPU on KVM: its creation in long mode at CPL3 from the builders in
+//! [`crate::arch::regs`], register access through KVM's sync-regs area (an exit costs a
+//! few microseconds less than with GET/SET_REGS, `docs/kvm-host.md`), and the page-table
+//! root it runs on.
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcr,
+    kvm_xcrs,
+};
+use kvm_ioctls::{Kvm, SyncReg, VcpuFd, VmFd};
+use log::debug;
+use platform::builder::BootInfo;
+use platform::layout::XEN_PAT;
+use pvmmu::{Caller, Mfn};
+
+use crate::arch::regs;
+
+/// IA32_PAT.
+const MSR_PAT: u32 = 0x277;
+/// CPUID.1:ECX.XSAVE.
+const CPUID_XSAVE: u32 = 1 << 26;
+/// XCR0: x87 and SSE state.
+const XCR0: u64 = 0x3;
+
+/// Errors setting a vCPU up.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM refused an ioctl.
+    #[error("KVM: {0}")]
+    Kvm(#[from] kvm_ioctls::Error),
+    /// The MSR list could not be built.
+    #[error("MSR list: {0:?}")]
+    Msrs(vmm_sys_util::fam::Error),
+    /// A segment the hypervisor area does not define.
+    #[error("{0}")]
+    Segment(#[from] regs::NoDescriptor),
+}
+
+/// A PV vCPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Who it is, to the PV MMU.
+    pub caller: Caller,
+    /// The root CR3 holds.
+    cr3: Mfn,
+}
+
+impl Vcpu {
+    /// Creates vCPU `caller.vcpu` of `vm`, ready to enter the guest at `boot`.
+    pub fn new(kvm: &Kvm, vm: &VmFd, caller: Caller, boot: &BootInfo) -> Result<Vcpu, VcpuError> {
+        let mut fd = vm.create_vcpu(u64::from(caller.vcpu))?;
+        let cpuid: CpuId = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+        fd.set_cpuid2(&cpuid)?;
+        // A CPU running SSE code must have XSAVE enabled where it is offered (this host's
+        // KVM does not enforce it; hardware KVM does).
+        let xsave = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 1 && e.ecx & CPUID_XSAVE != 0);
+        let sregs = regs::pv_sregs(fd.get_sregs()?, boot.l4.addr(), xsave)?;
+        fd.set_sregs(&sregs)?;
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_PAT,
+            data: XEN_PAT,
+            ..Default::default()
+        }])
+        .map_err(VcpuError::Msrs)?;
+        fd.set_msrs(&msrs)?;
+        fd.set_fpu(&kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        })?;
+        if xsave {
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0] = kvm_xcr {
+                xcr: 0,
+                reserved: 0,
+                value: XCR0,
+            };
+            fd.set_xcrs(&xcrs)?;
+        }
+        fd.set_regs(&regs::boot_regs(boot))?;
+        fd.set_sync_valid_reg(SyncReg::Register);
+        debug!(
+            "vCPU {}: efer {:#x} cr0 {:#x} cr4 {:#x}",
+            caller.vcpu, sregs.efer, sregs.cr0, sregs.cr4
+        );
+        Ok(Vcpu {
+            fd,
+            caller,
+            cr3: boot.l4,
+        })
+    }
+
+    /// The general registers at the current exit.
+    pub fn regs(&mut self) -> kvm_regs {
+        self.fd.sync_regs().regs
+    }
+
+    /// Replaces the general registers (written back on the next entry).
+    pub fn set_regs(&mut self, regs: kvm_regs) {
+        self.fd.sync_regs_mut().regs = regs;
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+    }
+
+    /// Sets RAX (a hypercall's result).
+    pub fn set_rax(&mut self, rax: u64) {
+        self.fd.sync_regs_mut().regs.rax = rax;
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+    }
+
+    /// The special registers (an ioctl: only on slow paths).
+    pub fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
+        self.fd.get_sregs()
+    }
+
+    /// Loads `root` into CR3, if it is not already there.
+    pub fn load_root(&mut self, root: Option<Mfn>) -> Result<(), kvm_ioctls::Error> {
+        if let Some(root) = root
+            && root != self.cr3
+        {
+            let mut sregs = self.fd.get_sregs()?;
+            sregs.cr3 = root.addr();
+            self.fd.set_sregs(&sregs)?;
+            self.cr3 = root;
+        }
+        Ok(())
+    }
+}
