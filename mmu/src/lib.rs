@@ -47,9 +47,10 @@
 //! # Ok::<(), pvmmu::MachineError>(())
 //! ```
 //!
-//! A VMM calls the `hypercall_*` forms with the guest's raw register arguments: their
-//! pointers are guest *virtual* addresses, read and written through the vCPU's current
-//! kernel page tables, and they return the value for RAX.
+//! A VMM hands each hypercall exit to [`Machine::hypercall`] with the guest's raw
+//! register arguments, and its own hypercalls as a [`HypercallHandler`]: pointers are
+//! guest *virtual* addresses, read and written through the vCPU's current kernel page
+//! tables, and the result carries the value for RAX and any change of the vCPU's roots.
 //!
 //! ## The walker
 //!
