@@ -10,7 +10,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use pvmmu::{Caller, GuestView, PtwrOutcome, PtwrWrite};
 
 use crate::fault::Frame;
-use crate::vm::Vmm;
+use crate::flush::Vmm;
 
 fn reg_value(regs: &kvm_regs, sregs: &kvm_sregs, r: Register) -> Option<u64> {
     let full = match r.full_register() {

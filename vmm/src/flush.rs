@@ -27,6 +27,9 @@ pub const DUMMY_GPA: u64 = 0xf000_0000;
 /// Size of the dummy memslot.
 const DUMMY_SIZE: u64 = 4096;
 
+/// The PV MMU as the VMM drives it: over its guest memory, flushing through KVM.
+pub type Vmm = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, KvmFlush>;
+
 /// Counters of the invalidations done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushStats {

@@ -33,19 +33,16 @@ use platform::domain::{DOMID, Domain, DomainError, DomainSpec, describe_path};
 use platform::hvarea::HvArea;
 use platform::layout::{FAULT_PORT, HYPERCALL_PORT, PAGE, STACK_VA};
 use platform::trace::{Record, TraceHeader, ptwr_code};
-use pvmmu::{AuditError, Caller, Machine, MachineError};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use pvmmu::{AuditError, Caller, MachineError};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::arch::regs::hypercall_args;
 use crate::bus::{BusOverlap, MmioBus, PioBus};
 use crate::emulate;
 use crate::fault::{ExceptionFrame, FaultReport, vector_name};
-use crate::flush::{FlushStats, KvmFlush};
+use crate::flush::{FlushStats, KvmFlush, Vmm};
 use crate::tracer::{RamSlot, TraceError, Tracer};
 use crate::vcpu::{Vcpu, VcpuError};
-
-/// The machine type the VMM drives.
-pub type Vmm = Machine<GuestMemoryMmap<()>, KvmFlush>;
 
 /// The RAM memslot.
 const RAM_SLOT: u32 = 0;
