@@ -84,3 +84,21 @@ fn demo_guest_exercises_ptwr_and_both_invalidation_kinds() {
         "non-leaf changes by a memslot cycle"
     );
 }
+
+#[test]
+fn the_runner_drives_a_guest_on_its_own_thread_with_the_event_loop() {
+    if !kvm_available() {
+        return;
+    }
+    let out = Capture::default();
+    let image = vmm::guests::find("mapping").expect("mapping").image.to_vec();
+    let cfg = VmConfig {
+        domain: DomainSpec::new(image, 32),
+        console_out: Box::new(out.clone()),
+    };
+    let report = vmm::runner::run(cfg, &vmm::runner::RunOptions::default()).expect("run");
+    assert_eq!(report.exit, GuestExit::Shutdown(0));
+    assert_eq!(report.audit, Ok(()));
+    assert_eq!(last_line(&out.text()), "Test result: SUCCESS");
+    assert!(report.stats.exits > 0 && report.stats.wall.as_nanos() > 0);
+}
