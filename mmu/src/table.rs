@@ -351,6 +351,7 @@ pub(crate) fn visit_page<B: BitmapSlice, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::PteFlags;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
     fn mem() -> GuestMemoryMmap<()> {
@@ -387,5 +388,97 @@ mod tests {
         })
         .unwrap();
         assert_eq!(m.read_obj::<u64>(GuestAddress(0x1008)).unwrap(), 5);
+    }
+
+    // The tests below exercise the atomics view itself (they are the ones scripts/miri.sh
+    // runs): aliasing views of one page, views alongside vm-memory's own accesses, and
+    // views used from several threads at once.
+
+    #[test]
+    fn two_views_of_one_page_alias() {
+        let m = mem();
+        let a = table_page(&m, Mfn(2)).unwrap();
+        {
+            let b = table_page(&m, Mfn(2)).unwrap();
+            a.entries()[511].store(0xabc, Ordering::Relaxed);
+            assert_eq!(b.entries()[511].load(Ordering::Relaxed), 0xabc);
+            b.entries()[0].store(7, Ordering::Relaxed);
+        }
+        // The first view outlives the second.
+        assert_eq!(a.entries()[0].load(Ordering::Relaxed), 7);
+        // vm-memory's own (volatile) accesses see, and are seen by, the view.
+        m.write_obj(0x55u64, GuestAddress(0x2000 + 8 * 3)).unwrap();
+        assert_eq!(a.entries()[3].load(Ordering::Relaxed), 0x55);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x2ff8)).unwrap(), 0xabc);
+        // Neighbouring frames are untouched.
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(), 0);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 0);
+    }
+
+    #[test]
+    fn batch_bounds_and_bulk_rewrite() {
+        let m = mem();
+        let page = table_page(&m, Mfn(3)).unwrap();
+        let mut batch = PteBatch::new(
+            &page,
+            Level::L1,
+            PagingMode::FourLevel,
+            Mfn(3),
+            510,
+            700, // clipped to the last entry
+            0,
+            Path::default(),
+        );
+        assert_eq!((batch.first_index(), batch.len()), (510, 2));
+        assert_eq!(batch.written(), None);
+        batch.rewrite(|i, old| Pte(old.raw() + 0x1000 * (i as u64 + 1)));
+        assert_eq!(batch.written(), Some((510, 511)));
+        assert_eq!(batch.iter().collect::<Vec<_>>(), [Pte(0x1000), Pte(0x2000)]);
+        assert_eq!(batch.entry_addr(1), 0x3ff8);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3ff0)).unwrap(), 0x1000);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3fe8)).unwrap(), 0);
+    }
+
+    #[test]
+    fn unaligned_host_mapping_is_refused() {
+        // A region that starts 4 bytes into a page puts frame 1 four bytes past an
+        // 8-byte boundary of the host allocation.
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x4), 0x3000)]).unwrap();
+        assert_eq!(
+            table_page(&m, Mfn(1)).err(),
+            Some(TableError::Unaligned(Mfn(1)))
+        );
+        // Frame 0 is only partly backed.
+        assert_eq!(
+            table_page(&m, Mfn(0)).err(),
+            Some(TableError::OutsideMemory(Mfn(0)))
+        );
+    }
+
+    #[test]
+    fn concurrent_ad_bits_survive_preserving_writes() {
+        let m = mem();
+        let writes = 64u64;
+        std::thread::scope(|s| {
+            // A "hardware walker" sets Accessed, then Dirty, on entry 9.
+            s.spawn(|| {
+                let page = table_page(&m, Mfn(1)).unwrap();
+                for bit in [PteFlags::ACCESSED, PteFlags::DIRTY] {
+                    page.entries()[9].fetch_or(bit.bits(), Ordering::Relaxed);
+                }
+            });
+            // Meanwhile the hypervisor rewrites the entry's frame, keeping A/D bits.
+            s.spawn(|| {
+                for n in 1..=writes {
+                    visit_table(&m, Mfn(1), Level::L1, |b| {
+                        b.set_preserving_ad(9, Pte::new(Mfn(n), PteFlags::PRESENT));
+                    })
+                    .unwrap();
+                }
+            });
+        });
+        let e = Pte(m.read_obj::<u64>(GuestAddress(0x1000 + 9 * 8)).unwrap());
+        assert_eq!(e.mfn(), Mfn(writes));
+        assert!(e.has(PteFlags::PRESENT | PteFlags::ACCESSED | PteFlags::DIRTY));
     }
 }
