@@ -1,7 +1,13 @@
 fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!("cargo:rustc-link-arg=-T{}/link.ld", dir.display());
-    for a in ["-nostartfiles", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none"] {
+    for a in [
+        "-nostartfiles",
+        "-nostdlib",
+        "-static",
+        "-no-pie",
+        "-Wl,--build-id=none",
+    ] {
         println!("cargo:rustc-link-arg={a}");
     }
     println!("cargo:rerun-if-changed=../link.ld");

@@ -2,14 +2,18 @@
 //! callbacks.
 //!
 //! This is the one place where pvmmu reaches guest memory through a raw pointer: a table
-//! page is looked up once through `vm-memory` and then viewed as 512 `AtomicU64`s, so the
-//! walker's per-entry work is a plain atomic load or store. Every entry access is an
-//! atomic 8-byte operation, because a hardware walker (or another vCPU) may set A/D bits
-//! in the same table concurrently.
+//! page is looked up once through `vm-memory`, its pointer guard is kept for as long as
+//! the page is in use, and through the guard it is viewed as 512 `AtomicU64`s, so the
+//! walker's per-entry work is a plain atomic load or store. Views of the entries borrow
+//! the page (and so the guard), which makes them sound over any `GuestMemory`, including
+//! backends whose guard owns a temporary mapping (vm-memory's `xen` grant regions).
+//! Every entry access is an atomic 8-byte operation, because a hardware walker (or
+//! another vCPU) may set A/D bits in the same table concurrently.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_memory::bitmap::BitmapSlice;
+use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 use crate::entry::{Mfn, PTE_AD_MASK, Pte};
@@ -26,17 +30,42 @@ pub enum TableError {
     Unaligned(Mfn),
 }
 
-/// The host view of one page-table page: 512 atomics, plus the `vm-memory` slice it came
-/// from (kept for dirty-page tracking).
+/// The host view of one page-table page: the `vm-memory` slice it came from (kept for
+/// dirty-page tracking) and the pointer guard that keeps its host mapping alive.
+///
+/// The 512 atomics are borrowed from the page ([`TablePage::entries`]), so no view of
+/// them can outlive the guard, whatever kind of mapping the `GuestMemory` hands out.
 pub(crate) struct TablePage<'m, B> {
     slice: VolatileSlice<'m, B>,
-    entries: &'m [AtomicU64; ENTRIES_PER_TABLE],
+    /// Owns the host mapping for memories that map on demand (vm-memory's `xen` grant
+    /// regions without advance mapping unmap when the guard drops); for memory mapped
+    /// in advance it is just the address. Its pointer was checked to be 8-byte aligned when the page was built.
+    guard: PtrGuardMut,
 }
 
-impl<'m, B: BitmapSlice> TablePage<'m, B> {
-    /// The entries of the page.
-    pub(crate) fn entries(&self) -> &'m [AtomicU64; ENTRIES_PER_TABLE] {
-        self.entries
+impl<B: BitmapSlice> TablePage<'_, B> {
+    /// The entries of the page, borrowed for as long as the page (and so its mapping)
+    /// lives.
+    #[inline]
+    pub(crate) fn entries(&self) -> &[AtomicU64; ENTRIES_PER_TABLE] {
+        let ptr = self.guard.as_ptr().cast::<[AtomicU64; ENTRIES_PER_TABLE]>();
+        // SAFETY: the pointer is valid for reads and writes of PAGE_SIZE bytes for as
+        // long as `self.guard` lives, whichever way the memory is mapped:
+        // - memory mapped in advance (`GuestMemoryMmap`/`GuestRegionMmap` without
+        //   vm-memory's `xen` feature; with it, Unix and foreign regions and grant
+        //   regions mapped in advance): the guard is only the address inside the
+        //   region's mapping, which stays mapped while the memory is borrowed for 'm,
+        //   and `self` holds that borrow;
+        // - guard-owned mappings (the `xen` backend's grant regions with
+        //   `NO_ADVANCE_MAP`): the guard owns a temporary mapping of just this slice and
+        //   unmaps it when dropped, and `self` owns the guard.
+        // The returned reference borrows `self`, so in both cases it cannot outlive the
+        // mapping. `table_page` checked that the guard covers PAGE_SIZE bytes and is
+        // 8-byte aligned; `AtomicU64` has the size and alignment of a `u64`, so the page
+        // is exactly 512 of them. Guest memory is shared with the guest and other
+        // threads, so it is only ever accessed through these atomics (interior
+        // mutability), never through a `&mut` or a plain integer reference.
+        unsafe { &*ptr }
     }
 
     /// Records in the embedder's dirty bitmap that entries `[first, first + n)` changed.
@@ -65,18 +94,14 @@ pub(crate) fn table_page<M: GuestMemory + ?Sized>(
         .and_then(Result::ok)
         .filter(|s| s.len() == PAGE_SIZE as usize)
         .ok_or(TableError::OutsideMemory(mfn))?;
-    let ptr = slice.ptr_guard_mut().as_ptr();
-    if ptr.align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
+    let guard = slice.ptr_guard_mut();
+    if guard.len() != PAGE_SIZE as usize {
+        return Err(TableError::OutsideMemory(mfn));
+    }
+    if !guard.as_ptr().cast::<AtomicU64>().is_aligned() {
         return Err(TableError::Unaligned(mfn));
     }
-    // SAFETY: `ptr` points at PAGE_SIZE bytes of guest memory that stay mapped for the
-    // lifetime 'm of the borrow of `mem` (vm-memory never unmaps a region while the
-    // memory object is borrowed), and it is 8-byte aligned (checked above). Guest memory
-    // is shared with the guest and other threads, so it is only ever accessed through
-    // atomics here, never through a `&mut`; `AtomicU64` has the size and alignment of a
-    // `u64`, so the page is exactly 512 of them.
-    let entries = unsafe { &*(ptr as *const [AtomicU64; ENTRIES_PER_TABLE]) };
-    Ok(TablePage { slice, entries })
+    Ok(TablePage { slice, guard })
 }
 
 /// A run of consecutive entries of one page-table page, as handed to walker callbacks:
@@ -85,8 +110,8 @@ pub(crate) fn table_page<M: GuestMemory + ?Sized>(
 /// The host memory of the page was looked up once; each access below is one atomic
 /// 8-byte operation on guest memory. Index `i` of the batch is entry
 /// `first_index() + i` of the table.
-pub struct PteBatch<'m> {
-    entries: &'m [AtomicU64],
+pub struct PteBatch<'p> {
+    entries: &'p [AtomicU64],
     level: Level,
     mode: PagingMode,
     table: Mfn,
@@ -117,11 +142,12 @@ impl Path {
     }
 }
 
-impl<'m> PteBatch<'m> {
-    /// Builds a batch over entries `first..=last` of `page`.
+impl<'p> PteBatch<'p> {
+    /// Builds a batch over entries `first..=last` of `page`, borrowing the page (and so
+    /// its mapping) for the batch's lifetime.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new<B: BitmapSlice>(
-        page: &TablePage<'m, B>,
+        page: &'p TablePage<'_, B>,
         level: Level,
         mode: PagingMode,
         table: Mfn,
@@ -129,7 +155,7 @@ impl<'m> PteBatch<'m> {
         last: usize,
         table_linear: u64,
         path: Path,
-    ) -> PteBatch<'m> {
+    ) -> PteBatch<'p> {
         let entries = page.entries();
         let last = last.min(ENTRIES_PER_TABLE - 1);
         let first = first.min(last);
@@ -299,8 +325,8 @@ pub(crate) type PageOf<'m, M> =
     TablePage<'m, vm_memory::bitmap::BS<'m, <M as GuestMemory>::Bitmap>>;
 
 /// `visit_table` on an already looked-up page.
-pub(crate) fn visit_page<'m, B: BitmapSlice, R>(
-    page: &TablePage<'m, B>,
+pub(crate) fn visit_page<B: BitmapSlice, R>(
+    page: &TablePage<'_, B>,
     mfn: Mfn,
     level: Level,
     f: impl FnOnce(&mut PteBatch<'_>) -> R,
@@ -325,6 +351,7 @@ pub(crate) fn visit_page<'m, B: BitmapSlice, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::PteFlags;
     use vm_memory::{Bytes, GuestMemoryMmap};
 
     fn mem() -> GuestMemoryMmap<()> {
@@ -361,5 +388,97 @@ mod tests {
         })
         .unwrap();
         assert_eq!(m.read_obj::<u64>(GuestAddress(0x1008)).unwrap(), 5);
+    }
+
+    // The tests below exercise the atomics view itself (they are the ones scripts/miri.sh
+    // runs): aliasing views of one page, views alongside vm-memory's own accesses, and
+    // views used from several threads at once.
+
+    #[test]
+    fn two_views_of_one_page_alias() {
+        let m = mem();
+        let a = table_page(&m, Mfn(2)).unwrap();
+        {
+            let b = table_page(&m, Mfn(2)).unwrap();
+            a.entries()[511].store(0xabc, Ordering::Relaxed);
+            assert_eq!(b.entries()[511].load(Ordering::Relaxed), 0xabc);
+            b.entries()[0].store(7, Ordering::Relaxed);
+        }
+        // The first view outlives the second.
+        assert_eq!(a.entries()[0].load(Ordering::Relaxed), 7);
+        // vm-memory's own (volatile) accesses see, and are seen by, the view.
+        m.write_obj(0x55u64, GuestAddress(0x2000 + 8 * 3)).unwrap();
+        assert_eq!(a.entries()[3].load(Ordering::Relaxed), 0x55);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x2ff8)).unwrap(), 0xabc);
+        // Neighbouring frames are untouched.
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(), 0);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 0);
+    }
+
+    #[test]
+    fn batch_bounds_and_bulk_rewrite() {
+        let m = mem();
+        let page = table_page(&m, Mfn(3)).unwrap();
+        let mut batch = PteBatch::new(
+            &page,
+            Level::L1,
+            PagingMode::FourLevel,
+            Mfn(3),
+            510,
+            700, // clipped to the last entry
+            0,
+            Path::default(),
+        );
+        assert_eq!((batch.first_index(), batch.len()), (510, 2));
+        assert_eq!(batch.written(), None);
+        batch.rewrite(|i, old| Pte(old.raw() + 0x1000 * (i as u64 + 1)));
+        assert_eq!(batch.written(), Some((510, 511)));
+        assert_eq!(batch.iter().collect::<Vec<_>>(), [Pte(0x1000), Pte(0x2000)]);
+        assert_eq!(batch.entry_addr(1), 0x3ff8);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3ff0)).unwrap(), 0x1000);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3fe8)).unwrap(), 0);
+    }
+
+    #[test]
+    fn unaligned_host_mapping_is_refused() {
+        // A region that starts 4 bytes into a page puts frame 1 four bytes past an
+        // 8-byte boundary of the host allocation.
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x4), 0x3000)]).unwrap();
+        assert_eq!(
+            table_page(&m, Mfn(1)).err(),
+            Some(TableError::Unaligned(Mfn(1)))
+        );
+        // Frame 0 is only partly backed.
+        assert_eq!(
+            table_page(&m, Mfn(0)).err(),
+            Some(TableError::OutsideMemory(Mfn(0)))
+        );
+    }
+
+    #[test]
+    fn concurrent_ad_bits_survive_preserving_writes() {
+        let m = mem();
+        let writes = 64u64;
+        std::thread::scope(|s| {
+            // A "hardware walker" sets Accessed, then Dirty, on entry 9.
+            s.spawn(|| {
+                let page = table_page(&m, Mfn(1)).unwrap();
+                for bit in [PteFlags::ACCESSED, PteFlags::DIRTY] {
+                    page.entries()[9].fetch_or(bit.bits(), Ordering::Relaxed);
+                }
+            });
+            // Meanwhile the hypervisor rewrites the entry's frame, keeping A/D bits.
+            s.spawn(|| {
+                for n in 1..=writes {
+                    visit_table(&m, Mfn(1), Level::L1, |b| {
+                        b.set_preserving_ad(9, Pte::new(Mfn(n), PteFlags::PRESENT));
+                    })
+                    .unwrap();
+                }
+            });
+        });
+        let e = Pte(m.read_obj::<u64>(GuestAddress(0x1000 + 9 * 8)).unwrap());
+        assert_eq!(e.mfn(), Mfn(writes));
+        assert!(e.has(PteFlags::PRESENT | PteFlags::ACCESSED | PteFlags::DIRTY));
     }
 }

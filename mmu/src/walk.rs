@@ -83,14 +83,17 @@ pub struct Hole {
 }
 
 /// What a walk reports to its callback.
+///
+/// `'p` is the borrow of the table page's host mapping: a batch lives no longer than the
+/// callback it is handed to, so no view of guest memory outlives the mapping.
 #[derive(Debug)]
-pub enum Visit<'a, 'm> {
+pub enum Visit<'a, 'p> {
     /// The entries of one L1 table that the range covers, present or not.
-    Ptes(&'a mut PteBatch<'m>),
+    Ptes(&'a mut PteBatch<'p>),
     /// A superpage leaf (an L2 or L3 entry with PSE) covering part of the range, as a
     /// batch of that one entry; `va(0)` is the superpage's first address, which may lie
     /// before the walk range.
-    Superpage(&'a mut PteBatch<'m>),
+    Superpage(&'a mut PteBatch<'p>),
     /// Upper-level entries that are not present (only from
     /// [`Walker::apply_to_existing_page_range`]).
     Hole(Hole),
@@ -182,7 +185,7 @@ impl<'m, M: GuestMemory + ?Sized> Walker<'m, M> {
     ) -> Result<ControlFlow<B>, WalkError>
     where
         A: FrameAllocator + ?Sized,
-        F: FnMut(Visit<'_, 'm>) -> ControlFlow<B>,
+        F: FnMut(Visit<'_, '_>) -> ControlFlow<B>,
     {
         let mut walk = Walk {
             mem: self.mem,
@@ -202,7 +205,7 @@ impl<'m, M: GuestMemory + ?Sized> Walker<'m, M> {
         f: F,
     ) -> Result<ControlFlow<B>, WalkError>
     where
-        F: FnMut(Visit<'_, 'm>) -> ControlFlow<B>,
+        F: FnMut(Visit<'_, '_>) -> ControlFlow<B>,
     {
         let mut walk: Walk<'_, 'm, M, NoAlloc, F> = Walk {
             mem: self.mem,
@@ -222,7 +225,7 @@ impl<'m, M: GuestMemory + ?Sized> Walker<'m, M> {
         mut f: F,
     ) -> Result<ControlFlow<B>, WalkError>
     where
-        F: FnMut(EntryVisit<'_, 'm>) -> ControlFlow<B>,
+        F: FnMut(EntryVisit<'_, '_>) -> ControlFlow<B>,
     {
         self.apply_to_existing_page_range(root, range, |visit| match visit {
             Visit::Ptes(batch) => {
@@ -242,19 +245,19 @@ impl<'m, M: GuestMemory + ?Sized> Walker<'m, M> {
 
 /// What the per-entry adapter [`Walker::for_each_pte`] reports.
 #[derive(Debug)]
-pub enum EntryVisit<'s, 'm> {
+pub enum EntryVisit<'s, 'p> {
     /// One L1 entry.
-    Pte(PteSlot<'s, 'm>),
+    Pte(PteSlot<'s, 'p>),
     /// One superpage leaf.
-    Superpage(PteSlot<'s, 'm>),
+    Superpage(PteSlot<'s, 'p>),
     /// A hole.
     Hole(Hole),
 }
 
 /// One entry of a batch, for the per-entry adapter.
 #[derive(Debug)]
-pub struct PteSlot<'s, 'm> {
-    batch: &'s mut PteBatch<'m>,
+pub struct PteSlot<'s, 'p> {
+    batch: &'s mut PteBatch<'p>,
     index: usize,
 }
 
@@ -289,7 +292,7 @@ impl<'m, M, A, F, B> Walk<'_, 'm, M, A, F>
 where
     M: GuestMemory + ?Sized,
     A: FrameAllocator + ?Sized,
-    F: FnMut(Visit<'_, 'm>) -> ControlFlow<B>,
+    F: FnMut(Visit<'_, '_>) -> ControlFlow<B>,
 {
     fn run(&mut self, root: Mfn, range: VaRange) -> Result<ControlFlow<B>, WalkError> {
         let Some((first, last)) = range.linear_bounds(self.mode)? else {
@@ -393,7 +396,7 @@ where
     /// Allocates, zeroes and links a new table of `level` into entry `index` of `parent`.
     fn link_new_table<P: BitmapSlice>(
         &mut self,
-        parent: &crate::table::TablePage<'m, P>,
+        parent: &crate::table::TablePage<'_, P>,
         index: usize,
         level: Level,
         va: u64,
@@ -426,8 +429,8 @@ where
 
 /// Walks `range` under `root` with four-level paging, allocating missing tables:
 /// [`Walker::apply_to_page_range`] as a free function.
-pub fn apply_to_page_range<'m, M, A, F, B>(
-    memory: &'m M,
+pub fn apply_to_page_range<M, A, F, B>(
+    memory: &M,
     root: Mfn,
     range: VaRange,
     allocator: &mut A,
@@ -436,22 +439,25 @@ pub fn apply_to_page_range<'m, M, A, F, B>(
 where
     M: GuestMemory + ?Sized,
     A: FrameAllocator + ?Sized,
-    F: FnMut(Visit<'_, 'm>) -> ControlFlow<B>,
+    F: FnMut(Visit<'_, '_>) -> ControlFlow<B>,
 {
     Walker::new(memory).apply_to_page_range(root, range, allocator, callback)
 }
 
 /// Walks the existing entries of `range` under `root` with four-level paging:
 /// [`Walker::apply_to_existing_page_range`] as a free function.
-pub fn apply_to_existing_page_range<'m, M, F, B>(
-    memory: &'m M,
+pub fn apply_to_existing_page_range<M, F, B>(
+    memory: &M,
     root: Mfn,
     range: VaRange,
     callback: F,
 ) -> Result<ControlFlow<B>, WalkError>
 where
     M: GuestMemory + ?Sized,
-    F: FnMut(Visit<'_, 'm>) -> ControlFlow<B>,
+    F: FnMut(Visit<'_, '_>) -> ControlFlow<B>,
 {
     Walker::new(memory).apply_to_existing_page_range(root, range, callback)
 }
+
+#[cfg(test)]
+mod tests;

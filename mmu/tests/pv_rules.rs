@@ -1,5 +1,9 @@
-//! One test per PV MMU rule (reference/xen-pvmmu.md §2-§7), positive and negative:
+//! One test per PV MMU rule (docs/xen-pv-mmu-rules.md §2-§7), positive and negative:
 //! exact errno, exact `done`, and nothing else changed.
+//!
+//! One file of over a thousand lines on purpose: the tests follow the rule book section
+//! by section, so the file read top to bottom is the rule list as an executable
+//! specification, and a rule's positive and negative cases sit side by side.
 
 mod support;
 

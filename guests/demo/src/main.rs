@@ -5,7 +5,8 @@
 #![no_main]
 
 use rt::abi::mmu::{
-    MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_UNPIN_TABLE, UVMF_INVLPG,
+    MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_UNPIN_TABLE,
+    UVMF_INVLPG,
 };
 use rt::abi::{DOMID_IO, DOMID_SELF, MmuUpdate, StartInfo};
 use rt::{mem, peek, poke, println};
@@ -63,14 +64,22 @@ fn check(what: &str, rc: i64) {
 
 /// Makes `pfn`'s own mapping read-only, so the frame can become a page table.
 fn make_readonly(pfn: u64) -> MmuUpdate {
-    MmuUpdate { ptr: l1e_addr(mem::pfn_to_va(pfn)), val: (mem::pfn_to_mfn(pfn) << 12) | P | A }
+    MmuUpdate {
+        ptr: l1e_addr(mem::pfn_to_va(pfn)),
+        val: (mem::pfn_to_mfn(pfn) << 12) | P | A,
+    }
 }
 
 #[unsafe(no_mangle)]
 pub fn guest_main(si: &'static StartInfo) {
-    println!("demo guest: {} pages, start_info at {:p}, pt_base {:#x} ({} frames)", si.nr_pages, si, si.pt_base, si.nr_pt_frames);
+    println!(
+        "demo guest: {} pages, start_info at {:p}, pt_base {:#x} ({} frames)",
+        si.nr_pages, si, si.pt_base, si.nr_pt_frames
+    );
     println!("xen_version {:#x}", rt::xen_version(0, 0));
-    let mut frames = Frames { next: mem::first_free_pfn() };
+    let mut frames = Frames {
+        next: mem::first_free_pfn(),
+    };
     let self_dom = u32::from(DOMID_SELF);
 
     // 1. A new L2 and L1 for 1 GiB, filled and hooked in with ONE batched mmu_update:
@@ -96,13 +105,27 @@ pub fn guest_main(si: &'static StartInfo) {
     batch[0] = make_readonly(l2);
     batch[1] = make_readonly(l1);
     for i in 0..PAGES {
-        batch[2 + i as usize] = MmuUpdate { ptr: (l1_mfn << 12) + i * 8, val: (mem::pfn_to_mfn(data[i as usize]) << 12) | P | RW | A };
+        batch[2 + i as usize] = MmuUpdate {
+            ptr: (l1_mfn << 12) + i * 8,
+            val: (mem::pfn_to_mfn(data[i as usize]) << 12) | P | RW | A,
+        };
     }
     let n = 2 + PAGES as usize;
-    batch[n] = MmuUpdate { ptr: l2_mfn << 12, val: (l1_mfn << 12) | P | RW | A };
-    batch[n + 1] = MmuUpdate { ptr: l3_entry, val: (l2_mfn << 12) | P | RW | A };
+    batch[n] = MmuUpdate {
+        ptr: l2_mfn << 12,
+        val: (l1_mfn << 12) | P | RW | A,
+    };
+    batch[n + 1] = MmuUpdate {
+        ptr: l3_entry,
+        val: (l2_mfn << 12) | P | RW | A,
+    };
     let (rc, done) = rt::mmu_update(&batch[..n + 2], self_dom);
-    println!("map: one mmu_update of {} entries: rc {} done {}", n + 2, rc, done);
+    println!(
+        "map: one mmu_update of {} entries: rc {} done {}",
+        n + 2,
+        rc,
+        done
+    );
     check("map", rc);
     for i in 0..PAGES {
         let v = peek(RANGE_VA + i * 4096);
@@ -116,12 +139,18 @@ pub fn guest_main(si: &'static StartInfo) {
     // 2. Remap every page to its alternate frame, flush, read the new contents.
     let mut remap = [MmuUpdate::default(); PAGES as usize];
     for i in 0..PAGES {
-        remap[i as usize] = MmuUpdate { ptr: (l1_mfn << 12) + i * 8, val: (mem::pfn_to_mfn(alt[i as usize]) << 12) | P | RW | A };
+        remap[i as usize] = MmuUpdate {
+            ptr: (l1_mfn << 12) + i * 8,
+            val: (mem::pfn_to_mfn(alt[i as usize]) << 12) | P | RW | A,
+        };
     }
     let before = peek(RANGE_VA);
     check("remap", rt::mmu_update(&remap, self_dom).0);
     check("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0));
-    println!("remap: read {:#x} before the flush (either value is allowed)", before);
+    println!(
+        "remap: read {:#x} before the flush (either value is allowed)",
+        before
+    );
     for i in 0..PAGES {
         let v = peek(RANGE_VA + i * 4096);
         if v != 0x1000 + PAGES + i {
@@ -132,8 +161,18 @@ pub fn guest_main(si: &'static StartInfo) {
     println!("remap: all {} pages show their new frames", PAGES);
 
     // 3. Permission downgrade of page 0 and unmap of page 1 with update_va_mapping.
-    check("downgrade", rt::update_va_mapping(RANGE_VA, (mem::pfn_to_mfn(alt[0]) << 12) | P | A, UVMF_INVLPG));
-    check("unmap", rt::update_va_mapping(RANGE_VA + 4096, 0, UVMF_INVLPG));
+    check(
+        "downgrade",
+        rt::update_va_mapping(
+            RANGE_VA,
+            (mem::pfn_to_mfn(alt[0]) << 12) | P | A,
+            UVMF_INVLPG,
+        ),
+    );
+    check(
+        "unmap",
+        rt::update_va_mapping(RANGE_VA + 4096, 0, UVMF_INVLPG),
+    );
     let (e0, e1) = (peek(mem::pfn_to_va(l1)), peek(mem::pfn_to_va(l1) + 8));
     println!("downgrade/unmap: L1[0] = {e0:#x} (read-only), L1[1] = {e1:#x}");
     if e0 & RW != 0 || e1 != 0 {
@@ -142,13 +181,23 @@ pub fn guest_main(si: &'static StartInfo) {
 
     // 4. Writable page tables: a direct store to our own (read-only) L1 table, emulated
     //    and validated by the hypervisor, then a flush.
-    check("vm_assist", rt::vm_assist(0, rt::abi::vmassist::VMASST_TYPE_writable_pagetables));
+    check(
+        "vm_assist",
+        rt::vm_assist(0, rt::abi::vmassist::VMASST_TYPE_writable_pagetables),
+    );
     let slot2 = mem::pfn_to_va(l1) + 2 * 8;
     let new = (mem::pfn_to_mfn(data[2]) << 12) | P | RW | A;
     poke(slot2, new);
-    check("invlpg", rt::mmuext(rt::abi::mmu::MMUEXT_INVLPG_LOCAL, RANGE_VA + 2 * 4096, 0));
+    check(
+        "invlpg",
+        rt::mmuext(rt::abi::mmu::MMUEXT_INVLPG_LOCAL, RANGE_VA + 2 * 4096, 0),
+    );
     let v = peek(RANGE_VA + 2 * 4096);
-    println!("ptwr: stored L1[2] directly, entry now {:#x}, page 2 reads {:#x}", peek(slot2), v);
+    println!(
+        "ptwr: stored L1[2] directly, entry now {:#x}, page 2 reads {:#x}",
+        peek(slot2),
+        v
+    );
     if v != 0x1002 {
         rt::finish(Some("ptwr: direct L1 write not applied"));
     }
@@ -159,16 +208,39 @@ pub fn guest_main(si: &'static StartInfo) {
         poke(mem::pfn_to_va(l4b) + i * 8, 0);
     }
     let l4b_mfn = mem::pfn_to_mfn(l4b);
-    check("l4b ro", rt::mmu_update(&[make_readonly(l4b), MmuUpdate { ptr: l4b_mfn << 12, val: peek(si.pt_base) }], self_dom).0);
+    check(
+        "l4b ro",
+        rt::mmu_update(
+            &[
+                make_readonly(l4b),
+                MmuUpdate {
+                    ptr: l4b_mfn << 12,
+                    val: peek(si.pt_base),
+                },
+            ],
+            self_dom,
+        )
+        .0,
+    );
     check("pin l4b", rt::mmuext(MMUEXT_PIN_L4_TABLE, l4b_mfn, 0));
     check("switch to l4b", rt::mmuext(MMUEXT_NEW_BASEPTR, l4b_mfn, 0));
-    println!("second L4: running on {:#x}, page 3 reads {:#x}", l4b_mfn, peek(RANGE_VA + 3 * 4096));
-    check("switch back", rt::mmuext(MMUEXT_NEW_BASEPTR, mfn_of_va(si.pt_base) >> 12, 0));
+    println!(
+        "second L4: running on {:#x}, page 3 reads {:#x}",
+        l4b_mfn,
+        peek(RANGE_VA + 3 * 4096)
+    );
+    check(
+        "switch back",
+        rt::mmuext(MMUEXT_NEW_BASEPTR, mfn_of_va(si.pt_base) >> 12, 0),
+    );
     check("unpin l4b", rt::mmuext(MMUEXT_UNPIN_TABLE, l4b_mfn, 0));
     println!("second L4: switched back and unpinned");
 
     // 6. The MMIO device: one batched mmu_update with FD = DOMID_IO.
-    let mmio_l1 = [MmuUpdate { ptr: (l1_mfn << 12) + PAGES * 8, val: MMIO_GPA | P | RW | A }];
+    let mmio_l1 = [MmuUpdate {
+        ptr: (l1_mfn << 12) + PAGES * 8,
+        val: MMIO_GPA | P | RW | A,
+    }];
     let (rc, _) = rt::mmu_update(&mmio_l1, u32::from(DOMID_IO));
     if rc != 0 {
         println!("mmio: mapping refused, rc {rc}");
@@ -176,7 +248,10 @@ pub fn guest_main(si: &'static StartInfo) {
         let id = peek(MMIO_VA);
         poke(MMIO_VA + 8, 0x1234_5678);
         let back = peek(MMIO_VA + 8);
-        println!("mmio: id {:#x}, scratch wrote 0x12345678 read {:#x}", id, back);
+        println!(
+            "mmio: id {:#x}, scratch wrote 0x12345678 read {:#x}",
+            id, back
+        );
         if back != 0x1234_5678 {
             rt::finish(Some("mmio scratch register"));
         }

@@ -157,25 +157,56 @@ pub fn mmuext_op(ops: &[MmuextOp], foreigndom: u32) -> (i64, u32) {
 
 /// One mmuext operation on this domain.
 pub fn mmuext(cmd: u32, arg1: u64, arg2: u64) -> i64 {
-    mmuext_op(&[MmuextOp::new(cmd, arg1, arg2)], u32::from(abi::DOMID_SELF)).0
+    mmuext_op(
+        &[MmuextOp::new(cmd, arg1, arg2)],
+        u32::from(abi::DOMID_SELF),
+    )
+    .0
 }
 
 /// `update_va_mapping(va, val, flags)`.
 pub fn update_va_mapping(va: u64, val: u64, flags: u64) -> i64 {
     // SAFETY: no pointers unless `flags` carries a vCPU bitmap pointer the caller owns.
-    unsafe { hypercall(abi::hypercall::HYPERVISOR_update_va_mapping, va, val, flags, 0, 0) }
+    unsafe {
+        hypercall(
+            abi::hypercall::HYPERVISOR_update_va_mapping,
+            va,
+            val,
+            flags,
+            0,
+            0,
+        )
+    }
 }
 
 /// `vm_assist(cmd, type)`.
 pub fn vm_assist(cmd: u32, ty: u32) -> i64 {
     // SAFETY: no pointers.
-    unsafe { hypercall(abi::hypercall::HYPERVISOR_vm_assist, cmd.into(), ty.into(), 0, 0, 0) }
+    unsafe {
+        hypercall(
+            abi::hypercall::HYPERVISOR_vm_assist,
+            cmd.into(),
+            ty.into(),
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// `xen_version(cmd, arg)`.
 pub fn xen_version(cmd: u32, arg: u64) -> i64 {
     // SAFETY: `arg` is null or a buffer the caller owns.
-    unsafe { hypercall(abi::hypercall::HYPERVISOR_xen_version, cmd.into(), arg, 0, 0, 0) }
+    unsafe {
+        hypercall(
+            abi::hypercall::HYPERVISOR_xen_version,
+            cmd.into(),
+            arg,
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// Writes bytes to the hypervisor console.
@@ -235,7 +266,10 @@ pub struct Buffered {
 impl Buffered {
     /// An empty buffer.
     pub const fn new() -> Buffered {
-        Buffered { buf: [0; 256], len: 0 }
+        Buffered {
+            buf: [0; 256],
+            len: 0,
+        }
     }
 
     /// Writes out what is buffered.
@@ -358,7 +392,12 @@ pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
 pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
         // SAFETY: the caller guarantees both ranges.
-        let (x, y) = unsafe { (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i))) };
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return i32::from(x) - i32::from(y);
         }

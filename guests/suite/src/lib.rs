@@ -19,7 +19,9 @@ pub struct Frames {
 impl Frames {
     /// Starts after the boot stack.
     pub fn new() -> Frames {
-        Frames { next: mem::first_free_pfn() }
+        Frames {
+            next: mem::first_free_pfn(),
+        }
     }
     /// One frame.
     pub fn take(&mut self) -> u64 {
@@ -85,8 +87,14 @@ pub fn map_range(l2: u64, l1: u64, l3_slot: u64, data: &[u64]) -> u64 {
         };
         n += 1;
     }
-    batch[n] = MmuUpdate { ptr: l2_mfn << 12, val: (l1_mfn << 12) | P | RW | A };
-    batch[n + 1] = MmuUpdate { ptr: l3 + l3_slot * 8, val: (l2_mfn << 12) | P | RW | A };
+    batch[n] = MmuUpdate {
+        ptr: l2_mfn << 12,
+        val: (l1_mfn << 12) | P | RW | A,
+    };
+    batch[n + 1] = MmuUpdate {
+        ptr: l3 + l3_slot * 8,
+        val: (l2_mfn << 12) | P | RW | A,
+    };
     let (rc, _) = rt::mmu_update(&batch[..n + 2], u32::from(rt::abi::DOMID_SELF));
     if rc != 0 {
         rt::println!("map_range: rc {rc}");
@@ -127,7 +135,11 @@ pub struct Check {
 impl Check {
     /// No checks yet.
     pub const fn new() -> Check {
-        Check { failures: 0, first: None, checks: 0 }
+        Check {
+            failures: 0,
+            first: None,
+            checks: 0,
+        }
     }
 
     /// Records `what`: `got` must equal `want`.
@@ -153,7 +165,14 @@ impl Check {
     }
 
     /// An mmuext_op batch must end with `rc` after `done` entries.
-    pub fn ext(&mut self, what: &'static str, ops: &[rt::abi::MmuextOp], fd: u32, rc: i64, done: u32) {
+    pub fn ext(
+        &mut self,
+        what: &'static str,
+        ops: &[rt::abi::MmuextOp],
+        fd: u32,
+        rc: i64,
+        done: u32,
+    ) {
         let (r, d) = rt::mmuext_op(ops, fd);
         self.eq(what, r, rc);
         self.eq(what, i64::from(d), i64::from(done));

@@ -1,5 +1,5 @@
-//! An independent reference model of Xen's L1-entry rules (reference/xen-pvmmu.md §4.2,
-//! §4.4): what `mmu_update` must answer for one L1 entry, from the frame table as it was
+//! An independent reference model of Xen's L1-entry rules (docs/xen-pv-mmu-rules.md
+//! §4.2, §4.4): what `mmu_update` must answer for one L1 entry, from the frame table as it was
 //! before the update. Written separately from the library's `validate` module, in the
 //! plainest terms, so that the two can disagree.
 

@@ -1,5 +1,5 @@
 //! The domain builder: lays a PV guest out in memory as Xen's builder does
-//! (`docs/xen-pv-boot.md`, "memory layout"): image, p2m list, start_info, xenstore and console
+//! (`docs/xen-pv-boot.md` §2): image, p2m list, start_info, xenstore and console
 //! pages, page tables mapped read-only, boot stack; builds the initial page tables with
 //! the walker, pins the L4 through the library's validation (no bypass), and writes the
 //! hypercall page.

@@ -1,4 +1,4 @@
-//! Reading a PV guest's ELF image and its Xen ELF notes (`docs/xen-pv-boot.md`, "ELF notes").
+//! Reading a PV guest's ELF image and its Xen ELF notes (`docs/xen-pv-boot.md` §1).
 
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_EXEC};

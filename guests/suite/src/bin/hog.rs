@@ -16,27 +16,49 @@ const LIST_VA: u64 = 2 << 30;
 pub fn guest_main(_si: &'static StartInfo) {
     let mut frames = Frames::new();
     let list = frames.take();
-    let entry = MulticallEntry { op: HYPERVISOR_xen_version, result: 0, args: [0; 6] };
+    let entry = MulticallEntry {
+        op: HYPERVISOR_xen_version,
+        result: 0,
+        args: [0; 6],
+    };
     for i in 0..64u64 {
         for (k, b) in entry.to_bytes().chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w.copy_from_slice(b);
-            poke(mem::pfn_to_va(list) + i * 64 + k as u64 * 8, u64::from_le_bytes(w));
+            poke(
+                mem::pfn_to_va(list) + i * 64 + k as u64 * 8,
+                u64::from_le_bytes(w),
+            );
         }
     }
     let l1 = suite::table_frame(&mut frames);
     let l2 = suite::table_frame(&mut frames);
     let mut reqs = [MmuUpdate::default(); 512];
     for (i, r) in reqs.iter_mut().enumerate() {
-        *r = MmuUpdate { ptr: (l1 << 12) + i as u64 * 8, val: (mem::pfn_to_mfn(list) << 12) | P | RW | A };
+        *r = MmuUpdate {
+            ptr: (l1 << 12) + i as u64 * 8,
+            val: (mem::pfn_to_mfn(list) << 12) | P | RW | A,
+        };
     }
     assert_ok(rt::mmu_update(&reqs, SELF).0);
     for (i, r) in reqs.iter_mut().enumerate() {
-        *r = MmuUpdate { ptr: (l2 << 12) + i as u64 * 8, val: (l1 << 12) | P | RW | A };
+        *r = MmuUpdate {
+            ptr: (l2 << 12) + i as u64 * 8,
+            val: (l1 << 12) | P | RW | A,
+        };
     }
     assert_ok(rt::mmu_update(&reqs, SELF).0);
     let l3 = suite::builder_l3();
-    assert_ok(rt::mmu_update(&[MmuUpdate { ptr: (l3 << 12) + 2 * 8, val: (l2 << 12) | P | RW | A }], SELF).0);
+    assert_ok(
+        rt::mmu_update(
+            &[MmuUpdate {
+                ptr: (l3 << 12) + 2 * 8,
+                val: (l2 << 12) | P | RW | A,
+            }],
+            SELF,
+        )
+        .0,
+    );
     rt::println!("hog: one multicall of {} entries", 512u64 * 512 * 64);
     // SAFETY: the list is mapped read-write over the whole range at LIST_VA; the
     // hypervisor only reads entries and writes their results there.

@@ -83,7 +83,14 @@ enum Kind {
     BadCmd,
 }
 
-const KINDS: [Kind; 6] = [Kind::Map, Kind::Unmap, Kind::PtRw, Kind::CacheBits, Kind::Hypervisor, Kind::BadCmd];
+const KINDS: [Kind; 6] = [
+    Kind::Map,
+    Kind::Unmap,
+    Kind::PtRw,
+    Kind::CacheBits,
+    Kind::Hypervisor,
+    Kind::BadCmd,
+];
 const KIND_NAMES: [&str; 6] = [
     "map a data frame",
     "unmap",
@@ -106,7 +113,13 @@ struct Req {
 }
 
 impl Req {
-    const NONE: Req = Req { req: MmuUpdate { ptr: 0, val: 0 }, kind: Kind::Unmap, idx: 0, expect: 0, frame: None };
+    const NONE: Req = Req {
+        req: MmuUpdate { ptr: 0, val: 0 },
+        kind: Kind::Unmap,
+        idx: 0,
+        expect: 0,
+        frame: None,
+    };
 }
 
 struct Ctx<'a> {
@@ -151,9 +164,26 @@ fn gen_req(rng: &mut Rng, cx: &Ctx) -> Req {
     if r < 8 {
         // Refused, or (cache bits with I/O rights) maybe not.
         return match r % 4 {
-            0 => Req { req: MmuUpdate { ptr: ptr | cmd, val: (pt << 12) | P | RW | extra_bits(rng) }, kind: Kind::PtRw, idx, expect: busy, frame: None },
+            0 => Req {
+                req: MmuUpdate {
+                    ptr: ptr | cmd,
+                    val: (pt << 12) | P | RW | extra_bits(rng),
+                },
+                kind: Kind::PtRw,
+                idx,
+                expect: busy,
+                frame: None,
+            },
             1 => {
-                let bad = [PWT, PCD, PAT, PWT | PCD, PWT | PAT, PCD | PAT, PWT | PCD | PAT][rng.below(7) as usize];
+                let bad = [
+                    PWT,
+                    PCD,
+                    PAT,
+                    PWT | PCD,
+                    PWT | PAT,
+                    PCD | PAT,
+                    PWT | PCD | PAT,
+                ][rng.below(7) as usize];
                 // Any frame: without I/O rights the flag check comes first; with them
                 // the request is judged as without the bits (page tables only RW).
                 let (f, rw, outcome, frame) = match rng.below(3) {
@@ -161,20 +191,73 @@ fn gen_req(rng: &mut Rng, cx: &Ctx) -> Req {
                     1 => (cx.hyp, rw, busy, None),
                     _ => (data, rw, 0, Some(data)),
                 };
-                let expect = if cx.relaxed { outcome } else { err(Errno::EINVAL) };
-                Req { req: MmuUpdate { ptr: ptr | cmd, val: (f << 12) | P | rw | extra_bits(rng) | bad }, kind: Kind::CacheBits, idx, expect, frame }
+                let expect = if cx.relaxed {
+                    outcome
+                } else {
+                    err(Errno::EINVAL)
+                };
+                Req {
+                    req: MmuUpdate {
+                        ptr: ptr | cmd,
+                        val: (f << 12) | P | rw | extra_bits(rng) | bad,
+                    },
+                    kind: Kind::CacheBits,
+                    idx,
+                    expect,
+                    frame,
+                }
             }
-            2 => Req { req: MmuUpdate { ptr: ptr | cmd, val: (cx.hyp << 12) | P | rw | extra_bits(rng) }, kind: Kind::Hypervisor, idx, expect: busy, frame: None },
+            2 => Req {
+                req: MmuUpdate {
+                    ptr: ptr | cmd,
+                    val: (cx.hyp << 12) | P | rw | extra_bits(rng),
+                },
+                kind: Kind::Hypervisor,
+                idx,
+                expect: busy,
+                frame: None,
+            },
             // Otherwise a perfectly valid mapping.
-            _ => Req { req: MmuUpdate { ptr: ptr | (4 + rng.below(4)), val: (data << 12) | P | rw | A }, kind: Kind::BadCmd, idx, expect: err(Errno::ENOSYS), frame: None },
+            _ => Req {
+                req: MmuUpdate {
+                    ptr: ptr | (4 + rng.below(4)),
+                    val: (data << 12) | P | rw | A,
+                },
+                kind: Kind::BadCmd,
+                idx,
+                expect: err(Errno::ENOSYS),
+                frame: None,
+            },
         };
     }
     if r < 700 {
-        Req { req: MmuUpdate { ptr: ptr | cmd, val: (data << 12) | P | rw | extra_bits(rng) }, kind: Kind::Map, idx, expect: 0, frame: Some(data) }
+        Req {
+            req: MmuUpdate {
+                ptr: ptr | cmd,
+                val: (data << 12) | P | rw | extra_bits(rng),
+            },
+            kind: Kind::Map,
+            idx,
+            expect: 0,
+            frame: Some(data),
+        }
     } else {
         // Unmap (no PRESERVE_AD: it would keep the old A/D bits in the empty entry).
-        let cmd = if cmd == MMU_PT_UPDATE_PRESERVE_AD { 0 } else { cmd };
-        Req { req: MmuUpdate { ptr: ptr | cmd, val: 0 }, kind: Kind::Unmap, idx, expect: 0, frame: None }
+        let cmd = if cmd == MMU_PT_UPDATE_PRESERVE_AD {
+            0
+        } else {
+            cmd
+        };
+        Req {
+            req: MmuUpdate {
+                ptr: ptr | cmd,
+                val: 0,
+            },
+            kind: Kind::Unmap,
+            idx,
+            expect: 0,
+            frame: None,
+        }
     }
 }
 
@@ -208,9 +291,24 @@ impl Model {
 /// which is restored to `restore` afterwards.
 fn io_rights(c: &mut Check, l1: u64, restore: u64) -> bool {
     let ptr = l1 << 12;
-    let (rc, _) = rt::mmu_update(&[MmuUpdate { ptr, val: MMIO_TEST_BASE | P | A }], u32::from(rt::abi::DOMID_IO));
-    c.ok("stress: MMIO probe: mapped or -EPERM", rc == 0 || rc == err(Errno::EPERM));
-    c.update("stress: MMIO probe: entry restored", &[MmuUpdate { ptr, val: restore }], SELF, 0, 1);
+    let (rc, _) = rt::mmu_update(
+        &[MmuUpdate {
+            ptr,
+            val: MMIO_TEST_BASE | P | A,
+        }],
+        u32::from(rt::abi::DOMID_IO),
+    );
+    c.ok(
+        "stress: MMIO probe: mapped or -EPERM",
+        rc == 0 || rc == err(Errno::EPERM),
+    );
+    c.update(
+        "stress: MMIO probe: entry restored",
+        &[MmuUpdate { ptr, val: restore }],
+        SELF,
+        0,
+        1,
+    );
     rc == 0
 }
 
@@ -242,9 +340,18 @@ pub fn guest_main(si: &'static StartInfo) {
     for (k, chunk) in pool.chunks(N).enumerate() {
         if k > 0 {
             for (i, &f) in chunk.iter().enumerate() {
-                batch[i] = MmuUpdate { ptr: (l1 << 12) + i as u64 * 8, val: (f << 12) | P | RW | A };
+                batch[i] = MmuUpdate {
+                    ptr: (l1 << 12) + i as u64 * 8,
+                    val: (f << 12) | P | RW | A,
+                };
             }
-            c.update("stress: map frames to tag them", &batch[..chunk.len()], SELF, 0, chunk.len() as u32);
+            c.update(
+                "stress: map frames to tag them",
+                &batch[..chunk.len()],
+                SELF,
+                0,
+                chunk.len() as u32,
+            );
             c.eq("stress: flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
         }
         for (i, &f) in chunk.iter().enumerate() {
@@ -253,9 +360,18 @@ pub fn guest_main(si: &'static StartInfo) {
     }
     if pool.len() > N {
         for (i, &f) in pool[..N].iter().enumerate() {
-            batch[i] = MmuUpdate { ptr: (l1 << 12) + i as u64 * 8, val: (f << 12) | P | RW | A };
+            batch[i] = MmuUpdate {
+                ptr: (l1 << 12) + i as u64 * 8,
+                val: (f << 12) | P | RW | A,
+            };
         }
-        c.update("stress: back to the first frames", &batch, SELF, 0, N as u32);
+        c.update(
+            "stress: back to the first frames",
+            &batch,
+            SELF,
+            0,
+            N as u32,
+        );
         c.eq("stress: flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
     }
     let first_pt = si.pt_base >> 12;
@@ -269,7 +385,13 @@ pub fn guest_main(si: &'static StartInfo) {
     pts_buf[n_pts + 1] = l1;
     let pts = &pts_buf[..n_pts + 2];
     let relaxed = io_rights(&mut c, l1, (pool[0] << 12) | P | RW | A);
-    let cx = Ctx { l1, pool, pts, hyp: si.nr_pages + 5, relaxed };
+    let cx = Ctx {
+        l1,
+        pool,
+        pts,
+        hyp: si.nr_pages + 5,
+        relaxed,
+    };
     println!(
         "stress: L1 {:#x}, {} data frames {:#x}..={:#x}, {} page-table frames, hypervisor frame {:#x}",
         l1,
@@ -282,10 +404,17 @@ pub fn guest_main(si: &'static StartInfo) {
     println!(
         "stress: the domain {} I/O-memory rights: PWT/PCD/PAT in L1 entries are {}",
         if relaxed { "has" } else { "has no" },
-        if relaxed { "allowed" } else { "refused with -EINVAL" }
+        if relaxed {
+            "allowed"
+        } else {
+            "refused with -EINVAL"
+        }
     );
 
-    let mut model = Model { val: [0; N], frame: [None; N] };
+    let mut model = Model {
+        val: [0; N],
+        frame: [None; N],
+    };
     for (i, &f) in pool[..N].iter().enumerate() {
         model.val[i] = (f << 12) | P | RW | A | US | GUEST_KERNEL;
         model.frame[i] = Some(f);
@@ -325,9 +454,14 @@ pub fn guest_main(si: &'static StartInfo) {
         batches += 1;
         if rc != want_rc || done != want_done {
             bad += 1;
-            println!("stress: batch {batches} of {n}: rc {rc} done {done}, want rc {want_rc} done {want_done}");
+            println!(
+                "stress: batch {batches} of {n}: rc {rc} done {done}, want rc {want_rc} done {want_done}"
+            );
             if let Some(k) = fail {
-                println!("  first invalid entry {k}: ptr {:#x} val {:#x}", queue[k].req.ptr, queue[k].req.val);
+                println!(
+                    "  first invalid entry {k}: ptr {:#x} val {:#x}",
+                    queue[k].req.ptr, queue[k].req.val
+                );
             }
         }
         c.eq("stress: batch rc", rc, want_rc);
@@ -356,7 +490,10 @@ pub fn guest_main(si: &'static StartInfo) {
             let got = peek(table + i as u64 * 8);
             if got != model.val[i] {
                 bad += 1;
-                println!("stress: batch {batches}: L1[{i}] = {got:#x}, want {:#x}", model.val[i]);
+                println!(
+                    "stress: batch {batches}: L1[{i}] = {got:#x}, want {:#x}",
+                    model.val[i]
+                );
             }
             c.eq("stress: table entry", got as i64, model.val[i] as i64);
         }
@@ -366,7 +503,10 @@ pub fn guest_main(si: &'static StartInfo) {
                 reads += 1;
                 if got != tag(f) {
                     bad += 1;
-                    println!("stress: batch {batches}: page {i} reads {got:#x}, want frame {f:#x}'s tag {:#x}", tag(f));
+                    println!(
+                        "stress: batch {batches}: page {i} reads {got:#x}, want frame {f:#x}'s tag {:#x}",
+                        tag(f)
+                    );
                 }
                 c.eq("stress: tag through R", got as i64, tag(f) as i64);
                 // The access may have set A; nothing else may change.
@@ -374,7 +514,10 @@ pub fn guest_main(si: &'static StartInfo) {
                 let ok = after == model.val[i] || after == model.val[i] | A;
                 if !ok {
                     bad += 1;
-                    println!("stress: batch {batches}: L1[{i}] = {after:#x} after the access, want {:#x} (A may be set)", model.val[i]);
+                    println!(
+                        "stress: batch {batches}: L1[{i}] = {after:#x} after the access, want {:#x} (A may be set)",
+                        model.val[i]
+                    );
                 } else if after != model.val[i] {
                     a_set_by_access += 1;
                     model.val[i] = after;
@@ -395,9 +538,17 @@ pub fn guest_main(si: &'static StartInfo) {
     for (k, name) in KIND_NAMES.iter().enumerate() {
         println!("stress:   {:>6} {}", by_kind[k], name);
     }
-    println!("stress: {reads} reads through R, A set by the access {a_set_by_access} times, {present} entries present at the end");
+    println!(
+        "stress: {reads} reads through R, A set by the access {a_set_by_access} times, {present} entries present at the end"
+    );
     // Clean up: unhook the range.
     let l3e = (suite::builder_l3() << 12) + L3_SLOT * 8;
-    c.update("stress: unhook the range", &[MmuUpdate { ptr: l3e, val: 0 }], SELF, 0, 1);
+    c.update(
+        "stress: unhook the range",
+        &[MmuUpdate { ptr: l3e, val: 0 }],
+        SELF,
+        0,
+        1,
+    );
     c.finish();
 }

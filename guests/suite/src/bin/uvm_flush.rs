@@ -3,7 +3,9 @@
 #![no_std]
 #![no_main]
 
-use rt::abi::mmu::{MMUEXT_TLB_FLUSH_LOCAL, UVMF_ALL, UVMF_INVLPG, UVMF_LOCAL, UVMF_NONE, UVMF_TLB_FLUSH};
+use rt::abi::mmu::{
+    MMUEXT_TLB_FLUSH_LOCAL, UVMF_ALL, UVMF_INVLPG, UVMF_LOCAL, UVMF_NONE, UVMF_TLB_FLUSH,
+};
 use rt::abi::{Errno, StartInfo};
 use rt::{mem, peek, poke};
 use suite::{A, Check, Frames, P, RW, err};
@@ -41,23 +43,46 @@ pub fn guest_main(_si: &'static StartInfo) {
         c.eq("update_va_mapping", rc, 0);
         let seen = peek(va);
         if *flushes {
-            c.eq("read after a flushing form", seen as i64, (0xf00d_0000 | f) as i64);
+            c.eq(
+                "read after a flushing form",
+                seen as i64,
+                (0xf00d_0000 | f) as i64,
+            );
         } else {
-            c.ok("read without a flush: old or new", seen == (0xf00d_0000 | f) || seen == (0xf00d_0000 | data[i]));
+            c.ok(
+                "read without a flush: old or new",
+                seen == (0xf00d_0000 | f) || seen == (0xf00d_0000 | data[i]),
+            );
             c.eq("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
-            c.eq("read after the explicit flush", peek(va) as i64, (0xf00d_0000 | f) as i64);
+            c.eq(
+                "read after the explicit flush",
+                peek(va) as i64,
+                (0xf00d_0000 | f) as i64,
+            );
         }
         rt::println!("uvm {name}: ok");
     }
     // Flush type 3 is not a flush type: no flush, but the update is done.
     let va = R + 7 * 4096;
-    c.eq("type 3", rt::update_va_mapping(va, (alt[7] << 12) | P | A, 3), 0);
+    c.eq(
+        "type 3",
+        rt::update_va_mapping(va, (alt[7] << 12) | P | A, 3),
+        0,
+    );
     c.eq("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
-    c.eq("type 3: read", peek(va) as i64, (0xf00d_0000 | alt[7]) as i64);
+    c.eq(
+        "type 3: read",
+        peek(va) as i64,
+        (0xf00d_0000 | alt[7]) as i64,
+    );
     // A bad bitmap pointer: -EFAULT, though the entry was already changed.
     let rc = rt::update_va_mapping(R, (data[0] << 12) | P | A, UVMF_INVLPG | 0x7000_0000_0000);
     c.eq("bad vCPU bitmap pointer", rc, err(Errno::EFAULT));
     c.eq("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
-    c.eq("entry changed anyway", peek(R) as i64, (0xf00d_0000 | data[0]) as i64);
+    c.eq(
+        "entry changed anyway",
+        peek(R) as i64,
+        (0xf00d_0000 | data[0]) as i64,
+    );
     c.finish();
 }

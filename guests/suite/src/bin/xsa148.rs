@@ -34,22 +34,54 @@ fn refuse_pse(c: &mut Check, ptr: u64) {
     let frame = before & ADDR;
     let tries = [
         // Only PSE added to the value as stored.
-        MmuUpdate { ptr, val: before | PSE },
+        MmuUpdate {
+            ptr,
+            val: before | PSE,
+        },
         // PSE with the minimal flags the guest would write (Xen adds US itself).
-        MmuUpdate { ptr, val: frame | P | RW | A | PSE },
+        MmuUpdate {
+            ptr,
+            val: frame | P | RW | A | PSE,
+        },
         // PSE and read-only.
-        MmuUpdate { ptr, val: (before & !RW) | PSE },
+        MmuUpdate {
+            ptr,
+            val: (before & !RW) | PSE,
+        },
         // PSE through PRESERVE_AD.
-        MmuUpdate { ptr: ptr | MMU_PT_UPDATE_PRESERVE_AD, val: before | PSE },
+        MmuUpdate {
+            ptr: ptr | MMU_PT_UPDATE_PRESERVE_AD,
+            val: before | PSE,
+        },
     ];
     for t in tries {
         c.update("PSE on a present entry", &[t], SELF, err(Errno::EINVAL), 0);
-        c.eq("entry unchanged after the PSE attempt", peek(ptr) as i64, before as i64);
+        c.eq(
+            "entry unchanged after the PSE attempt",
+            peek(ptr) as i64,
+            before as i64,
+        );
     }
     // A batch with a valid same-value rewrite first: done must stop at the PSE entry.
-    let batch = [MmuUpdate { ptr, val: before }, MmuUpdate { ptr, val: before | PSE }];
-    c.update("batch: rewrite then PSE", &batch, SELF, err(Errno::EINVAL), 1);
-    c.eq("entry unchanged after the batch", peek(ptr) as i64, before as i64);
+    let batch = [
+        MmuUpdate { ptr, val: before },
+        MmuUpdate {
+            ptr,
+            val: before | PSE,
+        },
+    ];
+    c.update(
+        "batch: rewrite then PSE",
+        &batch,
+        SELF,
+        err(Errno::EINVAL),
+        1,
+    );
+    c.eq(
+        "entry unchanged after the batch",
+        peek(ptr) as i64,
+        before as i64,
+    );
 }
 
 #[unsafe(no_mangle)]
@@ -62,7 +94,11 @@ pub fn guest_main(_si: &'static StartInfo) {
     let l2 = (peek(mem::pfn_to_va(l3)) & ADDR) >> 12;
     let l2e0 = mem::pfn_to_va(l2);
     rt::println!("xsa148: builder L2 {:#x}, entry 0 = {:#x}", l2, peek(l2e0));
-    c.eq("builder L2 entry 0 has no PSE", (peek(l2e0) & PSE) as i64, 0);
+    c.eq(
+        "builder L2 entry 0 has no PSE",
+        (peek(l2e0) & PSE) as i64,
+        0,
+    );
     refuse_pse(&mut c, l2e0);
 
     // 2. An L2 built here, whose entry 0 points at an L1 mapping tagged frames.
@@ -73,17 +109,38 @@ pub fn guest_main(_si: &'static StartInfo) {
     }
     let l1_mfn = suite::map_range(nl2, nl1, L3_SLOT, &data);
     let own = mem::pfn_to_va(nl2);
-    c.eq("own L2 entry 0 points at the L1", ((peek(own) & ADDR) >> 12) as i64, l1_mfn as i64);
-    c.eq("own L2 entry 0 adjusted (US added)", (peek(own) & !ADDR) as i64, (P | RW | A | US) as i64);
+    c.eq(
+        "own L2 entry 0 points at the L1",
+        ((peek(own) & ADDR) >> 12) as i64,
+        l1_mfn as i64,
+    );
+    c.eq(
+        "own L2 entry 0 adjusted (US added)",
+        (peek(own) & !ADDR) as i64,
+        (P | RW | A | US) as i64,
+    );
     refuse_pse(&mut c, own);
     c.eq("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
     for (i, &d) in data.iter().enumerate() {
-        c.eq("range still reads its frames", peek(R + i as u64 * 4096) as i64, tag(d) as i64);
+        c.eq(
+            "range still reads its frames",
+            peek(R + i as u64 * 4096) as i64,
+            tag(d) as i64,
+        );
     }
     // A new L2 entry with PSE (not present before) is refused too.
     let free = own + 8;
     c.eq("own L2 entry 1 empty", peek(free) as i64, 0);
-    c.update("PSE on a new L2 entry", &[MmuUpdate { ptr: free, val: (data[0] << 12) | P | A | PSE }], SELF, err(Errno::EINVAL), 0);
+    c.update(
+        "PSE on a new L2 entry",
+        &[MmuUpdate {
+            ptr: free,
+            val: (data[0] << 12) | P | A | PSE,
+        }],
+        SELF,
+        err(Errno::EINVAL),
+        0,
+    );
     c.eq("own L2 entry 1 still empty", peek(free) as i64, 0);
 
     // 3. PSE on the builder's L3 entry for our range (1 GiB page).
@@ -91,7 +148,13 @@ pub fn guest_main(_si: &'static StartInfo) {
     refuse_pse(&mut c, l3e);
 
     // Clean up: unhook the range built here.
-    c.update("unhook the range", &[MmuUpdate { ptr: l3e, val: 0 }], SELF, 0, 1);
+    c.update(
+        "unhook the range",
+        &[MmuUpdate { ptr: l3e, val: 0 }],
+        SELF,
+        0,
+        1,
+    );
     c.eq("L3 entry cleared", peek(l3e) as i64, 0);
     c.finish();
 }

@@ -24,7 +24,11 @@ const R: u64 = L3_SLOT << 30;
 
 /// Sign-extends a 48-bit VA.
 fn canon(va: u64) -> u64 {
-    if va & (1 << 47) != 0 { va | 0xffff_0000_0000_0000 } else { va }
+    if va & (1 << 47) != 0 {
+        va | 0xffff_0000_0000_0000
+    } else {
+        va
+    }
 }
 
 /// (a) for the page-table frame `pt`: its identity L1 entry is read-only; adding RW with
@@ -33,23 +37,69 @@ fn ro_pt_mapping(c: &mut Check, pt: u64) {
     let va = mem::pfn_to_va(pt);
     let ptr = suite::l1e_addr(va);
     let cur = peek(ptr);
-    c.eq("PT frame mapped read-only (adjusted value)", cur as i64, ((pt << 12) | P | A | US | GUEST_KERNEL) as i64);
+    c.eq(
+        "PT frame mapped read-only (adjusted value)",
+        cur as i64,
+        ((pt << 12) | P | A | US | GUEST_KERNEL) as i64,
+    );
     let tries = [
         MmuUpdate { ptr, val: cur | RW },
-        MmuUpdate { ptr, val: (pt << 12) | P | RW | A },
-        MmuUpdate { ptr, val: cur | RW | (1 << 6) },
-        MmuUpdate { ptr: ptr | MMU_PT_UPDATE_PRESERVE_AD, val: cur | RW },
+        MmuUpdate {
+            ptr,
+            val: (pt << 12) | P | RW | A,
+        },
+        MmuUpdate {
+            ptr,
+            val: cur | RW | (1 << 6),
+        },
+        MmuUpdate {
+            ptr: ptr | MMU_PT_UPDATE_PRESERVE_AD,
+            val: cur | RW,
+        },
     ];
     for t in tries {
-        c.update("RW on a read-only PT-frame mapping", &[t], SELF, err(Errno::EBUSY), 0);
+        c.update(
+            "RW on a read-only PT-frame mapping",
+            &[t],
+            SELF,
+            err(Errno::EBUSY),
+            0,
+        );
         c.eq("PT-frame mapping unchanged", peek(ptr) as i64, cur as i64);
     }
-    c.eq("update_va_mapping: RW on a PT-frame mapping", rt::update_va_mapping(va, cur | RW, UVMF_INVLPG), err(Errno::EBUSY));
-    c.eq("PT-frame mapping unchanged (uvm)", peek(ptr) as i64, cur as i64);
+    c.eq(
+        "update_va_mapping: RW on a PT-frame mapping",
+        rt::update_va_mapping(va, cur | RW, UVMF_INVLPG),
+        err(Errno::EBUSY),
+    );
+    c.eq(
+        "PT-frame mapping unchanged (uvm)",
+        peek(ptr) as i64,
+        cur as i64,
+    );
     // The same entry with only a whitelisted bit changed: the fast path accepts it.
-    c.update("whitelisted change on a PT-frame mapping", &[MmuUpdate { ptr, val: cur | AVAIL9 }], SELF, 0, 1);
-    c.eq("whitelisted change stored", peek(ptr) as i64, (cur | AVAIL9) as i64);
-    c.update("whitelisted change reverted", &[MmuUpdate { ptr, val: cur }], SELF, 0, 1);
+    c.update(
+        "whitelisted change on a PT-frame mapping",
+        &[MmuUpdate {
+            ptr,
+            val: cur | AVAIL9,
+        }],
+        SELF,
+        0,
+        1,
+    );
+    c.eq(
+        "whitelisted change stored",
+        peek(ptr) as i64,
+        (cur | AVAIL9) as i64,
+    );
+    c.update(
+        "whitelisted change reverted",
+        &[MmuUpdate { ptr, val: cur }],
+        SELF,
+        0,
+        1,
+    );
     c.eq("entry back to its value", peek(ptr) as i64, cur as i64);
 }
 
@@ -61,29 +111,99 @@ fn linear_entry(c: &mut Check, table: u64, slot: u64, want_extra: u64, linear_va
     let ptr = (table << 12) + slot * 8;
     c.eq("free slot for the linear entry", peek(ptr) as i64, 0);
     // A writable linear entry is refused outright.
-    c.update("new RW linear entry", &[MmuUpdate { ptr, val: (table << 12) | P | RW | A }], SELF, err(Errno::EINVAL), 0);
+    c.update(
+        "new RW linear entry",
+        &[MmuUpdate {
+            ptr,
+            val: (table << 12) | P | RW | A,
+        }],
+        SELF,
+        err(Errno::EINVAL),
+        0,
+    );
     c.eq("slot still empty", peek(ptr) as i64, 0);
-    c.update("read-only linear entry", &[MmuUpdate { ptr, val: (table << 12) | P | A }], SELF, 0, 1);
+    c.update(
+        "read-only linear entry",
+        &[MmuUpdate {
+            ptr,
+            val: (table << 12) | P | A,
+        }],
+        SELF,
+        0,
+        1,
+    );
     let cur = peek(ptr);
-    c.eq("linear entry stored (adjusted)", cur as i64, ((table << 12) | P | A | want_extra) as i64);
+    c.eq(
+        "linear entry stored (adjusted)",
+        cur as i64,
+        ((table << 12) | P | A | want_extra) as i64,
+    );
     let tries = [
         MmuUpdate { ptr, val: cur | RW },
-        MmuUpdate { ptr, val: (table << 12) | P | RW | A },
-        MmuUpdate { ptr, val: cur | RW | (1 << 6) },
-        MmuUpdate { ptr: ptr | MMU_PT_UPDATE_PRESERVE_AD, val: cur | RW },
+        MmuUpdate {
+            ptr,
+            val: (table << 12) | P | RW | A,
+        },
+        MmuUpdate {
+            ptr,
+            val: cur | RW | (1 << 6),
+        },
+        MmuUpdate {
+            ptr: ptr | MMU_PT_UPDATE_PRESERVE_AD,
+            val: cur | RW,
+        },
     ];
     for t in tries {
-        c.update("RW flip on a read-only linear entry", &[t], SELF, err(Errno::EINVAL), 0);
+        c.update(
+            "RW flip on a read-only linear entry",
+            &[t],
+            SELF,
+            err(Errno::EINVAL),
+            0,
+        );
         c.eq("linear entry unchanged", peek(ptr) as i64, cur as i64);
     }
     // Batch: a whitelisted change, then the RW flip: done 1, only the first applied.
-    let batch = [MmuUpdate { ptr, val: cur | AVAIL9 }, MmuUpdate { ptr, val: cur | AVAIL9 | RW }];
-    c.update("batch: whitelisted change then RW flip", &batch, SELF, err(Errno::EINVAL), 1);
-    c.eq("only the whitelisted change applied", peek(ptr) as i64, (cur | AVAIL9) as i64);
-    c.update("whitelisted change reverted", &[MmuUpdate { ptr, val: cur }], SELF, 0, 1);
-    c.eq("linear entry back to its value", peek(ptr) as i64, cur as i64);
+    let batch = [
+        MmuUpdate {
+            ptr,
+            val: cur | AVAIL9,
+        },
+        MmuUpdate {
+            ptr,
+            val: cur | AVAIL9 | RW,
+        },
+    ];
+    c.update(
+        "batch: whitelisted change then RW flip",
+        &batch,
+        SELF,
+        err(Errno::EINVAL),
+        1,
+    );
+    c.eq(
+        "only the whitelisted change applied",
+        peek(ptr) as i64,
+        (cur | AVAIL9) as i64,
+    );
+    c.update(
+        "whitelisted change reverted",
+        &[MmuUpdate { ptr, val: cur }],
+        SELF,
+        0,
+        1,
+    );
+    c.eq(
+        "linear entry back to its value",
+        peek(ptr) as i64,
+        cur as i64,
+    );
     c.eq("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
-    c.eq("the table reads itself through the linear mapping", peek(linear_va) as i64, cur as i64);
+    c.eq(
+        "the table reads itself through the linear mapping",
+        peek(linear_va) as i64,
+        cur as i64,
+    );
 }
 
 #[unsafe(no_mangle)]
@@ -101,7 +221,13 @@ pub fn guest_main(si: &'static StartInfo) {
 
     // (a) every builder page-table frame (L4, L3, L2, L1s) and our own L2 and L1.
     let first_pt = si.pt_base >> 12;
-    rt::println!("xsa182: builder page tables {:#x}..{:#x}, own L2 {:#x} L1 {:#x}", first_pt, first_pt + si.nr_pt_frames, l2, l1);
+    rt::println!(
+        "xsa182: builder page tables {:#x}..{:#x}, own L2 {:#x} L1 {:#x}",
+        first_pt,
+        first_pt + si.nr_pt_frames,
+        l2,
+        l1
+    );
     for pt in first_pt..first_pt + si.nr_pt_frames {
         ro_pt_mapping(&mut c, pt);
     }
@@ -109,7 +235,11 @@ pub fn guest_main(si: &'static StartInfo) {
     ro_pt_mapping(&mut c, l1);
     c.eq("flush", rt::mmuext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0), 0);
     for (i, &d) in data.iter().enumerate() {
-        c.eq("own range still readable", peek(R + i as u64 * 4096) as i64, (0x1820_0000 | d) as i64);
+        c.eq(
+            "own range still readable",
+            peek(R + i as u64 * 4096) as i64,
+            (0x1820_0000 | d) as i64,
+        );
     }
 
     // (b) L4: slot 300 of the current L4 points at the L4 itself.
@@ -117,7 +247,11 @@ pub fn guest_main(si: &'static StartInfo) {
     let s4 = 300u64;
     let l4_self = canon((s4 << 39) | (s4 << 30) | (s4 << 21) | (s4 << 12));
     linear_entry(&mut c, l4, s4, US, l4_self + s4 * 8);
-    c.eq("L4 slot 0 through the linear mapping", peek(l4_self) as i64, peek(si.pt_base) as i64);
+    c.eq(
+        "L4 slot 0 through the linear mapping",
+        peek(l4_self) as i64,
+        peek(si.pt_base) as i64,
+    );
     // L3: slot 400 of the builder's L3 points at that L3.
     let l3 = suite::builder_l3();
     let s3 = 400u64;
@@ -130,16 +264,38 @@ pub fn guest_main(si: &'static StartInfo) {
     linear_entry(&mut c, bl2, s2, US, l2_self + s2 * 8);
     // Through the L2's linear mapping, page 0 is the builder's first L1.
     let bl1 = (peek(mem::pfn_to_va(bl2)) & ADDR) >> 12;
-    c.eq("first L1 through the L2 linear mapping", peek(s2 << 21) as i64, peek(mem::pfn_to_va(bl1)) as i64);
+    c.eq(
+        "first L1 through the L2 linear mapping",
+        peek(s2 << 21) as i64,
+        peek(mem::pfn_to_va(bl1)) as i64,
+    );
 
     // Clean up: remove the three linear entries and the range.
     let clear = [
-        MmuUpdate { ptr: (l4 << 12) + s4 * 8, val: 0 },
-        MmuUpdate { ptr: (l3 << 12) + s3 * 8, val: 0 },
-        MmuUpdate { ptr: (bl2 << 12) + s2 * 8, val: 0 },
-        MmuUpdate { ptr: (l3 << 12) + L3_SLOT * 8, val: 0 },
+        MmuUpdate {
+            ptr: (l4 << 12) + s4 * 8,
+            val: 0,
+        },
+        MmuUpdate {
+            ptr: (l3 << 12) + s3 * 8,
+            val: 0,
+        },
+        MmuUpdate {
+            ptr: (bl2 << 12) + s2 * 8,
+            val: 0,
+        },
+        MmuUpdate {
+            ptr: (l3 << 12) + L3_SLOT * 8,
+            val: 0,
+        },
     ];
-    c.update("remove the linear entries and the range", &clear, SELF, 0, clear.len() as u32);
+    c.update(
+        "remove the linear entries and the range",
+        &clear,
+        SELF,
+        0,
+        clear.len() as u32,
+    );
     for r in clear {
         c.eq("entry removed", peek(r.ptr) as i64, 0);
     }

@@ -61,38 +61,108 @@ pub fn guest_main(_si: &'static StartInfo) {
     for &va in &bad_vas {
         for &f in &flag_forms {
             for &v in &values {
-                c.eq("update_va_mapping on a bad VA", rt::update_va_mapping(va, v, f), err(Errno::EINVAL));
+                c.eq(
+                    "update_va_mapping on a bad VA",
+                    rt::update_va_mapping(va, v, f),
+                    err(Errno::EINVAL),
+                );
                 n += 1;
             }
         }
     }
     // The two forms the advisory names, once more on their own.
-    c.eq("non-canonical VA, INVLPG|ALL", rt::update_va_mapping(0x0000_8000_0000_0000, values[0], UVMF_INVLPG | UVMF_ALL), err(Errno::EINVAL));
-    c.eq("non-canonical VA, TLB_FLUSH|LOCAL", rt::update_va_mapping(0x0000_8000_0000_0000, values[0], UVMF_TLB_FLUSH | UVMF_LOCAL), err(Errno::EINVAL));
-    c.eq("Xen-range VA, INVLPG|ALL", rt::update_va_mapping(0xffff_8000_0000_1000, values[0], UVMF_INVLPG | UVMF_ALL), err(Errno::EINVAL));
-    c.eq("Xen-range VA, TLB_FLUSH|LOCAL", rt::update_va_mapping(0xffff_8000_0000_1000, values[0], UVMF_TLB_FLUSH | UVMF_LOCAL), err(Errno::EINVAL));
+    c.eq(
+        "non-canonical VA, INVLPG|ALL",
+        rt::update_va_mapping(0x0000_8000_0000_0000, values[0], UVMF_INVLPG | UVMF_ALL),
+        err(Errno::EINVAL),
+    );
+    c.eq(
+        "non-canonical VA, TLB_FLUSH|LOCAL",
+        rt::update_va_mapping(
+            0x0000_8000_0000_0000,
+            values[0],
+            UVMF_TLB_FLUSH | UVMF_LOCAL,
+        ),
+        err(Errno::EINVAL),
+    );
+    c.eq(
+        "Xen-range VA, INVLPG|ALL",
+        rt::update_va_mapping(0xffff_8000_0000_1000, values[0], UVMF_INVLPG | UVMF_ALL),
+        err(Errno::EINVAL),
+    );
+    c.eq(
+        "Xen-range VA, TLB_FLUSH|LOCAL",
+        rt::update_va_mapping(
+            0xffff_8000_0000_1000,
+            values[0],
+            UVMF_TLB_FLUSH | UVMF_LOCAL,
+        ),
+        err(Errno::EINVAL),
+    );
     // Canonical guest VAs without an L1 behind them: -EINVAL, no flush.
-    for va in [0x0000_7000_0000_0000u64, 9 << 30, 0xffff_8800_0000_0000, 0xffff_ffff_ffff_f000] {
+    for va in [
+        0x0000_7000_0000_0000u64,
+        9 << 30,
+        0xffff_8800_0000_0000,
+        0xffff_ffff_ffff_f000,
+    ] {
         for &f in &flag_forms {
-            c.eq("update_va_mapping without an L1", rt::update_va_mapping(va, values[0], f), err(Errno::EINVAL));
+            c.eq(
+                "update_va_mapping without an L1",
+                rt::update_va_mapping(va, values[0], f),
+                err(Errno::EINVAL),
+            );
             n += 1;
         }
     }
-    rt::println!("xsa279: {} refused update_va_mapping calls, still running", n + 4);
+    rt::println!(
+        "xsa279: {} refused update_va_mapping calls, still running",
+        n + 4
+    );
 
     // The guest is alive and update_va_mapping works: remap page 1 of the range to the
     // spare frame with each flush form in turn and read through it.
     let va = R + 4096;
-    for (i, &f) in [UVMF_INVLPG | UVMF_ALL, UVMF_TLB_FLUSH | UVMF_LOCAL, UVMF_INVLPG | UVMF_LOCAL, UVMF_TLB_FLUSH | UVMF_ALL].iter().enumerate() {
+    for (i, &f) in [
+        UVMF_INVLPG | UVMF_ALL,
+        UVMF_TLB_FLUSH | UVMF_LOCAL,
+        UVMF_INVLPG | UVMF_LOCAL,
+        UVMF_TLB_FLUSH | UVMF_ALL,
+    ]
+    .iter()
+    .enumerate()
+    {
         let target = if i % 2 == 0 { spare } else { data[1] };
-        c.eq("valid update_va_mapping", rt::update_va_mapping(va, (target << 12) | P | RW | A, f), 0);
-        c.eq("entry stored", peek((l1 << 12) + 8) as i64, ((target << 12) | P | RW | A | US | GUEST_KERNEL) as i64);
-        c.eq("read through the remapped page", peek(va) as i64, tag(target) as i64);
+        c.eq(
+            "valid update_va_mapping",
+            rt::update_va_mapping(va, (target << 12) | P | RW | A, f),
+            0,
+        );
+        c.eq(
+            "entry stored",
+            peek((l1 << 12) + 8) as i64,
+            ((target << 12) | P | RW | A | US | GUEST_KERNEL) as i64,
+        );
+        c.eq(
+            "read through the remapped page",
+            peek(va) as i64,
+            tag(target) as i64,
+        );
     }
     for (i, &d) in data.iter().enumerate() {
-        c.eq("range intact", peek(R + i as u64 * 4096) as i64, tag(d) as i64);
+        c.eq(
+            "range intact",
+            peek(R + i as u64 * 4096) as i64,
+            tag(d) as i64,
+        );
     }
     let l3e = (suite::builder_l3() << 12) + L3_SLOT * 8;
-    c.update("unhook the range", &[rt::abi::MmuUpdate { ptr: l3e, val: 0 }], suite::SELF, 0, 1);
+    c.update(
+        "unhook the range",
+        &[rt::abi::MmuUpdate { ptr: l3e, val: 0 }],
+        suite::SELF,
+        0,
+        1,
+    );
     c.finish();
 }
