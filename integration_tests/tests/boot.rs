@@ -91,7 +91,10 @@ fn the_runner_drives_a_guest_on_its_own_thread_with_the_event_loop() {
         return;
     }
     let out = Capture::default();
-    let image = vmm::guests::find("mapping").expect("mapping").image.to_vec();
+    let image = vmm::guests::find("mapping")
+        .expect("mapping")
+        .image
+        .to_vec();
     let cfg = VmConfig {
         domain: DomainSpec::new(image, 32),
         console_out: Box::new(out.clone()),
