@@ -48,7 +48,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         for d in core.domains.values() {
             for v in &d.vcpus {
-                for r in [v.kernel_root, v.user_root].into_iter().flatten() {
+                let gdt = v.gdt_frames.iter().copied();
+                for r in [v.kernel_root, v.user_root]
+                    .into_iter()
+                    .flatten()
+                    .chain(gdt)
+                {
                     let e = exp.entry(r.0).or_default();
                     e.count += 1;
                     e.type_count += 1;
@@ -169,12 +174,16 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             .domains
             .get_mut(&dom)
             .ok_or(MachineError::NoDomain(dom))?;
-        let roots: Vec<Mfn> = d
+        let mut roots: Vec<Mfn> = d
             .vcpus
             .iter_mut()
             .flat_map(|v| [v.kernel_root.take(), v.user_root.take()])
             .flatten()
             .collect();
+        for v in &mut d.vcpus {
+            v.gdt_ents = 0;
+            roots.append(&mut v.gdt_frames);
+        }
         for r in roots {
             core.put_page_and_type(mem, r);
         }

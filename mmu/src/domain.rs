@@ -81,6 +81,13 @@ pub struct Vcpu {
     pub in_kernel: bool,
     /// Whether a root changed since the embedder last asked.
     pub(crate) roots_changed: bool,
+    /// The GDT's frames (`set_gdt`), each holding a general and a `seg_desc` type
+    /// reference.
+    pub gdt_frames: Vec<Mfn>,
+    /// Entries of the GDT.
+    pub gdt_ents: u32,
+    /// Whether the GDT changed since the embedder last asked.
+    pub(crate) gdt_changed: bool,
 }
 
 /// A domain's PV MMU state.

@@ -3,7 +3,7 @@
 //!
 //! [`Machine::hypercall`] serves the PV MMU hypercalls itself (`mmu_update`,
 //! `mmuext_op`, `update_va_mapping`, `update_va_mapping_otherdomain`, `vm_assist`,
-//! `multicall`) and hands every other number to the embedder's [`HypercallHandler`], so
+//! `set_gdt`, `update_descriptor`, `multicall`) and hands every other number to the embedder's [`HypercallHandler`], so
 //! a VMM adds its own hypercalls (console, scheduling, the platform) without repeating
 //! the dispatch. `multicall` entries go through the same dispatch.
 
@@ -11,8 +11,9 @@
 
 use pvmmu_abi::Errno;
 use pvmmu_abi::hypercall::{
-    HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op, HYPERVISOR_multicall,
-    HYPERVISOR_update_va_mapping, HYPERVISOR_update_va_mapping_otherdomain, HYPERVISOR_vm_assist,
+    HYPERVISOR_mmu_update, HYPERVISOR_mmuext_op, HYPERVISOR_multicall, HYPERVISOR_set_gdt,
+    HYPERVISOR_update_descriptor, HYPERVISOR_update_va_mapping,
+    HYPERVISOR_update_va_mapping_otherdomain, HYPERVISOR_vm_assist,
 };
 use vm_memory::GuestMemory;
 
@@ -142,6 +143,8 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 self.hypercall_update_va_mapping_otherdomain(caller, a[0], a[1], a[2], a[3])?
             }
             HYPERVISOR_vm_assist => self.hypercall_vm_assist(caller, a[0], a[1])?,
+            HYPERVISOR_set_gdt => self.hypercall_set_gdt(caller, a[0], a[1])?,
+            HYPERVISOR_update_descriptor => self.hypercall_update_descriptor(caller, a[0], a[1])?,
             // A multicall inside a multicall is refused per entry.
             HYPERVISOR_multicall if nested => Errno::EINVAL.neg(),
             HYPERVISOR_multicall => self.hypercall_multicall(caller, a[0], a[1], other)?,

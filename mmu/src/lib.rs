@@ -84,6 +84,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod descriptor;
 pub mod domain;
 pub mod dump;
 pub mod entry;

@@ -210,8 +210,12 @@ impl<F: TlbFlush> Core<F> {
             self.flush_before_type_change(mfn);
         }
         if taken.needs_validation {
-            let level = ty.level().ok_or(Errno::EINVAL)?;
-            match self.promote(mem, mfn, level) {
+            let checked = match ty.level() {
+                Some(level) => self.promote(mem, mfn, level),
+                None if ty == PageType::SegDesc => self.validate_segdesc(mem, mfn),
+                None => Err(Errno::EINVAL),
+            };
+            match checked {
                 Ok(()) => self.frames.type_validated(mfn),
                 Err(e) => {
                     self.frames.type_failed(mfn);

@@ -1,9 +1,16 @@
 //! Instruction emulation: the guest instructions the VMM carries out on the guest's
-//! behalf. Today that is writable page tables: a store (`mov`, `xchg`, `cmpxchg`) that
-//! faulted on one of the guest's own L1 tables is decoded with iced-x86, validated and
-//! applied by the library ([`pvmmu::Machine::ptwr_write`]), and its effect on the
-//! registers and flags computed. Privileged-instruction emulation for PV kernels
-//! (`cpuid`, `wrmsr`, control registers, ...) belongs here too.
+//! behalf, decoded with iced-x86.
+//!
+//! - Writable page tables: a store (`mov`, `xchg`, `cmpxchg`) that faulted on one of the
+//!   guest's own L1 tables is validated and applied by the library
+//!   ([`pvmmu::Machine::ptwr_write`]), and its effect on the registers and flags
+//!   computed.
+//! - Xen's forced-emulation prefix (`ud2; .ascii "xen"`) followed by `cpuid`: the only
+//!   instruction Xen emulates after it for a PV guest.
+//! - Privileged instructions a PV kernel executes at CPL3 and Xen emulates (#GP): reads
+//!   of CR2 and CR3 today.
+//! - Loads from the read-only M2P at Xen's address, which this host's KVM faults (see
+//!   `docs/kvm-host.md`): the load is carried out from the M2P itself.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -11,6 +18,81 @@ use pvmmu::{Caller, GuestView, PtwrOutcome, PtwrWrite};
 
 use crate::fault::Frame;
 use crate::flush::Vmm;
+
+/// Xen's forced-emulation prefix, `ud2; .ascii "xen"`.
+pub const FEP: [u8; 5] = [0x0f, 0x0b, b'x', b'e', b'n'];
+/// `cpuid`.
+const CPUID: [u8; 2] = [0x0f, 0xa2];
+
+/// The instruction bytes at guest `rip` (up to 15; fewer where the mapping ends).
+pub fn fetch(m: &Vmm, caller: Caller, rip: u64) -> Vec<u8> {
+    let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
+    let mut bytes = Vec::with_capacity(15);
+    for i in 0..15u64 {
+        let mut b = [0u8; 1];
+        if view.read(rip.wrapping_add(i), &mut b).is_err() {
+            break;
+        }
+        bytes.push(b[0]);
+    }
+    bytes
+}
+
+/// Whether `bytes` are the forced-emulation prefix and `cpuid`: the length to skip.
+pub fn forced_cpuid(bytes: &[u8]) -> Option<u64> {
+    let n = FEP.len() + CPUID.len();
+    (bytes.len() >= n && bytes[..FEP.len()] == FEP && bytes[FEP.len()..n] == CPUID)
+        .then_some(n as u64)
+}
+
+/// Decodes the instruction in `bytes` at `rip`.
+pub fn decode(bytes: &[u8], rip: u64) -> Option<Instruction> {
+    let ins = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE).decode();
+    (!ins.is_invalid()).then_some(ins)
+}
+
+/// A privileged instruction Xen emulates for a PV kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivilegedOp {
+    /// `mov %crN, reg`.
+    ReadCr {
+        /// Which control register.
+        cr: u8,
+        /// The destination.
+        dst: Register,
+    },
+}
+
+/// The privileged operation `ins` is, if the VMM emulates it.
+pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
+    if ins.mnemonic() != Mnemonic::Mov || ins.op_count() != 2 {
+        return None;
+    }
+    if ins.op_kind(0) != OpKind::Register || ins.op_kind(1) != OpKind::Register {
+        return None;
+    }
+    let cr = match ins.op_register(1) {
+        Register::CR0 => 0,
+        Register::CR2 => 2,
+        Register::CR3 => 3,
+        Register::CR4 => 4,
+        _ => return None,
+    };
+    Some(PrivilegedOp::ReadCr {
+        cr,
+        dst: ins.op_register(0),
+    })
+}
+
+/// A load `ins` performs: (destination register, bytes loaded, zero-extended), for the
+/// plain `mov reg, mem` forms a guest reads a table with.
+pub fn plain_load(ins: &Instruction) -> Option<(Register, usize)> {
+    let load = matches!(ins.mnemonic(), Mnemonic::Mov | Mnemonic::Movzx)
+        && ins.op_count() == 2
+        && ins.op_kind(0) == OpKind::Register
+        && ins.op_kind(1) == OpKind::Memory;
+    load.then(|| (ins.op_register(0), ins.memory_size().size()))
+}
 
 fn reg_value(regs: &kvm_regs, sregs: &kvm_sregs, r: Register) -> Option<u64> {
     let full = match r.full_register() {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use platform::pv::GuestContext;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 /// Words the stub leaves on the ring-0 stack: vector, error code, then the CPU's
@@ -94,6 +95,37 @@ impl ExceptionFrame {
     /// Resumes the guest at `rip` (the stub's `iretq` pops it).
     pub fn set_rip(&self, mem: &GuestMemoryMmap<()>, rip: u64) -> Result<(), GuestMemoryError> {
         mem.write_obj(rip, GuestAddress(self.gpa + RIP_WORD * 8))
+    }
+
+    /// The guest context the exception interrupted (RCX and R11 from the registers,
+    /// which the stub leaves alone).
+    pub fn context(&self, rcx: u64, r11: u64) -> GuestContext {
+        let f = &self.frame;
+        GuestContext {
+            rip: f.rip,
+            cs: f.cs,
+            rflags: f.rflags,
+            rsp: f.rsp,
+            ss: f.ss,
+            rcx,
+            r11,
+        }
+    }
+
+    /// Resumes the guest in `ctx` (RIP, CS, RFLAGS, RSP, SS; the stub's `iretq` loads
+    /// them). RCX and R11 are the registers' own business.
+    pub fn set_context(
+        &self,
+        mem: &GuestMemoryMmap<()>,
+        ctx: &GuestContext,
+    ) -> Result<(), GuestMemoryError> {
+        for (word, v) in [ctx.rip, ctx.cs, ctx.rflags, ctx.rsp, ctx.ss]
+            .into_iter()
+            .enumerate()
+        {
+            mem.write_obj(v, GuestAddress(self.gpa + (RIP_WORD + word as u64) * 8))?;
+        }
+        Ok(())
     }
 
     /// Sets or clears ZF in the RFLAGS the guest resumes with.

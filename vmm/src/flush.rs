@@ -134,6 +134,27 @@ fn runs(frames: &[Mfn]) -> Vec<(u64, u64)> {
     out
 }
 
+impl KvmFlush {
+    /// Invalidates every translation to `frames` (the old targets of entries the VMM
+    /// changed in its own tables): mprotect runs, or one memslot cycle when there are
+    /// many.
+    pub fn invalidate(&mut self, frames: &[Mfn]) {
+        let ram: Vec<Mfn> = frames
+            .iter()
+            .copied()
+            .filter(|m| m.0 < self.ram_frames)
+            .collect();
+        let runs = runs(&ram);
+        if runs.len() > MAX_MPROTECT_RUNS {
+            self.memslot_cycle();
+        } else {
+            for (first, n) in runs {
+                self.mprotect_run(first, n);
+            }
+        }
+    }
+}
+
 impl TlbFlush for KvmFlush {
     fn flush(&mut self, req: &FlushRequest) {
         self.stats.requests += 1;
@@ -147,24 +168,11 @@ impl TlbFlush for KvmFlush {
             self.memslot_cycle();
             return;
         }
-        let ram: Vec<Mfn> = req
-            .stale
-            .iter()
-            .copied()
-            .filter(|m| m.0 < self.ram_frames)
-            .collect();
-        if ram.is_empty() {
+        if !req.stale.iter().any(|m| m.0 < self.ram_frames) {
             self.stats.nothing += 1;
             return;
         }
-        let runs = runs(&ram);
-        if runs.len() > MAX_MPROTECT_RUNS {
-            self.memslot_cycle();
-        } else {
-            for (first, n) in runs {
-                self.mprotect_run(first, n);
-            }
-        }
+        self.invalidate(&req.stale);
     }
 }
 

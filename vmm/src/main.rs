@@ -219,6 +219,10 @@ fn exit_code(r: &RunReport) -> u8 {
             code::FAULT
         }
         GuestExit::ExitPort(c) => *c,
+        GuestExit::Crash(c) => {
+            eprintln!("pvmmu: the domain crashed: {c}");
+            code::CRASH
+        }
         GuestExit::Stopped => {
             eprintln!("pvmmu: stopped");
             code::INTERRUPTED

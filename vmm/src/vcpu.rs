@@ -17,6 +17,10 @@ use crate::arch::regs;
 
 /// IA32_PAT.
 const MSR_PAT: u32 = 0x277;
+/// IA32_KERNEL_GS_BASE (what `swapgs` exchanges with GS.base).
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// KVM_CPUID_FLAG_SIGNIFCANT_INDEX.
+const CPUID_INDEXED: u32 = 1;
 /// CPUID.1:ECX.XSAVE.
 const CPUID_XSAVE: u32 = 1 << 26;
 /// XCR0: x87 and SSE state.
@@ -34,6 +38,21 @@ pub enum VcpuError {
     /// A segment the hypervisor area does not define.
     #[error("{0}")]
     Segment(#[from] regs::NoDescriptor),
+}
+
+/// The host's CPUID as KVM offers it, for [`platform::cpuid::CpuidPolicy`].
+pub fn host_cpuid(kvm: &Kvm) -> Result<Vec<platform::cpuid::HostLeaf>, kvm_ioctls::Error> {
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    Ok(cpuid
+        .as_slice()
+        .iter()
+        .map(|e| platform::cpuid::HostLeaf {
+            leaf: e.function,
+            subleaf: e.index,
+            indexed: e.flags & CPUID_INDEXED != 0,
+            regs: [e.eax, e.ebx, e.ecx, e.edx],
+        })
+        .collect())
 }
 
 /// A PV vCPU.
@@ -118,6 +137,30 @@ impl Vcpu {
     /// The special registers (an ioctl: only on slow paths).
     pub fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
         self.fd.get_sregs()
+    }
+
+    /// Switches between guest kernel and user mode (Xen's `toggle_guest_mode`): CR3 to
+    /// `root` (the new mode's) and the GS bases exchanged, as `swapgs` would.
+    pub fn switch_mode(&mut self, root: Option<Mfn>) -> Result<(), kvm_ioctls::Error> {
+        let mut sregs = self.fd.get_sregs()?;
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_KERNEL_GS_BASE,
+            ..Default::default()
+        }])
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        self.fd.get_msrs(&mut msrs)?;
+        let shadow = msrs.as_slice().first().map_or(0, |e| e.data);
+        if let Some(e) = msrs.as_mut_slice().first_mut() {
+            e.data = sregs.gs.base;
+        }
+        sregs.gs.base = shadow;
+        if let Some(root) = root {
+            sregs.cr3 = root.addr();
+            self.cr3 = root;
+        }
+        self.fd.set_sregs(&sregs)?;
+        self.fd.set_msrs(&msrs)?;
+        Ok(())
     }
 
     /// Loads `root` into CR3, if it is not already there.

@@ -28,13 +28,17 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
 use log::{debug, warn};
 use platform::builder::BootInfo;
-use platform::dispatch::{self, Console, HypercallStats, Outcome};
+use platform::cpuid::CpuidPolicy;
+use platform::dispatch::{self, Console, DomainState, HypercallStats, Outcome};
 use platform::domain::{DOMID, Domain, DomainError, DomainSpec, describe_path};
 use platform::hvarea::HvArea;
 use platform::layout::{FAULT_PORT, HYPERCALL_PORT, PAGE, STACK_VA};
+use platform::pv::{Crash, GuestContext, PvVcpu, Transfer};
 use platform::trace::{Record, TraceHeader, ptwr_code};
 use pvmmu::{AuditError, Caller, MachineError};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use pvmmu_abi::layout::RO_MPT_VIRT_START;
+use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::arch::regs::hypercall_args;
 use crate::bus::{BusOverlap, MmioBus, PioBus};
@@ -107,6 +111,8 @@ pub enum GuestExit {
     },
     /// The guest wrote to the exit port.
     ExitPort(u8),
+    /// The domain crashed, as Xen crashes it (a bounce or `iret` that cannot be done).
+    Crash(Crash),
     /// Stopped from outside (signal).
     Stopped,
 }
@@ -217,6 +223,9 @@ pub struct Vm {
     header: TraceHeader,
     tracer: Option<Tracer>,
     vcpu: Vcpu,
+    pv: PvVcpu,
+    platform: DomainState,
+    cpuid: CpuidPolicy,
     machine: Vmm,
     hv: HvArea,
     boot: BootInfo,
@@ -267,8 +276,16 @@ impl Vm {
         // machine keeps alive as long as the VM.
         unsafe { vm.set_user_memory_region(region)? };
         let flusher = KvmFlush::new(vm.clone(), host, spec.frames()).map_err(VmError::Flush)?;
-        let Domain { machine, hv, boot } = Domain::build(&spec, mem, flusher)?;
+        let domain = Domain::build(&spec, mem, flusher)?;
+        let pv = domain.pv_vcpu(0);
+        let platform = DomainState::new(&domain.boot);
+        let Domain { machine, hv, boot } = domain;
         let vcpu = Vcpu::new(&kvm, &vm, Caller::new(DOMID, 0), &boot)?;
+        let cpuid = CpuidPolicy::new(
+            &crate::vcpu::host_cpuid(&kvm)?,
+            pvmmu_abi::version::XEN_VERSION_VALUE,
+            spec.frames(),
+        );
         let serial = Arc::new(Mutex::new(SerialConsole::new(cfg.console_out)));
         let exit_port = Arc::new(Mutex::new(ExitPort::default()));
         let mut pio = PioBus::default();
@@ -283,6 +300,9 @@ impl Vm {
             header: TraceHeader::new(&spec),
             tracer: None,
             vcpu,
+            pv,
+            platform,
+            cpuid,
             machine,
             hv,
             boot,
@@ -330,18 +350,29 @@ impl Vm {
     /// A hypercall exit: dispatch, trace, result, CR3.
     fn hypercall(&mut self) -> Result<Option<GuestExit>, VmError> {
         let arrived = Instant::now();
-        let regs = self.vcpu.regs();
+        let mut regs = self.vcpu.regs();
         let (nr, args) = (regs.rax, hypercall_args(&regs));
         if let Some(t) = self.tracer.as_mut() {
             t.pages(self.machine.memory())?;
         }
         let mut console = SerialSink(self.serial.clone());
         let caller = self.vcpu.caller;
+        let context = GuestContext {
+            rip: regs.rip,
+            cs: u64::from(FLAT_RING3_CS64),
+            rflags: regs.rflags,
+            rsp: regs.rsp,
+            ss: u64::from(FLAT_RING3_SS64),
+            rcx: regs.rcx,
+            r11: regs.r11,
+        };
+        let mut ctx = context;
         let served = dispatch::dispatch(
             &mut self.machine,
             &mut console,
-            &mut self.stats.hypercalls,
-            caller,
+            &mut self.platform,
+            &mut self.pv,
+            &mut ctx,
             nr,
             args,
         )?;
@@ -352,6 +383,7 @@ impl Vm {
                 args,
                 batch: served.reads,
                 outcome: served.outcome,
+                context,
             })?;
         }
         if let Some(t) = self.timings.as_mut() {
@@ -364,17 +396,56 @@ impl Vm {
         }
         match served.outcome {
             Outcome::Return(v) => {
-                self.vcpu.set_rax(v as u64);
-                if let Some(roots) = served.roots {
+                if served.context_changed {
+                    // `iret`: the guest continues where the frame says (RIP differs
+                    // from the `out`, so KVM does not complete it by skipping).
+                    regs.rax = v as u64;
+                    regs.rip = ctx.rip;
+                    regs.rsp = ctx.rsp;
+                    regs.rflags = ctx.rflags;
+                    regs.rcx = ctx.rcx;
+                    regs.r11 = ctx.r11;
+                    self.vcpu.set_regs(regs);
+                } else {
+                    self.vcpu.set_rax(v as u64);
+                }
+                self.transfer(served.transfer)?;
+                if let Some((frames, _)) = self.machine.take_gdt_change(caller) {
+                    let stale =
+                        platform::hvarea::map_guest_gdt(self.machine.memory(), &self.hv, &frames)
+                            .map_err(DomainError::from)?;
+                    self.machine.flusher().invalidate(&stale);
+                }
+                if let Some(roots) = served.roots
+                    && self.pv.in_kernel(&self.machine)
+                {
                     self.vcpu.load_root(roots.kernel)?;
                 }
                 Ok(None)
             }
             Outcome::Shutdown(reason) => Ok(Some(GuestExit::Shutdown(reason))),
+            Outcome::Crash(c) => Ok(Some(GuestExit::Crash(c))),
         }
     }
 
-    /// An exception exit: writable page tables, or a report.
+    /// Carries out a kernel/user mode switch: CR3 to the new mode's root, GS swapped.
+    fn transfer(&mut self, t: Transfer) -> Result<(), VmError> {
+        if t.mode_switched {
+            let caller = self.vcpu.caller;
+            let root = if self.pv.in_kernel(&self.machine) {
+                self.machine.kernel_root(caller)
+            } else {
+                self.machine.user_root(caller)
+            };
+            self.vcpu.switch_mode(root)?;
+        }
+        Ok(())
+    }
+
+    /// An exception exit. First what the hypervisor itself decides (writable page
+    /// tables, M2P reads at Xen's address, the forced-emulation CPUID, privileged
+    /// instructions), then delivery to the guest kernel's handler; with no handler, a
+    /// fault report.
     fn exception(&mut self) -> Result<Option<GuestExit>, VmError> {
         let mut regs = self.vcpu.regs();
         let sregs = self.vcpu.sregs()?;
@@ -391,6 +462,10 @@ impl Vm {
             sregs.cr2
         );
         let caller = self.vcpu.caller;
+        // The guest's registers: the stub's own RSP is not the guest's.
+        let mut gregs = regs;
+        gregs.rsp = frame.rsp;
+        gregs.rip = frame.rip;
         let mut note = None;
         if frame.is_ptwr_candidate() {
             if let Some(t) = self.tracer.as_mut() {
@@ -406,7 +481,7 @@ impl Vm {
                 caller,
                 &frame,
                 sregs.cr2,
-                &regs,
+                &gregs,
                 &sregs,
                 &mut on_write,
             );
@@ -439,17 +514,119 @@ impl Vm {
                 Err(why) => note = Some(why.to_string()),
             }
         }
-        let path = describe_path(
-            self.machine.memory(),
-            self.machine.kernel_root(caller),
-            sregs.cr2,
-        );
-        Ok(Some(GuestExit::Fault(Box::new(FaultReport {
-            frame,
-            cr2: sregs.cr2,
-            path,
-            note,
-        }))))
+        if let Some(skip) = self.emulate(&frame, sregs.cr2, &mut regs)? {
+            ef.set_rip(self.machine.memory(), frame.rip.wrapping_add(skip))?;
+            self.vcpu.set_regs(regs);
+            return Ok(None);
+        }
+        // Deliver it to the guest kernel, as Xen does.
+        let vector = frame.vector as u8;
+        let error = emulate_error_code(vector, frame.error);
+        let cr2 = (vector == 14).then_some(sregs.cr2);
+        let mut ctx = ef.context(regs.rcx, regs.r11);
+        match self
+            .pv
+            .inject_exception(&mut self.machine, &mut ctx, vector, error, cr2)
+        {
+            Ok(t) => {
+                ef.set_context(self.machine.memory(), &ctx)?;
+                self.transfer(t)?;
+                debug!(
+                    "delivered {} to the guest handler at {:#x}",
+                    vector_name(frame.vector),
+                    ctx.rip
+                );
+                Ok(None)
+            }
+            Err(Crash::NoHandler { .. }) => {
+                let path = describe_path(
+                    self.machine.memory(),
+                    self.machine.kernel_root(caller),
+                    sregs.cr2,
+                );
+                Ok(Some(GuestExit::Fault(Box::new(FaultReport {
+                    frame,
+                    cr2: sregs.cr2,
+                    path,
+                    note,
+                }))))
+            }
+            Err(c) => Ok(Some(GuestExit::Crash(c))),
+        }
+    }
+
+    /// The instructions the hypervisor carries out itself at an exception: the forced-
+    /// emulation CPUID (#UD), privileged instructions (#GP), loads from the M2P at Xen's
+    /// address (#PF). Returns the bytes to skip when it emulated one.
+    fn emulate(
+        &mut self,
+        frame: &crate::fault::Frame,
+        cr2: u64,
+        regs: &mut kvm_bindings::kvm_regs,
+    ) -> Result<Option<u64>, VmError> {
+        let caller = self.vcpu.caller;
+        let m2p_len = self.machine.frames().len() as u64 * 8;
+        let wanted = match frame.vector {
+            6 | 13 => true,
+            14 => (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&cr2),
+            _ => false,
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        let bytes = emulate::fetch(&self.machine, caller, frame.rip);
+        if frame.vector == 6 {
+            let Some(len) = emulate::forced_cpuid(&bytes) else {
+                return Ok(None);
+            };
+            let [a, b, c, d] = self.cpuid.query(regs.rax as u32, regs.rcx as u32);
+            (regs.rax, regs.rbx, regs.rcx, regs.rdx) =
+                (u64::from(a), u64::from(b), u64::from(c), u64::from(d));
+            debug!("forced-emulation cpuid at {:#x}", frame.rip);
+            return Ok(Some(len));
+        }
+        let Some(ins) = emulate::decode(&bytes, frame.rip) else {
+            return Ok(None);
+        };
+        if frame.vector == 13 {
+            let Some(emulate::PrivilegedOp::ReadCr { cr, dst }) = emulate::privileged_op(&ins)
+            else {
+                return Ok(None);
+            };
+            let value = match cr {
+                2 => self.pv.cr2,
+                3 => {
+                    let root = if self.pv.in_kernel(&self.machine) {
+                        self.machine.kernel_root(caller)
+                    } else {
+                        self.machine.user_root(caller)
+                    };
+                    root.map_or(0, |r| r.addr())
+                }
+                // CR0 and CR4 as Xen shows them to a PV guest: later.
+                _ => return Ok(None),
+            };
+            emulate::set_reg(regs, dst, value);
+            return Ok(Some(ins.len() as u64));
+        }
+        // A load from the read-only M2P: read the M2P itself (the guest may read any
+        // of it; a load straddling its end reads what there is).
+        let Some((dst, size)) = emulate::plain_load(&ins) else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 8];
+        let n = size.min(8);
+        let at = self.hv.m2p_gpa + (cr2 - RO_MPT_VIRT_START);
+        if self
+            .machine
+            .memory()
+            .read_slice(&mut b[..n], GuestAddress(at))
+            .is_err()
+        {
+            return Ok(None);
+        }
+        emulate::set_reg(regs, dst, u64::from_le_bytes(b));
+        Ok(Some(ins.len() as u64))
     }
 
     /// Runs the vCPU until the guest shuts down, faults, or `stop` or the VM's own stop
@@ -520,6 +697,7 @@ impl Vm {
             })
             .and_then(|()| self.machine.audit().map_err(AuditFailure::AfterTeardown));
         self.stats.flush = self.machine.flusher().stats;
+        self.stats.hypercalls = self.platform.stats.clone();
         self.stats.wall = self.started.elapsed();
         if let Err(e) = &audit {
             warn!("audit: {e}");
@@ -531,4 +709,9 @@ impl Vm {
             timings: self.timings.unwrap_or_default(),
         })
     }
+}
+
+/// The error code exception `vector` delivers, if it has one.
+fn emulate_error_code(vector: u8, error: u64) -> Option<u32> {
+    platform::pv::has_error_code(vector).then_some(error as u32)
 }

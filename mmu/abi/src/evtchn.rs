@@ -9,6 +9,10 @@ use crate::bytes::{get_u32, put_u32};
 /// `event_channel_op` command: notify the remote end of a port
 /// (`arg` → [`EvtchnSend`]).
 pub const EVTCHNOP_send: u32 = 4;
+/// `EVTCHNOP_init_control`: register a FIFO control block.
+pub const EVTCHNOP_init_control: u32 = 11;
+/// `EVTCHNOP_expand_array`: add a FIFO event array page.
+pub const EVTCHNOP_expand_array: u32 = 12;
 
 /// `struct evtchn_send` (4 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use platform::dispatch::{self, HypercallStats, NullConsole};
+use platform::dispatch::{self, DomainState, NullConsole};
+use platform::pv::GuestContext;
 use platform::trace::{Record, TraceHeader};
 use platform::{DOMID, Domain, DomainSpec};
 use pvmmu::{Caller, RecordingFlush};
@@ -81,10 +82,12 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
         vcpus: 1,
         ..header.spec()
     };
-    let Ok(Domain { machine: mut m, .. }) = Domain::create(&spec, RecordingFlush::default()) else {
+    let Ok(d) = Domain::create(&spec, RecordingFlush::default()) else {
         return;
     };
-    let mut stats = HypercallStats::default();
+    let mut pv = d.pv_vcpu(0);
+    let mut dom = DomainState::new(&d.boot);
+    let Domain { machine: mut m, .. } = d;
     for r in records.iter().take(4096) {
         match r {
             Record::Pages(pages) => {
@@ -99,12 +102,16 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
                     }
                 }
             }
-            Record::Hypercall { nr, args, .. } => {
+            Record::Hypercall {
+                nr, args, context, ..
+            } => {
+                let mut ctx = *context;
                 let r = dispatch::dispatch(
                     &mut m,
                     &mut NullConsole,
-                    &mut stats,
-                    Caller::new(DOMID, 0),
+                    &mut dom,
+                    &mut pv,
+                    &mut ctx,
                     *nr,
                     *args,
                 );
@@ -139,11 +146,14 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
     let mut u = Unstructured::new(data);
     let input = Input::arbitrary(&mut u).ok()?;
     let spec = DomainSpec::new(image().to_vec(), MEMORY_MIB);
+    let d = Domain::create(&spec, RecordingFlush::default()).expect("the harness domain builds");
+    let mut pv = d.pv_vcpu(0);
+    let mut dom = DomainState::new(&d.boot);
     let Domain {
         machine: mut m,
         boot,
         ..
-    } = Domain::create(&spec, RecordingFlush::default()).expect("the harness domain builds");
+    } = d;
     m.record_reads(true);
     let mapped = boot.mapped_pages.max(1);
     let header = TraceHeader::new(&spec);
@@ -167,8 +177,6 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
             records.push(Record::Pages(vec![(page, content)]));
         }
     }
-    let mut stats = HypercallStats::default();
-    let caller = Caller::new(DOMID, 0);
     for call in input.calls.iter().take(32) {
         let nr = u64::from(call.nr % 40);
         let args = call.args.map(|a| match a {
@@ -176,7 +184,21 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
             Arg::Small(s) => u64::from(s),
             Arg::Raw(r) => r,
         });
-        let r = dispatch::dispatch(&mut m, &mut NullConsole, &mut stats, caller, nr, args);
+        // The stack a call like `iret` reads: the last argument, as the guest's RSP.
+        let context = GuestContext {
+            rsp: args[4],
+            ..GuestContext::default()
+        };
+        let mut ctx = context;
+        let r = dispatch::dispatch(
+            &mut m,
+            &mut NullConsole,
+            &mut dom,
+            &mut pv,
+            &mut ctx,
+            nr,
+            args,
+        );
         assert!(r.is_ok(), "dispatch refused a valid caller: {r:?}");
         if let Ok(served) = r {
             records.push(Record::Hypercall {
@@ -185,6 +207,7 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
                 args,
                 batch: served.reads,
                 outcome: served.outcome,
+                context,
             });
         }
         if let Err(e) = m.audit() {

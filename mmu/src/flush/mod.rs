@@ -63,6 +63,8 @@ pub enum FlushReason {
     TypeChange,
     /// `SET_LDT` replaced the LDT.
     Ldt,
+    /// `set_gdt` replaced the GDT.
+    Gdt,
 }
 
 /// One flush the embedder must carry out before the hypercall returns to the guest.

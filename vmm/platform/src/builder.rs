@@ -57,7 +57,16 @@ pub struct BootInfo {
     pub l4: Mfn,
     /// Pages the initial page tables map, from `virt_base`.
     pub mapped_pages: u64,
+    /// Guest-physical address of the shared_info page (`start_info.shared_info`).
+    pub shared_info: u64,
+    /// Guest-physical address of the PV console ring (`start_info.console.domU.mfn`).
+    pub console_ring: u64,
 }
+
+/// The event channel of the PV console ring (`start_info.console.domU.evtchn`).
+pub const CONSOLE_EVTCHN: u32 = 1;
+/// The event channel of the xenstore ring (`start_info.store_evtchn`).
+pub const STORE_EVTCHN: u32 = 2;
 
 /// Number of page-table frames needed to map `[start, end)` with 4 KiB pages.
 fn tables_needed(start: u64, end: u64) -> u64 {
@@ -216,7 +225,9 @@ pub fn build<F: TlbFlush>(
     si.nr_pages = frames;
     si.shared_info = shared_info * PAGE;
     si.store_mfn = store;
+    si.store_evtchn = STORE_EVTCHN;
     si.console_mfn = console;
+    si.console_evtchn = CONSOLE_EVTCHN;
     si.pt_base = va(pt_start);
     si.nr_pt_frames = nr_pt;
     si.mfn_list = va(p2m);
@@ -236,6 +247,8 @@ pub fn build<F: TlbFlush>(
         start_info: va(si_pfn),
         l4: root,
         mapped_pages: map_end,
+        shared_info: shared_info * PAGE,
+        console_ring: console * PAGE,
     })
 }
 

@@ -1,9 +1,10 @@
 //! Hypercall dispatch, from the vCPU's registers to a result: Xen's 64-bit register ABI
 //! (number in RAX; arguments in RDI, RSI, RDX, R10, R8; result in RAX). The PV MMU
 //! hypercalls are the library's ([`pvmmu::Machine::hypercall`]); this module is the
-//! embedder's [`HypercallHandler`] for the rest: `console_io`, `sched_op` and
-//! `xen_version` here, `-ENOSYS` for everything else. `multicall` entries reach the
-//! same handler through the library.
+//! embedder's [`HypercallHandler`] for the rest: the PV vCPU's own calls
+//! (`set_trap_table`, `stack_switch`, `set_callbacks`, `callback_op`, `iret`; see
+//! [`crate::pv`]), `console_io`, `sched_op` and `xen_version` here, `-ENOSYS` for
+//! everything else. `multicall` entries reach the same handler through the library.
 
 #![allow(non_upper_case_globals)] // Xen's names for hypercall and command numbers
 
@@ -12,13 +13,20 @@ use std::collections::BTreeMap;
 use log::debug;
 use pvmmu::{Caller, Errno, GuestView, HypercallHandler, MachineError, Roots, TlbFlush};
 use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
-use pvmmu_abi::hypercall::{HYPERVISOR_console_io, HYPERVISOR_sched_op, HYPERVISOR_xen_version};
+use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
+use pvmmu_abi::hypercall::{
+    HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op, HYPERVISOR_iret,
+    HYPERVISOR_sched_op, HYPERVISOR_set_callbacks, HYPERVISOR_set_trap_table,
+    HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
+};
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
     XENVER_capabilities, XENVER_extraversion, XENVER_get_features, XENVER_pagesize, XENVER_version,
 };
 
 use crate::domain::Mach;
+use crate::pv::{Crash, GuestContext, PvVcpu, Transfer};
+use crate::ring::ConsoleRing;
 
 /// Largest console write served in one call (longer writes are truncated, as Xen's
 /// console ring would).
@@ -31,6 +39,9 @@ pub enum Outcome {
     Return(i64),
     /// The guest asked to shut down with this reason.
     Shutdown(u32),
+    /// The call crashed the domain, as Xen's `domain_crash` (e.g. `iret` with a bad
+    /// frame).
+    Crash(Crash),
 }
 
 /// One served hypercall.
@@ -43,6 +54,10 @@ pub struct Served {
     pub roots: Option<Roots>,
     /// The batch entries the library read, when recording (traces).
     pub reads: Vec<u8>,
+    /// Whether the call changed the vCPU's context (`iret`): the VMM loads it.
+    pub context_changed: bool,
+    /// A switch between guest kernel and user mode the VMM must carry out.
+    pub transfer: Transfer,
 }
 
 /// Where console output goes and input comes from.
@@ -71,12 +86,43 @@ pub struct HypercallStats {
     pub by_number: BTreeMap<u64, u64>,
 }
 
+/// The platform's state of one domain: its console ring, its event channels (today the
+/// console's and the store's, set up by the builder) and counters.
+#[derive(Debug, Clone, Default)]
+pub struct DomainState {
+    /// Counters.
+    pub stats: HypercallStats,
+    /// The PV console ring, if the domain has one.
+    pub ring: Option<ConsoleRing>,
+    /// Event channels bound at build time (notifications on them are accepted).
+    pub bound_ports: Vec<u32>,
+}
+
+impl DomainState {
+    /// The state of a domain built with `boot`: the console ring and the console and
+    /// store event channels.
+    pub fn new(boot: &crate::builder::BootInfo) -> DomainState {
+        use crate::builder::{CONSOLE_EVTCHN, STORE_EVTCHN};
+        DomainState {
+            stats: HypercallStats::default(),
+            ring: Some(ConsoleRing::new(boot.console_ring, CONSOLE_EVTCHN)),
+            bound_ports: vec![CONSOLE_EVTCHN, STORE_EVTCHN],
+        }
+    }
+}
+
 /// The platform's hypercalls for one domain: its console, and a shutdown request noted
 /// while serving (it may come inside a multicall, whose later entries still run, as on
 /// Xen, where the shutdown takes effect when the vCPU would return to the guest).
 pub struct Platform<'c> {
     console: &'c mut dyn Console,
+    dom: &'c mut DomainState,
+    pv: &'c mut PvVcpu,
+    ctx: &'c mut GuestContext,
     shutdown: Option<u32>,
+    crash: Option<Crash>,
+    context_changed: bool,
+    transfer: Transfer,
 }
 
 impl std::fmt::Debug for Platform<'_> {
@@ -88,11 +134,23 @@ impl std::fmt::Debug for Platform<'_> {
 }
 
 impl<'c> Platform<'c> {
-    /// The platform over `console`.
-    pub fn new(console: &'c mut dyn Console) -> Platform<'c> {
+    /// The platform's calls for the vCPU `pv` of the domain `dom`, whose context at the
+    /// call is `ctx`, with `console`.
+    pub fn new(
+        console: &'c mut dyn Console,
+        dom: &'c mut DomainState,
+        pv: &'c mut PvVcpu,
+        ctx: &'c mut GuestContext,
+    ) -> Platform<'c> {
         Platform {
             console,
+            dom,
+            pv,
+            ctx,
             shutdown: None,
+            crash: None,
+            context_changed: false,
+            transfer: Transfer::default(),
         }
     }
 }
@@ -102,22 +160,26 @@ pub fn name(nr: u64) -> String {
     pvmmu_abi::Hypercall::try_from(nr).map_or_else(|_| format!("#{nr}"), |h| h.to_string())
 }
 
-/// Serves hypercall `nr` with arguments `args` for `caller`: the whole route from the
-/// registers to the result. Logged at debug level (number, arguments, result).
+/// Serves hypercall `nr` with arguments `args` for the vCPU `pv`, whose context at the
+/// call is `ctx`: the whole route from the registers to the result. Logged at debug
+/// level (number, arguments, result).
 pub fn dispatch<F: TlbFlush>(
     m: &mut Mach<F>,
     console: &mut dyn Console,
-    stats: &mut HypercallStats,
-    caller: Caller,
+    dom: &mut DomainState,
+    pv: &mut PvVcpu,
+    ctx: &mut GuestContext,
     nr: u64,
     args: [u64; 5],
 ) -> Result<Served, MachineError> {
-    *stats.by_number.entry(nr).or_default() += 1;
-    let mut platform = Platform::new(console);
+    *dom.stats.by_number.entry(nr).or_default() += 1;
+    let caller = pv.caller();
+    let mut platform = Platform::new(console, dom, pv, ctx);
     let r = m.hypercall(caller, nr, args, &mut platform)?;
-    let outcome = match platform.shutdown {
-        Some(reason) => Outcome::Shutdown(reason),
-        None => Outcome::Return(r.rax),
+    let outcome = match (platform.crash, platform.shutdown) {
+        (Some(c), _) => Outcome::Crash(c),
+        (None, Some(reason)) => Outcome::Shutdown(reason),
+        (None, None) => Outcome::Return(r.rax),
     };
     debug!(
         "hypercall {} ({nr}) {:#x?} from {}.{}: {outcome:?}",
@@ -130,13 +192,34 @@ pub fn dispatch<F: TlbFlush>(
         outcome,
         roots: r.roots,
         reads: r.reads,
+        context_changed: platform.context_changed,
+        transfer: platform.transfer,
     })
 }
 
 impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platform<'_> {
     fn hypercall(&mut self, m: &mut Mach<F>, caller: Caller, nr: u64, a: [u64; 5]) -> i64 {
+        if self.crash.is_some() {
+            return 0;
+        }
         match nr {
+            HYPERVISOR_set_trap_table => self.pv.set_trap_table(m, a[0]),
+            HYPERVISOR_stack_switch => self.pv.stack_switch(a[0], a[1]),
+            HYPERVISOR_set_callbacks => self.pv.set_callbacks(a[0], a[1], a[2]),
+            HYPERVISOR_callback_op => self.pv.callback_op(m, a[0], a[1]),
+            HYPERVISOR_iret => match self.pv.iret(m, self.ctx) {
+                Ok((rax, t)) => {
+                    self.context_changed = true;
+                    self.transfer.mode_switched ^= t.mode_switched;
+                    rax
+                }
+                Err(c) => {
+                    self.crash = Some(c);
+                    0
+                }
+            },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
+            HYPERVISOR_event_channel_op => self.event_channel_op(m, caller, a),
             HYPERVISOR_sched_op => self.sched_op(m, caller, a),
             HYPERVISOR_xen_version => xen_version(m, caller, a),
             _ => Errno::ENOSYS.neg(),
@@ -157,7 +240,11 @@ impl Platform<'_> {
                 }
                 // Only printable characters (and line structure) from a domU, as Xen does.
                 bytes.retain(|&b| b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b));
-                self.console.write(&bytes);
+                // A guest that drives its console ring writes every line there too; the
+                // console shows the ring then, as xl's console does.
+                if !self.dom.ring.is_some_and(|r| r.used) {
+                    self.console.write(&bytes);
+                }
                 0
             }
             CONSOLEIO_read => {
@@ -175,9 +262,81 @@ impl Platform<'_> {
         }
     }
 
+    /// Drains the console ring, if there is one.
+    fn drain_ring<F: TlbFlush>(&mut self, m: &Mach<F>) {
+        if let Some(ring) = self.dom.ring.as_mut() {
+            ring.drain(m.memory(), self.console);
+        }
+    }
+
+    fn event_channel_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
+        match a[0] as u32 {
+            EVTCHNOP_send => {
+                let mut b = [0u8; 4];
+                let root = m.kernel_root(caller);
+                if GuestView::new(m.memory(), root).read(a[1], &mut b).is_err() {
+                    return Errno::EFAULT.neg();
+                }
+                let port = u32::from_le_bytes(b);
+                if self.dom.ring.is_some_and(|r| r.port == port) {
+                    self.drain_ring(m);
+                }
+                // Bound ports take the notification (nobody listens on the store's yet);
+                // any other port is not a valid channel.
+                if self.dom.bound_ports.contains(&port) {
+                    0
+                } else {
+                    Errno::EINVAL.neg()
+                }
+            }
+            EVTCHNOP_init_control => self.fifo_init_control(m, caller, a[1]),
+            // No FIFO control block was accepted, so there is no array to expand.
+            EVTCHNOP_expand_array => Errno::EOPNOTSUPP.neg(),
+            _ => Errno::ENOSYS.neg(),
+        }
+    }
+
+    /// `EVTCHNOP_init_control`, checked as Xen checks it (vCPU, offset, the control
+    /// frame being the domain's writable RAM). The FIFO event-channel ABI itself is not
+    /// offered yet: a request that passes the checks gets -EOPNOTSUPP, Xen's answer when
+    /// it is built without FIFO event channels.
+    fn fifo_init_control<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> i64 {
+        // struct { u64 control_gfn; u32 offset; u32 vcpu; u8 link_bits; u8 pad[7]; }
+        let mut b = [0u8; 24];
+        let root = m.kernel_root(caller);
+        if GuestView::new(m.memory(), root).read(arg, &mut b).is_err() {
+            return Errno::EFAULT.neg();
+        }
+        let gfn = u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
+        let offset = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+        let vcpu = u32::from_le_bytes(b[12..16].try_into().unwrap_or([0; 4]));
+        let vcpus = m.domain(caller.dom).map_or(0, |d| d.vcpus().len());
+        if vcpu as usize >= vcpus {
+            return Errno::ENOENT.neg();
+        }
+        // The control block (ready, reserved, 16 queue heads) must fit in the page
+        // and be 8-byte aligned.
+        const CONTROL_BLOCK: u32 = 8 + 16 * 4;
+        if offset > 4096 - CONTROL_BLOCK || !offset.is_multiple_of(8) {
+            return Errno::EINVAL.neg();
+        }
+        let writable_ram = m.frames().get(pvmmu::Mfn(gfn)).is_some_and(|p| {
+            p.owner == caller.dom
+                && p.count > 0
+                && (p.type_count == 0 || p.ty == pvmmu::PageType::Writable)
+        });
+        if !writable_ram {
+            return Errno::EINVAL.neg();
+        }
+        Errno::EOPNOTSUPP.neg()
+    }
+
     fn sched_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         match a[0] as u32 {
-            SCHEDOP_yield | SCHEDOP_block => 0,
+            SCHEDOP_yield | SCHEDOP_block => {
+                self.drain_ring(m);
+                0
+            }
             SCHEDOP_shutdown => {
                 let mut b = [0u8; 4];
                 match GuestView::new(m.memory(), m.kernel_root(caller)).read(a[1], &mut b) {
@@ -197,21 +356,40 @@ fn rc(r: Result<(), Errno>) -> i64 {
     r.map_or_else(|e| e.neg(), |()| 0)
 }
 
+/// What a domU is told instead of restricted build details (Xen's `xen_deny()`).
+const DENIED: &[u8] = b"<denied>";
+
+/// `xen_version(cmd, arg)` as Xen answers an unprivileged domain under the default XSM
+/// policy: version, platform parameters and features for anyone; build strings in
+/// fixed, NUL-padded buffers; the command line `<denied>`; build ids refused.
 fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
+    use pvmmu_abi::version::{
+        XEN_CAPABILITIES_INFO_LEN, XEN_CHANGESET_INFO_LEN, XEN_EXTRAVERSION_LEN,
+        XEN_GUEST_HANDLE_LEN, XENVER_build_id, XENVER_changeset, XENVER_commandline,
+        XENVER_compile_info, XENVER_guest_handle, XENVER_platform_parameters,
+    };
     let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
     let mut put = |bytes: &[u8]| rc(view.write(a[1], bytes));
+    let padded = |s: &[u8], len: usize| {
+        let mut b = vec![0u8; len];
+        let n = s.len().min(len.saturating_sub(1));
+        b[..n].copy_from_slice(&s[..n]);
+        b
+    };
     match a[0] as u32 {
         XENVER_version => i64::from(pvmmu_abi::version::XEN_VERSION_VALUE),
-        XENVER_extraversion => {
-            let mut b = [0u8; 16];
-            b[..6].copy_from_slice(b"-pvmmu");
+        XENVER_extraversion => put(&padded(b"-pvmmu", XEN_EXTRAVERSION_LEN)),
+        XENVER_compile_info => {
+            // compiler[64], compile_by[16], compile_domain[32], compile_date[32].
+            let mut b = padded(b"rustc", 64);
+            b.extend(padded(b"pvmmu", 16));
+            b.extend(padded(b"", 32));
+            b.extend(padded(b"", 32));
             put(&b)
         }
-        XENVER_capabilities => {
-            let mut b = [0u8; 1024];
-            b[..14].copy_from_slice(b"xen-3.0-x86_64");
-            put(&b)
-        }
+        XENVER_capabilities => put(&padded(b"xen-3.0-x86_64", XEN_CAPABILITIES_INFO_LEN)),
+        XENVER_changeset => put(&padded(b"pvmmu", XEN_CHANGESET_INFO_LEN)),
+        XENVER_platform_parameters => put(&pvmmu_abi::layout::HYPERVISOR_VIRT_START.to_le_bytes()),
         XENVER_get_features => {
             // struct { u32 submap_idx; u32 submap; }: bit 0 writable_page_tables,
             // bit 5 mmu_pt_update_preserve_ad.
@@ -226,7 +404,13 @@ fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
             };
             rc(view.write(a[1] + 4, &submap.to_le_bytes()))
         }
+        XENVER_pagesize if a[1] != 0 => Errno::EINVAL.neg(),
         XENVER_pagesize => 4096,
+        // The handle of a domain made without one: zeros.
+        XENVER_guest_handle => put(&[0u8; XEN_GUEST_HANDLE_LEN]),
+        // Restricted to privileged domains: a domU reads "<denied>".
+        XENVER_commandline => put(&padded(DENIED, DENIED.len() + 1)),
+        XENVER_build_id => Errno::EPERM.neg(),
         _ => Errno::ENOSYS.neg(),
     }
 }

@@ -169,6 +169,17 @@ impl<F: TlbFlush> Domain<F> {
     }
 }
 
+impl<F> Domain<F> {
+    /// The PV state of vCPU `vcpu`, fresh (no traps, no callbacks), its `vcpu_info` in
+    /// the shared_info page.
+    pub fn pv_vcpu(&self, vcpu: u32) -> crate::pv::PvVcpu {
+        crate::pv::PvVcpu::new(
+            pvmmu::Caller::new(DOMID, vcpu),
+            self.boot.shared_info + u64::from(vcpu) * pvmmu_abi::shared_info::VCPU_INFO_SIZE as u64,
+        )
+    }
+}
+
 /// `pvmmu dump`: builds the domain of `spec` without running it and describes its
 /// initial page tables, ptdump style, one line per range.
 pub fn dump(spec: &DomainSpec) -> Result<Vec<String>, DomainError> {

@@ -42,6 +42,39 @@ pub struct HvArea {
     pub m2p_gpa: u64,
     /// Guest-physical address of the ring-0 stack's lowest page.
     pub stack_gpa: u64,
+    /// A root (L4) holding the area's slots, to walk its tables with.
+    pub root: Mfn,
+    /// The zero page that backs the guest part of the GDT until a guest `set_gdt`.
+    pub zero_frame: Mfn,
+}
+
+/// The guest part of the GDT area, for one vCPU: pages `0..14` map `frames` (the guest's
+/// GDT, supervisor read-write as Xen maps it) and the zero page after them. Returns the
+/// frames the pages mapped before, whose translations are now stale.
+pub fn map_guest_gdt(
+    mem: &GuestMemoryMmap<()>,
+    area: &HvArea,
+    frames: &[Mfn],
+) -> Result<Vec<Mfn>, HvAreaError> {
+    let range = VaRange::new(GDT_VA, GDT_RESERVED_PAGE * PAGE).map_err(pvmmu::WalkError::from)?;
+    let mut old = Vec::new();
+    let flags =
+        PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;
+    let _ = Walker::new(mem).apply_to_existing_page_range(area.root, range, |v| {
+        if let Visit::Ptes(b) = v {
+            for i in 0..b.len() {
+                let page = ((b.va(i) - GDT_VA) / PAGE) as usize;
+                let target = frames.get(page).copied().unwrap_or(area.zero_frame);
+                let prev = b.get(i);
+                if prev.is_present() && prev.mfn() != target {
+                    old.push(prev.mfn());
+                }
+                b.set(i, Pte::new(target, flags));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    })?;
+    Ok(old)
 }
 
 /// Hands out frames downwards from the top of the area.
@@ -255,6 +288,8 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         l4_slots,
         m2p_gpa: m2p * PAGE,
         stack_gpa: stack * PAGE,
+        root,
+        zero_frame: Mfn(zero),
     })
 }
 

@@ -27,12 +27,15 @@
 //! ```
 
 pub mod builder;
+pub mod cpuid;
 pub mod dispatch;
 pub mod domain;
 pub mod elf;
 pub mod hvarea;
 pub mod layout;
+pub mod pv;
 pub mod replay;
+pub mod ring;
 pub mod trace;
 
 pub use dispatch::{Console, NullConsole, Outcome, Served};

@@ -5,10 +5,11 @@
 use pvmmu::{Caller, RecordingFlush};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::dispatch::{self, HypercallStats, NullConsole};
+use crate::dispatch::{self, DomainState, NullConsole};
 use crate::domain::{DOMID, Domain, DomainError};
 use crate::layout::PAGE;
-use crate::trace::{Record, TraceHeader, ptwr_code};
+use crate::pv::PvVcpu;
+use crate::trace::{Record, TraceHeader, outcome_code, ptwr_code};
 
 /// Errors that stop a replay (a divergence is a result, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +58,11 @@ pub struct ReplayReport {
 
 /// Replays a parsed trace against the library, without KVM.
 pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, ReplayError> {
-    let Domain { machine: mut m, .. } = Domain::create(&header.spec(), RecordingFlush::default())?;
+    let d = Domain::create(&header.spec(), RecordingFlush::default())?;
+    let mut pv: Vec<PvVcpu> = (0..header.vcpus.max(1)).map(|v| d.pv_vcpu(v)).collect();
+    let mut dom = DomainState::new(&d.boot);
+    let Domain { machine: mut m, .. } = d;
     m.record_reads(true);
-    let mut stats = HypercallStats::default();
     let mut report = ReplayReport {
         records: 0,
         hypercalls: 0,
@@ -83,13 +86,24 @@ pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, 
                 args,
                 batch,
                 outcome,
+                context,
             } => {
                 report.hypercalls += 1;
-                let caller = Caller::new(DOMID, *vcpu);
-                let got =
-                    dispatch::dispatch(&mut m, &mut NullConsole, &mut stats, caller, *nr, *args)?;
+                let pv = pv.get_mut(*vcpu as usize).ok_or(ReplayError::Machine(
+                    pvmmu::MachineError::NoVcpu(DOMID, *vcpu),
+                ))?;
+                let mut ctx = *context;
+                let got = dispatch::dispatch(
+                    &mut m,
+                    &mut NullConsole,
+                    &mut dom,
+                    pv,
+                    &mut ctx,
+                    *nr,
+                    *args,
+                )?;
                 let what = || format!("hypercall {} args {:#x?}", dispatch::name(*nr), args);
-                if got.outcome != *outcome {
+                if outcome_code(&got.outcome) != outcome_code(outcome) {
                     report.divergence = Some(Divergence {
                         index,
                         what: what(),

@@ -4,7 +4,8 @@
 //! (from KVM's dirty log); `pvmmu replay FILE` replays them against the library without
 //! KVM and checks that every result is identical.
 //!
-//! # Format (version 1, all integers little endian)
+//! # Format (version 2, all integers little endian; version 1, without the context,
+//! is still read)
 //!
 //! ```text
 //! header  : "PVMMUTRC" u32:version u32:memory_mib u32:vcpus u8:iomem
@@ -12,7 +13,8 @@
 //! record  : u8:tag, then
 //!   0x01 pages     : u32:n, n x (u64:pfn, 4096 bytes)      guest writes since the last record
 //!   0x02 hypercall : u32:vcpu u64:nr 5 x u64:args u32:batch_len batch
-//!                    u8:outcome (0 return, 1 shutdown) i64:value
+//!                    u8:outcome (0 return, 1 shutdown, 2 crash) i64:value
+//!                    7 x u64:context (RIP CS RFLAGS RSP SS RCX R11 at the call)
 //!   0x03 ptwr      : u32:vcpu u64:fault_va u64:addr u8:size u64:value u8:has_cmpxchg
 //!                    u64:cmpxchg u8:outcome (0 written, 1 mismatch, 2 refused) u64:value
 //!   0xff end
@@ -29,11 +31,14 @@ use pvmmu::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 use crate::dispatch::Outcome;
 use crate::domain::DomainSpec;
 use crate::layout::PAGE;
+use crate::pv::{Crash, GuestContext};
 
 /// Magic at the start of every trace.
 pub const MAGIC: &[u8; 8] = b"PVMMUTRC";
 /// The format version written.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest format version read.
+pub const OLDEST_VERSION: u32 = 1;
 
 const TAG_PAGES: u8 = 0x01;
 const TAG_HYPERCALL: u8 = 0x02;
@@ -49,7 +54,9 @@ pub enum TraceError {
     #[error("not a pvmmu trace (bad magic)")]
     Magic,
     /// A version this build cannot read.
-    #[error("trace version {0} is not supported (this build reads version {VERSION})")]
+    #[error(
+        "trace version {0} is not supported (this build reads versions {OLDEST_VERSION}..={VERSION})"
+    )]
     Version(u32),
     /// The file ends inside a header or record.
     #[error("trace truncated at byte {0}")]
@@ -132,6 +139,8 @@ pub enum Record {
         batch: Vec<u8>,
         /// Result.
         outcome: Outcome,
+        /// The vCPU's context at the call (what `iret` reads its frame through).
+        context: GuestContext,
     },
     /// A writable-page-table write and what the library made of it.
     Ptwr {
@@ -144,6 +153,32 @@ pub enum Record {
         /// 0 written, 1 mismatch (value = current), 2 refused (value = errno or 0).
         outcome: (u8, u64),
     },
+}
+
+/// How an outcome is stored: (kind, value). A crash is stored by its kind only, so two
+/// outcomes are the same for a replay when their codes are.
+pub fn outcome_code(o: &Outcome) -> (u8, i64) {
+    match o {
+        Outcome::Return(v) => (0, *v),
+        Outcome::Shutdown(r) => (1, i64::from(*r)),
+        Outcome::Crash(c) => (2, c.code() as i64),
+    }
+}
+
+fn context_words(c: &GuestContext) -> [u64; 7] {
+    [c.rip, c.cs, c.rflags, c.rsp, c.ss, c.rcx, c.r11]
+}
+
+fn context_from_words(w: [u64; 7]) -> GuestContext {
+    GuestContext {
+        rip: w[0],
+        cs: w[1],
+        rflags: w[2],
+        rsp: w[3],
+        ss: w[4],
+        rcx: w[5],
+        r11: w[6],
+    }
 }
 
 /// Encodes a ptwr result for the trace.
@@ -201,6 +236,7 @@ impl TraceWriter {
                 args,
                 batch,
                 outcome,
+                context,
             } => {
                 o.write_all(&[TAG_HYPERCALL])?;
                 o.write_all(&vcpu.to_le_bytes())?;
@@ -210,12 +246,12 @@ impl TraceWriter {
                 }
                 o.write_all(&(batch.len() as u32).to_le_bytes())?;
                 o.write_all(batch)?;
-                let (kind, value) = match outcome {
-                    Outcome::Return(v) => (0u8, *v),
-                    Outcome::Shutdown(r) => (1u8, i64::from(*r)),
-                };
+                let (kind, value) = outcome_code(outcome);
                 o.write_all(&[kind])?;
                 o.write_all(&value.to_le_bytes())?;
+                for w in context_words(context) {
+                    o.write_all(&w.to_le_bytes())?;
+                }
             }
             Record::Ptwr {
                 vcpu,
@@ -290,7 +326,7 @@ pub fn parse(bytes: &[u8]) -> Result<(TraceHeader, Vec<Record>), TraceError> {
         return Err(TraceError::Magic);
     }
     let version = c.u32()?;
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(TraceError::Version(version));
     }
     let memory_mib = c.u32()?;
@@ -341,14 +377,22 @@ pub fn parse(bytes: &[u8]) -> Result<(TraceHeader, Vec<Record>), TraceError> {
                 let outcome = match kind {
                     0 => Outcome::Return(value),
                     1 => Outcome::Shutdown(value as u32),
+                    2 => Outcome::Crash(Crash::from_code(value as u64)),
                     tag => return Err(TraceError::Tag { tag, offset }),
                 };
+                let mut w = [0u64; 7];
+                if version >= 2 {
+                    for x in &mut w {
+                        *x = c.u64()?;
+                    }
+                }
                 records.push(Record::Hypercall {
                     vcpu,
                     nr,
                     args,
                     batch,
                     outcome,
+                    context: context_from_words(w),
                 });
             }
             TAG_PTWR => {

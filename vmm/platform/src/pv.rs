@@ -1,0 +1,516 @@
+//! The PV vCPU, as Xen keeps it for a 64-bit PV guest: the virtual IDT (`set_trap_table`),
+//! the kernel stack (`stack_switch`), the callbacks (`callback_op`, `set_callbacks`), the
+//! guest's view of CR2, and the two transfers of control between the hypervisor and the
+//! guest kernel: exception delivery through a bounce frame on the guest kernel's stack
+//! (Xen's `pv_inject_event` + `create_bounce_frame`), and the `iret` hypercall (Xen's
+//! `do_iret`).
+//!
+//! Everything here works on a [`GuestContext`], the part of the register state that a
+//! transfer changes, so it runs without KVM: the VMM fills the context from a vCPU exit
+//! and carries the result back into the vCPU. Guest kernel versus user mode is the PV
+//! MMU's (`pvmmu::Vcpu::in_kernel`); a transfer that switches mode says so, and the VMM
+//! loads the other root and swaps the GS bases.
+
+#![allow(non_upper_case_globals)] // Xen's names for the callback constants
+
+use pvmmu::{Caller, GuestView, TlbFlush};
+use pvmmu_abi::callback::{
+    CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKOP_unregister, CALLBACKTYPE_event,
+    CALLBACKTYPE_failsafe, CALLBACKTYPE_nmi, CALLBACKTYPE_syscall, CALLBACKTYPE_syscall32,
+    CALLBACKTYPE_sysenter,
+};
+use pvmmu_abi::layout::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, is_canonical};
+use pvmmu_abi::selector::{FLAT_KERNEL_CS64, FLAT_RING3_SS64};
+use pvmmu_abi::shared_info::{VCPU_INFO_ARCH_CR2_OFFSET, VCPU_INFO_UPCALL_MASK_OFFSET};
+use pvmmu_abi::trap::{BOUNCE_CS_UPCALL_MASK_SHIFT, TI_MASK_EVENTS, VGCF_in_syscall};
+use pvmmu_abi::{CallbackRegister, CallbackUnregister, Errno, IretContext, TrapInfo};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::domain::Mach;
+
+/// RFLAGS bits.
+pub mod rflags {
+    /// Trap flag.
+    pub const TF: u64 = 1 << 8;
+    /// Interrupt enable.
+    pub const IF: u64 = 1 << 9;
+    /// I/O privilege level.
+    pub const IOPL: u64 = 3 << 12;
+    /// Nested task.
+    pub const NT: u64 = 1 << 14;
+    /// Resume flag.
+    pub const RF: u64 = 1 << 16;
+    /// Virtual-8086 mode.
+    pub const VM: u64 = 1 << 17;
+    /// Alignment check.
+    pub const AC: u64 = 1 << 18;
+    /// The bit that is always one.
+    pub const MBS: u64 = 1 << 1;
+    /// Every architectural flag (Xen's `X86_EFLAGS_ALL`).
+    pub const ALL: u64 = 0x003f_7fd5;
+}
+
+/// Vectors whose exceptions carry an error code (Xen's `X86_EXC_HAVE_EC`).
+pub const fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// The page-fault error code's user-mode bit.
+const PFEC_USER: u32 = 1 << 2;
+
+/// The registers a transfer of control reads and changes. CS and SS are the selectors
+/// the guest sees (their RPL tells kernel from user context in a bounce frame).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestContext {
+    /// RIP.
+    pub rip: u64,
+    /// CS.
+    pub cs: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// SS.
+    pub ss: u64,
+    /// RCX (saved in a bounce frame, restored by `iret`).
+    pub rcx: u64,
+    /// R11 (likewise).
+    pub r11: u64,
+}
+
+/// What the VMM must do after a transfer, besides taking the new context.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// The vCPU switched between guest kernel and user mode: load the root of the new
+    /// mode into CR3 and swap the GS bases (Xen's `toggle_guest_mode`).
+    pub mode_switched: bool,
+}
+
+/// Why the domain must be crashed, as Xen crashes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Crash {
+    /// An exception with no handler in the virtual IDT.
+    #[error("no handler registered for vector {vector} (error code {error:#x})")]
+    NoHandler {
+        /// The vector.
+        vector: u8,
+        /// Its error code (0 if none).
+        error: u32,
+    },
+    /// The stack a bounce frame goes on lies in the hypervisor's range.
+    #[error("bounce frame for vector {vector}: stack pointer {rsp:#x} is not a guest address")]
+    BadStack {
+        /// The vector.
+        vector: u8,
+        /// The stack pointer.
+        rsp: u64,
+    },
+    /// Writing the bounce frame faulted.
+    #[error("bounce frame for vector {vector}: the guest stack at {rsp:#x} is not writable")]
+    StackFault {
+        /// The vector.
+        vector: u8,
+        /// Where the frame went.
+        rsp: u64,
+    },
+    /// The `iret` context could not be read from the guest stack.
+    #[error("iret: cannot read the iret context at {rsp:#x}")]
+    IretFrame {
+        /// The guest stack pointer.
+        rsp: u64,
+    },
+    /// `iret` to user mode without user page tables.
+    #[error("iret: switching to user mode with no user page tables")]
+    NoUserRoot,
+}
+
+impl Crash {
+    /// The kind of crash as a number (traces store it).
+    pub fn code(&self) -> u64 {
+        match self {
+            Crash::NoHandler { .. } => 1,
+            Crash::BadStack { .. } => 2,
+            Crash::StackFault { .. } => 3,
+            Crash::IretFrame { .. } => 4,
+            Crash::NoUserRoot => 5,
+        }
+    }
+
+    /// A crash of kind `code` (details unknown: zero).
+    pub fn from_code(code: u64) -> Crash {
+        match code {
+            1 => Crash::NoHandler {
+                vector: 0,
+                error: 0,
+            },
+            2 => Crash::BadStack { vector: 0, rsp: 0 },
+            3 => Crash::StackFault { vector: 0, rsp: 0 },
+            4 => Crash::IretFrame { rsp: 0 },
+            _ => Crash::NoUserRoot,
+        }
+    }
+}
+
+/// One entry of the virtual IDT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trap {
+    /// DPL (bits 0-1) and mask-events (bit 2).
+    pub flags: u8,
+    /// Code selector (RPL fixed up to 3).
+    pub cs: u16,
+    /// Handler address (0: none).
+    pub address: u64,
+}
+
+/// The registered callbacks (Xen's `*_callback_eip` and their event masking).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Callbacks {
+    /// Event upcall.
+    pub event: u64,
+    /// Failsafe (segment reload failed on return to the guest).
+    pub failsafe: u64,
+    /// Whether the failsafe callback masks events.
+    pub failsafe_masks: bool,
+    /// 64-bit `syscall` from guest user mode.
+    pub syscall: u64,
+    /// Whether the syscall callback masks events.
+    pub syscall_masks: bool,
+    /// 32-bit `syscall`.
+    pub syscall32: u64,
+    /// Whether it masks events.
+    pub syscall32_masks: bool,
+    /// `sysenter`.
+    pub sysenter: u64,
+    /// Whether it masks events.
+    pub sysenter_masks: bool,
+}
+
+/// Fixes up the RPL of a guest selector for a 64-bit PV guest (kernel RPL 3).
+const fn fixup_selector(sel: u64) -> u64 {
+    if sel & 3 >= 3 { sel } else { (sel & !3) | 3 }
+}
+
+/// The PV state of one vCPU.
+#[derive(Debug, Clone)]
+pub struct PvVcpu {
+    caller: Caller,
+    traps: Vec<Trap>,
+    /// Kernel stack selector (`stack_switch`).
+    pub kernel_ss: u64,
+    /// Kernel stack pointer (`stack_switch`): where bounces from user mode go.
+    pub kernel_sp: u64,
+    /// The callbacks.
+    pub callbacks: Callbacks,
+    /// The guest's CR2 (what `mov %cr2` reads).
+    pub cr2: u64,
+    /// Guest-physical address of this vCPU's `vcpu_info`.
+    vcpu_info: u64,
+}
+
+impl PvVcpu {
+    /// vCPU `caller`, whose `vcpu_info` is at guest-physical `vcpu_info`.
+    pub fn new(caller: Caller, vcpu_info: u64) -> PvVcpu {
+        PvVcpu {
+            caller,
+            traps: vec![Trap::default(); 256],
+            kernel_ss: 0,
+            kernel_sp: 0,
+            callbacks: Callbacks::default(),
+            cr2: 0,
+            vcpu_info,
+        }
+    }
+
+    /// The vCPU.
+    pub fn caller(&self) -> Caller {
+        self.caller
+    }
+
+    /// The virtual IDT entry of `vector`.
+    pub fn trap(&self, vector: u8) -> Trap {
+        self.traps[usize::from(vector)]
+    }
+
+    /// Whether the vCPU is in guest kernel mode.
+    pub fn in_kernel<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
+        m.domain(self.caller.dom)
+            .and_then(|d| d.vcpus().get(self.caller.vcpu as usize))
+            .is_none_or(|v| v.in_kernel)
+    }
+
+    /// The current upcall mask (`vcpu_info.evtchn_upcall_mask`).
+    pub fn upcall_mask<F: TlbFlush>(&self, m: &Mach<F>) -> u8 {
+        m.memory()
+            .read_obj(GuestAddress(
+                self.vcpu_info + VCPU_INFO_UPCALL_MASK_OFFSET as u64,
+            ))
+            .unwrap_or(1)
+    }
+
+    fn set_upcall_mask<F: TlbFlush>(&self, m: &Mach<F>, mask: u8) {
+        let at = GuestAddress(self.vcpu_info + VCPU_INFO_UPCALL_MASK_OFFSET as u64);
+        let _ = m.memory().write_obj(mask, at);
+    }
+
+    /// Xen's `toggle_guest_mode`: flips kernel/user mode in the PV MMU.
+    fn toggle_mode<F: TlbFlush>(&self, m: &mut Mach<F>) {
+        let in_kernel = self.in_kernel(m);
+        let _ = m.set_kernel_mode(self.caller, !in_kernel);
+    }
+
+    /// `set_trap_table(traps)`: entries until one with address 0; a null pointer clears
+    /// the whole table. Returns RAX.
+    pub fn set_trap_table<F: TlbFlush>(&mut self, m: &Mach<F>, traps: u64) -> i64 {
+        if traps == 0 {
+            self.traps.fill(Trap::default());
+            return 0;
+        }
+        let mut view = GuestView::new(m.memory(), m.kernel_root(self.caller));
+        let mut at = traps;
+        loop {
+            let mut b = [0u8; TrapInfo::SIZE];
+            if view.read(at, &mut b).is_err() {
+                return Errno::EFAULT.neg();
+            }
+            let t = TrapInfo::from_bytes(&b);
+            if t.address == 0 {
+                return 0;
+            }
+            if !is_canonical(t.address) {
+                return Errno::EINVAL.neg();
+            }
+            self.traps[usize::from(t.vector)] = Trap {
+                flags: t.flags,
+                cs: fixup_selector(u64::from(t.cs)) as u16,
+                address: t.address,
+            };
+            at = at.wrapping_add(TrapInfo::SIZE as u64);
+        }
+    }
+
+    /// `stack_switch(ss, esp)`. Returns RAX.
+    pub fn stack_switch(&mut self, ss: u64, sp: u64) -> i64 {
+        self.kernel_ss = fixup_selector(ss);
+        self.kernel_sp = sp;
+        0
+    }
+
+    /// Registers one callback (Xen's `register_guest_callback`). Returns RAX.
+    fn register_callback(&mut self, reg: &CallbackRegister) -> i64 {
+        if !is_canonical(reg.address) {
+            return Errno::EINVAL.neg();
+        }
+        let masks = reg.flags & CALLBACKF_mask_events != 0;
+        let c = &mut self.callbacks;
+        match reg.ty {
+            CALLBACKTYPE_event => c.event = reg.address,
+            CALLBACKTYPE_failsafe => (c.failsafe, c.failsafe_masks) = (reg.address, masks),
+            CALLBACKTYPE_syscall => (c.syscall, c.syscall_masks) = (reg.address, masks),
+            CALLBACKTYPE_syscall32 => (c.syscall32, c.syscall32_masks) = (reg.address, masks),
+            CALLBACKTYPE_sysenter => (c.sysenter, c.sysenter_masks) = (reg.address, masks),
+            CALLBACKTYPE_nmi => {
+                // The NMI callback is the virtual IDT's vector 2, events masked.
+                self.traps[2] = Trap {
+                    flags: TI_MASK_EVENTS,
+                    cs: FLAT_KERNEL_CS64,
+                    address: reg.address,
+                };
+            }
+            _ => return Errno::ENOSYS.neg(),
+        }
+        0
+    }
+
+    /// `callback_op(cmd, arg)`. Returns RAX.
+    pub fn callback_op<F: TlbFlush>(&mut self, m: &Mach<F>, cmd: u64, arg: u64) -> i64 {
+        let mut view = GuestView::new(m.memory(), m.kernel_root(self.caller));
+        match cmd as u32 {
+            CALLBACKOP_register => {
+                let mut b = [0u8; CallbackRegister::SIZE];
+                if view.read(arg, &mut b).is_err() {
+                    return Errno::EFAULT.neg();
+                }
+                self.register_callback(&CallbackRegister::from_bytes(&b))
+            }
+            CALLBACKOP_unregister => {
+                let mut b = [0u8; CallbackUnregister::SIZE];
+                if view.read(arg, &mut b).is_err() {
+                    return Errno::EFAULT.neg();
+                }
+                match CallbackUnregister::from_bytes(&b).ty {
+                    CALLBACKTYPE_event
+                    | CALLBACKTYPE_failsafe
+                    | CALLBACKTYPE_syscall
+                    | CALLBACKTYPE_syscall32
+                    | CALLBACKTYPE_sysenter => Errno::EINVAL.neg(),
+                    CALLBACKTYPE_nmi => {
+                        self.traps[2] = Trap::default();
+                        0
+                    }
+                    _ => Errno::ENOSYS.neg(),
+                }
+            }
+            _ => Errno::ENOSYS.neg(),
+        }
+    }
+
+    /// `set_callbacks(event, failsafe, syscall)`: always 0 (bad addresses are ignored,
+    /// as Xen ignores them).
+    pub fn set_callbacks(&mut self, event: u64, failsafe: u64, syscall: u64) -> i64 {
+        for (kind, address) in [
+            (CALLBACKTYPE_event, event),
+            (CALLBACKTYPE_failsafe, failsafe),
+            (CALLBACKTYPE_syscall, syscall),
+        ] {
+            let reg = CallbackRegister {
+                ty: kind,
+                flags: 0,
+                address,
+                ..CallbackRegister::default()
+            };
+            let _ = self.register_callback(&reg);
+        }
+        0
+    }
+
+    /// Delivers exception `vector` (with `error`, when the vector has one) to the guest
+    /// kernel's handler, as Xen's `pv_inject_event` and `create_bounce_frame` do: the
+    /// frame `{RCX, R11, [error], RIP, CS|mask<<32, RFLAGS, RSP, SS}` goes on the kernel
+    /// stack (the current one in kernel mode, with the saved CS's RPL cleared; the
+    /// `stack_switch` one from user mode, switching to kernel mode), events are masked if
+    /// the trap asks, and `ctx` continues at the handler. For #PF, `cr2` becomes the
+    /// guest's CR2 and the error code's user bit follows the PV mode.
+    pub fn inject_exception<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        ctx: &mut GuestContext,
+        vector: u8,
+        error: Option<u32>,
+        cr2: Option<u64>,
+    ) -> Result<Transfer, Crash> {
+        let trap = self.trap(vector);
+        let mut error = error.filter(|_| has_error_code(vector));
+        if vector == 14 {
+            if let Some(cr2) = cr2 {
+                self.cr2 = cr2;
+                let at = GuestAddress(self.vcpu_info + VCPU_INFO_ARCH_CR2_OFFSET as u64);
+                let _ = m.memory().write_obj(cr2, at);
+            }
+            let user = if self.in_kernel(m) { 0 } else { PFEC_USER };
+            error = error.map(|e| (e & !PFEC_USER) | user);
+        }
+        if trap.address == 0 {
+            return Err(Crash::NoHandler {
+                vector,
+                error: error.unwrap_or(0),
+            });
+        }
+        self.bounce(
+            m,
+            ctx,
+            vector,
+            trap.address,
+            trap.flags & TI_MASK_EVENTS != 0,
+            error,
+        )
+    }
+
+    /// `create_bounce_frame`: the frame and the jump to `handler`.
+    fn bounce<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        ctx: &mut GuestContext,
+        vector: u8,
+        handler: u64,
+        mask_events: bool,
+        error: Option<u32>,
+    ) -> Result<Transfer, Crash> {
+        let mut transfer = Transfer::default();
+        let mut saved_cs = ctx.cs;
+        let sp = if self.in_kernel(m) {
+            saved_cs &= !3;
+            ctx.rsp
+        } else {
+            self.toggle_mode(m);
+            transfer.mode_switched = true;
+            self.kernel_sp
+        };
+        let sp = sp & !0xf;
+        if sp > HYPERVISOR_VIRT_START && sp < HYPERVISOR_VIRT_END + 8 * 8 {
+            return Err(Crash::BadStack { vector, rsp: sp });
+        }
+        let saved_mask = self.upcall_mask(m);
+        if mask_events {
+            self.set_upcall_mask(m, 1);
+        }
+        let mut flags = ctx.rflags & !(rflags::IF | rflags::IOPL);
+        if saved_mask == 0 {
+            flags |= rflags::IF;
+        }
+        let mut frame = vec![ctx.rcx, ctx.r11];
+        if let Some(e) = error {
+            frame.push(u64::from(e));
+        }
+        frame.extend_from_slice(&[
+            ctx.rip,
+            (saved_cs & 0xffff) | u64::from(saved_mask) << BOUNCE_CS_UPCALL_MASK_SHIFT,
+            flags,
+            ctx.rsp,
+            ctx.ss,
+        ]);
+        let bytes: Vec<u8> = frame.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let new_sp = sp.wrapping_sub(bytes.len() as u64);
+        let root = m.kernel_root(self.caller);
+        if GuestView::new(m.memory(), root)
+            .write(new_sp, &bytes)
+            .is_err()
+        {
+            return Err(Crash::StackFault {
+                vector,
+                rsp: new_sp,
+            });
+        }
+        ctx.rflags &= !(rflags::AC | rflags::VM | rflags::RF | rflags::NT | rflags::TF);
+        ctx.ss = u64::from(FLAT_RING3_SS64);
+        ctx.rsp = new_sp;
+        ctx.cs = u64::from(FLAT_KERNEL_CS64);
+        ctx.rip = handler;
+        Ok(transfer)
+    }
+
+    /// The `iret` hypercall (Xen's `do_iret`): reads the iret context at `ctx.rsp`,
+    /// switches to user mode if its CS has RPL 3, and continues there. Returns the
+    /// saved RAX (the hypercall's return value).
+    pub fn iret<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        ctx: &mut GuestContext,
+    ) -> Result<(i64, Transfer), Crash> {
+        let mut b = [0u8; IretContext::SIZE];
+        let root = m.kernel_root(self.caller);
+        GuestView::new(m.memory(), root)
+            .read(ctx.rsp, &mut b)
+            .map_err(|_| Crash::IretFrame { rsp: ctx.rsp })?;
+        let saved = IretContext::from_bytes(&b);
+        let mut transfer = Transfer::default();
+        if saved.cs & 3 == 3 && self.in_kernel(m) {
+            if m.user_root(self.caller).is_none() {
+                return Err(Crash::NoUserRoot);
+            }
+            self.toggle_mode(m);
+            transfer.mode_switched = true;
+        }
+        ctx.rip = saved.rip;
+        ctx.cs = saved.cs | 3;
+        ctx.rflags =
+            (saved.rflags & rflags::ALL & !(rflags::IOPL | rflags::VM)) | rflags::IF | rflags::MBS;
+        ctx.rsp = saved.rsp;
+        ctx.ss = saved.ss | 3;
+        if saved.flags & VGCF_in_syscall == 0 {
+            ctx.r11 = saved.r11;
+            ctx.rcx = saved.rcx;
+        }
+        self.set_upcall_mask(m, u8::from(saved.rflags & rflags::IF == 0));
+        Ok((saved.rax as i64, transfer))
+    }
+}
