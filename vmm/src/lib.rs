@@ -14,6 +14,7 @@
 //! - [`tracer`]: recording a run for `pvmmu replay`.
 //! - [`runner`]: the vCPU thread, signals and the event loop, as the binary runs them.
 //! - [`guests`], [`mod@bench`]: the built-in test guests and `pvmmu bench`.
+//! - [`xtf`]: `pvmmu xtf`, running Xen's own test kernels (XTF) with their verdicts.
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
@@ -38,3 +39,4 @@ pub mod runner;
 pub mod tracer;
 pub mod vcpu;
 pub mod vm;
+pub mod xtf;

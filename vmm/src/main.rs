@@ -90,6 +90,18 @@ enum Cmd {
     },
     /// List the built-in guests.
     Guests,
+    /// Run every 64-bit PV test of a built XTF tree and print XTF's verdict for each,
+    /// then a summary. Exit code 0 when no test reported FAILURE or crashed.
+    Xtf {
+        /// The XTF tree (or its `tests` directory).
+        dir: PathBuf,
+        /// Only tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Seconds before a test that has not finished counts as crashed.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Measure guest launch and end-to-end mmu_update cost against the library's own.
     Bench {
         /// Print JSON instead of a table.
@@ -147,6 +159,11 @@ fn main() -> ExitCode {
             Ok(code::POWEROFF)
         }),
         Cmd::Replay { file } => replay(&file),
+        Cmd::Xtf {
+            dir,
+            filter,
+            timeout,
+        } => xtf(&dir, filter.as_deref(), timeout),
         Cmd::Guests => {
             for g in guests::GUESTS {
                 println!("{:<12} {}", g.name, g.about);
@@ -267,4 +284,23 @@ fn replay(file: &std::path::Path) -> Result<u8, String> {
     }
     println!("every result identical; audit clean");
     Ok(code::POWEROFF)
+}
+
+fn xtf(dir: &std::path::Path, filter: Option<&str>, timeout: u64) -> Result<u8, String> {
+    use vmm::xtf::{Verdict, find_tests, run_one};
+    let exe = std::env::current_exe().map_err(|e| format!("pvmmu xtf: {e}"))?;
+    let tests = find_tests(dir).map_err(|e| format!("pvmmu xtf: {e}"))?;
+    let mut counts = std::collections::BTreeMap::new();
+    for t in tests
+        .iter()
+        .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+    {
+        let o = run_one(&exe, t, std::time::Duration::from_secs(timeout));
+        println!("{:<45} {:<8} {}", t.name, o.verdict.to_string(), o.detail);
+        *counts.entry(o.verdict).or_insert(0u32) += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+    println!("{}", summary.join(", "));
+    let bad = counts.contains_key(&Verdict::Failure) || counts.contains_key(&Verdict::Crash);
+    Ok(if bad { code::VMM_ERROR } else { code::POWEROFF })
 }
