@@ -61,10 +61,29 @@ pub enum PrivilegedOp {
         /// The destination.
         dst: Register,
     },
+    /// `cli` or `sti`.
+    InterruptFlag,
+    /// `in` to `dst` (AL, AX or EAX).
+    In {
+        /// The destination.
+        dst: Register,
+    },
+    /// `out`.
+    Out,
 }
 
 /// The privileged operation `ins` is, if the VMM emulates it.
 pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
+    match ins.mnemonic() {
+        Mnemonic::Cli | Mnemonic::Sti => return Some(PrivilegedOp::InterruptFlag),
+        Mnemonic::In if ins.op_kind(0) == OpKind::Register => {
+            return Some(PrivilegedOp::In {
+                dst: ins.op_register(0),
+            });
+        }
+        Mnemonic::Out => return Some(PrivilegedOp::Out),
+        _ => {}
+    }
     if ins.mnemonic() != Mnemonic::Mov || ins.op_count() != 2 {
         return None;
     }
@@ -82,6 +101,18 @@ pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
         cr,
         dst: ins.op_register(0),
     })
+}
+
+/// Whether a #SS(0) at `ins` is one hardware would raise: a stack access (an implicit
+/// one, or a memory operand based on RSP or RBP). In 64-bit mode segment overrides are
+/// ignored, so a non-canonical access through any other base is #GP(0), whatever prefix
+/// the instruction carries (this host's KVM reports #SS for a `%ss:` override).
+pub fn is_stack_access(ins: &Instruction) -> bool {
+    ins.is_stack_instruction()
+        || matches!(
+            ins.memory_base().full_register(),
+            Register::RSP | Register::RBP
+        )
 }
 
 /// A load `ins` performs: (destination register, bytes loaded, zero-extended), for the

@@ -519,15 +519,38 @@ impl Vm {
             self.vcpu.set_regs(regs);
             return Ok(None);
         }
-        // Deliver it to the guest kernel, as Xen does.
-        let vector = frame.vector as u8;
-        let error = emulate_error_code(vector, frame.error);
-        let cr2 = (vector == 14).then_some(sregs.cr2);
+        // Deliver it to the guest kernel, as Xen does. A software interrupt `int $n`
+        // arrives as #GP(n*8+2) from a gate the guest may not use (hardware KVM) or as
+        // #UD at the instruction (this host's KVM-PVM): both become Xen's softint rule.
+        let mut vector = frame.vector as u8;
+        let mut raw_error = frame.error;
+        if vector == 12 && raw_error == 0 {
+            let b = emulate::fetch(&self.machine, caller, frame.rip);
+            if emulate::decode(&b, frame.rip).is_some_and(|i| !emulate::is_stack_access(&i)) {
+                (vector, raw_error) = (13, 0);
+            }
+        }
         let mut ctx = ef.context(regs.rcx, regs.r11);
-        match self
-            .pv
-            .inject_exception(&mut self.machine, &mut ctx, vector, error, cr2)
-        {
+        let softint = match vector {
+            6 => {
+                let b = emulate::fetch(&self.machine, caller, frame.rip);
+                (b.len() >= 2 && b[0] == 0xcd).then(|| b[1])
+            }
+            13 if frame.error & 3 == 2 => Some((frame.error >> 3) as u8),
+            _ => None,
+        };
+        let delivered = match softint {
+            Some(n) => self
+                .pv
+                .software_interrupt(&mut self.machine, &mut ctx, n, 2),
+            None => {
+                let error = emulate_error_code(vector, raw_error);
+                let cr2 = (vector == 14).then_some(sregs.cr2);
+                self.pv
+                    .inject_exception(&mut self.machine, &mut ctx, vector, error, cr2)
+            }
+        };
+        match delivered {
             Ok(t) => {
                 ef.set_context(self.machine.memory(), &ctx)?;
                 self.transfer(t)?;
@@ -589,25 +612,33 @@ impl Vm {
             return Ok(None);
         };
         if frame.vector == 13 {
-            let Some(emulate::PrivilegedOp::ReadCr { cr, dst }) = emulate::privileged_op(&ins)
-            else {
-                return Ok(None);
-            };
-            let value = match cr {
-                2 => self.pv.cr2,
-                3 => {
+            let len = ins.len() as u64;
+            let value = match emulate::privileged_op(&ins) {
+                Some(emulate::PrivilegedOp::ReadCr { cr: 2, dst }) => (dst, self.pv.cr2),
+                Some(emulate::PrivilegedOp::ReadCr { cr: 3, dst }) => {
                     let root = if self.pv.in_kernel(&self.machine) {
                         self.machine.kernel_root(caller)
                     } else {
                         self.machine.user_root(caller)
                     };
-                    root.map_or(0, |r| r.addr())
+                    (dst, root.map_or(0, |r| r.addr()))
                 }
-                // CR0 and CR4 as Xen shows them to a PV guest: later.
+                // With the I/O privilege the guest asked for: `cli`/`sti` do nothing
+                // (Xen does not track them), port reads from ports a domU does not own
+                // give all ones and writes are dropped, as Xen's emulation does.
+                Some(emulate::PrivilegedOp::InterruptFlag | emulate::PrivilegedOp::Out)
+                    if self.pv.iopl_ok(&self.machine) =>
+                {
+                    return Ok(Some(len));
+                }
+                Some(emulate::PrivilegedOp::In { dst }) if self.pv.iopl_ok(&self.machine) => {
+                    (dst, u64::MAX)
+                }
+                // CR0 and CR4 reads, MSRs and the rest: later; the guest gets the #GP.
                 _ => return Ok(None),
             };
-            emulate::set_reg(regs, dst, value);
-            return Ok(Some(ins.len() as u64));
+            emulate::set_reg(regs, value.0, value.1);
+            return Ok(Some(len));
         }
         // A load from the read-only M2P: read the M2P itself (the guest may read any
         // of it; a load straddling its end reads what there is).

@@ -16,8 +16,8 @@ use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
 use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
 use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op, HYPERVISOR_iret,
-    HYPERVISOR_sched_op, HYPERVISOR_set_callbacks, HYPERVISOR_set_trap_table,
-    HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
+    HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks,
+    HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -219,6 +219,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
                 }
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
+            HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
             HYPERVISOR_event_channel_op => self.event_channel_op(m, caller, a),
             HYPERVISOR_sched_op => self.sched_op(m, caller, a),
             HYPERVISOR_xen_version => xen_version(m, caller, a),
@@ -329,6 +330,23 @@ impl Platform<'_> {
             return Errno::EINVAL.neg();
         }
         Errno::EOPNOTSUPP.neg()
+    }
+
+    /// `physdev_op`: a domU with no devices has only `PHYSDEVOP_set_iopl` to use.
+    fn physdev_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
+        /// `PHYSDEVOP_set_iopl`.
+        const SET_IOPL: u32 = 6;
+        match a[0] as u32 {
+            SET_IOPL => {
+                let mut b = [0u8; 4];
+                let root = m.kernel_root(caller);
+                if GuestView::new(m.memory(), root).read(a[1], &mut b).is_err() {
+                    return Errno::EFAULT.neg();
+                }
+                self.pv.set_iopl(u32::from_le_bytes(b))
+            }
+            _ => Errno::ENOSYS.neg(),
+        }
     }
 
     fn sched_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {

@@ -23,6 +23,7 @@ use pvmmu_abi::layout::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, is_canonical
 use pvmmu_abi::selector::{FLAT_KERNEL_CS64, FLAT_RING3_SS64};
 use pvmmu_abi::shared_info::{VCPU_INFO_ARCH_CR2_OFFSET, VCPU_INFO_UPCALL_MASK_OFFSET};
 use pvmmu_abi::trap::{BOUNCE_CS_UPCALL_MASK_SHIFT, TI_MASK_EVENTS, VGCF_in_syscall};
+use pvmmu_abi::vmassist::VMASST_TYPE_architectural_iopl;
 use pvmmu_abi::{CallbackRegister, CallbackUnregister, Errno, IretContext, TrapInfo};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -203,6 +204,9 @@ pub struct PvVcpu {
     pub callbacks: Callbacks,
     /// The guest's CR2 (what `mov %cr2` reads).
     pub cr2: u64,
+    /// The virtual I/O privilege level, as RFLAGS.IOPL bits (`PHYSDEVOP_set_iopl`, or
+    /// `iret` with the architectural_iopl assist).
+    pub iopl: u64,
     /// Guest-physical address of this vCPU's `vcpu_info`.
     vcpu_info: u64,
 }
@@ -217,6 +221,7 @@ impl PvVcpu {
             kernel_sp: 0,
             callbacks: Callbacks::default(),
             cr2: 0,
+            iopl: 0,
             vcpu_info,
         }
     }
@@ -229,6 +234,33 @@ impl PvVcpu {
     /// The virtual IDT entry of `vector`.
     pub fn trap(&self, vector: u8) -> Trap {
         self.traps[usize::from(vector)]
+    }
+
+    /// Whether the domain runs with the architectural_iopl assist.
+    fn architectural_iopl<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
+        m.domain(self.caller.dom)
+            .is_some_and(|d| d.has_assist(VMASST_TYPE_architectural_iopl))
+    }
+
+    /// Xen's `iopl_ok`: whether the virtual IOPL admits I/O instructions (and `cli`,
+    /// `sti`) at the guest's privilege: 3 in user mode, 1 in kernel mode (0 with the
+    /// architectural_iopl assist).
+    pub fn iopl_ok<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
+        let cpl: u64 = match (self.in_kernel(m), self.architectural_iopl(m)) {
+            (false, _) => 3,
+            (true, true) => 0,
+            (true, false) => 1,
+        };
+        cpl << 12 <= self.iopl
+    }
+
+    /// `PHYSDEVOP_set_iopl`. Returns RAX.
+    pub fn set_iopl(&mut self, iopl: u32) -> i64 {
+        if iopl > 3 {
+            return Errno::EINVAL.neg();
+        }
+        self.iopl = u64::from(iopl) << 12;
+        0
     }
 
     /// Whether the vCPU is in guest kernel mode.
@@ -415,6 +447,33 @@ impl PvVcpu {
         )
     }
 
+    /// A software interrupt `int $vector` at `ctx.rip` (an instruction of `len` bytes),
+    /// as Xen's #GP handler treats one: if the virtual IDT's DPL for the vector permits
+    /// it from the current mode (at least 1 from kernel mode, 3 from user mode), the
+    /// vector is delivered with RIP past the instruction and no error code; otherwise the
+    /// guest gets #GP with error code `vector * 8 + 2` at the instruction.
+    pub fn software_interrupt<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        ctx: &mut GuestContext,
+        vector: u8,
+        len: u64,
+    ) -> Result<Transfer, Crash> {
+        let trap = self.trap(vector);
+        let needed = if self.in_kernel(m) { 1 } else { 3 };
+        if trap.flags & 3 >= needed {
+            if trap.address == 0 {
+                return Err(Crash::NoHandler { vector, error: 0 });
+            }
+            ctx.rip = ctx.rip.wrapping_add(len);
+            let mask = trap.flags & TI_MASK_EVENTS != 0;
+            self.bounce(m, ctx, vector, trap.address, mask, None)
+        } else {
+            let error = u32::from(vector) * 8 + 2;
+            self.inject_exception(m, ctx, 13, Some(error), None)
+        }
+    }
+
     /// `create_bounce_frame`: the frame and the jump to `handler`.
     fn bounce<F: TlbFlush>(
         &mut self,
@@ -446,6 +505,9 @@ impl PvVcpu {
         let mut flags = ctx.rflags & !(rflags::IF | rflags::IOPL);
         if saved_mask == 0 {
             flags |= rflags::IF;
+        }
+        if self.architectural_iopl(m) {
+            flags |= self.iopl;
         }
         let mut frame = vec![ctx.rcx, ctx.r11];
         if let Some(e) = error {
@@ -499,6 +561,9 @@ impl PvVcpu {
             }
             self.toggle_mode(m);
             transfer.mode_switched = true;
+        }
+        if self.architectural_iopl(m) {
+            self.iopl = saved.rflags & rflags::IOPL;
         }
         ctx.rip = saved.rip;
         ctx.cs = saved.cs | 3;
