@@ -138,6 +138,10 @@ impl<F: TlbFlush> Core<F> {
         if entries > FIRST_RESERVED_GDT_ENTRY {
             return Err(Errno::EINVAL);
         }
+        // The frames the entries occupy; any further ones are not looked at (Xen copies
+        // exactly that many from the guest).
+        let nr = entries.div_ceil(DESCRIPTORS_PER_PAGE) as usize;
+        let frames = frames.get(..nr).ok_or(Errno::EINVAL)?;
         let d: Owner = caller.dom;
         let mut taken = Vec::with_capacity(frames.len());
         for &f in frames {
@@ -206,9 +210,10 @@ impl<F: TlbFlush> Core<F> {
 }
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
-    /// `set_gdt` with the frames given as a slice: the GDT of `caller` becomes `frames`
-    /// (`entries` descriptors). Every frame must be the caller's and take the
-    /// `seg_desc` type; on success the old GDT's frames are released.
+    /// `set_gdt` with the frames given as a slice: the GDT of `caller` becomes the first
+    /// `ceil(entries / 512)` of `frames` (fewer is -EINVAL; more are ignored). Every frame
+    /// must be the caller's and take the `seg_desc` type; on success the old GDT's
+    /// frames are released.
     pub fn set_gdt(
         &mut self,
         caller: Caller,
