@@ -61,6 +61,13 @@ pub enum PrivilegedOp {
         /// The destination.
         dst: Register,
     },
+    /// `mov reg, %crN`.
+    WriteCr {
+        /// Which control register.
+        cr: u8,
+        /// The source.
+        src: Register,
+    },
     /// `cli` or `sti`.
     InterruptFlag,
     /// `in` to `dst` (AL, AX or EAX).
@@ -90,16 +97,22 @@ pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
     if ins.op_kind(0) != OpKind::Register || ins.op_kind(1) != OpKind::Register {
         return None;
     }
-    let cr = match ins.op_register(1) {
-        Register::CR0 => 0,
-        Register::CR2 => 2,
-        Register::CR3 => 3,
-        Register::CR4 => 4,
-        _ => return None,
+    let cr_number = |r: Register| match r {
+        Register::CR0 => Some(0),
+        Register::CR2 => Some(2),
+        Register::CR3 => Some(3),
+        Register::CR4 => Some(4),
+        _ => None,
     };
-    Some(PrivilegedOp::ReadCr {
+    if let Some(cr) = cr_number(ins.op_register(1)) {
+        return Some(PrivilegedOp::ReadCr {
+            cr,
+            dst: ins.op_register(0),
+        });
+    }
+    cr_number(ins.op_register(0)).map(|cr| PrivilegedOp::WriteCr {
         cr,
-        dst: ins.op_register(0),
+        src: ins.op_register(1),
     })
 }
 
@@ -123,6 +136,11 @@ pub fn plain_load(ins: &Instruction) -> Option<(Register, usize)> {
         && ins.op_kind(0) == OpKind::Register
         && ins.op_kind(1) == OpKind::Memory;
     load.then(|| (ins.op_register(0), ins.memory_size().size()))
+}
+
+/// The value of general register `r` (any width) in `regs`.
+pub fn gpr(regs: &kvm_regs, r: Register) -> Option<u64> {
+    reg_value(regs, &kvm_sregs::default(), r)
 }
 
 fn reg_value(regs: &kvm_regs, sregs: &kvm_sregs, r: Register) -> Option<u64> {

@@ -163,6 +163,22 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Sets or clears CR4.FSGSBASE (the guest chose it through its CR4).
+    pub fn set_fsgsbase(&mut self, on: bool) -> Result<(), kvm_ioctls::Error> {
+        const FSGSBASE: u64 = 1 << 16;
+        let mut sregs = self.fd.get_sregs()?;
+        let cr4 = if on {
+            sregs.cr4 | FSGSBASE
+        } else {
+            sregs.cr4 & !FSGSBASE
+        };
+        if cr4 != sregs.cr4 {
+            sregs.cr4 = cr4;
+            self.fd.set_sregs(&sregs)?;
+        }
+        Ok(())
+    }
+
     /// Loads `root` into CR3, if it is not already there.
     pub fn load_root(&mut self, root: Option<Mfn>) -> Result<(), kvm_ioctls::Error> {
         if let Some(root) = root

@@ -613,15 +613,26 @@ impl Vm {
         };
         if frame.vector == 13 {
             let len = ins.len() as u64;
+            let kernel = self.pv.in_kernel(&self.machine);
             let value = match emulate::privileged_op(&ins) {
-                Some(emulate::PrivilegedOp::ReadCr { cr: 2, dst }) => (dst, self.pv.cr2),
-                Some(emulate::PrivilegedOp::ReadCr { cr: 3, dst }) => {
-                    let root = if self.pv.in_kernel(&self.machine) {
-                        self.machine.kernel_root(caller)
-                    } else {
-                        self.machine.user_root(caller)
+                // Control registers, from guest kernel mode only (user mode gets the #GP).
+                Some(emulate::PrivilegedOp::ReadCr { cr, dst }) if kernel => {
+                    let v = match cr {
+                        0 => platform::pv::cr4::CR0,
+                        2 => self.pv.cr2,
+                        3 => self.machine.kernel_root(caller).map_or(0, |r| r.addr()),
+                        _ => self.pv.cr4,
                     };
-                    (dst, root.map_or(0, |r| r.addr()))
+                    (dst, v)
+                }
+                Some(emulate::PrivilegedOp::WriteCr { cr: 4, src }) if kernel => {
+                    let v = emulate::gpr(regs, src).unwrap_or(0);
+                    let fsgsbase = self.cpuid.query(7, 0)[1] & 1 != 0;
+                    self.pv.cr4 = platform::pv::cr4::fixup(v, fsgsbase);
+                    // The guest's FSGSBASE choice is the hardware's.
+                    self.vcpu
+                        .set_fsgsbase(self.pv.cr4 & platform::pv::cr4::FSGSBASE != 0)?;
+                    return Ok(Some(len));
                 }
                 // With the I/O privilege the guest asked for: `cli`/`sti` do nothing
                 // (Xen does not track them), port reads from ports a domU does not own

@@ -51,6 +51,39 @@ pub mod rflags {
     pub const ALL: u64 = 0x003f_7fd5;
 }
 
+/// The guest's view of CR0 and CR4.
+pub mod cr4 {
+    /// CR4.TSD.
+    pub const TSD: u64 = 1 << 2;
+    /// CR4.DE.
+    pub const DE: u64 = 1 << 3;
+    /// CR4.PAE.
+    pub const PAE: u64 = 1 << 5;
+    /// CR4.MCE.
+    pub const MCE: u64 = 1 << 6;
+    /// CR4.OSFXSR.
+    pub const OSFXSR: u64 = 1 << 9;
+    /// CR4.OSXMMEXCPT.
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    /// CR4.FSGSBASE.
+    pub const FSGSBASE: u64 = 1 << 16;
+    /// CR4.OSXSAVE.
+    pub const OSXSAVE: u64 = 1 << 18;
+    /// Bits the guest controls (Xen's `PV_CR4_GUEST_MASK`).
+    pub const GUEST: u64 = TSD | DE | FSGSBASE | OSXSAVE;
+    /// Hardware bits the guest sees (Xen's `PV_CR4_GUEST_VISIBLE_MASK`, as Xen runs).
+    pub const VISIBLE: u64 = PAE | MCE | OSFXSR | OSXMMEXCPT;
+    /// CR0 as a PV guest reads it (PE MP ET NE WP AM PG), TS added when set.
+    pub const CR0: u64 = 0x8005_0033;
+
+    /// Xen's `pv_fixup_guest_cr4`: the guest's choice of the bits it controls (FSGSBASE
+    /// only when offered), and the visible hardware bits.
+    pub const fn fixup(cr4: u64, fsgsbase: bool) -> u64 {
+        let allowed = if fsgsbase { GUEST } else { GUEST & !FSGSBASE };
+        (cr4 & allowed) | VISIBLE
+    }
+}
+
 /// Vectors whose exceptions carry an error code (Xen's `X86_EXC_HAVE_EC`).
 pub const fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
@@ -204,6 +237,9 @@ pub struct PvVcpu {
     pub callbacks: Callbacks,
     /// The guest's CR2 (what `mov %cr2` reads).
     pub cr2: u64,
+    /// The guest's CR4 (Xen's `ctrlreg[4]`): the bits it controls and the hardware bits
+    /// it may see.
+    pub cr4: u64,
     /// The virtual I/O privilege level, as RFLAGS.IOPL bits (`PHYSDEVOP_set_iopl`, or
     /// `iret` with the architectural_iopl assist).
     pub iopl: u64,
@@ -221,6 +257,7 @@ impl PvVcpu {
             kernel_sp: 0,
             callbacks: Callbacks::default(),
             cr2: 0,
+            cr4: cr4::fixup(0, false),
             iopl: 0,
             vcpu_info,
         }
