@@ -10,13 +10,19 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, SyncReg, VcpuFd, VmFd};
 use log::debug;
 use platform::builder::BootInfo;
-use platform::layout::XEN_PAT;
+use platform::layout::{RING0_CS, SYSCALL_STUB_VA, XEN_PAT};
 use pvmmu::{Caller, Mfn};
+use pvmmu_abi::selector::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
 
 use crate::arch::regs;
 
 /// IA32_PAT.
 const MSR_PAT: u32 = 0x277;
+/// The syscall MSRs.
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SFMASK: u32 = 0xc000_0084;
 /// IA32_KERNEL_GS_BASE (what `swapgs` exchanges with GS.base).
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// KVM_CPUID_FLAG_SIGNIFCANT_INDEX.
@@ -80,11 +86,21 @@ impl Vcpu {
             .any(|e| e.function == 1 && e.ecx & CPUID_XSAVE != 0);
         let sregs = regs::pv_sregs(fd.get_sregs()?, boot.l4.addr(), xsave)?;
         fd.set_sregs(&sregs)?;
-        let msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index: MSR_PAT,
-            data: XEN_PAT,
+        let msr = |index, data| kvm_msr_entry {
+            index,
+            data,
             ..Default::default()
-        }])
+        };
+        // `syscall` enters the syscall stub (on hardware KVM in ring 0 with the
+        // hypervisor's CS; on KVM-PVM it stays at CPL3), no flags masked.
+        let star = (u64::from(FLAT_RING3_CS32) << 48) | (u64::from(RING0_CS) << 32);
+        let msrs = Msrs::from_entries(&[
+            msr(MSR_PAT, XEN_PAT),
+            msr(MSR_STAR, star),
+            msr(MSR_LSTAR, SYSCALL_STUB_VA),
+            msr(MSR_CSTAR, SYSCALL_STUB_VA),
+            msr(MSR_SFMASK, 0),
+        ])
         .map_err(VcpuError::Msrs)?;
         fd.set_msrs(&msrs)?;
         fd.set_fpu(&kvm_fpu {
@@ -160,6 +176,19 @@ impl Vcpu {
         }
         self.fd.set_sregs(&sregs)?;
         self.fd.set_msrs(&msrs)?;
+        Ok(())
+    }
+
+    /// After a `syscall` that entered ring 0 (hardware KVM), puts the vCPU back at the
+    /// guest's CPL3 selectors; a no-op where `syscall` stays at CPL3 (KVM-PVM).
+    pub fn leave_ring0(&mut self) -> Result<(), VcpuError> {
+        let mut sregs = self.fd.get_sregs()?;
+        if sregs.cs.dpl == 3 {
+            return Ok(());
+        }
+        sregs.cs = regs::gdt_segment(FLAT_RING3_CS64)?;
+        sregs.ss = regs::gdt_segment(FLAT_RING3_SS64)?;
+        self.fd.set_sregs(&sregs)?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ use platform::cpuid::CpuidPolicy;
 use platform::dispatch::{self, Console, DomainState, HypercallStats, Outcome};
 use platform::domain::{DOMID, Domain, DomainError, DomainSpec, describe_path};
 use platform::hvarea::HvArea;
-use platform::layout::{FAULT_PORT, HYPERCALL_PORT, PAGE, STACK_VA};
+use platform::layout::{FAULT_PORT, HYPERCALL_PORT, PAGE, STACK_VA, SYSCALL_PORT};
 use platform::pv::{Crash, GuestContext, PvVcpu, Transfer};
 use platform::trace::{Record, TraceHeader, ptwr_code};
 use pvmmu::{AuditError, Caller, MachineError};
@@ -240,6 +240,17 @@ pub struct Vm {
     pub timings: Option<Vec<HypercallTiming>>,
     /// Set from outside to stop the guest; also stops long batched hypercalls.
     stop: Arc<AtomicBool>,
+    /// Whether `syscall` enters ring 0 on this host (found at the first one).
+    syscall_ring0: Option<bool>,
+}
+
+/// How a hypercall reached the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// The hypercall page's `out`.
+    Page,
+    /// `syscall`, through the syscall stub.
+    Syscall,
 }
 
 impl std::fmt::Debug for Vm {
@@ -314,6 +325,7 @@ impl Vm {
             stats: RunStats::default(),
             timings: None,
             stop: Arc::new(AtomicBool::new(false)),
+            syscall_ring0: None,
         };
         v.machine.set_interrupt(Some(v.stop.clone()));
         // The builder's NEW_BASEPTR is already in CR3.
@@ -347,10 +359,23 @@ impl Vm {
         self.stop.clone()
     }
 
-    /// A hypercall exit: dispatch, trace, result, CR3.
-    fn hypercall(&mut self) -> Result<Option<GuestExit>, VmError> {
+    /// A `syscall` or hypercall-page exit. From guest kernel mode it is a hypercall:
+    /// dispatch, trace, result, CR3. From guest user mode it is a system call for the
+    /// guest kernel, as Xen treats a `syscall` there (the hypercall page's too).
+    fn hypercall(&mut self, entry: Entry) -> Result<Option<GuestExit>, VmError> {
         let arrived = Instant::now();
         let mut regs = self.vcpu.regs();
+        if entry == Entry::Syscall && self.syscall_ring0 != Some(false) {
+            // Where `syscall` entered ring 0 (hardware KVM), go back to CPL3 first.
+            let ring0 = self.vcpu.sregs()?.cs.dpl == 0;
+            self.syscall_ring0 = Some(ring0);
+            if ring0 {
+                self.vcpu.leave_ring0()?;
+            }
+        }
+        if !self.pv.in_kernel(&self.machine) {
+            return self.user_syscall(entry, regs);
+        }
         let (nr, args) = (regs.rax, hypercall_args(&regs));
         if let Some(t) = self.tracer.as_mut() {
             t.pages(self.machine.memory())?;
@@ -406,6 +431,12 @@ impl Vm {
                     regs.rcx = ctx.rcx;
                     regs.r11 = ctx.r11;
                     self.vcpu.set_regs(regs);
+                } else if entry == Entry::Syscall {
+                    // Back after the `syscall`, as Xen's return to the guest does.
+                    regs.rax = v as u64;
+                    regs.rip = regs.rcx;
+                    regs.rflags = regs.r11 | platform::pv::rflags::IF;
+                    self.vcpu.set_regs(regs);
                 } else {
                     self.vcpu.set_rax(v as u64);
                 }
@@ -425,6 +456,42 @@ impl Vm {
             }
             Outcome::Shutdown(reason) => Ok(Some(GuestExit::Shutdown(reason))),
             Outcome::Crash(c) => Ok(Some(GuestExit::Crash(c))),
+        }
+    }
+
+    /// A system call from guest user mode (a `syscall`, or a call through the hypercall
+    /// page, which is a `syscall` on Xen): delivered to the guest kernel's syscall
+    /// callback.
+    fn user_syscall(
+        &mut self,
+        entry: Entry,
+        mut regs: kvm_bindings::kvm_regs,
+    ) -> Result<Option<GuestExit>, VmError> {
+        if entry == Entry::Page {
+            // The page's `out` stands for the `syscall` Xen's page holds: it returns
+            // after it, with the flags at the call.
+            regs.rcx = regs.rip + 2;
+            regs.r11 = regs.rflags;
+        }
+        let mut ctx = GuestContext {
+            rip: regs.rcx,
+            cs: u64::from(FLAT_RING3_CS64),
+            rflags: regs.r11,
+            rsp: regs.rsp,
+            ss: u64::from(FLAT_RING3_SS64),
+            rcx: regs.rcx,
+            r11: regs.r11,
+        };
+        match self.pv.user_syscall(&mut self.machine, &mut ctx, 2) {
+            Ok(t) => {
+                regs.rip = ctx.rip;
+                regs.rsp = ctx.rsp;
+                regs.rflags = ctx.rflags | platform::pv::rflags::IF;
+                self.vcpu.set_regs(regs);
+                self.transfer(t)?;
+                Ok(None)
+            }
+            Err(c) => Ok(Some(GuestExit::Crash(c))),
         }
     }
 
@@ -680,7 +747,8 @@ impl Vm {
             }
             self.stats.exits += 1;
             let exit = match self.vcpu.fd.run() {
-                Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => self.hypercall()?,
+                Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => self.hypercall(Entry::Page)?,
+                Ok(VcpuExit::IoOut(SYSCALL_PORT, _)) => self.hypercall(Entry::Syscall)?,
                 Ok(VcpuExit::IoOut(FAULT_PORT, _)) => self.exception()?,
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.pio.write(port, data);

@@ -24,6 +24,7 @@ use pvmmu_abi::version::{
     XENVER_capabilities, XENVER_extraversion, XENVER_get_features, XENVER_pagesize, XENVER_version,
 };
 
+pub use crate::console::{Console, NullConsole};
 use crate::domain::Mach;
 use crate::pv::{Crash, GuestContext, PvVcpu, Transfer};
 use crate::ring::ConsoleRing;
@@ -58,25 +59,6 @@ pub struct Served {
     pub context_changed: bool,
     /// A switch between guest kernel and user mode the VMM must carry out.
     pub transfer: Transfer,
-}
-
-/// Where console output goes and input comes from.
-pub trait Console {
-    /// Writes guest console output.
-    fn write(&mut self, bytes: &[u8]);
-    /// Reads pending console input into `buf`; returns the count.
-    fn read(&mut self, buf: &mut [u8]) -> usize;
-}
-
-/// A console that drops output and has no input (replay, fuzzing, dump).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NullConsole;
-
-impl Console for NullConsole {
-    fn write(&mut self, _bytes: &[u8]) {}
-    fn read(&mut self, _buf: &mut [u8]) -> usize {
-        0
-    }
 }
 
 /// Per-VM hypercall counters.

@@ -1,6 +1,7 @@
 //! The hypervisor area: the VMM's own supervisor-only pages in the Xen-reserved L4 slots
 //! (GDT with Xen's flat selectors, IDT, TSS with RSP0 and an I/O bitmap that opens only
-//! the hypercall port, ring-0 exception stubs, a ring-0 stack) and the guest-readable
+//! the hypercall and syscall ports, ring-0 exception stubs, a ring-0 stack, and the
+//! user-executable syscall entry stub) and the guest-readable
 //! read-only M2P at 0xFFFF800000000000. Its page tables are built with the batched
 //! walker in frames owned by `DOMID_XEN`; the library copies the resulting L4 slots into
 //! every L4 it validates.
@@ -169,8 +170,9 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     let m2p_frames = (ram_frames * 8).div_ceil(PAGE);
     // gdt(1) + zero(1) + idt(1) + tss(3) + stubs(1) + stack(2) + scratch L4 (1)
     // + tables: hv L3/L2/L1 (3) + for the M2P and its alias each L3/L2 (2) + L1s.
-    let tables = 3 + 2 * (2 + m2p_frames.div_ceil(512));
-    let needed = 10 + tables + m2p_frames;
+    // + the syscall stub's L2 and L1 (its L3 is the M2P alias's).
+    let tables = 3 + 2 * (2 + m2p_frames.div_ceil(512)) + 2;
+    let needed = 11 + tables + m2p_frames;
     if needed * 4 > ram_frames {
         return Err(HvAreaError::TooSmall(needed));
     }
@@ -189,6 +191,7 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         take(2),
         take(1),
     );
+    let syscall_stub = take(1);
     let m2p = take(m2p_frames);
     let table_frames = take(tables);
     let zero_page = [0u8; PAGE as usize];
@@ -229,9 +232,16 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     for b in &mut t[0x68..0x68 + 8192 + 1] {
         *b = 0xff;
     }
-    let port = usize::from(HYPERCALL_PORT);
-    t[0x68 + port / 8] &= !(1 << (port % 8));
+    for port in [HYPERCALL_PORT, SYSCALL_PORT] {
+        let port = usize::from(port);
+        t[0x68 + port / 8] &= !(1 << (port % 8));
+    }
     mem.write_slice(&t, GuestAddress(tss * PAGE))?;
+
+    // The syscall stub: `out %al, $SYSCALL_PORT; ud2` (the VMM never lets it go on).
+    let mut stub_bytes = vec![0xccu8; PAGE as usize];
+    stub_bytes[..4].copy_from_slice(&[0xe6, SYSCALL_PORT as u8, 0x0f, 0x0b]);
+    mem.write_slice(&stub_bytes, GuestAddress(syscall_stub * PAGE))?;
 
     // Page tables: the supervisor-only area and the user-readable read-only M2P.
     let walker = Walker::new(mem);
@@ -279,6 +289,13 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
             ControlFlow::<()>::Continue(())
         })?;
     }
+    let _ = walker.apply_to_page_range(root, VaRange::page(SYSCALL_STUB_VA), &mut alloc, |v| {
+        if let Visit::Ptes(b) = v {
+            let flags = PteFlags::PRESENT | PteFlags::USER | PteFlags::ACCESSED;
+            b.set(0, Pte::new(Mfn(syscall_stub), flags));
+        }
+        ControlFlow::<()>::Continue(())
+    })?;
     let mut l4_slots = [0u64; 16];
     for (k, slot) in l4_slots.iter_mut().enumerate() {
         *slot = mem.read_obj(GuestAddress(l4 * PAGE + (256 + k as u64) * 8))?;
@@ -324,12 +341,19 @@ mod tests {
         assert_eq!(alias.paddr, m.paddr);
         assert!(m.user() && !m.writable());
         assert_eq!(a.l4_slots[HV_SLOT - 256] & PteFlags::USER.bits(), 0);
-        // The I/O bitmap opens the hypercall port only.
+        // The I/O bitmap opens the hypercall and syscall ports only (0xf1 and 0xf2 share
+        // a byte).
         let tss = w.translate(l4, TSS_VA).unwrap().unwrap().paddr;
         let byte: u8 = mem
             .read_obj(GuestAddress(tss + 0x68 + u64::from(HYPERCALL_PORT) / 8))
             .unwrap();
-        assert_eq!(byte, !(1u8 << (HYPERCALL_PORT % 8)));
+        let open = (1u8 << (HYPERCALL_PORT % 8)) | (1 << (SYSCALL_PORT % 8));
+        assert_eq!(byte, !open);
+        // The syscall stub is user-executable and read-only.
+        let stub = w.translate(l4, SYSCALL_STUB_VA).unwrap().unwrap();
+        assert!(stub.user() && !stub.writable() && !stub.flags.contains(PteFlags::NX));
+        let code: [u8; 2] = mem.read_obj(GuestAddress(stub.paddr)).unwrap();
+        assert_eq!(code, [0xe6, SYSCALL_PORT as u8]);
         let byte: u8 = mem.read_obj(GuestAddress(tss + 0x68 + 0x3f8 / 8)).unwrap();
         assert_eq!(byte, 0xff);
     }

@@ -4,6 +4,9 @@
 /// Hypercall port: the hypercall page's stubs `out` to it from CPL3 (the only port the
 /// TSS I/O bitmap opens).
 pub const HYPERCALL_PORT: u16 = 0xf1;
+/// Syscall port: the syscall entry stub `out`s to it (from CPL3 on KVM-PVM, where
+/// `syscall` does not change privilege; from ring 0 on hardware KVM).
+pub const SYSCALL_PORT: u16 = 0xf2;
 /// Fault port: the ring-0 exception stubs `out` to it.
 pub const FAULT_PORT: u16 = 0xf0;
 
@@ -41,6 +44,10 @@ pub const TSS_SEL: u16 = 0xe040;
 /// An alias of the read-only M2P in L4 slot 257: KVM-PVM faults CPL3 accesses to slot
 /// 256, where Xen's ABI puts the M2P.
 pub const M2P_ALIAS_VA: u64 = 0xffff_8080_0000_0000;
+
+/// The syscall entry stub (LSTAR and CSTAR point here): a user-executable, read-only
+/// page in L4 slot 257, so that it runs whether `syscall` enters ring 0 or not.
+pub const SYSCALL_STUB_VA: u64 = M2P_ALIAS_VA + (256 << 30);
 
 /// Xen's PAT MSR value: WB, WT, UC-, UC, WC, WP, UC, UC.
 pub const XEN_PAT: u64 = 0x0000_0501_0007_0406;

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod builder;
+pub mod console;
 pub mod cpuid;
 pub mod dispatch;
 pub mod domain;
@@ -38,5 +39,6 @@ pub mod replay;
 pub mod ring;
 pub mod trace;
 
-pub use dispatch::{Console, NullConsole, Outcome, Served};
+pub use console::{Console, NullConsole};
+pub use dispatch::{Outcome, Served};
 pub use domain::{DOMID, Domain, DomainError, DomainSpec};

@@ -27,7 +27,8 @@ use pvmmu_abi::vmassist::VMASST_TYPE_architectural_iopl;
 use pvmmu_abi::{CallbackRegister, CallbackUnregister, Errno, IretContext, TrapInfo};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::domain::Mach;
+/// The PV MMU the vCPU belongs to.
+type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
 
 /// RFLAGS bits.
 pub mod rflags {
@@ -509,6 +510,28 @@ impl PvVcpu {
             let error = u32::from(vector) * 8 + 2;
             self.inject_exception(m, ctx, 13, Some(error), None)
         }
+    }
+
+    /// A `syscall` from guest user mode (Xen's `switch_to_kernel`): `ctx` holds the
+    /// state after the instruction (RIP and RFLAGS as the CPU put them in RCX and R11).
+    /// It is delivered to the registered syscall callback in kernel mode, DF cleared;
+    /// with no callback, the guest gets #UD at the instruction (`len` bytes back).
+    pub fn user_syscall<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        ctx: &mut GuestContext,
+        len: u64,
+    ) -> Result<Transfer, Crash> {
+        /// RFLAGS.DF.
+        const DF: u64 = 1 << 10;
+        let cb = self.callbacks;
+        if cb.syscall == 0 {
+            ctx.rip = ctx.rip.wrapping_sub(len);
+            return self.inject_exception(m, ctx, 6, None, None);
+        }
+        let t = self.bounce(m, ctx, 0, cb.syscall, cb.syscall_masks, None)?;
+        ctx.rflags &= !DF;
+        Ok(t)
     }
 
     /// `create_bounce_frame`: the frame and the jump to `handler`.

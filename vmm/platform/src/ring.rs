@@ -10,7 +10,7 @@ use pvmmu_abi::console::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use crate::dispatch::Console;
+use crate::console::Console;
 
 /// One domain's console ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ impl ConsoleRing {
     /// Moves everything the guest produced to `console`; returns the byte count.
     ///
     /// ```
-    /// use platform::dispatch::Console;
+    /// use platform::console::Console;
     /// use platform::ring::ConsoleRing;
     /// use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
     ///

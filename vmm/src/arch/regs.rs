@@ -18,8 +18,8 @@ pub const CR0: u64 = 0x8001_0033;
 pub const CR4: u64 = 0x6a0;
 /// CR4.OSXSAVE, set when the CPU offers XSAVE.
 pub const CR4_OSXSAVE: u64 = 1 << 18;
-/// EFER: LME, LMA, NXE.
-pub const EFER: u64 = 0xd00;
+/// EFER: SCE, LME, LMA, NXE.
+pub const EFER: u64 = 0xd01;
 /// RFLAGS at entry: IF and the reserved bit 1.
 pub const RFLAGS: u64 = 0x202;
 /// Entries of the IDT the hypervisor area fills (the exception vectors).
