@@ -118,6 +118,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "pv_traps",
+        "trap table, exception frames, iret, int N by DPL, FEP cpuid, CR2/CR3 reads, syscall hypercall, a user-mode round trip",
+        "Success",
+        true,
+    ),
+    (
         "stress",
         "100,000 random valid and invalid updates against a shadow model, checking every result and translation",
         "Success",

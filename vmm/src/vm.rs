@@ -601,15 +601,24 @@ impl Vm {
         let softint = match vector {
             6 => {
                 let b = emulate::fetch(&self.machine, caller, frame.rip);
-                (b.len() >= 2 && b[0] == 0xcd).then(|| b[1])
+                (b.len() >= 2 && b[0] == 0xcd).then(|| (b[1], 2))
             }
-            13 if frame.error & 3 == 2 => Some((frame.error >> 3) as u8),
+            13 if frame.error & 3 == 2 => {
+                // The instruction's length: `int3` and `into` are one byte.
+                let b = emulate::fetch(&self.machine, caller, frame.rip);
+                let len = if matches!(b.first(), Some(0xcc | 0xce)) {
+                    1
+                } else {
+                    2
+                };
+                Some(((frame.error >> 3) as u8, len))
+            }
             _ => None,
         };
         let delivered = match softint {
-            Some(n) => self
+            Some((n, len)) => self
                 .pv
-                .software_interrupt(&mut self.machine, &mut ctx, n, 2),
+                .software_interrupt(&mut self.machine, &mut ctx, n, len),
             None => {
                 let error = emulate_error_code(vector, raw_error);
                 let cr2 = (vector == 14).then_some(sregs.cr2);

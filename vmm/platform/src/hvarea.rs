@@ -211,9 +211,12 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     let mut stub_page = vec![0xccu8; PAGE as usize];
     for v in 0..32u8 {
         let off = STUBS_VA + u64::from(v) * STUB_SIZE;
+        // Interrupt gates, DPL 0 (a guest's `int $n` faults), but for #BP and #OF, which
+        // `int3` and `into` raise from CPL3, as in Xen's IDT.
+        let access: u64 = if matches!(v, 3 | 4) { 0xee } else { 0x8e };
         let lo = (off & 0xffff)
             | (u64::from(RING0_CS) << 16)
-            | (0x8eu64 << 40)
+            | (access << 40)
             | ((off >> 16 & 0xffff) << 48);
         let hi = off >> 32;
         let at = usize::from(v) * 16;

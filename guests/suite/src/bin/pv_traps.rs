@@ -1,0 +1,335 @@
+//! The PV vCPU from inside: a trap table, exceptions delivered to its handlers with Xen's
+//! frame (error code, #PF user bit, CR2, saved CS), `iret` back, software interrupts by
+//! their DPL, the forced-emulation CPUID, emulated CR3 reads, a round trip through guest
+//! user mode (`iret` to user mode, a system call back into the kernel through the
+//! syscall callback) and a raw `syscall` hypercall from the kernel.
+#![no_std]
+#![no_main]
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use rt::abi::callback::{CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKTYPE_syscall};
+use rt::abi::hypercall::{
+    HYPERVISOR_callback_op, HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch,
+    HYPERVISOR_xen_version,
+};
+use rt::abi::mmu::MMUEXT_NEW_USER_BASEPTR;
+use rt::abi::{CallbackRegister, StartInfo, TrapInfo};
+use suite::Check;
+
+/// What the last exception looked like: vector, error code, RIP, saved CS, count.
+static VEC: AtomicU64 = AtomicU64::new(0);
+static ERR: AtomicU64 = AtomicU64::new(0);
+static RIP: AtomicU64 = AtomicU64::new(0);
+static CS: AtomicU64 = AtomicU64::new(0);
+static COUNT: AtomicU64 = AtomicU64::new(0);
+/// Bytes the handler moves RIP forward (the faulting instruction's length).
+static SKIP: AtomicU64 = AtomicU64::new(0);
+/// Where a system call from user mode returns to in the kernel, and its stack.
+static KERNEL_RIP: AtomicU64 = AtomicU64::new(0);
+static KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
+/// The RCX a user-mode `syscall` delivered to the callback.
+static SYSCALL_RCX: AtomicU64 = AtomicU64::new(0);
+
+// Entry points. Xen's bounce frame is {RCX, R11, [error], RIP, CS, RFLAGS, RSP, SS};
+// each entry pushes its vector (and a 0 error code where the vector has none, so one
+// common path serves all), calls `pvt_handler` with the frame, and returns with the
+// `iret` hypercall (slot 23 of the hypercall page, which wants a flags word on top of
+// the RIP..SS frame).
+global_asm!(
+    r#"
+    .macro NOERR vec, name
+    .globl \name
+\name:
+    pop %rcx
+    pop %r11
+    push $0
+    push %r11
+    push %rcx
+    push $\vec
+    jmp pvt_common
+    .endm
+
+    .macro ERRC vec, name
+    .globl \name
+\name:
+    push $\vec
+    jmp pvt_common
+    .endm
+
+    NOERR 3, pvt_bp
+    NOERR 6, pvt_ud
+    ERRC 13, pvt_gp
+    ERRC 14, pvt_pf
+    NOERR 0x80, pvt_int80
+    NOERR 0x81, pvt_int81
+
+pvt_common:
+    # [vec, rcx, r11, err, rip, cs, rflags, rsp, ss]
+    push %rax
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %rbp
+    lea 64(%rsp), %rdi
+    mov %rsp, %rbp
+    and $-16, %rsp
+    call pvt_handler
+    mov %rbp, %rsp
+    pop %rbp
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rax
+    add $8, %rsp
+    pop %rcx
+    pop %r11
+    add $8, %rsp
+    push $0
+    jmp hypercall_page + 23 * 32
+
+    # The syscall callback: a system call from user mode lands here in kernel mode
+    # with [RCX, R11, RIP, CS, RFLAGS, RSP, SS]. It records RCX and goes back to the
+    # kernel code that entered user mode.
+    .globl pvt_syscall
+pvt_syscall:
+    mov (%rsp), %rax
+    mov %rax, {syscall_rcx}(%rip)
+    mov {kernel_rsp}(%rip), %rsp
+    jmp *{kernel_rip}(%rip)
+
+    # User mode: make a system call.
+    .globl pvt_user
+pvt_user:
+    syscall
+    ud2
+    "#,
+    syscall_rcx = sym SYSCALL_RCX,
+    kernel_rsp = sym KERNEL_RSP,
+    kernel_rip = sym KERNEL_RIP,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn pvt_bp();
+    fn pvt_ud();
+    fn pvt_gp();
+    fn pvt_pf();
+    fn pvt_int80();
+    fn pvt_int81();
+    fn pvt_syscall();
+    fn pvt_user();
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn pvt_handler(frame: *mut u64) {
+    // SAFETY: `frame` points at the frame the entry stub built on this stack: vector,
+    // RCX, R11, error, RIP, CS, RFLAGS, RSP, SS.
+    let f = unsafe { core::slice::from_raw_parts_mut(frame, 9) };
+    VEC.store(f[0], Ordering::SeqCst);
+    ERR.store(f[3], Ordering::SeqCst);
+    RIP.store(f[4], Ordering::SeqCst);
+    CS.store(f[5], Ordering::SeqCst);
+    COUNT.fetch_add(1, Ordering::SeqCst);
+    f[4] += SKIP.load(Ordering::SeqCst);
+}
+
+fn trap(vector: u8, dpl: u8, handler: unsafe extern "C" fn()) -> TrapInfo {
+    TrapInfo {
+        vector,
+        flags: dpl,
+        cs: 0xe033,
+        _pad: 0,
+        address: handler as *const () as u64,
+    }
+}
+
+/// Runs `f` expecting exactly one exception; returns (vector, error, RIP, CS).
+fn expect_one(skip: u64, f: impl FnOnce()) -> (u64, u64, u64, u64) {
+    SKIP.store(skip, Ordering::SeqCst);
+    let before = COUNT.load(Ordering::SeqCst);
+    f();
+    let n = COUNT.load(Ordering::SeqCst) - before;
+    if n != 1 {
+        rt::println!("FAIL: {n} exceptions where one was expected");
+        return (u64::MAX, 0, 0, 0);
+    }
+    (
+        VEC.load(Ordering::SeqCst),
+        ERR.load(Ordering::SeqCst),
+        RIP.load(Ordering::SeqCst),
+        CS.load(Ordering::SeqCst),
+    )
+}
+
+static USER_STACK: [u64; 512] = [0; 512];
+
+#[unsafe(no_mangle)]
+pub fn guest_main(si: &'static StartInfo) {
+    let mut c = Check::new();
+    let table = [
+        trap(3, 3, pvt_bp),
+        trap(6, 0, pvt_ud),
+        trap(13, 0, pvt_gp),
+        trap(14, 0, pvt_pf),
+        trap(0x80, 3, pvt_int80),
+        trap(0x81, 0, pvt_int81),
+        TrapInfo::default(),
+    ];
+    // SAFETY: the table lives on the stack for the call.
+    let rc = unsafe { rt::hypercall(HYPERVISOR_set_trap_table, table.as_ptr() as u64, 0, 0, 0, 0) };
+    c.eq("set_trap_table", rc, 0);
+
+    // ud2: #UD, no error code, RIP at the instruction, CS with RPL 0 (kernel context).
+    let (v, _, rip, cs) = expect_one(2, || {
+        // SAFETY: the handler skips the two-byte ud2.
+        unsafe { asm!("ud2") }
+    });
+    c.eq("ud2 vector", v as i64, 6);
+    c.eq("ud2 saved CS (kernel)", cs as i64 & 0xffff, 0xe030);
+    c.ok("ud2 RIP reported", rip != 0);
+
+    // A kernel read of an unmapped address: #PF with U clear (PV kernel mode), CR2 set.
+    let (v, err, _, _) = expect_one(3, || {
+        // SAFETY: the handler skips the three-byte load (mov (%rax), %rax).
+        unsafe {
+            asm!("mov (%rax), %rax", inout("rax") 0x5_0000_0000u64 => _, options(att_syntax));
+        }
+    });
+    c.eq("#PF vector", v as i64, 14);
+    c.eq("#PF error code: not present, read, kernel", err as i64, 0);
+    let cr2: u64;
+    // SAFETY: reading CR2 is emulated by the hypervisor for a PV kernel.
+    unsafe { asm!("mov %cr2, {r}", r = out(reg) cr2, options(att_syntax, nomem, nostack)) };
+    c.eq("CR2", cr2 as i64, 0x5_0000_0000);
+
+    // int $0x80 (DPL 3): delivered as vector 0x80 with RIP after the instruction.
+    let (v, _, rip_after, _) = expect_one(0, || {
+        // SAFETY: the handler returns after the instruction.
+        unsafe { asm!("int $0x80", options(att_syntax)) }
+    });
+    c.eq("int $0x80 vector", v as i64, 0x80);
+    // int $0x81 (DPL 0) from kernel mode: #GP with error 0x81 * 8 + 2 at the instruction.
+    let (v, err, rip_at, _) = expect_one(2, || {
+        // SAFETY: the #GP handler skips the two-byte int.
+        unsafe { asm!("int $0x81", options(att_syntax)) }
+    });
+    c.eq("int $0x81 → #GP", v as i64, 13);
+    c.eq("int $0x81 #GP error", err as i64, 0x81 * 8 + 2);
+    c.ok("softint RIPs: after vs at", rip_after > 0 && rip_at > 0);
+    // int3: #BP, RIP after it.
+    let (v, _, _, _) = expect_one(0, || {
+        // SAFETY: #BP is a trap: RIP is already past the int3.
+        unsafe { asm!("int3") }
+    });
+    c.eq("int3 vector", v as i64, 3);
+
+    // Forced-emulation CPUID of Xen's leaf, and an emulated CR3 read.
+    let sig: u32;
+    // SAFETY: as above; the signature's first word comes back in EBX.
+    unsafe {
+        asm!(
+            "push rbx", "ud2", ".ascii \"xen\"", "cpuid", "mov {s:e}, ebx", "pop rbx",
+            s = out(reg) sig,
+            inout("eax") 0x4000_0000u32 => _, inout("ecx") 0u32 => _, out("edx") _,
+        );
+    }
+    c.eq(
+        "CPUID 0x40000000 signature",
+        i64::from(sig),
+        i64::from(u32::from_le_bytes(*b"XenV")),
+    );
+    let cr3: u64;
+    // SAFETY: reading CR3 is emulated for a PV kernel.
+    unsafe { asm!("mov %cr3, {r}", r = out(reg) cr3, options(att_syntax, nomem, nostack)) };
+    c.eq(
+        "CR3 is the L4",
+        cr3 as i64,
+        (rt::mem::pfn_to_mfn(si.pt_base >> 12) << 12) as i64,
+    );
+
+    // A raw `syscall` from kernel mode is a hypercall.
+    let version: i64;
+    // SAFETY: xen_version(XENVER_version); syscall clobbers RCX and R11.
+    unsafe {
+        asm!("syscall", inout("rax") HYPERVISOR_xen_version as i64 => version,
+             in("rdi") 0u64, in("rsi") 0u64, out("rcx") _, out("r11") _);
+    }
+    c.eq("syscall hypercall", version, 0x4_0017);
+
+    // User mode and back: the user root is the kernel's (as XTF does), the kernel stack
+    // for events from user mode is this one, the syscall callback is registered; an
+    // `iret` enters user mode at `pvt_user`, whose `syscall` comes back through the
+    // callback.
+    c.eq(
+        "NEW_USER_BASEPTR",
+        rt::mmuext(MMUEXT_NEW_USER_BASEPTR, cr3 >> 12, 0),
+        0,
+    );
+    let reg = CallbackRegister {
+        ty: CALLBACKTYPE_syscall,
+        flags: CALLBACKF_mask_events,
+        address: pvt_syscall as *const () as u64,
+        ..CallbackRegister::default()
+    };
+    // SAFETY: `reg` lives on the stack for the call.
+    let rc = unsafe {
+        rt::hypercall(
+            HYPERVISOR_callback_op,
+            u64::from(CALLBACKOP_register),
+            &reg as *const _ as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    c.eq("register the syscall callback", rc, 0);
+    let user_sp = USER_STACK.as_ptr() as u64 + 8 * 500;
+    // SAFETY: the round trip returns to label 3 with this stack; every register the
+    // asm does not list is preserved by the hypervisor and the callback, and the
+    // callee-saved ones are saved around it.
+    unsafe {
+        asm!(
+            "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+            "lea rax, [rip + 3f]",
+            "mov [rip + {krip}], rax",
+            "mov [rip + {krsp}], rsp",
+            // stack_switch(FLAT_KERNEL_SS, rsp - 256): events from user mode land below.
+            "lea rsi, [rsp - 256]",
+            "mov rdi, 0xe02b",
+            "mov eax, {stack_switch}",
+            "call hypercall_page + 3 * 32",
+            // iret to user mode: {flags, rip, cs, rflags, rsp, ss}.
+            "push 0xe02b",
+            "push {usp}",
+            "push 0x202",
+            "push 0xe033",
+            "push {uip}",
+            "push 0",
+            "jmp hypercall_page + 23 * 32",
+            "3:",
+            "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+            krip = sym KERNEL_RIP,
+            krsp = sym KERNEL_RSP,
+            stack_switch = const HYPERVISOR_stack_switch,
+            usp = in(reg) user_sp,
+            uip = in(reg) pvt_user as *const () as u64,
+            out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        );
+    }
+    let ret = SYSCALL_RCX.load(Ordering::SeqCst);
+    c.eq(
+        "user syscall's RCX is after it",
+        ret as i64,
+        pvt_user as *const () as i64 + 2,
+    );
+    c.finish();
+}
