@@ -77,6 +77,10 @@ pub enum PrivilegedOp {
     },
     /// `out`.
     Out,
+    /// `rdmsr`.
+    Rdmsr,
+    /// `wrmsr`.
+    Wrmsr,
 }
 
 /// The privileged operation `ins` is, if the VMM emulates it.
@@ -89,6 +93,8 @@ pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
             });
         }
         Mnemonic::Out => return Some(PrivilegedOp::Out),
+        Mnemonic::Rdmsr => return Some(PrivilegedOp::Rdmsr),
+        Mnemonic::Wrmsr => return Some(PrivilegedOp::Wrmsr),
         _ => {}
     }
     if ins.mnemonic() != Mnemonic::Mov || ins.op_count() != 2 {

@@ -61,6 +61,17 @@ pub fn host_cpuid(kvm: &Kvm) -> Result<Vec<platform::cpuid::HostLeaf>, kvm_ioctl
         .collect())
 }
 
+/// Which segment base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentBase {
+    /// FS.
+    Fs,
+    /// GS (the active one).
+    Gs,
+    /// The shadow GS (`swapgs`'s other half).
+    ShadowGs,
+}
+
 /// A PV vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -190,6 +201,47 @@ impl Vcpu {
         sregs.ss = regs::gdt_segment(FLAT_RING3_SS64)?;
         self.fd.set_sregs(&sregs)?;
         Ok(())
+    }
+
+    /// The FS base, the GS base and the shadow GS base (what `swapgs` exchanges).
+    pub fn segment_bases(&self) -> Result<(u64, u64, u64), kvm_ioctls::Error> {
+        let sregs = self.fd.get_sregs()?;
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_KERNEL_GS_BASE,
+            ..Default::default()
+        }])
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        self.fd.get_msrs(&mut msrs)?;
+        let shadow = msrs.as_slice().first().map_or(0, |e| e.data);
+        Ok((sregs.fs.base, sregs.gs.base, shadow))
+    }
+
+    /// Sets the FS base, the GS base or the shadow GS base.
+    pub fn set_segment_base(
+        &mut self,
+        which: SegmentBase,
+        value: u64,
+    ) -> Result<(), kvm_ioctls::Error> {
+        match which {
+            SegmentBase::Fs | SegmentBase::Gs => {
+                let mut sregs = self.fd.get_sregs()?;
+                if which == SegmentBase::Fs {
+                    sregs.fs.base = value;
+                } else {
+                    sregs.gs.base = value;
+                }
+                self.fd.set_sregs(&sregs)
+            }
+            SegmentBase::ShadowGs => {
+                let msrs = Msrs::from_entries(&[kvm_msr_entry {
+                    index: MSR_KERNEL_GS_BASE,
+                    data: value,
+                    ..Default::default()
+                }])
+                .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+                self.fd.set_msrs(&msrs).map(|_| ())
+            }
+        }
     }
 
     /// Sets or clears CR4.FSGSBASE (the guest chose it through its CR4).

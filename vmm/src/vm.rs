@@ -244,6 +244,17 @@ pub struct Vm {
     syscall_ring0: Option<bool>,
 }
 
+/// MSR numbers the PV emulation knows.
+mod msr {
+    pub const APIC_BASE: u32 = 0x1b;
+    pub const PAT: u32 = 0x277;
+    pub const PERF_CAPABILITIES: u32 = 0x345;
+    pub const EFER: u32 = 0xc000_0080;
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+    pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
+}
+
 /// How a hypercall reached the VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
@@ -441,6 +452,17 @@ impl Vm {
                     self.vcpu.set_rax(v as u64);
                 }
                 self.transfer(served.transfer)?;
+                if let Some((which, base)) = served.segment_base {
+                    use crate::vcpu::SegmentBase as B;
+                    use platform::dispatch::SegmentBase as S;
+                    // In kernel mode the user GS base is the shadow one.
+                    let which = match which {
+                        S::Fs => B::Fs,
+                        S::GsKernel => B::Gs,
+                        S::GsUser => B::ShadowGs,
+                    };
+                    self.vcpu.set_segment_base(which, base)?;
+                }
                 if let Some((frames, _)) = self.machine.take_gdt_change(caller) {
                     let stale =
                         platform::hvarea::map_guest_gdt(self.machine.memory(), &self.hv, &frames)
@@ -493,6 +515,49 @@ impl Vm {
             }
             Err(c) => Ok(Some(GuestExit::Crash(c))),
         }
+    }
+
+    /// RDMSR as Xen emulates it for a 64-bit PV kernel: `None` means #GP. Unlisted MSRs
+    /// read as 0 while the guest has no #GP handler (Xen's early-boot leniency), else
+    /// fault.
+    fn read_msr(&mut self, index: u32) -> Result<Option<u64>, VmError> {
+        let (fs, gs, shadow) = self.vcpu.segment_bases()?;
+        Ok(match index {
+            msr::FS_BASE => Some(fs),
+            msr::GS_BASE => Some(gs),
+            msr::SHADOW_GS_BASE => Some(shadow),
+            msr::EFER => Some(crate::arch::regs::EFER),
+            msr::PAT => Some(platform::layout::XEN_PAT),
+            msr::APIC_BASE => {
+                let bsp = if self.vcpu.caller.vcpu == 0 {
+                    1 << 8
+                } else {
+                    0
+                };
+                Some(0xfee0_0000 | (1 << 11) | bsp)
+            }
+            msr::PERF_CAPABILITIES => Some(0),
+            _ if self.pv.trap(13).address == 0 && index >> 16 != 0x4000 => Some(0),
+            _ => None,
+        })
+    }
+
+    /// WRMSR as Xen emulates it for a 64-bit PV kernel: `false` means #GP.
+    fn write_msr(&mut self, index: u32, value: u64) -> Result<bool, VmError> {
+        use crate::vcpu::SegmentBase;
+        let which = match index {
+            msr::FS_BASE => SegmentBase::Fs,
+            msr::GS_BASE => SegmentBase::Gs,
+            msr::SHADOW_GS_BASE => SegmentBase::ShadowGs,
+            // Writing EFER back unchanged is allowed (Linux does); changing it is not.
+            msr::EFER => return Ok(value == crate::arch::regs::EFER),
+            _ => return Ok(false),
+        };
+        if !pvmmu_abi::layout::is_canonical(value) {
+            return Ok(false);
+        }
+        self.vcpu.set_segment_base(which, value)?;
+        Ok(true)
     }
 
     /// Carries out a kernel/user mode switch: CR3 to the new mode's root, GS swapped.
@@ -721,7 +786,21 @@ impl Vm {
                 Some(emulate::PrivilegedOp::In { dst }) if self.pv.iopl_ok(&self.machine) => {
                     (dst, u64::MAX)
                 }
-                // CR0 and CR4 reads, MSRs and the rest: later; the guest gets the #GP.
+                Some(emulate::PrivilegedOp::Rdmsr) if kernel => {
+                    match self.read_msr(regs.rcx as u32)? {
+                        Some(v) => {
+                            regs.rax = v & 0xffff_ffff;
+                            regs.rdx = v >> 32;
+                            return Ok(Some(len));
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Some(emulate::PrivilegedOp::Wrmsr) if kernel => {
+                    let v = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+                    return Ok(self.write_msr(regs.rcx as u32, v)?.then_some(len));
+                }
+                // The rest: the guest gets the #GP.
                 _ => return Ok(None),
             };
             emulate::set_reg(regs, value.0, value.1);

@@ -17,7 +17,8 @@ use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_s
 use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op, HYPERVISOR_iret,
     HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks,
-    HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
+    HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch,
+    HYPERVISOR_xen_version,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -59,6 +60,19 @@ pub struct Served {
     pub context_changed: bool,
     /// A switch between guest kernel and user mode the VMM must carry out.
     pub transfer: Transfer,
+    /// A segment base the VMM must load (`set_segment_base`).
+    pub segment_base: Option<(SegmentBase, u64)>,
+}
+
+/// A segment base `set_segment_base` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentBase {
+    /// FS (`SEGBASE_FS`).
+    Fs,
+    /// The user GS base (`SEGBASE_GS_USER`): the shadow one while in kernel mode.
+    GsUser,
+    /// The kernel GS base (`SEGBASE_GS_KERNEL`): the active one in kernel mode.
+    GsKernel,
 }
 
 /// Per-VM hypercall counters.
@@ -105,6 +119,7 @@ pub struct Platform<'c> {
     crash: Option<Crash>,
     context_changed: bool,
     transfer: Transfer,
+    segment_base: Option<(SegmentBase, u64)>,
 }
 
 impl std::fmt::Debug for Platform<'_> {
@@ -133,6 +148,7 @@ impl<'c> Platform<'c> {
             crash: None,
             context_changed: false,
             transfer: Transfer::default(),
+            segment_base: None,
         }
     }
 }
@@ -176,6 +192,7 @@ pub fn dispatch<F: TlbFlush>(
         reads: r.reads,
         context_changed: platform.context_changed,
         transfer: platform.transfer,
+        segment_base: platform.segment_base,
     })
 }
 
@@ -202,6 +219,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
+            HYPERVISOR_set_segment_base => self.set_segment_base(a[0], a[1]),
             HYPERVISOR_event_channel_op => self.event_channel_op(m, caller, a),
             HYPERVISOR_sched_op => self.sched_op(m, caller, a),
             HYPERVISOR_xen_version => xen_version(m, caller, a),
@@ -312,6 +330,22 @@ impl Platform<'_> {
             return Errno::EINVAL.neg();
         }
         Errno::EOPNOTSUPP.neg()
+    }
+
+    /// `set_segment_base(which, base)`: FS and the two GS bases, canonical only
+    /// (-EINVAL otherwise, and for loading a user GS selector, not offered yet).
+    fn set_segment_base(&mut self, which: u64, base: u64) -> i64 {
+        let which = match which as u32 {
+            0 => SegmentBase::Fs,
+            1 => SegmentBase::GsUser,
+            2 => SegmentBase::GsKernel,
+            _ => return Errno::EINVAL.neg(),
+        };
+        if !pvmmu_abi::layout::is_canonical(base) {
+            return Errno::EINVAL.neg();
+        }
+        self.segment_base = Some((which, base));
+        0
     }
 
     /// `physdev_op`: a domU with no devices has only `PHYSDEVOP_set_iopl` to use.

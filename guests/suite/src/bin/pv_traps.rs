@@ -255,6 +255,40 @@ pub fn guest_main(si: &'static StartInfo) {
         (rt::mem::pfn_to_mfn(si.pt_base >> 12) << 12) as i64,
     );
 
+    // MSRs as Xen emulates them: the segment bases, EFER; a non-canonical base is #GP.
+    let rdmsr = |idx: u32| -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: rdmsr is emulated for a PV kernel.
+        unsafe { asm!("rdmsr", in("ecx") idx, out("eax") lo, out("edx") hi) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    };
+    let wrmsr = |idx: u32, v: u64| {
+        // SAFETY: wrmsr is emulated for a PV kernel (the GS base is not used here).
+        unsafe { asm!("wrmsr", in("ecx") idx, in("eax") v as u32, in("edx") (v >> 32) as u32) };
+    };
+    c.eq("EFER", rdmsr(0xc000_0080) as i64, 0xd01);
+    wrmsr(0xc000_0102, 0x1234_5000);
+    c.eq(
+        "shadow GS base written and read",
+        rdmsr(0xc000_0102) as i64,
+        0x1234_5000,
+    );
+    // SAFETY: set_segment_base(SEGBASE_FS, base): FS is not used by this guest.
+    let rc = unsafe { rt::hypercall(25, 0, 0x7777_0000, 0, 0, 0) };
+    c.eq("set_segment_base(FS)", rc, 0);
+    c.eq(
+        "FS base through rdmsr",
+        rdmsr(0xc000_0100) as i64,
+        0x7777_0000,
+    );
+    // SAFETY: as above, refused.
+    let rc = unsafe { rt::hypercall(25, 0, 0x8000_0000_0000_0000, 0, 0, 0) };
+    c.eq("set_segment_base non-canonical", rc, -22);
+    let (v, err, _, _) = expect_one(2, || wrmsr(0xc000_0102, 0x8000_0000_0000_0000));
+    c.eq("wrmsr of a non-canonical base → #GP", v as i64, 13);
+    c.eq("#GP error", err as i64, 0);
+    wrmsr(0xc000_0102, 0);
+
     // A raw `syscall` from kernel mode is a hypercall.
     let version: i64;
     // SAFETY: xen_version(XENVER_version); syscall clobbers RCX and R11.
