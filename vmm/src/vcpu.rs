@@ -170,24 +170,37 @@ impl Vcpu {
     /// `root` (the new mode's) and the GS bases exchanged, as `swapgs` would.
     pub fn switch_mode(&mut self, root: Option<Mfn>) -> Result<(), kvm_ioctls::Error> {
         let mut sregs = self.fd.get_sregs()?;
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index: MSR_KERNEL_GS_BASE,
-            ..Default::default()
-        }])
-        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
-        self.fd.get_msrs(&mut msrs)?;
-        let shadow = msrs.as_slice().first().map_or(0, |e| e.data);
-        if let Some(e) = msrs.as_mut_slice().first_mut() {
-            e.data = sregs.gs.base;
-        }
+        let shadow = self.shadow_gs_base()?;
+        self.set_shadow_gs_base(sregs.gs.base)?;
         sregs.gs.base = shadow;
         if let Some(root) = root {
             sregs.cr3 = root.addr();
             self.cr3 = root;
         }
         self.fd.set_sregs(&sregs)?;
-        self.fd.set_msrs(&msrs)?;
         Ok(())
+    }
+
+    /// One MSR-list entry for the shadow GS base.
+    fn shadow_gs_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
+        Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_KERNEL_GS_BASE,
+            data,
+            ..Default::default()
+        }])
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))
+    }
+
+    /// The shadow GS base (IA32_KERNEL_GS_BASE).
+    fn shadow_gs_base(&self) -> Result<u64, kvm_ioctls::Error> {
+        let mut msrs = Self::shadow_gs_msr(0)?;
+        self.fd.get_msrs(&mut msrs)?;
+        Ok(msrs.as_slice().first().map_or(0, |e| e.data))
+    }
+
+    /// Sets the shadow GS base.
+    fn set_shadow_gs_base(&self, value: u64) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_msrs(&Self::shadow_gs_msr(value)?).map(|_| ())
     }
 
     /// After a `syscall` that entered ring 0 (hardware KVM), puts the vCPU back at the
@@ -206,14 +219,7 @@ impl Vcpu {
     /// The FS base, the GS base and the shadow GS base (what `swapgs` exchanges).
     pub fn segment_bases(&self) -> Result<(u64, u64, u64), kvm_ioctls::Error> {
         let sregs = self.fd.get_sregs()?;
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index: MSR_KERNEL_GS_BASE,
-            ..Default::default()
-        }])
-        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
-        self.fd.get_msrs(&mut msrs)?;
-        let shadow = msrs.as_slice().first().map_or(0, |e| e.data);
-        Ok((sregs.fs.base, sregs.gs.base, shadow))
+        Ok((sregs.fs.base, sregs.gs.base, self.shadow_gs_base()?))
     }
 
     /// Sets the FS base, the GS base or the shadow GS base.
@@ -232,15 +238,7 @@ impl Vcpu {
                 }
                 self.fd.set_sregs(&sregs)
             }
-            SegmentBase::ShadowGs => {
-                let msrs = Msrs::from_entries(&[kvm_msr_entry {
-                    index: MSR_KERNEL_GS_BASE,
-                    data: value,
-                    ..Default::default()
-                }])
-                .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
-                self.fd.set_msrs(&msrs).map(|_| ())
-            }
+            SegmentBase::ShadowGs => self.set_shadow_gs_base(value),
         }
     }
 
