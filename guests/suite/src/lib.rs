@@ -1,6 +1,8 @@
 //! Helpers shared by the scenario guests.
 #![no_std]
 
+pub mod traps;
+
 use rt::abi::MmuUpdate;
 use rt::{mem, peek};
 

@@ -94,7 +94,9 @@ fn hypercall_stub(n: u32) -> [u8; 32] {
 }
 
 /// Builds domain `dom` of `machine` from `image` (whose bytes are `bytes`). The domain
-/// owns frames `0..frames` (pfn == mfn).
+/// owns frames `0..frames` (pfn == mfn); the last of them is its shared_info page,
+/// which, as on Xen, is not part of its pseudo-physical RAM (`nr_pages` and the p2m
+/// list stop before it), so no guest takes it for free memory.
 pub fn build<F: TlbFlush>(
     machine: &mut Machine<GuestMemoryMmap<()>, F>,
     dom: u16,
@@ -103,6 +105,12 @@ pub fn build<F: TlbFlush>(
     bytes: &[u8],
     cmdline: &str,
 ) -> Result<BootInfo, BuildError> {
+    let shared_info = frames.checked_sub(1).ok_or(BuildError::TooBig {
+        start: image.v_start,
+        end: image.v_end,
+        frames,
+    })?;
+    let frames = shared_info;
     let vb = image.virt_base;
     let pfn = |va: u64| (va - vb) / PAGE;
     let too_big = || BuildError::TooBig {
@@ -135,7 +143,6 @@ pub fn build<F: TlbFlush>(
     };
     take(&mut next, nr_pt);
     let stack = take(&mut next, 1);
-    let shared_info = take(&mut next, 1);
     if next > frames || map_end > frames {
         return Err(too_big());
     }
@@ -167,7 +174,7 @@ pub fn build<F: TlbFlush>(
     }
     // Zero the builder's pages.
     let zero = [0u8; PAGE as usize];
-    for p in p2m..next {
+    for p in (p2m..next).chain([shared_info]) {
         mem.write_slice(&zero, GuestAddress(p * PAGE))?;
     }
     // p2m list: pfn -> mfn (identity).

@@ -1,5 +1,6 @@
 //! The `pvmmu bench` guest: rounds of null hypercalls (the exit cost), then rounds of
-//! mmu_update batches of 1, 8, 64 and 512 validated L1 remaps.
+//! mmu_update batches of 1, 8, 64 and 512 validated L1 remaps, then rounds of an
+//! exception (`ud2`) delivered to the guest's handler and returned from with `iret`.
 #![no_std]
 #![no_main]
 
@@ -35,6 +36,17 @@ pub fn guest_main(_si: &'static StartInfo) {
                 rt::finish(Some("bench batch"));
             }
         }
+    }
+    if suite::traps::install() != 0 {
+        rt::finish(Some("bench: set_trap_table"));
+    }
+    suite::traps::SKIP.store(2, core::sync::atomic::Ordering::SeqCst);
+    for _ in 0..ROUNDS {
+        // SAFETY: the #UD handler moves RIP past the two-byte ud2 and returns.
+        unsafe { core::arch::asm!("ud2") };
+    }
+    if suite::traps::COUNT.load(core::sync::atomic::Ordering::SeqCst) != ROUNDS {
+        rt::finish(Some("bench: exceptions lost"));
     }
     rt::finish(None);
 }

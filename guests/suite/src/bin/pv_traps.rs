@@ -10,91 +10,21 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use rt::abi::callback::{CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKTYPE_syscall};
-use rt::abi::hypercall::{
-    HYPERVISOR_callback_op, HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch,
-    HYPERVISOR_xen_version,
-};
+use rt::abi::hypercall::{HYPERVISOR_callback_op, HYPERVISOR_stack_switch, HYPERVISOR_xen_version};
 use rt::abi::mmu::MMUEXT_NEW_USER_BASEPTR;
-use rt::abi::{CallbackRegister, StartInfo, TrapInfo};
+use rt::abi::{CallbackRegister, StartInfo};
 use suite::Check;
+use suite::traps::{self, expect_one};
 
-/// What the last exception looked like: vector, error code, RIP, saved CS, count.
-static VEC: AtomicU64 = AtomicU64::new(0);
-static ERR: AtomicU64 = AtomicU64::new(0);
-static RIP: AtomicU64 = AtomicU64::new(0);
-static CS: AtomicU64 = AtomicU64::new(0);
-static COUNT: AtomicU64 = AtomicU64::new(0);
-/// Bytes the handler moves RIP forward (the faulting instruction's length).
-static SKIP: AtomicU64 = AtomicU64::new(0);
 /// Where a system call from user mode returns to in the kernel, and its stack.
 static KERNEL_RIP: AtomicU64 = AtomicU64::new(0);
 static KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
 /// The RCX a user-mode `syscall` delivered to the callback.
 static SYSCALL_RCX: AtomicU64 = AtomicU64::new(0);
 
-// Entry points. Xen's bounce frame is {RCX, R11, [error], RIP, CS, RFLAGS, RSP, SS};
-// each entry pushes its vector (and a 0 error code where the vector has none, so one
-// common path serves all), calls `pvt_handler` with the frame, and returns with the
-// `iret` hypercall (slot 23 of the hypercall page, which wants a flags word on top of
-// the RIP..SS frame).
+// The syscall callback and the user-mode code of the round trip.
 global_asm!(
     r#"
-    .macro NOERR vec, name
-    .globl \name
-\name:
-    pop %rcx
-    pop %r11
-    push $0
-    push %r11
-    push %rcx
-    push $\vec
-    jmp pvt_common
-    .endm
-
-    .macro ERRC vec, name
-    .globl \name
-\name:
-    push $\vec
-    jmp pvt_common
-    .endm
-
-    NOERR 3, pvt_bp
-    NOERR 6, pvt_ud
-    ERRC 13, pvt_gp
-    ERRC 14, pvt_pf
-    NOERR 0x80, pvt_int80
-    NOERR 0x81, pvt_int81
-
-pvt_common:
-    # [vec, rcx, r11, err, rip, cs, rflags, rsp, ss]
-    push %rax
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
-    push %rbp
-    lea 64(%rsp), %rdi
-    mov %rsp, %rbp
-    and $-16, %rsp
-    call pvt_handler
-    mov %rbp, %rsp
-    pop %rbp
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rax
-    add $8, %rsp
-    pop %rcx
-    pop %r11
-    add $8, %rsp
-    push $0
-    jmp hypercall_page + 23 * 32
-
     # The syscall callback: a system call from user mode lands here in kernel mode
     # with [RCX, R11, RIP, CS, RFLAGS, RSP, SS]. It records RCX and goes back to the
     # kernel code that entered user mode.
@@ -118,55 +48,8 @@ pvt_user:
 );
 
 unsafe extern "C" {
-    fn pvt_bp();
-    fn pvt_ud();
-    fn pvt_gp();
-    fn pvt_pf();
-    fn pvt_int80();
-    fn pvt_int81();
     fn pvt_syscall();
     fn pvt_user();
-}
-
-#[unsafe(no_mangle)]
-extern "C" fn pvt_handler(frame: *mut u64) {
-    // SAFETY: `frame` points at the frame the entry stub built on this stack: vector,
-    // RCX, R11, error, RIP, CS, RFLAGS, RSP, SS.
-    let f = unsafe { core::slice::from_raw_parts_mut(frame, 9) };
-    VEC.store(f[0], Ordering::SeqCst);
-    ERR.store(f[3], Ordering::SeqCst);
-    RIP.store(f[4], Ordering::SeqCst);
-    CS.store(f[5], Ordering::SeqCst);
-    COUNT.fetch_add(1, Ordering::SeqCst);
-    f[4] += SKIP.load(Ordering::SeqCst);
-}
-
-fn trap(vector: u8, dpl: u8, handler: unsafe extern "C" fn()) -> TrapInfo {
-    TrapInfo {
-        vector,
-        flags: dpl,
-        cs: 0xe033,
-        _pad: 0,
-        address: handler as *const () as u64,
-    }
-}
-
-/// Runs `f` expecting exactly one exception; returns (vector, error, RIP, CS).
-fn expect_one(skip: u64, f: impl FnOnce()) -> (u64, u64, u64, u64) {
-    SKIP.store(skip, Ordering::SeqCst);
-    let before = COUNT.load(Ordering::SeqCst);
-    f();
-    let n = COUNT.load(Ordering::SeqCst) - before;
-    if n != 1 {
-        rt::println!("FAIL: {n} exceptions where one was expected");
-        return (u64::MAX, 0, 0, 0);
-    }
-    (
-        VEC.load(Ordering::SeqCst),
-        ERR.load(Ordering::SeqCst),
-        RIP.load(Ordering::SeqCst),
-        CS.load(Ordering::SeqCst),
-    )
 }
 
 static USER_STACK: [u64; 512] = [0; 512];
@@ -174,18 +57,7 @@ static USER_STACK: [u64; 512] = [0; 512];
 #[unsafe(no_mangle)]
 pub fn guest_main(si: &'static StartInfo) {
     let mut c = Check::new();
-    let table = [
-        trap(3, 3, pvt_bp),
-        trap(6, 0, pvt_ud),
-        trap(13, 0, pvt_gp),
-        trap(14, 0, pvt_pf),
-        trap(0x80, 3, pvt_int80),
-        trap(0x81, 0, pvt_int81),
-        TrapInfo::default(),
-    ];
-    // SAFETY: the table lives on the stack for the call.
-    let rc = unsafe { rt::hypercall(HYPERVISOR_set_trap_table, table.as_ptr() as u64, 0, 0, 0, 0) };
-    c.eq("set_trap_table", rc, 0);
+    c.eq("set_trap_table", traps::install(), 0);
 
     // ud2: #UD, no error code, RIP at the instruction, CS with RPL 0 (kernel context).
     let (v, _, rip, cs) = expect_one(2, || {
