@@ -68,6 +68,20 @@ pub enum PrivilegedOp {
         /// The source.
         src: Register,
     },
+    /// `mov %drN, reg`.
+    ReadDr {
+        /// Which debug register.
+        dr: u32,
+        /// The destination.
+        dst: Register,
+    },
+    /// `mov reg, %drN`.
+    WriteDr {
+        /// Which debug register.
+        dr: u32,
+        /// The source.
+        src: Register,
+    },
     /// `cli` or `sti`.
     InterruptFlag,
     /// `in` to `dst` (AL, AX or EAX).
@@ -110,6 +124,23 @@ pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
         Register::CR4 => Some(4),
         _ => None,
     };
+    let dr_number = |r: Register| {
+        let n = r as u32;
+        let first = Register::DR0 as u32;
+        (first..first + 8).contains(&n).then(|| n - first)
+    };
+    if let Some(dr) = dr_number(ins.op_register(1)) {
+        return Some(PrivilegedOp::ReadDr {
+            dr,
+            dst: ins.op_register(0),
+        });
+    }
+    if let Some(dr) = dr_number(ins.op_register(0)) {
+        return Some(PrivilegedOp::WriteDr {
+            dr,
+            src: ins.op_register(1),
+        });
+    }
     if let Some(cr) = cr_number(ins.op_register(1)) {
         return Some(PrivilegedOp::ReadCr {
             cr,
@@ -340,6 +371,7 @@ pub fn set_reg(regs: &mut kvm_regs, r: Register, value: u64) {
         Register::RSI => &mut regs.rsi,
         Register::RDI => &mut regs.rdi,
         Register::RBP => &mut regs.rbp,
+        Register::RSP => &mut regs.rsp,
         Register::R8 => &mut regs.r8,
         Register::R9 => &mut regs.r9,
         Register::R10 => &mut regs.r10,

@@ -452,6 +452,7 @@ impl Vm {
                     self.vcpu.set_rax(v as u64);
                 }
                 self.transfer(served.transfer)?;
+                self.load_debugregs()?;
                 if let Some((which, base)) = served.segment_base {
                     use crate::vcpu::SegmentBase as B;
                     use platform::dispatch::SegmentBase as S;
@@ -515,6 +516,23 @@ impl Vm {
             }
             Err(c) => Ok(Some(GuestExit::Crash(c))),
         }
+    }
+
+    /// Loads the guest's debug registers into the vCPU when they changed.
+    fn load_debugregs(&mut self) -> Result<(), VmError> {
+        let d = &mut self.pv.debug;
+        if !d.dirty {
+            return Ok(());
+        }
+        d.dirty = false;
+        let regs = kvm_bindings::kvm_debugregs {
+            db: d.dr,
+            dr6: d.dr6,
+            dr7: d.dr7,
+            ..Default::default()
+        };
+        self.vcpu.fd.set_debug_regs(&regs)?;
+        Ok(())
     }
 
     /// RDMSR as Xen emulates it for a 64-bit PV kernel: `None` means #GP. Unlisted MSRs
@@ -646,8 +664,15 @@ impl Vm {
                 Err(why) => note = Some(why.to_string()),
             }
         }
-        if let Some(skip) = self.emulate(&frame, sregs.cr2, &mut regs)? {
-            ef.set_rip(self.machine.memory(), frame.rip.wrapping_add(skip))?;
+        // The emulated instruction sees the guest's RSP, not the stub's.
+        let guest_rsp = frame.rsp;
+        if let Some((skip, new_rsp)) = self.emulate(&frame, sregs.cr2, &mut regs, guest_rsp)? {
+            let mut ctx = ef.context(regs.rcx, regs.r11);
+            ctx.rip = frame.rip.wrapping_add(skip);
+            if let Some(rsp) = new_rsp {
+                ctx.rsp = rsp;
+            }
+            ef.set_context(self.machine.memory(), &ctx)?;
             self.vcpu.set_regs(regs);
             return Ok(None);
         }
@@ -685,6 +710,14 @@ impl Vm {
                 .pv
                 .software_interrupt(&mut self.machine, &mut ctx, n, len),
             None => {
+                if vector == 1 {
+                    // What hardware recorded goes into the guest's DR6, and hardware's
+                    // DR6 is reset for the next #DB.
+                    let hw = self.vcpu.fd.get_debug_regs()?;
+                    self.pv.merge_dr6(hw.dr6);
+                    self.pv.debug.dirty = true;
+                    self.load_debugregs()?;
+                }
                 let error = emulate_error_code(vector, raw_error);
                 let cr2 = (vector == 14).then_some(sregs.cr2);
                 self.pv
@@ -721,13 +754,21 @@ impl Vm {
 
     /// The instructions the hypervisor carries out itself at an exception: the forced-
     /// emulation CPUID (#UD), privileged instructions (#GP), loads from the M2P at Xen's
-    /// address (#PF). Returns the bytes to skip when it emulated one.
+    /// address (#PF). Returns the bytes to skip when it emulated one, and the guest's
+    /// new RSP when the instruction wrote it (it lives in the exception frame).
     fn emulate(
         &mut self,
         frame: &crate::fault::Frame,
         cr2: u64,
         regs: &mut kvm_bindings::kvm_regs,
-    ) -> Result<Option<u64>, VmError> {
+        guest_rsp: u64,
+    ) -> Result<Option<(u64, Option<u64>)>, VmError> {
+        // Operands are read with the guest's RSP; an instruction that would write RSP
+        // is not emulated (RSP in `regs` is the exception stub's).
+        let operands = kvm_bindings::kvm_regs {
+            rsp: guest_rsp,
+            ..*regs
+        };
         let caller = self.vcpu.caller;
         let m2p_len = self.machine.frames().len() as u64 * 8;
         let wanted = match frame.vector {
@@ -747,7 +788,7 @@ impl Vm {
             (regs.rax, regs.rbx, regs.rcx, regs.rdx) =
                 (u64::from(a), u64::from(b), u64::from(c), u64::from(d));
             debug!("forced-emulation cpuid at {:#x}", frame.rip);
-            return Ok(Some(len));
+            return Ok(Some((len, None)));
         }
         let Some(ins) = emulate::decode(&bytes, frame.rip) else {
             return Ok(None);
@@ -767,13 +808,13 @@ impl Vm {
                     (dst, v)
                 }
                 Some(emulate::PrivilegedOp::WriteCr { cr: 4, src }) if kernel => {
-                    let v = emulate::gpr(regs, src).unwrap_or(0);
+                    let v = emulate::gpr(&operands, src).unwrap_or(0);
                     let fsgsbase = self.cpuid.query(7, 0)[1] & 1 != 0;
                     self.pv.cr4 = platform::pv::cr4::fixup(v, fsgsbase);
                     // The guest's FSGSBASE choice is the hardware's.
                     self.vcpu
                         .set_fsgsbase(self.pv.cr4 & platform::pv::cr4::FSGSBASE != 0)?;
-                    return Ok(Some(len));
+                    return Ok(Some((len, None)));
                 }
                 // With the I/O privilege the guest asked for: `cli`/`sti` do nothing
                 // (Xen does not track them), port reads from ports a domU does not own
@@ -781,30 +822,43 @@ impl Vm {
                 Some(emulate::PrivilegedOp::InterruptFlag | emulate::PrivilegedOp::Out)
                     if self.pv.iopl_ok(&self.machine) =>
                 {
-                    return Ok(Some(len));
+                    return Ok(Some((len, None)));
                 }
                 Some(emulate::PrivilegedOp::In { dst }) if self.pv.iopl_ok(&self.machine) => {
                     (dst, u64::MAX)
+                }
+                Some(emulate::PrivilegedOp::ReadDr { dr, dst }) if kernel => {
+                    match self.pv.get_debugreg(dr) {
+                        Some(v) => (dst, v),
+                        None => return Ok(None),
+                    }
+                }
+                Some(emulate::PrivilegedOp::WriteDr { dr, src }) if kernel => {
+                    let v = emulate::gpr(&operands, src).unwrap_or(0);
+                    if self.pv.set_debugreg(dr, v).is_err() {
+                        return Ok(None);
+                    }
+                    self.load_debugregs()?;
+                    return Ok(Some((len, None)));
                 }
                 Some(emulate::PrivilegedOp::Rdmsr) if kernel => {
                     match self.read_msr(regs.rcx as u32)? {
                         Some(v) => {
                             regs.rax = v & 0xffff_ffff;
                             regs.rdx = v >> 32;
-                            return Ok(Some(len));
+                            return Ok(Some((len, None)));
                         }
                         None => return Ok(None),
                     }
                 }
                 Some(emulate::PrivilegedOp::Wrmsr) if kernel => {
                     let v = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
-                    return Ok(self.write_msr(regs.rcx as u32, v)?.then_some(len));
+                    return Ok(self.write_msr(regs.rcx as u32, v)?.then_some((len, None)));
                 }
                 // The rest: the guest gets the #GP.
                 _ => return Ok(None),
             };
-            emulate::set_reg(regs, value.0, value.1);
-            return Ok(Some(len));
+            return Ok(Some((len, set_operand(regs, value.0, value.1, guest_rsp))));
         }
         // A load from the read-only M2P: read the M2P itself (the guest may read any
         // of it; a load straddling its end reads what there is).
@@ -822,8 +876,8 @@ impl Vm {
         {
             return Ok(None);
         }
-        emulate::set_reg(regs, dst, u64::from_le_bytes(b));
-        Ok(Some(ins.len() as u64))
+        let new_rsp = set_operand(regs, dst, u64::from_le_bytes(b), guest_rsp);
+        Ok(Some((ins.len() as u64, new_rsp)))
     }
 
     /// Runs the vCPU until the guest shuts down, faults, or `stop` or the VM's own stop
@@ -907,6 +961,26 @@ impl Vm {
             timings: self.timings.unwrap_or_default(),
         })
     }
+}
+
+/// Writes an emulated instruction's result to register `r`: into `regs`, or, for RSP,
+/// as the guest's new RSP (returned; it belongs in the exception frame).
+fn set_operand(
+    regs: &mut kvm_bindings::kvm_regs,
+    r: iced_x86::Register,
+    value: u64,
+    guest_rsp: u64,
+) -> Option<u64> {
+    if r.full_register() == iced_x86::Register::RSP {
+        let mut scratch = kvm_bindings::kvm_regs {
+            rsp: guest_rsp,
+            ..Default::default()
+        };
+        emulate::set_reg(&mut scratch, r, value);
+        return Some(scratch.rsp);
+    }
+    emulate::set_reg(regs, r, value);
+    None
 }
 
 /// The error code exception `vector` delivers, if it has one.

@@ -29,6 +29,8 @@ abi_enum! {
         EFAULT = 14 => "EFAULT",
         /// Device or resource busy.
         EBUSY = 16 => "EBUSY",
+        /// No such device.
+        ENODEV = 19 => "ENODEV",
         /// Exists.
         EEXIST = 17 => "EEXIST",
         /// Invalid argument.
@@ -119,7 +121,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        assert_eq!(Errno::ALL.len(), 22);
+        assert_eq!(Errno::ALL.len(), 23);
         for &e in Errno::ALL {
             assert_eq!(Errno::try_from(e.neg()), Ok(e));
             assert_eq!(Errno::from_ret(e.ret()), Some(e));

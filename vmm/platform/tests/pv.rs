@@ -377,3 +377,47 @@ fn callbacks_register_as_xen_registers_them() {
     assert_eq!(pv.set_callbacks(0x4000, 0x8000_0000_0000_0000, 0x5000), 0);
     assert_eq!((pv.callbacks.event, pv.callbacks.syscall), (0x4000, 0x5000));
 }
+
+#[test]
+fn debug_registers_as_xen_keeps_them() {
+    let (_d, mut pv) = domain();
+    // Initial state.
+    assert_eq!(pv.get_debugreg(6), Some(0xffff_0ff0));
+    assert_eq!(pv.get_debugreg(7), Some(0x400));
+    // Breakpoint addresses in Xen's range: -EPERM; guest addresses are kept.
+    assert_eq!(pv.set_debugreg(0, 0xffff_8000_0000_1000), Err(Errno::EPERM));
+    assert_eq!(pv.set_debugreg(0, 0x1234), Ok(()));
+    assert_eq!(pv.get_debugreg(0), Some(0x1234));
+    assert!(pv.debug.dirty, "hardware must be reloaded");
+    // DR6/DR7: the upper half is reserved (-EINVAL); reserved bits are forced.
+    assert_eq!(pv.set_debugreg(6, 1 << 32), Err(Errno::EINVAL));
+    assert_eq!(pv.set_debugreg(6, 0), Ok(()));
+    assert_eq!(pv.get_debugreg(6), Some(0xffff_0ff0));
+    assert_eq!(pv.set_debugreg(7, 0xd000), Ok(()));
+    assert_eq!(pv.get_debugreg(7), Some(0x400), "bits 12, 14, 15 read as 0");
+    // General detect is not for guests.
+    assert_eq!(pv.set_debugreg(7, 1 << 13), Err(Errno::EPERM));
+    // An I/O breakpoint needs CR4.DE, and is emulated, not loaded.
+    let io0 = (2 << 16) | (1 << 1) | (1 << 9) | 0x400;
+    assert_eq!(pv.set_debugreg(7, io0), Err(Errno::EPERM));
+    pv.cr4 |= platform::pv::cr4::DE;
+    assert_eq!(pv.set_debugreg(7, io0), Ok(()));
+    assert_eq!(
+        pv.get_debugreg(7),
+        Some(io0),
+        "the guest reads what it wrote"
+    );
+    assert_eq!(
+        pv.debug.dr7 & 0x3,
+        0,
+        "the I/O enable is not loaded into hardware"
+    );
+    // With CR4.DE, DR4 and DR5 are not aliases any more.
+    assert_eq!(pv.get_debugreg(4), None);
+    assert_eq!(pv.set_debugreg(5, 0), Err(Errno::ENODEV));
+    // A #DB: hardware's breakpoint bits replace the recorded ones, others accumulate.
+    pv.merge_dr6(0xffff_0ff1 | (1 << 14));
+    assert_eq!(pv.get_debugreg(6), Some(0xffff_0ff1 | (1 << 14)));
+    pv.merge_dr6(0xffff_0ff2);
+    assert_eq!(pv.get_debugreg(6), Some(0xffff_0ff2 | (1 << 14)));
+}
