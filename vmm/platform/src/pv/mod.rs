@@ -19,13 +19,18 @@ use pvmmu_abi::callback::{
     CALLBACKTYPE_failsafe, CALLBACKTYPE_nmi, CALLBACKTYPE_syscall, CALLBACKTYPE_syscall32,
     CALLBACKTYPE_sysenter,
 };
-use pvmmu_abi::layout::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, is_canonical};
-use pvmmu_abi::selector::{FLAT_KERNEL_CS64, FLAT_RING3_SS64};
-use pvmmu_abi::shared_info::{VCPU_INFO_ARCH_CR2_OFFSET, VCPU_INFO_UPCALL_MASK_OFFSET};
-use pvmmu_abi::trap::{BOUNCE_CS_UPCALL_MASK_SHIFT, TI_MASK_EVENTS, VGCF_in_syscall};
+use pvmmu_abi::layout::is_canonical;
+use pvmmu_abi::selector::FLAT_KERNEL_CS64;
+use pvmmu_abi::shared_info::VCPU_INFO_UPCALL_MASK_OFFSET;
+use pvmmu_abi::trap::TI_MASK_EVENTS;
 use pvmmu_abi::vmassist::VMASST_TYPE_architectural_iopl;
-use pvmmu_abi::{CallbackRegister, CallbackUnregister, Errno, IretContext, TrapInfo};
+use pvmmu_abi::{CallbackRegister, CallbackUnregister, Errno, TrapInfo};
 use vm_memory::{Bytes, GuestAddress};
+
+mod bounce;
+mod debug;
+
+pub use debug::{DebugRegs, dr};
 
 /// The PV MMU the vCPU belongs to.
 type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
@@ -82,53 +87,6 @@ pub mod cr4 {
     pub const fn fixup(cr4: u64, fsgsbase: bool) -> u64 {
         let allowed = if fsgsbase { GUEST } else { GUEST & !FSGSBASE };
         (cr4 & allowed) | VISIBLE
-    }
-}
-
-/// The debug registers as a PV guest sees them (Xen's `arch.dr*` and `dr7_emul`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DebugRegs {
-    /// DR0..DR3.
-    pub dr: [u64; 4],
-    /// DR6.
-    pub dr6: u64,
-    /// DR7 as loaded into hardware (I/O breakpoints removed).
-    pub dr7: u64,
-    /// DR7's I/O-breakpoint enables, which hardware cannot do for a PV guest.
-    pub dr7_emul: u64,
-    /// Whether hardware must be loaded again.
-    pub dirty: bool,
-}
-
-/// Debug-register constants.
-pub mod dr {
-    /// DR6's value with nothing recorded.
-    pub const DR6_DEFAULT: u64 = 0xffff_0ff0;
-    /// DR6 bits forced to 0.
-    pub const DR6_ZEROS: u64 = 0x1000;
-    /// DR6's breakpoint-hit bits.
-    pub const DR6_BP: u64 = 0xf;
-    /// Every DR6 status bit known (B0-3, BLD, BD, BS, BT, RTM).
-    pub const DR6_KNOWN: u64 = 0xf | (1 << 11) | (1 << 13) | (1 << 14) | (1 << 15) | (1 << 16);
-    /// DR7's value with nothing enabled.
-    pub const DR7_DEFAULT: u64 = 0x400;
-    /// DR7 bits forced to 0 (with RTM debugging, which is not offered).
-    pub const DR7_ZEROS: u64 = 0xd000 | (1 << 11);
-    /// DR7's enable bits (L0-3, G0-3).
-    pub const DR7_ACTIVE: u64 = 0xff;
-    /// DR7.GD.
-    pub const DR7_GD: u64 = 1 << 13;
-}
-
-impl Default for DebugRegs {
-    fn default() -> Self {
-        DebugRegs {
-            dr: [0; 4],
-            dr6: dr::DR6_DEFAULT,
-            dr7: dr::DR7_DEFAULT,
-            dr7_emul: 0,
-            dirty: false,
-        }
     }
 }
 
@@ -325,7 +283,7 @@ impl PvVcpu {
     }
 
     /// Whether the domain runs with the architectural_iopl assist.
-    fn architectural_iopl<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
+    pub(super) fn architectural_iopl<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
         m.domain(self.caller.dom)
             .is_some_and(|d| d.has_assist(VMASST_TYPE_architectural_iopl))
     }
@@ -351,82 +309,6 @@ impl PvVcpu {
         0
     }
 
-    /// Xen's `set_debugreg` (the `set_debugreg` hypercall and `mov %reg, %drN`).
-    pub fn set_debugreg(&mut self, reg: u32, value: u64) -> Result<(), Errno> {
-        let de = self.cr4 & cr4::DE != 0;
-        let d = &mut self.debug;
-        match reg {
-            0..=3 => {
-                if (HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&value) {
-                    return Err(Errno::EPERM);
-                }
-                d.dr[reg as usize] = value;
-            }
-            4 | 6 => {
-                if reg == 4 && de {
-                    return Err(Errno::ENODEV);
-                }
-                if value >> 32 != 0 {
-                    return Err(Errno::EINVAL);
-                }
-                d.dr6 = (value | dr::DR6_DEFAULT) & !dr::DR6_ZEROS;
-            }
-            5 | 7 => {
-                if reg == 5 && de {
-                    return Err(Errno::ENODEV);
-                }
-                if value >> 32 != 0 {
-                    return Err(Errno::EINVAL);
-                }
-                let mut value = (value & !dr::DR7_ZEROS) | dr::DR7_DEFAULT;
-                if value & dr::DR7_GD != 0 {
-                    return Err(Errno::EPERM);
-                }
-                let mut io_enable = 0;
-                if value & dr::DR7_ACTIVE != 0 {
-                    for i in 0..4u32 {
-                        // R/W bits of breakpoint i: 2 means an I/O breakpoint, which
-                        // needs CR4.DE and is emulated, not loaded.
-                        if (value >> (16 + 4 * i)) & 3 == 2 {
-                            if !de {
-                                return Err(Errno::EPERM);
-                            }
-                            io_enable |= value & (3 << (2 * i));
-                        }
-                    }
-                }
-                d.dr7_emul = io_enable;
-                value &= !io_enable;
-                d.dr7 = value;
-            }
-            _ => return Err(Errno::EINVAL),
-        }
-        d.dirty = true;
-        Ok(())
-    }
-
-    /// Xen's debug-register read (the `get_debugreg` hypercall and `mov %drN, %reg`):
-    /// `None` where the read faults (DR4/DR5 with CR4.DE).
-    pub fn get_debugreg(&self, reg: u32) -> Option<u64> {
-        let de = self.cr4 & cr4::DE != 0;
-        let d = &self.debug;
-        match reg {
-            0..=3 => Some(d.dr[reg as usize]),
-            4 | 5 if de => None,
-            4 | 6 => Some(d.dr6),
-            5 | 7 => Some(d.dr7 | d.dr7_emul),
-            _ => None,
-        }
-    }
-
-    /// Folds what hardware reported in DR6 at a #DB into the guest's DR6 (Xen's
-    /// `x86_merge_dr6`): breakpoint bits replaced, the others accumulated.
-    pub fn merge_dr6(&mut self, hardware: u64) {
-        let new = (hardware ^ dr::DR6_DEFAULT) & dr::DR6_KNOWN;
-        let dr6 = ((self.debug.dr6 ^ dr::DR6_DEFAULT) & !dr::DR6_BP) | new;
-        self.debug.dr6 = ((dr6 ^ dr::DR6_DEFAULT) | dr::DR6_DEFAULT) & !dr::DR6_ZEROS;
-    }
-
     /// Whether the vCPU is in guest kernel mode.
     pub fn in_kernel<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
         m.domain(self.caller.dom)
@@ -443,13 +325,13 @@ impl PvVcpu {
             .unwrap_or(1)
     }
 
-    fn set_upcall_mask<F: TlbFlush>(&self, m: &Mach<F>, mask: u8) {
+    pub(super) fn set_upcall_mask<F: TlbFlush>(&self, m: &Mach<F>, mask: u8) {
         let at = GuestAddress(self.vcpu_info + VCPU_INFO_UPCALL_MASK_OFFSET as u64);
         let _ = m.memory().write_obj(mask, at);
     }
 
     /// Xen's `toggle_guest_mode`: flips kernel/user mode in the PV MMU.
-    fn toggle_mode<F: TlbFlush>(&self, m: &mut Mach<F>) {
+    pub(super) fn toggle_mode<F: TlbFlush>(&self, m: &mut Mach<F>) {
         let in_kernel = self.in_kernel(m);
         let _ = m.set_kernel_mode(self.caller, !in_kernel);
     }
@@ -567,201 +449,5 @@ impl PvVcpu {
             let _ = self.register_callback(&reg);
         }
         0
-    }
-
-    /// Delivers exception `vector` (with `error`, when the vector has one) to the guest
-    /// kernel's handler, as Xen's `pv_inject_event` and `create_bounce_frame` do: the
-    /// frame `{RCX, R11, [error], RIP, CS|mask<<32, RFLAGS, RSP, SS}` goes on the kernel
-    /// stack (the current one in kernel mode, with the saved CS's RPL cleared; the
-    /// `stack_switch` one from user mode, switching to kernel mode), events are masked if
-    /// the trap asks, and `ctx` continues at the handler. For #PF, `cr2` becomes the
-    /// guest's CR2 and the error code's user bit follows the PV mode.
-    pub fn inject_exception<F: TlbFlush>(
-        &mut self,
-        m: &mut Mach<F>,
-        ctx: &mut GuestContext,
-        vector: u8,
-        error: Option<u32>,
-        cr2: Option<u64>,
-    ) -> Result<Transfer, Crash> {
-        let trap = self.trap(vector);
-        let mut error = error.filter(|_| has_error_code(vector));
-        if vector == 14 {
-            if let Some(cr2) = cr2 {
-                self.cr2 = cr2;
-                let at = GuestAddress(self.vcpu_info + VCPU_INFO_ARCH_CR2_OFFSET as u64);
-                let _ = m.memory().write_obj(cr2, at);
-            }
-            let user = if self.in_kernel(m) { 0 } else { PFEC_USER };
-            error = error.map(|e| (e & !PFEC_USER) | user);
-        }
-        if trap.address == 0 {
-            return Err(Crash::NoHandler {
-                vector,
-                error: error.unwrap_or(0),
-            });
-        }
-        self.bounce(
-            m,
-            ctx,
-            vector,
-            trap.address,
-            trap.flags & TI_MASK_EVENTS != 0,
-            error,
-        )
-    }
-
-    /// A software interrupt `int $vector` at `ctx.rip` (an instruction of `len` bytes),
-    /// as Xen's #GP handler treats one: if the virtual IDT's DPL for the vector permits
-    /// it from the current mode (at least 1 from kernel mode, 3 from user mode), the
-    /// vector is delivered with RIP past the instruction and no error code; otherwise the
-    /// guest gets #GP with error code `vector * 8 + 2` at the instruction.
-    pub fn software_interrupt<F: TlbFlush>(
-        &mut self,
-        m: &mut Mach<F>,
-        ctx: &mut GuestContext,
-        vector: u8,
-        len: u64,
-    ) -> Result<Transfer, Crash> {
-        let trap = self.trap(vector);
-        let needed = if self.in_kernel(m) { 1 } else { 3 };
-        if trap.flags & 3 >= needed {
-            if trap.address == 0 {
-                return Err(Crash::NoHandler { vector, error: 0 });
-            }
-            ctx.rip = ctx.rip.wrapping_add(len);
-            let mask = trap.flags & TI_MASK_EVENTS != 0;
-            self.bounce(m, ctx, vector, trap.address, mask, None)
-        } else {
-            let error = u32::from(vector) * 8 + 2;
-            self.inject_exception(m, ctx, 13, Some(error), None)
-        }
-    }
-
-    /// A `syscall` from guest user mode (Xen's `switch_to_kernel`): `ctx` holds the
-    /// state after the instruction (RIP and RFLAGS as the CPU put them in RCX and R11).
-    /// It is delivered to the registered syscall callback in kernel mode, DF cleared;
-    /// with no callback, the guest gets #UD at the instruction (`len` bytes back).
-    pub fn user_syscall<F: TlbFlush>(
-        &mut self,
-        m: &mut Mach<F>,
-        ctx: &mut GuestContext,
-        len: u64,
-    ) -> Result<Transfer, Crash> {
-        /// RFLAGS.DF.
-        const DF: u64 = 1 << 10;
-        let cb = self.callbacks;
-        if cb.syscall == 0 {
-            ctx.rip = ctx.rip.wrapping_sub(len);
-            return self.inject_exception(m, ctx, 6, None, None);
-        }
-        let t = self.bounce(m, ctx, 0, cb.syscall, cb.syscall_masks, None)?;
-        ctx.rflags &= !DF;
-        Ok(t)
-    }
-
-    /// `create_bounce_frame`: the frame and the jump to `handler`.
-    fn bounce<F: TlbFlush>(
-        &mut self,
-        m: &mut Mach<F>,
-        ctx: &mut GuestContext,
-        vector: u8,
-        handler: u64,
-        mask_events: bool,
-        error: Option<u32>,
-    ) -> Result<Transfer, Crash> {
-        let mut transfer = Transfer::default();
-        let mut saved_cs = ctx.cs;
-        let sp = if self.in_kernel(m) {
-            saved_cs &= !3;
-            ctx.rsp
-        } else {
-            self.toggle_mode(m);
-            transfer.mode_switched = true;
-            self.kernel_sp
-        };
-        let sp = sp & !0xf;
-        if sp > HYPERVISOR_VIRT_START && sp < HYPERVISOR_VIRT_END + 8 * 8 {
-            return Err(Crash::BadStack { vector, rsp: sp });
-        }
-        let saved_mask = self.upcall_mask(m);
-        if mask_events {
-            self.set_upcall_mask(m, 1);
-        }
-        let mut flags = ctx.rflags & !(rflags::IF | rflags::IOPL);
-        if saved_mask == 0 {
-            flags |= rflags::IF;
-        }
-        if self.architectural_iopl(m) {
-            flags |= self.iopl;
-        }
-        let mut frame = vec![ctx.rcx, ctx.r11];
-        if let Some(e) = error {
-            frame.push(u64::from(e));
-        }
-        frame.extend_from_slice(&[
-            ctx.rip,
-            (saved_cs & 0xffff) | u64::from(saved_mask) << BOUNCE_CS_UPCALL_MASK_SHIFT,
-            flags,
-            ctx.rsp,
-            ctx.ss,
-        ]);
-        let bytes: Vec<u8> = frame.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let new_sp = sp.wrapping_sub(bytes.len() as u64);
-        let root = m.kernel_root(self.caller);
-        if GuestView::new(m.memory(), root)
-            .write(new_sp, &bytes)
-            .is_err()
-        {
-            return Err(Crash::StackFault {
-                vector,
-                rsp: new_sp,
-            });
-        }
-        ctx.rflags &= !(rflags::AC | rflags::VM | rflags::RF | rflags::NT | rflags::TF);
-        ctx.ss = u64::from(FLAT_RING3_SS64);
-        ctx.rsp = new_sp;
-        ctx.cs = u64::from(FLAT_KERNEL_CS64);
-        ctx.rip = handler;
-        Ok(transfer)
-    }
-
-    /// The `iret` hypercall (Xen's `do_iret`): reads the iret context at `ctx.rsp`,
-    /// switches to user mode if its CS has RPL 3, and continues there. Returns the
-    /// saved RAX (the hypercall's return value).
-    pub fn iret<F: TlbFlush>(
-        &mut self,
-        m: &mut Mach<F>,
-        ctx: &mut GuestContext,
-    ) -> Result<(i64, Transfer), Crash> {
-        let mut b = [0u8; IretContext::SIZE];
-        let root = m.kernel_root(self.caller);
-        GuestView::new(m.memory(), root)
-            .read(ctx.rsp, &mut b)
-            .map_err(|_| Crash::IretFrame { rsp: ctx.rsp })?;
-        let saved = IretContext::from_bytes(&b);
-        let mut transfer = Transfer::default();
-        if saved.cs & 3 == 3 && self.in_kernel(m) {
-            if m.user_root(self.caller).is_none() {
-                return Err(Crash::NoUserRoot);
-            }
-            self.toggle_mode(m);
-            transfer.mode_switched = true;
-        }
-        if self.architectural_iopl(m) {
-            self.iopl = saved.rflags & rflags::IOPL;
-        }
-        ctx.rip = saved.rip;
-        ctx.cs = saved.cs | 3;
-        ctx.rflags =
-            (saved.rflags & rflags::ALL & !(rflags::IOPL | rflags::VM)) | rflags::IF | rflags::MBS;
-        ctx.rsp = saved.rsp;
-        ctx.ss = saved.ss | 3;
-        if saved.flags & VGCF_in_syscall == 0 {
-            ctx.r11 = saved.r11;
-            ctx.rcx = saved.rcx;
-        }
-        self.set_upcall_mask(m, u8::from(saved.rflags & rflags::IF == 0));
-        Ok((saved.rax as i64, transfer))
     }
 }

@@ -1,0 +1,402 @@
+//! The exception exits: what the hypervisor decides itself (writable page tables, the
+//! instructions it emulates: forced-emulation CPUID, control and debug registers, MSRs,
+//! I/O under the virtual IOPL, M2P loads at Xen's address), then delivery to the guest
+//! kernel's handler; with no handler, a fault report.
+
+use log::debug;
+use platform::domain::describe_path;
+use platform::layout::STACK_VA;
+use platform::pv::Crash;
+use platform::trace::{Record, ptwr_code};
+use pvmmu_abi::layout::RO_MPT_VIRT_START;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{GuestExit, Vm, VmError};
+use crate::emulate;
+use crate::fault::{ExceptionFrame, FaultReport, vector_name};
+
+/// MSR numbers the PV emulation knows.
+mod msr {
+    pub const APIC_BASE: u32 = 0x1b;
+    pub const PAT: u32 = 0x277;
+    pub const PERF_CAPABILITIES: u32 = 0x345;
+    pub const EFER: u32 = 0xc000_0080;
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+    pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
+}
+
+impl Vm {
+    /// An exception exit. First what the hypervisor itself decides (writable page
+    /// tables, M2P reads at Xen's address, the forced-emulation CPUID, privileged
+    /// instructions), then delivery to the guest kernel's handler; with no handler, a
+    /// fault report.
+    pub(super) fn exception(&mut self) -> Result<Option<GuestExit>, VmError> {
+        let mut regs = self.vcpu.regs();
+        let sregs = self.vcpu.sregs()?;
+        let mem = self.machine.memory();
+        let ef = ExceptionFrame::read(mem, STACK_VA, self.hv.stack_gpa, regs.rsp)?;
+        let frame = ef.frame;
+        debug!(
+            "exception {} ({}) error {:#x} at {:#x} (CS {:#x}), CR2 {:#x}",
+            frame.vector,
+            vector_name(frame.vector),
+            frame.error,
+            frame.rip,
+            frame.cs,
+            sregs.cr2
+        );
+        let caller = self.vcpu.caller;
+        // The guest's registers: the stub's own RSP is not the guest's.
+        let mut gregs = regs;
+        gregs.rsp = frame.rsp;
+        gregs.rip = frame.rip;
+        let mut note = None;
+        if frame.is_ptwr_candidate() {
+            if let Some(t) = self.tracer.as_mut() {
+                t.pages(self.machine.memory())?;
+            }
+            let mut seen = None;
+            let mut on_write =
+                |w: &pvmmu::PtwrWrite, r: &Result<pvmmu::PtwrOutcome, pvmmu::PtwrRefusal>| {
+                    seen = Some((*w, ptwr_code(r)));
+                };
+            let result = emulate::try_ptwr(
+                &mut self.machine,
+                caller,
+                &frame,
+                sregs.cr2,
+                &gregs,
+                &sregs,
+                &mut on_write,
+            );
+            if let (Some(t), Some((write, outcome))) = (self.tracer.as_mut(), seen) {
+                t.record(&Record::Ptwr {
+                    vcpu: caller.vcpu,
+                    fault_va: sregs.cr2,
+                    write,
+                    outcome,
+                })?;
+            }
+            match result {
+                Ok(em) => {
+                    self.stats.ptwr += 1;
+                    let mem = self.machine.memory();
+                    ef.set_rip(mem, frame.rip + em.len)?;
+                    if let Some(zf) = em.zf {
+                        ef.set_zf(mem, zf)?;
+                    }
+                    if let Some(rax) = em.rax {
+                        regs.rax = rax;
+                    }
+                    if let Some((r, v)) = em.xchg {
+                        emulate::set_reg(&mut regs, r, v);
+                    }
+                    self.vcpu.set_regs(regs);
+                    debug!("emulated a page-table write at {:#x}", frame.rip);
+                    return Ok(None);
+                }
+                Err(why) => note = Some(why.to_string()),
+            }
+        }
+        // The emulated instruction sees the guest's RSP, not the stub's.
+        let guest_rsp = frame.rsp;
+        if let Some((skip, new_rsp)) = self.emulate(&frame, sregs.cr2, &mut regs, guest_rsp)? {
+            let mut ctx = ef.context(regs.rcx, regs.r11);
+            ctx.rip = frame.rip.wrapping_add(skip);
+            if let Some(rsp) = new_rsp {
+                ctx.rsp = rsp;
+            }
+            ef.set_context(self.machine.memory(), &ctx)?;
+            self.vcpu.set_regs(regs);
+            return Ok(None);
+        }
+        // Deliver it to the guest kernel, as Xen does. A software interrupt `int $n`
+        // arrives as #GP(n*8+2) from a gate the guest may not use (hardware KVM) or as
+        // #UD at the instruction (this host's KVM-PVM): both become Xen's softint rule.
+        let mut vector = frame.vector as u8;
+        let mut raw_error = frame.error;
+        if vector == 12 && raw_error == 0 {
+            let b = emulate::fetch(&self.machine, caller, frame.rip);
+            if emulate::decode(&b, frame.rip).is_some_and(|i| !emulate::is_stack_access(&i)) {
+                (vector, raw_error) = (13, 0);
+            }
+        }
+        let mut ctx = ef.context(regs.rcx, regs.r11);
+        let softint = match vector {
+            6 => {
+                let b = emulate::fetch(&self.machine, caller, frame.rip);
+                (b.len() >= 2 && b[0] == 0xcd).then(|| (b[1], 2))
+            }
+            13 if frame.error & 3 == 2 => {
+                // The instruction's length: `int3` and `into` are one byte.
+                let b = emulate::fetch(&self.machine, caller, frame.rip);
+                let len = if matches!(b.first(), Some(0xcc | 0xce)) {
+                    1
+                } else {
+                    2
+                };
+                Some(((frame.error >> 3) as u8, len))
+            }
+            _ => None,
+        };
+        let delivered = match softint {
+            Some((n, len)) => self
+                .pv
+                .software_interrupt(&mut self.machine, &mut ctx, n, len),
+            None => {
+                if vector == 1 {
+                    // What hardware recorded goes into the guest's DR6, and hardware's
+                    // DR6 is reset for the next #DB.
+                    let hw = self.vcpu.fd.get_debug_regs()?;
+                    self.pv.merge_dr6(hw.dr6);
+                    self.pv.debug.dirty = true;
+                    self.load_debugregs()?;
+                }
+                let error = emulate_error_code(vector, raw_error);
+                let cr2 = (vector == 14).then_some(sregs.cr2);
+                self.pv
+                    .inject_exception(&mut self.machine, &mut ctx, vector, error, cr2)
+            }
+        };
+        match delivered {
+            Ok(t) => {
+                ef.set_context(self.machine.memory(), &ctx)?;
+                self.transfer(t)?;
+                debug!(
+                    "delivered {} to the guest handler at {:#x}",
+                    vector_name(frame.vector),
+                    ctx.rip
+                );
+                Ok(None)
+            }
+            Err(Crash::NoHandler { .. }) => {
+                let path = describe_path(
+                    self.machine.memory(),
+                    self.machine.kernel_root(caller),
+                    sregs.cr2,
+                );
+                Ok(Some(GuestExit::Fault(Box::new(FaultReport {
+                    frame,
+                    cr2: sregs.cr2,
+                    path,
+                    note,
+                }))))
+            }
+            Err(c) => Ok(Some(GuestExit::Crash(c))),
+        }
+    }
+
+    /// The instructions the hypervisor carries out itself at an exception: the forced-
+    /// emulation CPUID (#UD), privileged instructions (#GP), loads from the M2P at Xen's
+    /// address (#PF). Returns the bytes to skip when it emulated one, and the guest's
+    /// new RSP when the instruction wrote it (it lives in the exception frame).
+    fn emulate(
+        &mut self,
+        frame: &crate::fault::Frame,
+        cr2: u64,
+        regs: &mut kvm_bindings::kvm_regs,
+        guest_rsp: u64,
+    ) -> Result<Option<(u64, Option<u64>)>, VmError> {
+        // Operands are read with the guest's RSP; an instruction that would write RSP
+        // is not emulated (RSP in `regs` is the exception stub's).
+        let operands = kvm_bindings::kvm_regs {
+            rsp: guest_rsp,
+            ..*regs
+        };
+        let caller = self.vcpu.caller;
+        let m2p_len = self.machine.frames().len() as u64 * 8;
+        let wanted = match frame.vector {
+            6 | 13 => true,
+            14 => (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&cr2),
+            _ => false,
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        let bytes = emulate::fetch(&self.machine, caller, frame.rip);
+        if frame.vector == 6 {
+            let Some(len) = emulate::forced_cpuid(&bytes) else {
+                return Ok(None);
+            };
+            let [a, b, c, d] = self.cpuid.query(regs.rax as u32, regs.rcx as u32);
+            (regs.rax, regs.rbx, regs.rcx, regs.rdx) =
+                (u64::from(a), u64::from(b), u64::from(c), u64::from(d));
+            debug!("forced-emulation cpuid at {:#x}", frame.rip);
+            return Ok(Some((len, None)));
+        }
+        let Some(ins) = emulate::decode(&bytes, frame.rip) else {
+            return Ok(None);
+        };
+        if frame.vector == 13 {
+            let len = ins.len() as u64;
+            let kernel = self.pv.in_kernel(&self.machine);
+            let value = match emulate::privileged_op(&ins) {
+                // Control registers, from guest kernel mode only (user mode gets the #GP).
+                Some(emulate::PrivilegedOp::ReadCr { cr, dst }) if kernel => {
+                    let v = match cr {
+                        0 => platform::pv::cr4::CR0,
+                        2 => self.pv.cr2,
+                        3 => self.machine.kernel_root(caller).map_or(0, |r| r.addr()),
+                        _ => self.pv.cr4,
+                    };
+                    (dst, v)
+                }
+                Some(emulate::PrivilegedOp::WriteCr { cr: 4, src }) if kernel => {
+                    let v = emulate::gpr(&operands, src).unwrap_or(0);
+                    let fsgsbase = self.cpuid.query(7, 0)[1] & 1 != 0;
+                    self.pv.cr4 = platform::pv::cr4::fixup(v, fsgsbase);
+                    // The guest's FSGSBASE choice is the hardware's.
+                    self.vcpu
+                        .set_fsgsbase(self.pv.cr4 & platform::pv::cr4::FSGSBASE != 0)?;
+                    return Ok(Some((len, None)));
+                }
+                // With the I/O privilege the guest asked for: `cli`/`sti` do nothing
+                // (Xen does not track them), port reads from ports a domU does not own
+                // give all ones and writes are dropped, as Xen's emulation does.
+                Some(emulate::PrivilegedOp::InterruptFlag | emulate::PrivilegedOp::Out)
+                    if self.pv.iopl_ok(&self.machine) =>
+                {
+                    return Ok(Some((len, None)));
+                }
+                Some(emulate::PrivilegedOp::In { dst }) if self.pv.iopl_ok(&self.machine) => {
+                    (dst, u64::MAX)
+                }
+                Some(emulate::PrivilegedOp::ReadDr { dr, dst }) if kernel => {
+                    match self.pv.get_debugreg(dr) {
+                        Some(v) => (dst, v),
+                        None => return Ok(None),
+                    }
+                }
+                Some(emulate::PrivilegedOp::WriteDr { dr, src }) if kernel => {
+                    let v = emulate::gpr(&operands, src).unwrap_or(0);
+                    if self.pv.set_debugreg(dr, v).is_err() {
+                        return Ok(None);
+                    }
+                    self.load_debugregs()?;
+                    return Ok(Some((len, None)));
+                }
+                Some(emulate::PrivilegedOp::Rdmsr) if kernel => {
+                    match self.read_msr(regs.rcx as u32)? {
+                        Some(v) => {
+                            regs.rax = v & 0xffff_ffff;
+                            regs.rdx = v >> 32;
+                            return Ok(Some((len, None)));
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                Some(emulate::PrivilegedOp::Wrmsr) if kernel => {
+                    let v = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+                    return Ok(self.write_msr(regs.rcx as u32, v)?.then_some((len, None)));
+                }
+                // The rest: the guest gets the #GP.
+                _ => return Ok(None),
+            };
+            return Ok(Some((len, set_operand(regs, value.0, value.1, guest_rsp))));
+        }
+        // A load from the read-only M2P: read the M2P itself (the guest may read any
+        // of it; a load straddling its end reads what there is).
+        let Some((dst, size)) = emulate::plain_load(&ins) else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 8];
+        let n = size.min(8);
+        let at = self.hv.m2p_gpa + (cr2 - RO_MPT_VIRT_START);
+        if self
+            .machine
+            .memory()
+            .read_slice(&mut b[..n], GuestAddress(at))
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let new_rsp = set_operand(regs, dst, u64::from_le_bytes(b), guest_rsp);
+        Ok(Some((ins.len() as u64, new_rsp)))
+    }
+
+    /// Loads the guest's debug registers into the vCPU when they changed.
+    pub(super) fn load_debugregs(&mut self) -> Result<(), VmError> {
+        let d = &mut self.pv.debug;
+        if !d.dirty {
+            return Ok(());
+        }
+        d.dirty = false;
+        let regs = kvm_bindings::kvm_debugregs {
+            db: d.dr,
+            dr6: d.dr6,
+            dr7: d.dr7,
+            ..Default::default()
+        };
+        self.vcpu.fd.set_debug_regs(&regs)?;
+        Ok(())
+    }
+
+    /// RDMSR as Xen emulates it for a 64-bit PV kernel: `None` means #GP. Unlisted MSRs
+    /// read as 0 while the guest has no #GP handler (Xen's early-boot leniency), else
+    /// fault.
+    fn read_msr(&mut self, index: u32) -> Result<Option<u64>, VmError> {
+        let (fs, gs, shadow) = self.vcpu.segment_bases()?;
+        Ok(match index {
+            msr::FS_BASE => Some(fs),
+            msr::GS_BASE => Some(gs),
+            msr::SHADOW_GS_BASE => Some(shadow),
+            msr::EFER => Some(crate::arch::regs::EFER),
+            msr::PAT => Some(platform::layout::XEN_PAT),
+            msr::APIC_BASE => {
+                let bsp = if self.vcpu.caller.vcpu == 0 {
+                    1 << 8
+                } else {
+                    0
+                };
+                Some(0xfee0_0000 | (1 << 11) | bsp)
+            }
+            msr::PERF_CAPABILITIES => Some(0),
+            _ if self.pv.trap(13).address == 0 && index >> 16 != 0x4000 => Some(0),
+            _ => None,
+        })
+    }
+
+    /// WRMSR as Xen emulates it for a 64-bit PV kernel: `false` means #GP.
+    fn write_msr(&mut self, index: u32, value: u64) -> Result<bool, VmError> {
+        use crate::vcpu::SegmentBase;
+        let which = match index {
+            msr::FS_BASE => SegmentBase::Fs,
+            msr::GS_BASE => SegmentBase::Gs,
+            msr::SHADOW_GS_BASE => SegmentBase::ShadowGs,
+            // Writing EFER back unchanged is allowed (Linux does); changing it is not.
+            msr::EFER => return Ok(value == crate::arch::regs::EFER),
+            _ => return Ok(false),
+        };
+        if !pvmmu_abi::layout::is_canonical(value) {
+            return Ok(false);
+        }
+        self.vcpu.set_segment_base(which, value)?;
+        Ok(true)
+    }
+}
+
+/// Writes an emulated instruction's result to register `r`: into `regs`, or, for RSP,
+/// as the guest's new RSP (returned; it belongs in the exception frame).
+fn set_operand(
+    regs: &mut kvm_bindings::kvm_regs,
+    r: iced_x86::Register,
+    value: u64,
+    guest_rsp: u64,
+) -> Option<u64> {
+    if r.full_register() == iced_x86::Register::RSP {
+        let mut scratch = kvm_bindings::kvm_regs {
+            rsp: guest_rsp,
+            ..Default::default()
+        };
+        emulate::set_reg(&mut scratch, r, value);
+        return Some(scratch.rsp);
+    }
+    emulate::set_reg(regs, r, value);
+    None
+}
+
+/// The error code exception `vector` delivers, if it has one.
+fn emulate_error_code(vector: u8, error: u64) -> Option<u32> {
+    platform::pv::has_error_code(vector).then_some(error as u32)
+}

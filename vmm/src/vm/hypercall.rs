@@ -1,0 +1,179 @@
+//! The hypercall exits: a call through the hypercall page or a `syscall`, from guest
+//! kernel mode a hypercall (dispatch, trace, result, CR3, the platform's register
+//! changes), from guest user mode a system call for the guest kernel.
+
+use std::time::Instant;
+
+use platform::dispatch::{self, Outcome};
+use platform::pv::{GuestContext, Transfer};
+use platform::trace::Record;
+use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
+
+use platform::domain::DomainError;
+
+use super::{Entry, GuestExit, HypercallTiming, SerialSink, Vm, VmError};
+use crate::arch::regs::hypercall_args;
+
+impl Vm {
+    /// A `syscall` or hypercall-page exit. From guest kernel mode it is a hypercall:
+    /// dispatch, trace, result, CR3. From guest user mode it is a system call for the
+    /// guest kernel, as Xen treats a `syscall` there (the hypercall page's too).
+    pub(super) fn hypercall(&mut self, entry: Entry) -> Result<Option<GuestExit>, VmError> {
+        let arrived = Instant::now();
+        let mut regs = self.vcpu.regs();
+        if entry == Entry::Syscall && self.syscall_ring0 != Some(false) {
+            // Where `syscall` entered ring 0 (hardware KVM), go back to CPL3 first.
+            let ring0 = self.vcpu.sregs()?.cs.dpl == 0;
+            self.syscall_ring0 = Some(ring0);
+            if ring0 {
+                self.vcpu.leave_ring0()?;
+            }
+        }
+        if !self.pv.in_kernel(&self.machine) {
+            return self.user_syscall(entry, regs);
+        }
+        let (nr, args) = (regs.rax, hypercall_args(&regs));
+        if let Some(t) = self.tracer.as_mut() {
+            t.pages(self.machine.memory())?;
+        }
+        let mut console = SerialSink(self.serial.clone());
+        let caller = self.vcpu.caller;
+        let context = GuestContext {
+            rip: regs.rip,
+            cs: u64::from(FLAT_RING3_CS64),
+            rflags: regs.rflags,
+            rsp: regs.rsp,
+            ss: u64::from(FLAT_RING3_SS64),
+            rcx: regs.rcx,
+            r11: regs.r11,
+        };
+        let mut ctx = context;
+        let served = dispatch::dispatch(
+            &mut self.machine,
+            &mut console,
+            &mut self.platform,
+            &mut self.pv,
+            &mut ctx,
+            nr,
+            args,
+        )?;
+        if let Some(t) = self.tracer.as_mut() {
+            t.record(&Record::Hypercall {
+                vcpu: caller.vcpu,
+                nr,
+                args,
+                batch: served.reads,
+                outcome: served.outcome,
+                context,
+            })?;
+        }
+        if let Some(t) = self.timings.as_mut() {
+            t.push(HypercallTiming {
+                nr,
+                count: args[1],
+                at: arrived - self.started,
+                served: arrived.elapsed(),
+            });
+        }
+        match served.outcome {
+            Outcome::Return(v) => {
+                if served.context_changed {
+                    // `iret`: the guest continues where the frame says (RIP differs
+                    // from the `out`, so KVM does not complete it by skipping).
+                    regs.rax = v as u64;
+                    regs.rip = ctx.rip;
+                    regs.rsp = ctx.rsp;
+                    regs.rflags = ctx.rflags;
+                    regs.rcx = ctx.rcx;
+                    regs.r11 = ctx.r11;
+                    self.vcpu.set_regs(regs);
+                } else if entry == Entry::Syscall {
+                    // Back after the `syscall`, as Xen's return to the guest does.
+                    regs.rax = v as u64;
+                    regs.rip = regs.rcx;
+                    regs.rflags = regs.r11 | platform::pv::rflags::IF;
+                    self.vcpu.set_regs(regs);
+                } else {
+                    self.vcpu.set_rax(v as u64);
+                }
+                self.transfer(served.transfer)?;
+                self.load_debugregs()?;
+                if let Some((which, base)) = served.segment_base {
+                    use crate::vcpu::SegmentBase as B;
+                    use platform::dispatch::SegmentBase as S;
+                    // In kernel mode the user GS base is the shadow one.
+                    let which = match which {
+                        S::Fs => B::Fs,
+                        S::GsKernel => B::Gs,
+                        S::GsUser => B::ShadowGs,
+                    };
+                    self.vcpu.set_segment_base(which, base)?;
+                }
+                if let Some((frames, _)) = self.machine.take_gdt_change(caller) {
+                    let stale =
+                        platform::hvarea::map_guest_gdt(self.machine.memory(), &self.hv, &frames)
+                            .map_err(DomainError::from)?;
+                    self.machine.flusher().invalidate(&stale);
+                }
+                if let Some(roots) = served.roots
+                    && self.pv.in_kernel(&self.machine)
+                {
+                    self.vcpu.load_root(roots.kernel)?;
+                }
+                Ok(None)
+            }
+            Outcome::Shutdown(reason) => Ok(Some(GuestExit::Shutdown(reason))),
+            Outcome::Crash(c) => Ok(Some(GuestExit::Crash(c))),
+        }
+    }
+
+    /// A system call from guest user mode (a `syscall`, or a call through the hypercall
+    /// page, which is a `syscall` on Xen): delivered to the guest kernel's syscall
+    /// callback.
+    fn user_syscall(
+        &mut self,
+        entry: Entry,
+        mut regs: kvm_bindings::kvm_regs,
+    ) -> Result<Option<GuestExit>, VmError> {
+        if entry == Entry::Page {
+            // The page's `out` stands for the `syscall` Xen's page holds: it returns
+            // after it, with the flags at the call.
+            regs.rcx = regs.rip + 2;
+            regs.r11 = regs.rflags;
+        }
+        let mut ctx = GuestContext {
+            rip: regs.rcx,
+            cs: u64::from(FLAT_RING3_CS64),
+            rflags: regs.r11,
+            rsp: regs.rsp,
+            ss: u64::from(FLAT_RING3_SS64),
+            rcx: regs.rcx,
+            r11: regs.r11,
+        };
+        match self.pv.user_syscall(&mut self.machine, &mut ctx, 2) {
+            Ok(t) => {
+                regs.rip = ctx.rip;
+                regs.rsp = ctx.rsp;
+                regs.rflags = ctx.rflags | platform::pv::rflags::IF;
+                self.vcpu.set_regs(regs);
+                self.transfer(t)?;
+                Ok(None)
+            }
+            Err(c) => Ok(Some(GuestExit::Crash(c))),
+        }
+    }
+
+    /// Carries out a kernel/user mode switch: CR3 to the new mode's root, GS swapped.
+    pub(super) fn transfer(&mut self, t: Transfer) -> Result<(), VmError> {
+        if t.mode_switched {
+            let caller = self.vcpu.caller;
+            let root = if self.pv.in_kernel(&self.machine) {
+                self.machine.kernel_root(caller)
+            } else {
+                self.machine.user_root(caller)
+            };
+            self.vcpu.switch_mode(root)?;
+        }
+        Ok(())
+    }
+}
