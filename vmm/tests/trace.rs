@@ -108,3 +108,25 @@ fn recorded_runs_replay_identically_and_tampering_is_caught() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_trace_with_trap_delivery_and_iret_replays_identically() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-trace-pv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("pv_traps.trc");
+    record("pv_traps", &path);
+    // The iret hypercalls read their frames through the recorded vCPU context.
+    let (header, records) = trace::read_file(&path).expect("parse");
+    let irets = records
+        .iter()
+        .filter(|r| matches!(r, Record::Hypercall { nr: 23, .. }))
+        .count();
+    assert!(irets >= 7, "{irets} iret hypercalls recorded");
+    let report = platform::replay::replay(&header, &records).expect("replay");
+    assert_eq!(report.divergence, None);
+    assert!(report.audit.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
