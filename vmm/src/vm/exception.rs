@@ -111,6 +111,22 @@ impl Vm {
             self.vcpu.set_regs(regs);
             return Ok(None);
         }
+        // A page fault whose cause the tables no longer show (a flush the hardware had
+        // not seen yet): Xen's spurious-fault check retries the access. Once per
+        // address and RIP, so that a fault the tables cannot explain still reaches
+        // the guest.
+        if frame.vector == 14 {
+            let key = (frame.rip, sregs.cr2);
+            if self.last_spurious != Some(key) && self.fault_is_spurious(frame.error, sregs.cr2) {
+                debug!(
+                    "spurious page fault at {:#x} for {:#x}: retried",
+                    frame.rip, sregs.cr2
+                );
+                self.last_spurious = Some(key);
+                return Ok(None);
+            }
+            self.last_spurious = None;
+        }
         // Deliver it to the guest kernel, as Xen does. A software interrupt `int $n`
         // arrives as #GP(n*8+2) from a gate the guest may not use (hardware KVM) or as
         // #UD at the instruction (this host's KVM-PVM): both become Xen's softint rule.
@@ -313,6 +329,33 @@ impl Vm {
         }
         let new_rsp = set_operand(regs, dst, u64::from_le_bytes(b), guest_rsp);
         Ok(Some((ins.len() as u64, new_rsp)))
+    }
+
+    /// Whether the guest's current tables allow the access a #PF with `error` at `va`
+    /// reported (present, writable for a write, executable for a fetch, user-visible:
+    /// the guest runs at CPL3).
+    fn fault_is_spurious(&self, error: u64, va: u64) -> bool {
+        const WRITE: u64 = 1 << 1;
+        const FETCH: u64 = 1 << 4;
+        const RSVD: u64 = 1 << 3;
+        if error & RSVD != 0 {
+            return false;
+        }
+        let root = if self.pv.in_kernel(&self.machine) {
+            self.machine.kernel_root(self.vcpu.caller)
+        } else {
+            self.machine.user_root(self.vcpu.caller)
+        };
+        let Some(root) = root else {
+            return false;
+        };
+        let Ok(Some(t)) = pvmmu::Walker::new(self.machine.memory()).translate(root, va) else {
+            return false;
+        };
+        let f = t.flags;
+        f.contains(pvmmu::PteFlags::PRESENT | pvmmu::PteFlags::USER)
+            && (error & WRITE == 0 || f.contains(pvmmu::PteFlags::RW))
+            && (error & FETCH == 0 || !f.contains(pvmmu::PteFlags::NX))
     }
 
     /// Loads the guest's debug registers into the vCPU when they changed.

@@ -241,6 +241,9 @@ pub struct Vm {
     stop: Arc<AtomicBool>,
     /// Whether `syscall` enters ring 0 on this host (found at the first one).
     syscall_ring0: Option<bool>,
+    /// The last page fault retried as spurious (RIP, CR2): a second one in a row goes
+    /// to the guest.
+    last_spurious: Option<(u64, u64)>,
 }
 
 /// How a hypercall reached the VMM.
@@ -325,6 +328,7 @@ impl Vm {
             timings: None,
             stop: Arc::new(AtomicBool::new(false)),
             syscall_ring0: None,
+            last_spurious: None,
         };
         v.machine.set_interrupt(Some(v.stop.clone()));
         // The builder's NEW_BASEPTR is already in CR3.
