@@ -91,6 +91,12 @@ pub enum PrivilegedOp {
     },
     /// `out`.
     Out,
+    /// `clts`.
+    Clts,
+    /// `wbinvd` (or `invd`).
+    Wbinvd,
+    /// `hlt`.
+    Hlt,
     /// `rdmsr`.
     Rdmsr,
     /// `wrmsr`.
@@ -108,6 +114,9 @@ pub fn privileged_op(ins: &Instruction) -> Option<PrivilegedOp> {
         }
         Mnemonic::Out => return Some(PrivilegedOp::Out),
         Mnemonic::Rdmsr => return Some(PrivilegedOp::Rdmsr),
+        Mnemonic::Clts => return Some(PrivilegedOp::Clts),
+        Mnemonic::Wbinvd | Mnemonic::Invd => return Some(PrivilegedOp::Wbinvd),
+        Mnemonic::Hlt => return Some(PrivilegedOp::Hlt),
         Mnemonic::Wrmsr => return Some(PrivilegedOp::Wrmsr),
         _ => {}
     }

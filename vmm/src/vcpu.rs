@@ -242,6 +242,18 @@ impl Vcpu {
         }
     }
 
+    /// Sets or clears CR0.TS.
+    pub fn set_cr0_ts(&mut self, on: bool) -> Result<(), kvm_ioctls::Error> {
+        const TS: u64 = 1 << 3;
+        let mut sregs = self.fd.get_sregs()?;
+        let cr0 = if on { sregs.cr0 | TS } else { sregs.cr0 & !TS };
+        if cr0 != sregs.cr0 {
+            sregs.cr0 = cr0;
+            self.fd.set_sregs(&sregs)?;
+        }
+        Ok(())
+    }
+
     /// Sets or clears CR4.FSGSBASE (the guest chose it through its CR4).
     pub fn set_fsgsbase(&mut self, on: bool) -> Result<(), kvm_ioctls::Error> {
         const FSGSBASE: u64 = 1 << 16;

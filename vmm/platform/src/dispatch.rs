@@ -16,9 +16,10 @@ use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
 use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
 use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op,
-    HYPERVISOR_get_debugreg, HYPERVISOR_iret, HYPERVISOR_physdev_op, HYPERVISOR_sched_op,
-    HYPERVISOR_set_callbacks, HYPERVISOR_set_debugreg, HYPERVISOR_set_segment_base,
-    HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
+    HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_iret, HYPERVISOR_physdev_op,
+    HYPERVISOR_sched_op, HYPERVISOR_set_callbacks, HYPERVISOR_set_debugreg,
+    HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch,
+    HYPERVISOR_xen_version,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -220,6 +221,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             HYPERVISOR_console_io => self.console_io(m, caller, a),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
             HYPERVISOR_set_segment_base => self.set_segment_base(a[0], a[1]),
+            HYPERVISOR_fpu_taskswitch => self.pv.fpu_taskswitch(a[0] as i32 != 0),
             HYPERVISOR_set_debugreg => match self.pv.set_debugreg(a[0] as u32, a[1]) {
                 Ok(()) => 0,
                 Err(e) => e.neg(),

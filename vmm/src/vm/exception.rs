@@ -251,7 +251,7 @@ impl Vm {
                 // Control registers, from guest kernel mode only (user mode gets the #GP).
                 Some(emulate::PrivilegedOp::ReadCr { cr, dst }) if kernel => {
                     let v = match cr {
-                        0 => platform::pv::cr4::CR0,
+                        0 => self.pv.cr0(),
                         2 => self.pv.cr2,
                         3 => self.machine.kernel_root(caller).map_or(0, |r| r.addr()),
                         _ => self.pv.cr4,
@@ -292,6 +292,16 @@ impl Vm {
                     self.load_debugregs()?;
                     return Ok(Some((len, None)));
                 }
+                Some(emulate::PrivilegedOp::Clts) if kernel => {
+                    self.pv.fpu_taskswitch(false);
+                    self.load_cr0_ts()?;
+                    return Ok(Some((len, None)));
+                }
+                // A domU may not flush caches: Xen ignores it.
+                Some(emulate::PrivilegedOp::Wbinvd) if kernel => return Ok(Some((len, None))),
+                // `hlt` blocks the vCPU until an event (as SCHEDOP_block); with no
+                // event sources yet, it returns at once.
+                Some(emulate::PrivilegedOp::Hlt) if kernel => return Ok(Some((len, None))),
                 Some(emulate::PrivilegedOp::Rdmsr) if kernel => {
                     match self.read_msr(regs.rcx as u32)? {
                         Some(v) => {
@@ -356,6 +366,16 @@ impl Vm {
         f.contains(pvmmu::PteFlags::PRESENT | pvmmu::PteFlags::USER)
             && (error & WRITE == 0 || f.contains(pvmmu::PteFlags::RW))
             && (error & FETCH == 0 || !f.contains(pvmmu::PteFlags::NX))
+    }
+
+    /// Loads the guest's CR0.TS into the vCPU when it changed.
+    pub(super) fn load_cr0_ts(&mut self) -> Result<(), VmError> {
+        if !self.pv.cr0_dirty {
+            return Ok(());
+        }
+        self.pv.cr0_dirty = false;
+        self.vcpu.set_cr0_ts(self.pv.cr0_ts)?;
+        Ok(())
     }
 
     /// Loads the guest's debug registers into the vCPU when they changed.

@@ -98,6 +98,7 @@ impl Vm {
                 }
                 self.transfer(served.transfer)?;
                 self.load_debugregs()?;
+                self.load_cr0_ts()?;
                 if let Some((which, base)) = served.segment_base {
                     use crate::vcpu::SegmentBase as B;
                     use platform::dispatch::SegmentBase as S;

@@ -161,6 +161,28 @@ pub fn guest_main(si: &'static StartInfo) {
     c.eq("#GP error", err as i64, 0);
     wrmsr(0xc000_0102, 0);
 
+    // CR0.TS follows fpu_taskswitch and clts (in one asm block: no FPU or SSE
+    // instruction may run while TS is set).
+    let (rc, with_ts, without_ts): (i64, u64, u64);
+    // SAFETY: fpu_taskswitch(1) through the hypercall page, two emulated CR0 reads and
+    // an emulated clts; only the listed registers change.
+    unsafe {
+        asm!(
+            "mov eax, 5",
+            "mov edi, 1",
+            "call hypercall_page + 5 * 32",
+            "mov {rc}, rax",
+            "mov {a}, cr0",
+            "clts",
+            "mov {b}, cr0",
+            rc = out(reg) rc, a = out(reg) with_ts, b = out(reg) without_ts,
+            out("rax") _, out("rdi") _,
+        );
+    }
+    c.eq("fpu_taskswitch(1)", rc, 0);
+    c.eq("CR0.TS set", (with_ts >> 3 & 1) as i64, 1);
+    c.eq("CR0.TS cleared by clts", (without_ts >> 3 & 1) as i64, 0);
+
     // A raw `syscall` from kernel mode is a hypercall.
     let version: i64;
     // SAFETY: xen_version(XENVER_version); syscall clobbers RCX and R11.

@@ -248,6 +248,10 @@ pub struct PvVcpu {
     pub cr4: u64,
     /// The debug registers.
     pub debug: DebugRegs,
+    /// CR0.TS as the guest set it (`fpu_taskswitch`, `clts`).
+    pub cr0_ts: bool,
+    /// Whether CR0.TS must be loaded into the vCPU again.
+    pub cr0_dirty: bool,
     /// The virtual I/O privilege level, as RFLAGS.IOPL bits (`PHYSDEVOP_set_iopl`, or
     /// `iret` with the architectural_iopl assist).
     pub iopl: u64,
@@ -267,6 +271,8 @@ impl PvVcpu {
             cr2: 0,
             cr4: cr4::fixup(0, false),
             debug: DebugRegs::default(),
+            cr0_ts: false,
+            cr0_dirty: false,
             iopl: 0,
             vcpu_info,
         }
@@ -364,6 +370,21 @@ impl PvVcpu {
             };
             at = at.wrapping_add(TrapInfo::SIZE as u64);
         }
+    }
+
+    /// `fpu_taskswitch(set)` (and `clts`, with `set` false): the guest's CR0.TS, which
+    /// the vCPU then runs with, so the next FPU instruction raises #NM. Returns RAX.
+    pub fn fpu_taskswitch(&mut self, set: bool) -> i64 {
+        self.cr0_ts = set;
+        self.cr0_dirty = true;
+        0
+    }
+
+    /// CR0 as the guest reads it.
+    pub fn cr0(&self) -> u64 {
+        /// CR0.TS.
+        const TS: u64 = 1 << 3;
+        if self.cr0_ts { cr4::CR0 | TS } else { cr4::CR0 }
     }
 
     /// `stack_switch(ss, esp)`. Returns RAX.
