@@ -16,8 +16,8 @@ use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
 use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
 use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op,
-    HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_iret, HYPERVISOR_physdev_op,
-    HYPERVISOR_sched_op, HYPERVISOR_set_callbacks, HYPERVISOR_set_debugreg,
+    HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_iret, HYPERVISOR_memory_op,
+    HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks, HYPERVISOR_set_debugreg,
     HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch,
     HYPERVISOR_xen_version,
 };
@@ -220,6 +220,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
+            HYPERVISOR_memory_op => memory_op(m, caller, a),
             HYPERVISOR_set_segment_base => self.set_segment_base(a[0], a[1]),
             HYPERVISOR_fpu_taskswitch => self.pv.fpu_taskswitch(a[0] as i32 != 0),
             HYPERVISOR_set_debugreg => match self.pv.set_debugreg(a[0] as u32, a[1]) {
@@ -398,6 +399,26 @@ impl Platform<'_> {
 
 fn rc(r: Result<(), Errno>) -> i64 {
     r.map_or_else(|e| e.neg(), |()| 0)
+}
+
+/// `memory_op(cmd, arg)`: `XENMEM_machphys_mapping` (where the read-only M2P is, as
+/// Xen describes it to a 64-bit PV guest). The rest of the memory operations belong to
+/// the platform and answer -ENOSYS until they are served.
+fn memory_op<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
+    use pvmmu_abi::layout::{MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
+    use pvmmu_abi::memory::{XENMEM_machphys_mapping, decode_memory_op_cmd};
+    let (cmd, _) = decode_memory_op_cmd(a[0]);
+    match cmd {
+        XENMEM_machphys_mapping => {
+            let max_mfn = (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) / 8 - 1;
+            let mut b = [0u8; 24];
+            b[..8].copy_from_slice(&MACH2PHYS_VIRT_START.to_le_bytes());
+            b[8..16].copy_from_slice(&MACH2PHYS_VIRT_END.to_le_bytes());
+            b[16..].copy_from_slice(&max_mfn.to_le_bytes());
+            rc(GuestView::new(m.memory(), m.kernel_root(caller)).write(a[1], &b))
+        }
+        _ => Errno::ENOSYS.neg(),
+    }
 }
 
 /// What a domU is told instead of restricted build details (Xen's `xen_deny()`).

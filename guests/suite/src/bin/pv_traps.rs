@@ -183,6 +183,22 @@ pub fn guest_main(si: &'static StartInfo) {
     c.eq("CR0.TS set", (with_ts >> 3 & 1) as i64, 1);
     c.eq("CR0.TS cleared by clts", (without_ts >> 3 & 1) as i64, 0);
 
+    // Where the read-only M2P is (XENMEM_machphys_mapping).
+    let mut mapping = [0u64; 3];
+    // SAFETY: memory_op(XENMEM_machphys_mapping, &mapping): three words written.
+    let rc = unsafe { rt::hypercall(12, 12, mapping.as_mut_ptr() as u64, 0, 0, 0) };
+    c.eq("XENMEM_machphys_mapping", rc, 0);
+    c.eq(
+        "M2P start",
+        mapping[0] as i64,
+        0xffff_8000_0000_0000u64 as i64,
+    );
+    c.eq(
+        "M2P end",
+        mapping[1] as i64,
+        0xffff_8040_0000_0000u64 as i64,
+    );
+
     // A raw `syscall` from kernel mode is a hypercall.
     let version: i64;
     // SAFETY: xen_version(XENVER_version); syscall clobbers RCX and R11.
