@@ -24,16 +24,21 @@ pub const FEP: [u8; 5] = [0x0f, 0x0b, b'x', b'e', b'n'];
 /// `cpuid`.
 const CPUID: [u8; 2] = [0x0f, 0xa2];
 
-/// The instruction bytes at guest `rip` (up to 15; fewer where the mapping ends).
-pub fn fetch(m: &Vmm, caller: Caller, rip: u64) -> Vec<u8> {
-    let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
-    let mut bytes = Vec::with_capacity(15);
-    for i in 0..15u64 {
-        let mut b = [0u8; 1];
-        if view.read(rip.wrapping_add(i), &mut b).is_err() {
-            break;
-        }
-        bytes.push(b[0]);
+/// Longest x86 instruction.
+const MAX_INSN: u64 = 15;
+
+/// The instruction bytes at guest `rip` under `root` (up to 15; fewer where the mapping
+/// ends): the part in `rip`'s page, then the rest from the next page if it is mapped.
+pub fn fetch<M: vm_memory::GuestMemory>(mem: &M, root: Option<pvmmu::Mfn>, rip: u64) -> Vec<u8> {
+    let mut view = GuestView::new(mem, root);
+    let first = (pvmmu::PAGE_SIZE - (rip & (pvmmu::PAGE_SIZE - 1))).min(MAX_INSN) as usize;
+    let mut bytes = vec![0u8; MAX_INSN as usize];
+    if view.read(rip, &mut bytes[..first]).is_err() {
+        return Vec::new();
+    }
+    let rest = rip.wrapping_add(first as u64);
+    if first < bytes.len() && view.read(rest, &mut bytes[first..]).is_err() {
+        bytes.truncate(first);
     }
     bytes
 }
@@ -280,19 +285,8 @@ pub fn try_ptwr(
         return Err(NotEmulated::NotAWrite);
     }
     let root = m.kernel_root(caller);
-    let mut bytes = [0u8; 15];
-    let mut n = 0;
-    {
-        let mut view = GuestView::new(m.memory(), root);
-        while n < 15
-            && view
-                .read(frame.rip + n as u64, &mut bytes[n..n + 1])
-                .is_ok()
-        {
-            n += 1;
-        }
-    }
-    let mut dec = Decoder::with_ip(64, &bytes[..n], frame.rip, DecoderOptions::NONE);
+    let bytes = fetch(m.memory(), root, frame.rip);
+    let mut dec = Decoder::with_ip(64, &bytes, frame.rip, DecoderOptions::NONE);
     let ins: Instruction = dec.decode();
     if ins.is_invalid() || ins.op_count() < 2 || ins.op_kind(0) != OpKind::Memory {
         return Err(NotEmulated::NotAStore(frame.rip));

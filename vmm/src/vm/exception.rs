@@ -99,9 +99,16 @@ impl Vm {
                 Err(why) => note = Some(why.to_string()),
             }
         }
-        // The emulated instruction sees the guest's RSP, not the stub's.
-        let guest_rsp = frame.rsp;
-        if let Some((skip, new_rsp)) = self.emulate(&frame, sregs.cr2, &mut regs, guest_rsp)? {
+        // The faulting instruction, read once for whatever below decodes it (through the
+        // root the vCPU runs on).
+        let m2p_len = self.machine.frames().len() as u64 * 8;
+        let in_m2p = (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&sregs.cr2);
+        let bytes = match frame.vector {
+            6 | 12 | 13 => emulate::fetch(self.machine.memory(), self.current_root(), frame.rip),
+            14 if in_m2p => emulate::fetch(self.machine.memory(), self.current_root(), frame.rip),
+            _ => Vec::new(),
+        };
+        if let Some((skip, new_rsp)) = self.emulate(&frame, sregs.cr2, &bytes, &mut regs, &gregs)? {
             let mut ctx = ef.context(regs.rcx, regs.r11);
             ctx.rip = frame.rip.wrapping_add(skip);
             if let Some(rsp) = new_rsp {
@@ -132,22 +139,21 @@ impl Vm {
         // #UD at the instruction (this host's KVM-PVM): both become Xen's softint rule.
         let mut vector = frame.vector as u8;
         let mut raw_error = frame.error;
-        if vector == 12 && raw_error == 0 {
-            let b = emulate::fetch(&self.machine, caller, frame.rip);
-            if emulate::decode(&b, frame.rip).is_some_and(|i| !emulate::is_stack_access(&i)) {
-                (vector, raw_error) = (13, 0);
-            }
+        if vector == 12
+            && raw_error == 0
+            && emulate::decode(&bytes, frame.rip).is_some_and(|i| !emulate::is_stack_access(&i))
+        {
+            (vector, raw_error) = (13, 0);
         }
         let mut ctx = ef.context(regs.rcx, regs.r11);
         let softint = match vector {
-            6 => {
-                let b = emulate::fetch(&self.machine, caller, frame.rip);
-                (b.len() >= 2 && b[0] == 0xcd).then(|| (b[1], 2))
-            }
+            6 => match bytes.as_slice() {
+                [0xcd, n, ..] => Some((*n, 2)),
+                _ => None,
+            },
             13 if frame.error & 3 == 2 => {
                 // The instruction's length: `int3` and `into` are one byte.
-                let b = emulate::fetch(&self.machine, caller, frame.rip);
-                let len = if matches!(b.first(), Some(0xcc | 0xce)) {
+                let len = if matches!(bytes.first(), Some(0xcc | 0xce)) {
                     1
                 } else {
                     2
@@ -166,7 +172,6 @@ impl Vm {
                     // DR6 is reset for the next #DB.
                     let hw = self.vcpu.fd.get_debug_regs()?;
                     self.pv.merge_dr6(hw.dr6);
-                    self.pv.debug.dirty = true;
                     self.load_debugregs()?;
                 }
                 let error = emulate_error_code(vector, raw_error);
@@ -205,34 +210,25 @@ impl Vm {
 
     /// The instructions the hypervisor carries out itself at an exception: the forced-
     /// emulation CPUID (#UD), privileged instructions (#GP), loads from the M2P at Xen's
-    /// address (#PF). Returns the bytes to skip when it emulated one, and the guest's
-    /// new RSP when the instruction wrote it (it lives in the exception frame).
+    /// address (#PF); `bytes` is the instruction, fetched when the vector is one of
+    /// these. Results go to `regs` (the exit's registers); operands are read from
+    /// `operands` (the guest's registers: RSP and RIP as the exception frame has them).
+    /// Returns the bytes to skip when it emulated one, and the guest's new RSP when the
+    /// instruction wrote it (it lives in the exception frame).
     fn emulate(
         &mut self,
         frame: &crate::fault::Frame,
         cr2: u64,
+        bytes: &[u8],
         regs: &mut kvm_bindings::kvm_regs,
-        guest_rsp: u64,
+        operands: &kvm_bindings::kvm_regs,
     ) -> Result<Option<(u64, Option<u64>)>, VmError> {
-        // Operands are read with the guest's RSP; an instruction that would write RSP
-        // is not emulated (RSP in `regs` is the exception stub's).
-        let operands = kvm_bindings::kvm_regs {
-            rsp: guest_rsp,
-            ..*regs
-        };
         let caller = self.vcpu.caller;
-        let m2p_len = self.machine.frames().len() as u64 * 8;
-        let wanted = match frame.vector {
-            6 | 13 => true,
-            14 => (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&cr2),
-            _ => false,
-        };
-        if !wanted {
+        if bytes.is_empty() || !matches!(frame.vector, 6 | 13 | 14) {
             return Ok(None);
         }
-        let bytes = emulate::fetch(&self.machine, caller, frame.rip);
         if frame.vector == 6 {
-            let Some(len) = emulate::forced_cpuid(&bytes) else {
+            let Some(len) = emulate::forced_cpuid(bytes) else {
                 return Ok(None);
             };
             let [a, b, c, d] = self.cpuid.query(regs.rax as u32, regs.rcx as u32);
@@ -241,7 +237,7 @@ impl Vm {
             debug!("forced-emulation cpuid at {:#x}", frame.rip);
             return Ok(Some((len, None)));
         }
-        let Some(ins) = emulate::decode(&bytes, frame.rip) else {
+        let Some(ins) = emulate::decode(bytes, frame.rip) else {
             return Ok(None);
         };
         if frame.vector == 13 {
@@ -259,7 +255,7 @@ impl Vm {
                     (dst, v)
                 }
                 Some(emulate::PrivilegedOp::WriteCr { cr: 4, src }) if kernel => {
-                    let v = emulate::gpr(&operands, src).unwrap_or(0);
+                    let v = emulate::gpr(operands, src).unwrap_or(0);
                     let fsgsbase = self.cpuid.query(7, 0)[1] & 1 != 0;
                     self.pv.cr4 = platform::pv::cr4::fixup(v, fsgsbase);
                     // The guest's FSGSBASE choice is the hardware's.
@@ -285,7 +281,7 @@ impl Vm {
                     }
                 }
                 Some(emulate::PrivilegedOp::WriteDr { dr, src }) if kernel => {
-                    let v = emulate::gpr(&operands, src).unwrap_or(0);
+                    let v = emulate::gpr(operands, src).unwrap_or(0);
                     if self.pv.set_debugreg(dr, v).is_err() {
                         return Ok(None);
                     }
@@ -319,7 +315,10 @@ impl Vm {
                 // The rest: the guest gets the #GP.
                 _ => return Ok(None),
             };
-            return Ok(Some((len, set_operand(regs, value.0, value.1, guest_rsp))));
+            return Ok(Some((
+                len,
+                set_operand(regs, value.0, value.1, operands.rsp),
+            )));
         }
         // A load from the read-only M2P: read the M2P itself (the guest may read any
         // of it; a load straddling its end reads what there is).
@@ -337,7 +336,7 @@ impl Vm {
         {
             return Ok(None);
         }
-        let new_rsp = set_operand(regs, dst, u64::from_le_bytes(b), guest_rsp);
+        let new_rsp = set_operand(regs, dst, u64::from_le_bytes(b), operands.rsp);
         Ok(Some((ins.len() as u64, new_rsp)))
     }
 
@@ -351,12 +350,7 @@ impl Vm {
         if error & RSVD != 0 {
             return false;
         }
-        let root = if self.pv.in_kernel(&self.machine) {
-            self.machine.kernel_root(self.vcpu.caller)
-        } else {
-            self.machine.user_root(self.vcpu.caller)
-        };
-        let Some(root) = root else {
+        let Some(root) = self.current_root() else {
             return false;
         };
         let Ok(Some(t)) = pvmmu::Walker::new(self.machine.memory()).translate(root, va) else {
@@ -399,11 +393,15 @@ impl Vm {
     /// read as 0 while the guest has no #GP handler (Xen's early-boot leniency), else
     /// fault.
     fn read_msr(&mut self, index: u32) -> Result<Option<u64>, VmError> {
-        let (fs, gs, shadow) = self.vcpu.segment_bases()?;
         Ok(match index {
-            msr::FS_BASE => Some(fs),
-            msr::GS_BASE => Some(gs),
-            msr::SHADOW_GS_BASE => Some(shadow),
+            msr::FS_BASE | msr::GS_BASE | msr::SHADOW_GS_BASE => {
+                let (fs, gs, shadow) = self.vcpu.segment_bases()?;
+                Some(match index {
+                    msr::FS_BASE => fs,
+                    msr::GS_BASE => gs,
+                    _ => shadow,
+                })
+            }
             msr::EFER => Some(crate::arch::regs::EFER),
             msr::PAT => Some(platform::layout::XEN_PAT),
             msr::APIC_BASE => {

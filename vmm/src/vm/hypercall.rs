@@ -38,15 +38,7 @@ impl Vm {
         }
         let mut console = SerialSink(self.serial.clone());
         let caller = self.vcpu.caller;
-        let context = GuestContext {
-            rip: regs.rip,
-            cs: u64::from(FLAT_RING3_CS64),
-            rflags: regs.rflags,
-            rsp: regs.rsp,
-            ss: u64::from(FLAT_RING3_SS64),
-            rcx: regs.rcx,
-            r11: regs.r11,
-        };
+        let context = call_context(&regs, regs.rip, regs.rflags);
         let mut ctx = context;
         let served = dispatch::dispatch(
             &mut self.machine,
@@ -142,15 +134,7 @@ impl Vm {
             regs.rcx = regs.rip + 2;
             regs.r11 = regs.rflags;
         }
-        let mut ctx = GuestContext {
-            rip: regs.rcx,
-            cs: u64::from(FLAT_RING3_CS64),
-            rflags: regs.r11,
-            rsp: regs.rsp,
-            ss: u64::from(FLAT_RING3_SS64),
-            rcx: regs.rcx,
-            r11: regs.r11,
-        };
+        let mut ctx = call_context(&regs, regs.rcx, regs.r11);
         match self.pv.user_syscall(&mut self.machine, &mut ctx, 2) {
             Ok(t) => {
                 regs.rip = ctx.rip;
@@ -167,14 +151,22 @@ impl Vm {
     /// Carries out a kernel/user mode switch: CR3 to the new mode's root, GS swapped.
     pub(super) fn transfer(&mut self, t: Transfer) -> Result<(), VmError> {
         if t.mode_switched {
-            let caller = self.vcpu.caller;
-            let root = if self.pv.in_kernel(&self.machine) {
-                self.machine.kernel_root(caller)
-            } else {
-                self.machine.user_root(caller)
-            };
-            self.vcpu.switch_mode(root)?;
+            self.vcpu.switch_mode(self.current_root())?;
         }
         Ok(())
+    }
+}
+
+/// The guest context at a call made from CPL3 (a hypercall or a system call): the flat
+/// ring-3 selectors, the registers of the exit, and where it returns to with what flags.
+fn call_context(regs: &kvm_bindings::kvm_regs, rip: u64, rflags: u64) -> GuestContext {
+    GuestContext {
+        rip,
+        cs: u64::from(FLAT_RING3_CS64),
+        rflags,
+        rsp: regs.rsp,
+        ss: u64::from(FLAT_RING3_SS64),
+        rcx: regs.rcx,
+        r11: regs.r11,
     }
 }

@@ -355,6 +355,17 @@ impl Vm {
         &self.machine
     }
 
+    /// The root the vCPU runs on: the kernel's in guest kernel mode, the user's in user
+    /// mode.
+    fn current_root(&self) -> Option<pvmmu::Mfn> {
+        let caller = self.vcpu.caller;
+        if self.pv.in_kernel(&self.machine) {
+            self.machine.kernel_root(caller)
+        } else {
+            self.machine.user_root(caller)
+        }
+    }
+
     /// The flag that stops this VM: setting it (and kicking the vCPU thread out of
     /// KVM_RUN) ends `run` with [`GuestExit::Stopped`], even in the middle of a long
     /// batched hypercall.

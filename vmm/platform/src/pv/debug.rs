@@ -129,5 +129,7 @@ impl PvVcpu {
         let new = (hardware ^ dr::DR6_DEFAULT) & dr::DR6_KNOWN;
         let dr6 = ((self.debug.dr6 ^ dr::DR6_DEFAULT) & !dr::DR6_BP) | new;
         self.debug.dr6 = ((dr6 ^ dr::DR6_DEFAULT) | dr::DR6_DEFAULT) & !dr::DR6_ZEROS;
+        // Hardware's DR6 is reset with the guest's for the next #DB.
+        self.debug.dirty = true;
     }
 }
