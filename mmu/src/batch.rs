@@ -8,6 +8,7 @@ use pvmmu_abi::domid::{DOMID_IO, DOMID_SELF, DOMID_XEN};
 use pvmmu_abi::mmu::split_preempted_count;
 use vm_memory::GuestMemory;
 
+use crate::domain::Vcpu;
 use crate::entry::Mfn;
 use crate::frame::Owner;
 use crate::guest::{GuestView, guest_range_ok};
@@ -160,6 +161,22 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
 }
 
 impl<F> Core<F> {
+    /// The state of `caller`'s vCPU, if its domain and vCPU exist.
+    pub(crate) fn vcpu(&self, caller: Caller) -> Option<&Vcpu> {
+        self.domains
+            .get(&caller.dom)?
+            .vcpus
+            .get(caller.vcpu as usize)
+    }
+
+    /// The state of `caller`'s vCPU, mutably, if its domain and vCPU exist.
+    pub(crate) fn vcpu_mut(&mut self, caller: Caller) -> Option<&mut Vcpu> {
+        self.domains
+            .get_mut(&caller.dom)?
+            .vcpus
+            .get_mut(caller.vcpu as usize)
+    }
+
     /// Xen's `get_pg_owner`: resolves an FD argument for `caller`.
     pub(crate) fn pg_owner(&self, caller: u16, fd: u16) -> Result<Owner, Errno> {
         if fd == DOMID_SELF {

@@ -114,9 +114,7 @@ impl<F: TlbFlush> Core<F> {
     /// `pv_destroy_gdt`).
     pub(crate) fn destroy_gdt<M: GuestMemory + ?Sized>(&mut self, mem: &M, caller: Caller) {
         let frames = self
-            .domains
-            .get_mut(&caller.dom)
-            .and_then(|d| d.vcpus.get_mut(caller.vcpu as usize))
+            .vcpu_mut(caller)
             .map(|v| {
                 v.gdt_ents = 0;
                 std::mem::take(&mut v.gdt_frames)
@@ -158,11 +156,7 @@ impl<F: TlbFlush> Core<F> {
             taken.push(Mfn(f));
         }
         self.destroy_gdt(mem, caller);
-        if let Some(v) = self
-            .domains
-            .get_mut(&d)
-            .and_then(|x| x.vcpus.get_mut(caller.vcpu as usize))
-        {
+        if let Some(v) = self.vcpu_mut(caller) {
             v.gdt_ents = entries;
             v.gdt_frames = taken;
             v.gdt_changed = true;
@@ -279,21 +273,14 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// The GDT of `caller`: its frames and number of entries.
     pub fn gdt(&self, caller: Caller) -> (Vec<Mfn>, u32) {
         self.core
-            .domains
-            .get(&caller.dom)
-            .and_then(|d| d.vcpus.get(caller.vcpu as usize))
+            .vcpu(caller)
             .map_or((Vec::new(), 0), |v| (v.gdt_frames.clone(), v.gdt_ents))
     }
 
     /// The GDT of `caller` if it changed since the last time this was asked (the
     /// embedder maps the new frames where the CPU reads its GDT).
     pub fn take_gdt_change(&mut self, caller: Caller) -> Option<(Vec<Mfn>, u32)> {
-        let v = self
-            .core
-            .domains
-            .get_mut(&caller.dom)?
-            .vcpus
-            .get_mut(caller.vcpu as usize)?;
+        let v = self.core.vcpu_mut(caller)?;
         std::mem::take(&mut v.gdt_changed).then(|| (v.gdt_frames.clone(), v.gdt_ents))
     }
 }

@@ -156,12 +156,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// (for embedders that call the slice forms directly; [`Machine::hypercall`]
     /// reports it in its result).
     pub fn take_root_change(&mut self, caller: Caller) -> Option<Roots> {
-        let v = self
-            .core
-            .domains
-            .get_mut(&caller.dom)?
-            .vcpus
-            .get_mut(caller.vcpu as usize)?;
+        let v = self.core.vcpu_mut(caller)?;
         std::mem::take(&mut v.roots_changed).then_some(Roots {
             kernel: v.kernel_root,
             user: v.user_root,

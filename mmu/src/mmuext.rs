@@ -95,11 +95,7 @@ impl<F: TlbFlush> Core<F> {
     }
 
     pub(crate) fn vcpu_root(&self, caller: Caller, which: Root) -> Option<Mfn> {
-        let v = self
-            .domains
-            .get(&caller.dom)?
-            .vcpus
-            .get(caller.vcpu as usize)?;
+        let v = self.vcpu(caller)?;
         match which {
             Root::Kernel => v.kernel_root,
             Root::User => v.user_root,
@@ -107,11 +103,7 @@ impl<F: TlbFlush> Core<F> {
     }
 
     fn replace_root(&mut self, caller: Caller, which: Root, new: Option<Mfn>) {
-        if let Some(v) = self
-            .domains
-            .get_mut(&caller.dom)
-            .and_then(|d| d.vcpus.get_mut(caller.vcpu as usize))
-        {
+        if let Some(v) = self.vcpu_mut(caller) {
             match which {
                 Root::Kernel => v.kernel_root = new,
                 Root::User => v.user_root = new,
@@ -242,11 +234,7 @@ impl<F: TlbFlush> Core<F> {
                 {
                     return Err(Errno::EINVAL);
                 }
-                let changed = match self
-                    .domains
-                    .get_mut(&d)
-                    .and_then(|x| x.vcpus.get_mut(caller.vcpu as usize))
-                {
+                let changed = match self.vcpu_mut(caller) {
                     Some(v) if v.ldt_base != base || v.ldt_ents != ents => {
                         v.ldt_base = base;
                         v.ldt_ents = ents;

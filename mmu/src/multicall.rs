@@ -68,12 +68,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             if entry.op == HYPERVISOR_iret {
                 return Ok(result);
             }
-            let in_kernel = self
-                .core
-                .domains
-                .get(&caller.dom)
-                .and_then(|d| d.vcpus.get(caller.vcpu as usize))
-                .is_some_and(|v| v.in_kernel);
+            let in_kernel = self.core.vcpu(caller).is_some_and(|v| v.in_kernel);
             if !in_kernel {
                 break;
             }
@@ -85,12 +80,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// delivery switch it).
     pub fn set_kernel_mode(&mut self, caller: Caller, in_kernel: bool) -> Result<(), MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
-        if let Some(v) = self
-            .core
-            .domains
-            .get_mut(&caller.dom)
-            .and_then(|d| d.vcpus.get_mut(caller.vcpu as usize))
-        {
+        if let Some(v) = self.core.vcpu_mut(caller) {
             v.in_kernel = in_kernel;
         }
         Ok(())
