@@ -14,17 +14,8 @@ use platform::layout::{RING0_CS, SYSCALL_STUB_VA, XEN_PAT};
 use pvmmu::{Caller, Mfn};
 use pvmmu_abi::selector::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
 
-use crate::arch::regs;
+use crate::arch::{msr, regs};
 
-/// IA32_PAT.
-const MSR_PAT: u32 = 0x277;
-/// The syscall MSRs.
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_CSTAR: u32 = 0xc000_0083;
-const MSR_SFMASK: u32 = 0xc000_0084;
-/// IA32_KERNEL_GS_BASE (what `swapgs` exchanges with GS.base).
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// KVM_CPUID_FLAG_SIGNIFCANT_INDEX.
 const CPUID_INDEXED: u32 = 1;
 /// CPUID.1:ECX.XSAVE.
@@ -97,7 +88,7 @@ impl Vcpu {
             .any(|e| e.function == 1 && e.ecx & CPUID_XSAVE != 0);
         let sregs = regs::pv_sregs(fd.get_sregs()?, boot.l4.addr(), xsave)?;
         fd.set_sregs(&sregs)?;
-        let msr = |index, data| kvm_msr_entry {
+        let entry = |index, data| kvm_msr_entry {
             index,
             data,
             ..Default::default()
@@ -106,11 +97,11 @@ impl Vcpu {
         // hypervisor's CS; on KVM-PVM it stays at CPL3), no flags masked.
         let star = (u64::from(FLAT_RING3_CS32) << 48) | (u64::from(RING0_CS) << 32);
         let msrs = Msrs::from_entries(&[
-            msr(MSR_PAT, XEN_PAT),
-            msr(MSR_STAR, star),
-            msr(MSR_LSTAR, SYSCALL_STUB_VA),
-            msr(MSR_CSTAR, SYSCALL_STUB_VA),
-            msr(MSR_SFMASK, 0),
+            entry(msr::PAT, XEN_PAT),
+            entry(msr::STAR, star),
+            entry(msr::LSTAR, SYSCALL_STUB_VA),
+            entry(msr::CSTAR, SYSCALL_STUB_VA),
+            entry(msr::SFMASK, 0),
         ])
         .map_err(VcpuError::Msrs)?;
         fd.set_msrs(&msrs)?;
@@ -184,7 +175,7 @@ impl Vcpu {
     /// One MSR-list entry for the shadow GS base.
     fn shadow_gs_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
         Msrs::from_entries(&[kvm_msr_entry {
-            index: MSR_KERNEL_GS_BASE,
+            index: msr::SHADOW_GS_BASE,
             data,
             ..Default::default()
         }])

@@ -12,19 +12,9 @@ use pvmmu_abi::layout::RO_MPT_VIRT_START;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{GuestExit, Vm, VmError};
+use crate::arch::msr;
 use crate::emulate;
 use crate::fault::{ExceptionFrame, FaultReport, vector_name};
-
-/// MSR numbers the PV emulation knows.
-mod msr {
-    pub const APIC_BASE: u32 = 0x1b;
-    pub const PAT: u32 = 0x277;
-    pub const PERF_CAPABILITIES: u32 = 0x345;
-    pub const EFER: u32 = 0xc000_0080;
-    pub const FS_BASE: u32 = 0xc000_0100;
-    pub const GS_BASE: u32 = 0xc000_0101;
-    pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
-}
 
 impl Vm {
     /// An exception exit. First what the hypervisor itself decides (writable page

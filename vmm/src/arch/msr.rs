@@ -1,0 +1,24 @@
+//! The MSR numbers the VMM loads into a vCPU or emulates for a PV guest.
+
+/// IA32_APIC_BASE.
+pub const APIC_BASE: u32 = 0x1b;
+/// IA32_PAT.
+pub const PAT: u32 = 0x277;
+/// IA32_PERF_CAPABILITIES.
+pub const PERF_CAPABILITIES: u32 = 0x345;
+/// IA32_EFER.
+pub const EFER: u32 = 0xc000_0080;
+/// STAR: the selectors `syscall` and `sysret` load.
+pub const STAR: u32 = 0xc000_0081;
+/// LSTAR: where a 64-bit `syscall` enters.
+pub const LSTAR: u32 = 0xc000_0082;
+/// CSTAR: where a compatibility-mode `syscall` enters.
+pub const CSTAR: u32 = 0xc000_0083;
+/// SFMASK: the RFLAGS bits `syscall` clears.
+pub const SFMASK: u32 = 0xc000_0084;
+/// FS.base.
+pub const FS_BASE: u32 = 0xc000_0100;
+/// GS.base.
+pub const GS_BASE: u32 = 0xc000_0101;
+/// IA32_KERNEL_GS_BASE: what `swapgs` exchanges with GS.base.
+pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
