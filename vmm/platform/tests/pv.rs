@@ -25,6 +25,17 @@ fn poke(d: &Dom, va: u64, bytes: &[u8]) {
         .expect("guest write");
 }
 
+/// Writes `frame` below the top of the boot stack and returns a context whose RSP
+/// points at it, as the guest's `iret` hypercall finds it.
+fn stacked(d: &Dom, frame: &IretContext) -> GuestContext {
+    let at = STACK - 0x100;
+    poke(d, at, &frame.to_bytes());
+    GuestContext {
+        rsp: at,
+        ..GuestContext::default()
+    }
+}
+
 fn peek(d: &Dom, va: u64, n: usize) -> Vec<u64> {
     let root = d.machine.kernel_root(pv_caller());
     let mut b = vec![0u8; n * 8];
@@ -231,12 +242,7 @@ fn iret_restores_the_frame_and_the_upcall_mask() {
         rsp: 0x15_8000,
         ss: 0xe02b,
     };
-    let at = STACK - 0x100;
-    poke(&d, at, &frame.to_bytes());
-    let mut ctx = GuestContext {
-        rsp: at,
-        ..GuestContext::default()
-    };
+    let mut ctx = stacked(&d, &frame);
     let (rax, t) = pv.iret(&mut d.machine, &mut ctx).expect("iret");
     assert_eq!(rax, 0x55);
     assert!(!t.mode_switched);
@@ -257,12 +263,10 @@ fn iret_restores_the_frame_and_the_upcall_mask() {
         rflags: 0x202,
         ..frame
     };
-    poke(&d, at, &frame.to_bytes());
     let mut ctx = GuestContext {
-        rsp: at,
         rcx: 1,
         r11: 2,
-        ..GuestContext::default()
+        ..stacked(&d, &frame)
     };
     pv.iret(&mut d.machine, &mut ctx).expect("iret");
     assert_eq!((ctx.rcx, ctx.r11), (1, 2));
@@ -291,12 +295,7 @@ fn iret_to_user_mode_needs_user_tables_and_switches_mode() {
         ss: 0xe02b,
         ..IretContext::default()
     };
-    let at = STACK - 0x100;
-    poke(&d, at, &frame.to_bytes());
-    let mut ctx = GuestContext {
-        rsp: at,
-        ..GuestContext::default()
-    };
+    let mut ctx = stacked(&d, &frame);
     assert_eq!(pv.iret(&mut d.machine, &mut ctx), Err(Crash::NoUserRoot));
     assert!(pv.in_kernel(&d.machine));
     // With a user root (the kernel's, as XTF does), the iret switches to user mode.
@@ -307,10 +306,7 @@ fn iret_to_user_mode_needs_user_tables_and_switches_mode() {
         .mmuext_op(pv_caller(), &[op], u32::from(pvmmu_abi::DOMID_SELF))
         .expect("mmuext");
     assert_eq!(o.result, Ok(()));
-    let mut ctx = GuestContext {
-        rsp: at,
-        ..GuestContext::default()
-    };
+    let mut ctx = stacked(&d, &frame);
     let (_, t) = pv.iret(&mut d.machine, &mut ctx).expect("iret");
     assert!(t.mode_switched);
     assert!(!pv.in_kernel(&d.machine));
