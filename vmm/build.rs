@@ -162,7 +162,15 @@ fn main() {
     let generated =
         PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("guests_table.rs");
     std::fs::write(generated, table).expect("writing the guest table");
-    for p in ["Cargo.toml", "Cargo.lock", "link.ld", "rt", "demo", "suite"] {
+    for p in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "link.ld",
+        "link.rs",
+        "rt",
+        "demo",
+        "suite",
+    ] {
         println!("cargo:rerun-if-changed={}", dir.join(p).display());
     }
     println!("cargo:rerun-if-changed=../mmu/abi/src");

@@ -1,3 +1,6 @@
+//! The build script of every guest binary package (each names it with `build =`): links
+//! with the guests' own linker script, freestanding, without a build ID.
+
 fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!("cargo:rustc-link-arg=-T{}/link.ld", dir.display());
@@ -10,5 +13,5 @@ fn main() {
     ] {
         println!("cargo:rustc-link-arg={a}");
     }
-    println!("cargo:rerun-if-changed=../link.ld");
+    println!("cargo:rerun-if-changed={}/link.ld", dir.display());
 }
