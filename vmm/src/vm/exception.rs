@@ -93,10 +93,10 @@ impl Vm {
         // root the vCPU runs on).
         let m2p_len = self.machine.frames().len() as u64 * 8;
         let in_m2p = (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&sregs.cr2);
-        let bytes = match frame.vector {
-            6 | 12 | 13 => emulate::fetch(self.machine.memory(), self.current_root(), frame.rip),
-            14 if in_m2p => emulate::fetch(self.machine.memory(), self.current_root(), frame.rip),
-            _ => Vec::new(),
+        let bytes = if matches!(frame.vector, 6 | 12 | 13) || (frame.vector == 14 && in_m2p) {
+            emulate::fetch(self.machine.memory(), self.current_root(), frame.rip)
+        } else {
+            Vec::new()
         };
         if let Some((skip, new_rsp)) = self.emulate(&frame, sregs.cr2, &bytes, &mut regs, &gregs)? {
             let mut ctx = ef.context(regs.rcx, regs.r11);
