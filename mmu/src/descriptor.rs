@@ -12,7 +12,6 @@ use crate::batch::Caller;
 use crate::entry::Mfn;
 use crate::flush::{FlushReason, FlushScope, TlbFlush, VcpuSet};
 use crate::frame::{Owner, PageType};
-use crate::guest::GuestView;
 use crate::machine::{Core, Machine, MachineError};
 
 /// Descriptors per page.
@@ -234,8 +233,8 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         let n = entries.div_ceil(DESCRIPTORS_PER_PAGE) as usize;
         let mut bytes = vec![0u8; n * 8];
-        let root = self.kernel_root(caller);
-        if GuestView::new(&self.mem, root)
+        if self
+            .kernel_view(caller)
             .read(frame_list, &mut bytes)
             .is_err()
         {

@@ -154,6 +154,13 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Reads a little-endian `u32`.
+    pub fn read_u32(&mut self, va: u64) -> Result<u32, Errno> {
+        let mut b = [0u8; 4];
+        self.read(va, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
     /// Writes a little-endian `u32`.
     pub fn write_u32(&mut self, va: u64, v: u32) -> Result<(), Errno> {
         self.write(va, &v.to_le_bytes())

@@ -391,4 +391,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     pub fn user_root(&self, caller: Caller) -> Option<Mfn> {
         self.core.vcpu_root(caller, Root::User)
     }
+
+    /// The memory of a vCPU as its kernel addresses it (through its kernel root): where
+    /// hypercall arguments point and where the kernel's exception frames go.
+    pub fn kernel_view(&self, caller: Caller) -> GuestView<'_, M> {
+        GuestView::new(&self.mem, self.kernel_root(caller))
+    }
 }

@@ -57,9 +57,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             let a = entry.args;
             let args = [a[0], a[1], a[2], a[3], a[4]];
             let result = self.dispatch(caller, entry.op, args, other, true)?;
-            let root = self.kernel_root(caller);
             let at = list + u64::from(i) * MulticallEntry::SIZE as u64 + RESULT_OFFSET;
-            if GuestView::new(&self.mem, root)
+            if self
+                .kernel_view(caller)
                 .write(at, &result.to_le_bytes())
                 .is_err()
             {

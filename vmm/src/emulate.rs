@@ -284,8 +284,7 @@ pub fn try_ptwr(
     if !frame.is_ptwr_candidate() {
         return Err(NotEmulated::NotAWrite);
     }
-    let root = m.kernel_root(caller);
-    let bytes = fetch(m.memory(), root, frame.rip);
+    let bytes = fetch(m.memory(), m.kernel_root(caller), frame.rip);
     let mut dec = Decoder::with_ip(64, &bytes, frame.rip, DecoderOptions::NONE);
     let ins: Instruction = dec.decode();
     if ins.is_invalid() || ins.op_count() < 2 || ins.op_kind(0) != OpKind::Memory {
@@ -320,7 +319,7 @@ pub fn try_ptwr(
     };
     let old = if ins.mnemonic() == Mnemonic::Xchg {
         let mut b = [0u8; 8];
-        GuestView::new(m.memory(), root)
+        m.kernel_view(caller)
             .read(addr, &mut b[..size])
             .map_err(NotEmulated::OldEntry)?;
         Some(u64::from_le_bytes(b))

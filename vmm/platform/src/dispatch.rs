@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use log::debug;
-use pvmmu::{Caller, Errno, GuestView, HypercallHandler, MachineError, Roots, TlbFlush};
+use pvmmu::{Caller, Errno, HypercallHandler, MachineError, Roots, TlbFlush};
 use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
 use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
 use pvmmu_abi::hypercall::{
@@ -242,7 +242,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
 impl Platform<'_> {
     fn console_io<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         let (cmd, count, buf) = (a[0] as u32, u64::from(a[1] as u32), a[2]);
-        let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
+        let mut view = m.kernel_view(caller);
         match cmd {
             CONSOLEIO_write => {
                 let n = count.min(CONSOLE_MAX) as usize;
@@ -284,12 +284,10 @@ impl Platform<'_> {
     fn event_channel_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         match a[0] as u32 {
             EVTCHNOP_send => {
-                let mut b = [0u8; 4];
-                let root = m.kernel_root(caller);
-                if GuestView::new(m.memory(), root).read(a[1], &mut b).is_err() {
-                    return Errno::EFAULT.neg();
-                }
-                let port = u32::from_le_bytes(b);
+                let port = match m.kernel_view(caller).read_u32(a[1]) {
+                    Ok(port) => port,
+                    Err(e) => return e.neg(),
+                };
                 if self.dom.ring.is_some_and(|r| r.port == port) {
                     self.drain_ring(m);
                 }
@@ -315,9 +313,8 @@ impl Platform<'_> {
     fn fifo_init_control<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> i64 {
         // struct { u64 control_gfn; u32 offset; u32 vcpu; u8 link_bits; u8 pad[7]; }
         let mut b = [0u8; 24];
-        let root = m.kernel_root(caller);
-        if GuestView::new(m.memory(), root).read(arg, &mut b).is_err() {
-            return Errno::EFAULT.neg();
+        if let Err(e) = m.kernel_view(caller).read(arg, &mut b) {
+            return e.neg();
         }
         let gfn = u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
         let offset = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
@@ -364,14 +361,10 @@ impl Platform<'_> {
         /// `PHYSDEVOP_set_iopl`.
         const SET_IOPL: u32 = 6;
         match a[0] as u32 {
-            SET_IOPL => {
-                let mut b = [0u8; 4];
-                let root = m.kernel_root(caller);
-                if GuestView::new(m.memory(), root).read(a[1], &mut b).is_err() {
-                    return Errno::EFAULT.neg();
-                }
-                self.pv.set_iopl(u32::from_le_bytes(b))
-            }
+            SET_IOPL => match m.kernel_view(caller).read_u32(a[1]) {
+                Ok(iopl) => self.pv.set_iopl(iopl),
+                Err(e) => e.neg(),
+            },
             _ => Errno::ENOSYS.neg(),
         }
     }
@@ -382,16 +375,13 @@ impl Platform<'_> {
                 self.drain_ring(m);
                 0
             }
-            SCHEDOP_shutdown => {
-                let mut b = [0u8; 4];
-                match GuestView::new(m.memory(), m.kernel_root(caller)).read(a[1], &mut b) {
-                    Ok(()) => {
-                        self.shutdown = Some(u32::from_le_bytes(b));
-                        0
-                    }
-                    Err(e) => e.neg(),
+            SCHEDOP_shutdown => match m.kernel_view(caller).read_u32(a[1]) {
+                Ok(reason) => {
+                    self.shutdown = Some(reason);
+                    0
                 }
-            }
+                Err(e) => e.neg(),
+            },
             _ => Errno::ENOSYS.neg(),
         }
     }
@@ -415,7 +405,7 @@ fn memory_op<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
             b[..8].copy_from_slice(&MACH2PHYS_VIRT_START.to_le_bytes());
             b[8..16].copy_from_slice(&MACH2PHYS_VIRT_END.to_le_bytes());
             b[16..].copy_from_slice(&max_mfn.to_le_bytes());
-            rc(GuestView::new(m.memory(), m.kernel_root(caller)).write(a[1], &b))
+            rc(m.kernel_view(caller).write(a[1], &b))
         }
         _ => Errno::ENOSYS.neg(),
     }
@@ -433,7 +423,7 @@ fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         XEN_GUEST_HANDLE_LEN, XENVER_build_id, XENVER_changeset, XENVER_commandline,
         XENVER_compile_info, XENVER_guest_handle, XENVER_platform_parameters,
     };
-    let mut view = GuestView::new(m.memory(), m.kernel_root(caller));
+    let mut view = m.kernel_view(caller);
     let mut put = |bytes: &[u8]| rc(view.write(a[1], bytes));
     let padded = |s: &[u8], len: usize| {
         let mut b = vec![0u8; len];

@@ -3,7 +3,7 @@
 //! interrupts by the trap table's DPL, user-mode system calls to the syscall callback,
 //! and the `iret` hypercall (Xen's `do_iret`).
 
-use pvmmu::{GuestView, TlbFlush};
+use pvmmu::TlbFlush;
 use pvmmu_abi::IretContext;
 use pvmmu_abi::layout::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
 use pvmmu_abi::selector::{FLAT_KERNEL_CS64, FLAT_RING3_SS64};
@@ -153,11 +153,7 @@ impl PvVcpu {
         ]);
         let bytes: Vec<u8> = frame.iter().flat_map(|w| w.to_le_bytes()).collect();
         let new_sp = sp.wrapping_sub(bytes.len() as u64);
-        let root = m.kernel_root(self.caller);
-        if GuestView::new(m.memory(), root)
-            .write(new_sp, &bytes)
-            .is_err()
-        {
+        if m.kernel_view(self.caller).write(new_sp, &bytes).is_err() {
             return Err(Crash::StackFault {
                 vector,
                 rsp: new_sp,
@@ -180,8 +176,7 @@ impl PvVcpu {
         ctx: &mut GuestContext,
     ) -> Result<(i64, Transfer), Crash> {
         let mut b = [0u8; IretContext::SIZE];
-        let root = m.kernel_root(self.caller);
-        GuestView::new(m.memory(), root)
+        m.kernel_view(self.caller)
             .read(ctx.rsp, &mut b)
             .map_err(|_| Crash::IretFrame { rsp: ctx.rsp })?;
         let saved = IretContext::from_bytes(&b);

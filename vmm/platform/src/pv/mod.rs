@@ -13,7 +13,7 @@
 
 #![allow(non_upper_case_globals)] // Xen's names for the callback constants
 
-use pvmmu::{Caller, GuestView, TlbFlush};
+use pvmmu::{Caller, TlbFlush};
 use pvmmu_abi::callback::{
     CALLBACKF_mask_events, CALLBACKOP_register, CALLBACKOP_unregister, CALLBACKTYPE_event,
     CALLBACKTYPE_failsafe, CALLBACKTYPE_nmi, CALLBACKTYPE_syscall, CALLBACKTYPE_syscall32,
@@ -349,7 +349,7 @@ impl PvVcpu {
             self.traps.fill(Trap::default());
             return 0;
         }
-        let mut view = GuestView::new(m.memory(), m.kernel_root(self.caller));
+        let mut view = m.kernel_view(self.caller);
         let mut at = traps;
         loop {
             let mut b = [0u8; TrapInfo::SIZE];
@@ -422,7 +422,7 @@ impl PvVcpu {
 
     /// `callback_op(cmd, arg)`. Returns RAX.
     pub fn callback_op<F: TlbFlush>(&mut self, m: &Mach<F>, cmd: u64, arg: u64) -> i64 {
-        let mut view = GuestView::new(m.memory(), m.kernel_root(self.caller));
+        let mut view = m.kernel_view(self.caller);
         match cmd as u32 {
             CALLBACKOP_register => {
                 let mut b = [0u8; CallbackRegister::SIZE];
