@@ -235,27 +235,27 @@ impl Vcpu {
 
     /// Sets or clears CR0.TS.
     pub fn set_cr0_ts(&mut self, on: bool) -> Result<(), kvm_ioctls::Error> {
-        const TS: u64 = 1 << 3;
-        let mut sregs = self.fd.get_sregs()?;
-        let cr0 = if on { sregs.cr0 | TS } else { sregs.cr0 & !TS };
-        if cr0 != sregs.cr0 {
-            sregs.cr0 = cr0;
-            self.fd.set_sregs(&sregs)?;
-        }
-        Ok(())
+        self.set_control_bit(|s| &mut s.cr0, regs::CR0_TS, on)
     }
 
     /// Sets or clears CR4.FSGSBASE (the guest chose it through its CR4).
     pub fn set_fsgsbase(&mut self, on: bool) -> Result<(), kvm_ioctls::Error> {
-        const FSGSBASE: u64 = 1 << 16;
+        self.set_control_bit(|s| &mut s.cr4, platform::pv::cr4::FSGSBASE, on)
+    }
+
+    /// Sets or clears `bit` of the control register `cr` picks; the special registers
+    /// are loaded only when it changes.
+    fn set_control_bit(
+        &mut self,
+        cr: fn(&mut kvm_sregs) -> &mut u64,
+        bit: u64,
+        on: bool,
+    ) -> Result<(), kvm_ioctls::Error> {
         let mut sregs = self.fd.get_sregs()?;
-        let cr4 = if on {
-            sregs.cr4 | FSGSBASE
-        } else {
-            sregs.cr4 & !FSGSBASE
-        };
-        if cr4 != sregs.cr4 {
-            sregs.cr4 = cr4;
+        let reg = cr(&mut sregs);
+        let new = if on { *reg | bit } else { *reg & !bit };
+        if new != *reg {
+            *reg = new;
             self.fd.set_sregs(&sregs)?;
         }
         Ok(())

@@ -10,14 +10,15 @@ use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use platform::builder::BootInfo;
 use platform::hvarea::gdt_descriptor;
 use platform::layout::{GDT_VA, IDT_VA, TSS_SEL};
+use platform::pv::cr4;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
 /// CR0: PE, MP, ET, NE, WP, PG.
 pub const CR0: u64 = 0x8001_0033;
+/// CR0.TS: the next FPU instruction faults (#NM).
+pub const CR0_TS: u64 = 1 << 3;
 /// CR4: PAE, PGE, OSFXSR, OSXMMEXCPT.
 pub const CR4: u64 = 0x6a0;
-/// CR4.OSXSAVE, set when the CPU offers XSAVE.
-pub const CR4_OSXSAVE: u64 = 1 << 18;
 /// EFER: SCE, LME, LMA, NXE.
 pub const EFER: u64 = 0xd01;
 /// RFLAGS at entry: IF and the reserved bit 1.
@@ -101,7 +102,7 @@ pub fn pv_sregs(base: kvm_sregs, cr3: u64, xsave: bool) -> Result<kvm_sregs, NoD
     s.idt.base = IDT_VA;
     s.idt.limit = IDT_ENTRIES * 16 - 1;
     s.cr0 = CR0;
-    s.cr4 = if xsave { CR4 | CR4_OSXSAVE } else { CR4 };
+    s.cr4 = if xsave { CR4 | cr4::OSXSAVE } else { CR4 };
     s.efer = EFER;
     s.cr3 = cr3;
     Ok(s)
@@ -155,7 +156,7 @@ mod tests {
     fn sregs_enter_long_mode_at_cpl3() {
         let s = pv_sregs(kvm_sregs::default(), 0x5000, true).unwrap();
         assert_eq!((s.cr0, s.cr3, s.efer), (CR0, 0x5000, EFER));
-        assert_eq!(s.cr4, CR4 | CR4_OSXSAVE);
+        assert_eq!(s.cr4, CR4 | cr4::OSXSAVE);
         assert_eq!(s.cs.selector & 3, 3);
         assert_eq!(s.ss.dpl, 3, "SS.DPL decides the CPL on VMX/SVM");
         assert_eq!(s.ds.unusable, 1);
