@@ -56,6 +56,66 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<Instruction> {
     (!ins.is_invalid()).then_some(ins)
 }
 
+/// The selector a segment-loading instruction at `rip` loads: a far `call`/`jmp`
+/// through memory, `mov` to a segment register, `pop %fs`/`%gs`, `lfs`/`lgs`/`lss`.
+/// `amd` decodes as AMD CPUs do (a far branch through memory ignores REX.W and reads a
+/// 32-bit offset). `read` reads two bytes at a guest virtual address; `None` when the
+/// instruction loads no selector or its operand cannot be read.
+pub fn loaded_selector(
+    bytes: &[u8],
+    rip: u64,
+    amd: bool,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    read: &mut dyn FnMut(u64) -> Option<u16>,
+) -> Option<u16> {
+    use iced_x86::MemorySize;
+    let options = if amd {
+        DecoderOptions::AMD
+    } else {
+        DecoderOptions::NONE
+    };
+    let ins = Decoder::with_ip(64, bytes, rip, options).decode();
+    if ins.is_invalid() {
+        return None;
+    }
+    // The memory operand's address (by its operand index, as iced counts them).
+    let address = |ins: &Instruction| {
+        let op = (0..ins.op_count()).find(|&i| ins.op_kind(i) == OpKind::Memory)?;
+        ins.virtual_address(op, 0, |r, _, _| reg_value(regs, sregs, r))
+    };
+    // A far pointer in memory: the selector follows the offset.
+    let far = |ins: &Instruction, read: &mut dyn FnMut(u64) -> Option<u16>| {
+        let offset = match ins.memory_size() {
+            MemorySize::SegPtr16 => 2,
+            MemorySize::SegPtr32 => 4,
+            MemorySize::SegPtr64 => 8,
+            _ => return None,
+        };
+        read(address(ins)?.wrapping_add(offset))
+    };
+    match ins.mnemonic() {
+        Mnemonic::Call | Mnemonic::Jmp | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss => {
+            far(&ins, read)
+        }
+        Mnemonic::Mov
+            if ins.op_kind(0) == OpKind::Register && ins.op_register(0).is_segment_register() =>
+        {
+            match ins.op_kind(1) {
+                OpKind::Register => reg_value(regs, sregs, ins.op_register(1)).map(|v| v as u16),
+                OpKind::Memory => read(address(&ins)?),
+                _ => None,
+            }
+        }
+        Mnemonic::Pop
+            if ins.op_kind(0) == OpKind::Register && ins.op_register(0).is_segment_register() =>
+        {
+            read(regs.rsp)
+        }
+        _ => None,
+    }
+}
+
 /// A privileged instruction Xen emulates for a PV kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrivilegedOp {
@@ -392,4 +452,47 @@ pub fn set_reg(regs: &mut kvm_regs, r: Register, value: u64) {
             (*slot & !mask) | (value & mask)
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Selector loads read from a fake memory where the word at `a` is `a as u16`.
+    fn sel(bytes: &[u8], amd: bool, regs: &kvm_regs) -> Option<u16> {
+        let mut read = |a: u64| Some(a as u16);
+        loaded_selector(bytes, 0x1000, amd, regs, &kvm_sregs::default(), &mut read)
+    }
+
+    #[test]
+    fn far_branch_selector_follows_the_offset() {
+        let regs = kvm_regs {
+            rax: 0x5000,
+            ..Default::default()
+        };
+        // rex64 lcall *(%rax): m16:64 on Intel, m16:32 on AMD.
+        assert_eq!(sel(&[0x48, 0xff, 0x18], false, &regs), Some(0x5008));
+        assert_eq!(sel(&[0x48, 0xff, 0x18], true, &regs), Some(0x5004));
+        // ljmp *(%rax) (m16:32).
+        assert_eq!(sel(&[0xff, 0x28], false, &regs), Some(0x5004));
+        // A near call through memory loads no selector.
+        assert_eq!(sel(&[0xff, 0x10], false, &regs), None);
+        // lgs (%rax),%ecx.
+        assert_eq!(sel(&[0x0f, 0xb5, 0x08], false, &regs), Some(0x5004));
+    }
+
+    #[test]
+    fn segment_register_loads() {
+        let regs = kvm_regs {
+            rax: 0x1_2345_1007,
+            rsp: 0x7000,
+            ..Default::default()
+        };
+        // mov %eax,%ds; mov (%rsp),%es; pop %fs.
+        assert_eq!(sel(&[0x8e, 0xd8], false, &regs), Some(0x1007));
+        assert_eq!(sel(&[0x8e, 0x04, 0x24], false, &regs), Some(0x7000));
+        assert_eq!(sel(&[0x0f, 0xa1], false, &regs), Some(0x7000));
+        // mov %ds,%eax stores one.
+        assert_eq!(sel(&[0x8c, 0xd8], false, &regs), None);
+    }
 }

@@ -168,6 +168,20 @@ impl CpuidPolicy {
             .map_or([0; 4], |l| l.regs)
     }
 
+    /// Whether the CPU is AMD's or Hygon's (by leaf 0's vendor string), whose
+    /// instruction decoding differs from Intel's in places (far branches ignore REX.W).
+    ///
+    /// ```
+    /// use platform::cpuid::{CpuidPolicy, HostLeaf};
+    /// let amd = HostLeaf { leaf: 0, subleaf: 0, indexed: false, regs: [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65] };
+    /// assert!(CpuidPolicy::new(&[amd], 0x4_0017, 1 << 20).is_amd());
+    /// assert!(!CpuidPolicy::new(&[], 0x4_0017, 1 << 20).is_amd());
+    /// ```
+    pub fn is_amd(&self) -> bool {
+        // "Auth"enticAMD, "Hygo"nGenuine.
+        matches!(self.query(0, 0)[1], 0x6874_7541 | 0x6f67_7948)
+    }
+
     fn xen_leaf(&self, idx: u32, subleaf: u32) -> [u32; 4] {
         match idx {
             0 => [

@@ -135,6 +135,12 @@ impl Vm {
         {
             (vector, raw_error) = (13, 0);
         }
+        if vector == 13
+            && raw_error == 0
+            && let Some(e) = self.selector_fault(&bytes, frame.rip, &gregs, &sregs)
+        {
+            raw_error = u64::from(e);
+        }
         let mut ctx = ef.context(regs.rcx, regs.r11);
         let softint = match vector {
             6 => match bytes.as_slice() {
@@ -328,6 +334,36 @@ impl Vm {
         }
         let new_rsp = set_operand(regs, dst, u64::from_le_bytes(b), operands.rsp);
         Ok(Some((ins.len() as u64, new_rsp)))
+    }
+
+    /// The #GP error code hardware gives when the instruction in `bytes` loads a
+    /// selector beyond the guest's descriptor tables (`platform::pv::selector`),
+    /// decoded the way the CPU's vendor decodes it: this host reads a `rex64 lcall`'s
+    /// far pointer the Intel way on AMD and reports #GP(0) for the null selector it
+    /// finds there; AMD hardware (and so Xen) reports the selector the AMD form reads.
+    /// `None` for any other #GP(0).
+    fn selector_fault(
+        &self,
+        bytes: &[u8],
+        rip: u64,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) -> Option<u32> {
+        let caller = self.vcpu.caller;
+        let v = self
+            .machine
+            .domain(caller.dom)?
+            .vcpus()
+            .get(caller.vcpu as usize)?;
+        let (gdt_ents, ldt_ents) = (v.gdt_ents, v.ldt_ents);
+        let mut view = pvmmu::GuestView::new(self.machine.memory(), self.current_root());
+        let mut read = |va: u64| {
+            let mut b = [0u8; 2];
+            view.read(va, &mut b).ok().map(|()| u16::from_le_bytes(b))
+        };
+        let sel =
+            emulate::loaded_selector(bytes, rip, self.cpuid.is_amd(), regs, sregs, &mut read)?;
+        platform::pv::selector::beyond_table_error(sel, gdt_ents, ldt_ents)
     }
 
     /// Whether the guest's current tables allow the access a #PF with `error` at `va`

@@ -103,6 +103,44 @@ pub fn guest_main(si: &'static StartInfo) {
     });
     c.eq("int3 vector", v as i64, 3);
 
+    // Selectors beyond the descriptor tables: #GP with the selector (RPL cleared), as
+    // hardware reports it. No LDT: a far call through an LDT selector, and a
+    // data-segment load from the LDT; GDT entry 100 is beyond this guest's GDT.
+    // `rex64 lcall` reads m16:32 on AMD (selector at +4) and m16:64 on Intel (at +8,
+    // here the null selector: #GP(0)); this host's KVM decodes it the Intel way on AMD.
+    let ebx: u32;
+    // SAFETY: forced-emulation CPUID leaf 0; RBX is saved around it.
+    unsafe {
+        asm!(
+            "push rbx", "ud2", ".ascii \"xen\"", "cpuid", "mov {s:e}, ebx", "pop rbx",
+            s = out(reg) ebx,
+            inout("eax") 0u32 => _, inout("ecx") 0u32 => _, out("edx") _,
+        );
+    }
+    let amd = ebx == u32::from_le_bytes(*b"Auth") || ebx == u32::from_le_bytes(*b"Hygo");
+    static FAR_PTR: [u16; 8] = [0, 0, 0x1007, 0, 0, 0, 0, 0];
+    let (v, err, _, _) = expect_one(3, || {
+        // SAFETY: the #GP handler skips the three-byte `rex64 lcall *(%rax)`.
+        unsafe { asm!(".byte 0x48, 0xff, 0x18", in("rax") FAR_PTR.as_ptr(), options(att_syntax)) }
+    });
+    c.eq("lcall through a missing LDT → #GP", v as i64, 13);
+    c.eq(
+        "lcall #GP error: the selector the vendor's form reads",
+        err as i64,
+        if amd { 0x1004 } else { 0 },
+    );
+    for (name, sel, want) in [
+        ("LDT", 0x000fu64, 0x000ci64),
+        ("GDT", 100 << 3 | 3, 100 << 3),
+    ] {
+        let (v, err, _, _) = expect_one(2, || {
+            // SAFETY: the #GP handler skips the two-byte `mov %eax, %ds`.
+            unsafe { asm!("mov %eax, %ds", in("eax") sel as u32, options(att_syntax)) }
+        });
+        c.eq(name, v as i64, 13);
+        c.eq(name, err as i64, want);
+    }
+
     // Forced-emulation CPUID of Xen's leaf, and an emulated CR3 read.
     let sig: u32;
     // SAFETY: as above; the signature's first word comes back in EBX.

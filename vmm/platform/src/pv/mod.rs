@@ -29,6 +29,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 mod bounce;
 mod debug;
+pub mod selector;
 
 pub use debug::{DebugRegs, dr};
 
