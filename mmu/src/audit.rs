@@ -49,10 +49,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         for d in core.domains.values() {
             for v in &d.vcpus {
                 let gdt = v.gdt_frames.iter().copied();
+                let ldt = v.ldt_mapped.iter().flatten().copied();
                 for r in [v.kernel_root, v.user_root]
                     .into_iter()
                     .flatten()
                     .chain(gdt)
+                    .chain(ldt)
                 {
                     let e = exp.entry(r.0).or_default();
                     e.count += 1;
@@ -183,6 +185,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         for v in &mut d.vcpus {
             v.gdt_ents = 0;
             roots.append(&mut v.gdt_frames);
+            roots.extend(std::mem::take(&mut v.ldt_mapped).into_iter().flatten());
         }
         for r in roots {
             core.put_page_and_type(mem, r);

@@ -77,6 +77,11 @@ pub struct Vcpu {
     pub ldt_base: u64,
     /// LDT entries (`SET_LDT`).
     pub ldt_ents: u32,
+    /// The frames filling the LDT window (see [`crate::ldt`]), each holding a general
+    /// and a `seg_desc` type reference.
+    pub ldt_mapped: [Option<Mfn>; crate::ldt::LDT_PAGES],
+    /// Whether the LDT or its window changed since the embedder last asked.
+    pub(crate) ldt_changed: bool,
     /// Whether the vCPU is in guest kernel mode (hypercalls are only served then).
     pub in_kernel: bool,
     /// Whether a root changed since the embedder last asked.

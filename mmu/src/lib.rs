@@ -92,6 +92,7 @@ pub mod flush;
 pub mod frame;
 pub mod guest;
 pub mod hypercall;
+pub mod ldt;
 pub mod machine;
 pub mod mmu_update;
 pub mod mmuext;
@@ -118,6 +119,7 @@ pub use flush::{
 pub use frame::{FrameTable, PageInfo, PageType};
 pub use guest::{GuestView, guest_range_ok};
 pub use hypercall::{HypercallHandler, HypercallResult, NoHandler, Roots};
+pub use ldt::{LDT_PAGES, Ldt, LdtFault};
 pub use machine::{Machine, MachineConfig, MachineError, Stats};
 pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};

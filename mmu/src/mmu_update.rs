@@ -63,7 +63,7 @@ impl<F: TlbFlush> Core<F> {
             if new & 1 == 0 {
                 let s = store(b, idx, new, how);
                 if s == Stored::Done {
-                    self.put_page_from_l1e(old);
+                    self.put_page_from_l1e(old, pt_owner);
                     self.note_stale(pt_owner, old, new);
                 }
                 return Ok(s);
@@ -84,10 +84,10 @@ impl<F: TlbFlush> Core<F> {
             let s = store(b, idx, nl, how);
             match s {
                 Stored::Done => {
-                    self.put_page_from_l1e(old);
+                    self.put_page_from_l1e(old, pt_owner);
                     self.note_stale(pt_owner, old, nl);
                 }
-                Stored::Mismatch(_) => self.put_page_from_l1e(nl),
+                Stored::Mismatch(_) => self.put_page_from_l1e(nl, pt_owner),
             }
             Ok(s)
         })

@@ -62,6 +62,9 @@ impl<F: TlbFlush> Core<F> {
             .is_some_and(|x| x.has_assist(VMASST_TYPE_m2p_strict));
         let old = self.vcpu_root(caller, which);
         if which == Root::Kernel && old == Some(mfn) {
+            // Xen's new_guest_cr3 empties the LDT window whatever the root; the flush
+            // that follows covers it.
+            self.destroy_ldt(caller);
             let vcpus = VcpuSet::one(caller.vcpu);
             self.flush(d, vcpus, FlushScope::AllNonGlobal, FlushReason::BasePtr);
             return Ok(());
@@ -85,6 +88,7 @@ impl<F: TlbFlush> Core<F> {
         });
         self.replace_root(caller, which, Some(mfn));
         if which == Root::Kernel {
+            self.destroy_ldt(caller);
             let vcpus = VcpuSet::one(caller.vcpu);
             self.flush(d, vcpus, FlushScope::AllNonGlobal, FlushReason::BasePtr);
         }
@@ -234,17 +238,7 @@ impl<F: TlbFlush> Core<F> {
                 {
                     return Err(Errno::EINVAL);
                 }
-                let changed = match self.vcpu_mut(caller) {
-                    Some(v) if v.ldt_base != base || v.ldt_ents != ents => {
-                        v.ldt_base = base;
-                        v.ldt_ents = ents;
-                        true
-                    }
-                    _ => false,
-                };
-                if changed {
-                    self.flush(d, local, FlushScope::AllNonGlobal, FlushReason::Ldt);
-                }
+                self.set_ldt(caller, base, ents);
                 Ok(())
             }
             MMUEXT_CLEAR_PAGE => {

@@ -10,7 +10,7 @@
 //! call.
 
 use pvmmu_abi::Errno;
-use pvmmu_abi::domid::DOMID_IO;
+use pvmmu_abi::domid::{DOMID_INVALID, DOMID_IO};
 use pvmmu_abi::pte::{
     L1_DISALLOW_MASK_RELEASE, L2_DISALLOW_MASK, L3_DISALLOW_MASK, L4_DISALLOW_MASK, PAGE_PAT,
     PAGE_PCD, PAGE_PWT, PAGE_RW, PAT_IDX_UC, PAT_IDX_UCM, PAT_IDX_WC, adjust_guest_l1e,
@@ -178,8 +178,10 @@ impl<F: TlbFlush> Core<F> {
         Ok(0)
     }
 
-    /// Xen's `put_page_from_l1e`: releases what a present entry held.
-    pub(crate) fn put_page_from_l1e(&mut self, l1e: u64) {
+    /// Xen's `put_page_from_l1e`: releases what a present entry of a table owned by
+    /// `l1e_owner` held. Dropping a read-only mapping of a descriptor page in use
+    /// empties the owner's LDT windows first (see [`crate::ldt`]).
+    pub(crate) fn put_page_from_l1e(&mut self, l1e: u64, l1e_owner: Owner) {
         let pte = Pte(l1e);
         if !pte.is_present() {
             return;
@@ -191,6 +193,8 @@ impl<F: TlbFlush> Core<F> {
         }
         if l1e & PAGE_RW != 0 {
             self.frames.drop_type(mfn);
+        } else {
+            self.drop_ldts_for(mfn, l1e_owner);
         }
         self.frames.put_page(mfn);
     }
@@ -431,7 +435,8 @@ impl<F: TlbFlush> Core<F> {
             return;
         }
         if level == Level::L1 {
-            self.put_page_from_l1e(entry);
+            let owner = self.frames.get(table).map_or(DOMID_INVALID, |p| p.owner);
+            self.put_page_from_l1e(entry, owner);
         } else {
             self.put_page_from_upper(mem, level, entry, table);
         }

@@ -11,8 +11,8 @@ mod support;
 
 use pvmmu::descriptor::{FIRST_RESERVED_GDT_ENTRY, check_descriptor};
 use pvmmu::{
-    Caller, Errno, FlushReason, FlushRequest, FlushScope, Mfn, NoHandler, PageInfo, PageType,
-    PtwrRefusal, PtwrWrite, VcpuSet,
+    Caller, Errno, FlushReason, FlushRequest, FlushScope, Mfn, NoHandler, PageType, PtwrRefusal,
+    PtwrWrite, VcpuSet,
 };
 use pvmmu_abi::hypercall::{HYPERVISOR_set_gdt, HYPERVISOR_update_descriptor};
 use pvmmu_abi::mmu::{
@@ -166,23 +166,6 @@ fn assert_gdt(g: &Guest, c: Caller, frames: &[Mfn], entries: u32) {
     g.audit();
 }
 
-/// Every frame's counts and live type (as in pv_rules.rs: without the TLB-staleness
-/// bookkeeping and without the meaningless type word of a frame with type count 0).
-fn counts(g: &Guest) -> Vec<PageInfo> {
-    g.frame_state()
-        .into_iter()
-        .map(|p| {
-            let idle = p.type_count == 0;
-            PageInfo {
-                stale: false,
-                ty: if idle { PageType::None } else { p.ty },
-                validated: p.validated && !idle,
-                ..p
-            }
-        })
-        .collect()
-}
-
 /// Runs `f` and asserts that guest memory, the frame table and both vCPUs' GDTs are
 /// exactly as before, that no GDT flush was made and no GDT change is reported.
 fn unchanged(g: &mut Guest, f: impl FnOnce(&mut Guest)) {
@@ -191,32 +174,15 @@ fn unchanged(g: &mut Guest, f: impl FnOnce(&mut Guest)) {
     for c in cs {
         g.m.take_gdt_change(c);
     }
-    let (mem, frames, gdts) = (g.snapshot(), counts(g), cs.map(|c| g.m.gdt(c)));
+    let (mem, frames, gdts) = (g.snapshot(), g.counts(), cs.map(|c| g.m.gdt(c)));
     f(g);
     assert!(g.snapshot() == mem, "guest memory changed");
-    assert!(counts(g) == frames, "frame table changed");
+    assert!(g.counts() == frames, "frame table changed");
     assert_eq!(cs.map(|c| g.m.gdt(c)), gdts, "GDT changed");
     for c in cs {
         assert_eq!(g.m.take_gdt_change(c), None, "GDT change reported");
     }
     assert_eq!(gdt_flushes(g), vec![], "GDT flush on a refusal");
-    g.audit();
-}
-
-/// Destroys domain 1 (and 2): every frame must come back free, with no reference.
-fn teardown(mut g: Guest) {
-    g.audit();
-    g.m.destroy_domain(1).expect("domain 1 torn down cleanly");
-    g.m.destroy_domain(2).expect("domain 2 torn down cleanly");
-    for f in (DOM_FIRST..DOM_END).chain(DOM2_FIRST..DOM2_END) {
-        let p = g.info(Mfn(f));
-        assert_eq!(
-            (p.count, p.type_count, p.pinned, p.validated),
-            (0, 0, false, false),
-            "frame {f:#x}"
-        );
-        assert_eq!(p.owner, pvmmu_abi::DOMID_INVALID, "frame {f:#x}");
-    }
     g.audit();
 }
 
@@ -409,7 +375,7 @@ fn set_gdt_refuses_a_frame_holding_a_refused_descriptor_and_keeps_the_old_gdt() 
         g.write_raw(slot(bad, 200), DATA_R0);
         g.m.flusher().take();
         g.m.take_gdt_change(c);
-        let before = counts(&g);
+        let before = g.counts();
 
         assert_eq!(
             set_gdt(&mut g, c, &[a, b, bad], 1536),
@@ -417,7 +383,7 @@ fn set_gdt_refuses_a_frame_holding_a_refused_descriptor_and_keeps_the_old_gdt() 
             "{bad_desc:#x}"
         );
         // a and b were taken, then released: no reference leaks; the old GDT stays.
-        assert!(counts(&g) == before, "frame table changed");
+        assert!(g.counts() == before, "frame table changed");
         for f in [a, b, bad] {
             assert_eq!(g.info(f).type_count, 0, "{f}");
         }
@@ -431,7 +397,7 @@ fn set_gdt_refuses_a_frame_holding_a_refused_descriptor_and_keeps_the_old_gdt() 
         assert_eq!(g.read(slot(bad, 200)), DATA_R0, "not reached");
         // The bad frame first: a is never touched.
         assert_eq!(set_gdt(&mut g, c, &[bad, a], 1024), Err(Errno::EINVAL));
-        assert!(counts(&g) == before, "frame table changed");
+        assert!(g.counts() == before, "frame table changed");
         assert_gdt(&g, c, &[old], 512);
 
         // The same descriptor not present: accepted, the old GDT's frame released.

@@ -17,30 +17,12 @@ use pvmmu_abi::{DOMID_IO, DOMID_XEN, MmuUpdate, MmuextOp, MulticallEntry};
 use support::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Every frame's counts and live type (without the TLB-staleness bookkeeping, which a
-/// flush may legitimately clear, and without the meaningless type word of a frame with
-/// type count 0).
-fn counts(g: &Guest) -> Vec<pvmmu::PageInfo> {
-    g.frame_state()
-        .into_iter()
-        .map(|p| {
-            let idle = p.type_count == 0;
-            pvmmu::PageInfo {
-                stale: false,
-                ty: if idle { PageType::None } else { p.ty },
-                validated: p.validated && !idle,
-                ..p
-            }
-        })
-        .collect()
-}
-
 /// Runs `f` and asserts that guest memory and the frame table are exactly as before.
 fn unchanged(g: &mut Guest, f: impl FnOnce(&mut Guest)) {
-    let (mem, frames) = (g.snapshot(), counts(g));
+    let (mem, frames) = (g.snapshot(), g.counts());
     f(g);
     assert!(g.snapshot() == mem, "guest memory changed");
-    assert!(counts(g) == frames, "frame table changed");
+    assert!(g.counts() == frames, "frame table changed");
     g.audit();
 }
 
@@ -225,12 +207,12 @@ fn l1_read_only_mmio_loses_rw() {
 fn fast_path_changes_whitelisted_flags_without_touching_refs() {
     let mut g = guest();
     let ptr = g.pte_addr(va_of(0x300));
-    let before = counts(&g);
+    let before = g.counts();
     let old = g.read(ptr);
     let o = g.update(&[(ptr, old | NX | D | (1 << 9) | (1 << 60))]);
     assert_eq!(o.result, Ok(()));
     assert_eq!(g.read(ptr), old | NX | D | (1 << 9) | (1 << 60));
-    assert!(counts(&g) == before, "no reference changed");
+    assert!(g.counts() == before, "no reference changed");
     // Gaining NX is a downgrade: the frame's translation is stale until a flush.
     assert!(g.info(Mfn(0x300)).stale);
     // Dropping RW on the same frame takes the full path: the writable ref goes.

@@ -223,6 +223,24 @@ impl Guest {
     }
 
     /// Every frame's bookkeeping.
+    /// Every frame's counts and live type (without the TLB-staleness bookkeeping,
+    /// which a flush may legitimately clear, and without the meaningless type word of
+    /// a frame with type count 0): what a refusal must leave unchanged.
+    pub fn counts(&self) -> Vec<PageInfo> {
+        self.frame_state()
+            .into_iter()
+            .map(|p| {
+                let idle = p.type_count == 0;
+                PageInfo {
+                    stale: false,
+                    ty: if idle { pvmmu::PageType::None } else { p.ty },
+                    validated: p.validated && !idle,
+                    ..p
+                }
+            })
+            .collect()
+    }
+
     pub fn frame_state(&self) -> Vec<PageInfo> {
         self.m.frames().iter().map(|(_, p)| *p).collect()
     }
@@ -249,4 +267,21 @@ pub fn assert_refused(o: BatchOutcome, errno: Errno, done: u32) {
 
 pub fn flags(pte: u64) -> PteFlags {
     Pte(pte).flags()
+}
+
+/// Destroys domain 1 (and 2): every frame must come back free, with no reference.
+pub fn teardown(mut g: Guest) {
+    g.audit();
+    g.m.destroy_domain(1).expect("domain 1 torn down cleanly");
+    g.m.destroy_domain(2).expect("domain 2 torn down cleanly");
+    for f in (DOM_FIRST..DOM_END).chain(DOM2_FIRST..DOM2_END) {
+        let p = g.info(Mfn(f));
+        assert_eq!(
+            (p.count, p.type_count, p.pinned, p.validated),
+            (0, 0, false, false),
+            "frame {f:#x}"
+        );
+        assert_eq!(p.owner, pvmmu_abi::DOMID_INVALID, "frame {f:#x}");
+    }
+    g.audit();
 }
