@@ -124,6 +124,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "descriptors",
+        "the guest's GDT and LDT: descriptors checked, selectors loaded, the LDT filled on first use, #GP/#PF as Xen delivers them",
+        "Success",
+        true,
+    ),
+    (
         "stress",
         "100,000 random valid and invalid updates against a shadow model, checking every result and translation",
         "Success",

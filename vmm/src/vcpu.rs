@@ -261,6 +261,18 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Loads the LDT register from its descriptor words (`lo`, `hi`; all zero: no LDT,
+    /// a null selector).
+    pub fn load_ldt(&mut self, lo: u64, hi: u64) -> Result<(), kvm_ioctls::Error> {
+        let mut sregs = self.fd.get_sregs()?;
+        sregs.ldt = if lo == 0 {
+            regs::no_ldt()
+        } else {
+            regs::segment_from_descriptor(platform::layout::LDT_SEL, lo, hi)
+        };
+        self.fd.set_sregs(&sregs)
+    }
+
     /// Loads `root` into CR3, if it is not already there.
     pub fn load_root(&mut self, root: Option<Mfn>) -> Result<(), kvm_ioctls::Error> {
         if let Some(root) = root

@@ -47,6 +47,8 @@ pub struct HvArea {
     pub root: Mfn,
     /// The zero page that backs the guest part of the GDT until a guest `set_gdt`.
     pub zero_frame: Mfn,
+    /// Guest-physical address of the reserved GDT page.
+    pub reserved_gdt_gpa: u64,
 }
 
 /// The guest part of the GDT area, for one vCPU: pages `0..14` map `frames` (the guest's
@@ -104,6 +106,68 @@ fn descriptor(base: u64, limit: u32, access: u8, flags: u8) -> u64 {
         | ((u64::from(limit) >> 16 & 0xf) << 48)
         | (u64::from(flags & 0xf) << 52)
         | ((base >> 24 & 0xff) << 56)
+}
+
+/// The LDT window for one vCPU: page `i` maps `mapped[i]` (supervisor read-write, as Xen
+/// maps a filled LDT page: the CPU sets descriptors' accessed bits) or nothing. Returns
+/// the frames the window mapped before and no longer does (their translations are
+/// now stale).
+pub fn map_ldt_window(
+    mem: &GuestMemoryMmap<()>,
+    area: &HvArea,
+    mapped: &[Option<Mfn>; pvmmu::LDT_PAGES],
+) -> Result<Vec<Mfn>, HvAreaError> {
+    let range = VaRange::new(LDT_VA, pvmmu::LDT_PAGES as u64 * PAGE)
+        .map_err(pvmmu::WalkError::from)?;
+    let mut old = Vec::new();
+    let flags =
+        PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;
+    let _ = Walker::new(mem).apply_to_existing_page_range(area.root, range, |v| {
+        if let Visit::Ptes(b) = v {
+            for i in 0..b.len() {
+                let page = ((b.va(i) - LDT_VA) / PAGE) as usize;
+                let target = mapped.get(page).copied().flatten();
+                let prev = b.get(i);
+                if prev.is_present() && Some(prev.mfn()) != target {
+                    old.push(prev.mfn());
+                }
+                b.set(i, target.map_or(Pte(0), |f| Pte::new(f, flags)));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    })?;
+    Ok(old)
+}
+
+/// The LDT register's descriptor for an LDT of `limit_bytes` (none when 0): written into
+/// the reserved GDT page, so that a reload of the register from its selector agrees with
+/// what the VMM loads. Returns the (low, high) descriptor words.
+pub fn set_ldt_descriptor(
+    mem: &GuestMemoryMmap<()>,
+    area: &HvArea,
+    limit_bytes: u32,
+) -> Result<(u64, u64), HvAreaError> {
+    let (lo, hi) = ldt_descriptor(limit_bytes);
+    let at = area.reserved_gdt_gpa + u64::from(LDT_SEL) - FIRST_RESERVED_GDT_ENTRY as u64 * 8;
+    mem.write_obj(lo, GuestAddress(at))?;
+    mem.write_obj(hi, GuestAddress(at + 8))?;
+    Ok((lo, hi))
+}
+
+/// The 16-byte LDT descriptor (system type 2) for the window with `limit_bytes` of
+/// descriptors; all zero (not present) for none.
+///
+/// ```
+/// let (lo, hi) = platform::hvarea::ldt_descriptor(24);
+/// assert_eq!(lo & 0xffff, 23, "limit");
+/// assert_eq!((lo >> 40) & 0xff, 0x82, "present LDT");
+/// assert_eq!(platform::hvarea::ldt_descriptor(0), (0, 0));
+/// ```
+pub fn ldt_descriptor(limit_bytes: u32) -> (u64, u64) {
+    if limit_bytes == 0 {
+        return (0, 0);
+    }
+    (descriptor(LDT_VA, limit_bytes - 1, 0x82, 0), LDT_VA >> 32)
 }
 
 /// First descriptor of the reserved GDT page (Xen's `FIRST_RESERVED_GDT_ENTRY`).
@@ -277,6 +341,12 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
             ControlFlow::<()>::Continue(())
         })?;
     }
+    // The LDT window: its table exists, its pages are filled on demand.
+    let ldt_range =
+        VaRange::new(LDT_VA, pvmmu::LDT_PAGES as u64 * PAGE).map_err(pvmmu::WalkError::from)?;
+    let _ = walker.apply_to_page_range(root, ldt_range, &mut alloc, |_| {
+        ControlFlow::<()>::Continue(())
+    })?;
     alloc.link = PteFlags::PRESENT | PteFlags::USER | PteFlags::ACCESSED;
     for base in [RO_MPT_VIRT_START, M2P_ALIAS_VA] {
         let m2p_range = VaRange::new(base, m2p_frames * PAGE).map_err(pvmmu::WalkError::from)?;
@@ -310,6 +380,7 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         stack_gpa: stack * PAGE,
         root,
         zero_frame: Mfn(zero),
+        reserved_gdt_gpa: gdt * PAGE,
     })
 }
 

@@ -34,12 +34,18 @@ pub const STACK_VA: u64 = HV_BASE + 0x1_6000;
 /// Top of the ring-0 stack.
 pub const STACK_TOP: u64 = STACK_VA + 0x2000;
 
+/// The LDT window (16 pages, 8192 descriptors): the CPU reads the guest's LDT here,
+/// each page filled the first time it is touched (`pvmmu::ldt`).
+pub const LDT_VA: u64 = HV_BASE + 0x2_0000;
+
 /// Ring-0 code selector (reserved GDT page).
 pub const RING0_CS: u16 = 0xe008;
 /// Ring-0 data selector.
 pub const RING0_DS: u16 = 0xe010;
 /// TSS selector.
 pub const TSS_SEL: u16 = 0xe040;
+/// LDT selector (the LDT register's descriptor, 16 bytes, in the reserved GDT page).
+pub const LDT_SEL: u16 = 0xe050;
 
 /// An alias of the read-only M2P in L4 slot 257: KVM-PVM faults CPL3 accesses to slot
 /// 256, where Xen's ABI puts the M2P.

@@ -79,6 +79,14 @@ fn null_segment() -> kvm_segment {
     }
 }
 
+/// The LDT register with no LDT: a null selector, unusable.
+pub fn no_ldt() -> kvm_segment {
+    kvm_segment {
+        type_: 2,
+        ..null_segment()
+    }
+}
+
 /// The PV vCPU's special registers on top of KVM's reset state `base`: Xen's flat
 /// 64-bit ring-3 CS and SS, null data segments, the hypervisor area's GDT, IDT and TSS,
 /// long mode with paging on `cr3`, and CR4.OSXSAVE when `xsave`.
@@ -93,10 +101,7 @@ pub fn pv_sregs(base: kvm_sregs, cr3: u64, xsave: bool) -> Result<kvm_sregs, NoD
         null_segment(),
     );
     s.tr = gdt_segment(TSS_SEL)?;
-    s.ldt = kvm_segment {
-        type_: 2,
-        ..null_segment()
-    };
+    s.ldt = no_ldt();
     s.gdt.base = GDT_VA;
     s.gdt.limit = 0xffff;
     s.idt.base = IDT_VA;

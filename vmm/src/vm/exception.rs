@@ -11,6 +11,7 @@ use platform::trace::{Record, ptwr_code};
 use pvmmu_abi::layout::RO_MPT_VIRT_START;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::descriptors::LdtOutcome;
 use super::{GuestExit, Vm, VmError};
 use crate::arch::msr;
 use crate::emulate;
@@ -42,7 +43,23 @@ impl Vm {
         gregs.rsp = frame.rsp;
         gregs.rip = frame.rip;
         let mut note = None;
-        if frame.is_ptwr_candidate() {
+        // A fault in the LDT window: the CPU reading the guest's LDT. Filled, or the
+        // fault goes to the guest as Xen passes it on (a #PF at the LDT's own address,
+        // or #GP).
+        let mut cr2 = sregs.cr2;
+        let mut redirect = None;
+        if frame.vector == 14 {
+            match self.ldt_fault(sregs.cr2)? {
+                Some(LdtOutcome::Mapped) => return Ok(None),
+                Some(LdtOutcome::PageFault(va)) => {
+                    cr2 = va;
+                    redirect = Some((14u8, frame.error));
+                }
+                Some(LdtOutcome::GeneralProtection(ec)) => redirect = Some((13, u64::from(ec))),
+                None => {}
+            }
+        }
+        if redirect.is_none() && frame.is_ptwr_candidate() {
             if let Some(t) = self.tracer.as_mut() {
                 t.pages(self.machine.memory())?;
             }
@@ -83,6 +100,8 @@ impl Vm {
                         emulate::set_reg(&mut regs, r, v);
                     }
                     self.vcpu.set_regs(regs);
+                    // A dropped mapping of a descriptor page empties LDT windows.
+                    self.sync_descriptor_tables()?;
                     debug!("emulated a page-table write at {:#x}", frame.rip);
                     return Ok(None);
                 }
@@ -93,7 +112,9 @@ impl Vm {
         // root the vCPU runs on).
         let m2p_len = self.machine.frames().len() as u64 * 8;
         let in_m2p = (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&sregs.cr2);
-        let bytes = if matches!(frame.vector, 6 | 12 | 13) || (frame.vector == 14 && in_m2p) {
+        let bytes = if redirect.is_some() {
+            Vec::new()
+        } else if matches!(frame.vector, 6 | 12 | 13) || (frame.vector == 14 && in_m2p) {
             emulate::fetch(self.machine.memory(), self.current_root(), frame.rip)
         } else {
             Vec::new()
@@ -112,7 +133,7 @@ impl Vm {
         // not seen yet): Xen's spurious-fault check retries the access. Once per
         // address and RIP, so that a fault the tables cannot explain still reaches
         // the guest.
-        if frame.vector == 14 {
+        if frame.vector == 14 && redirect.is_none() {
             let key = (frame.rip, sregs.cr2);
             if self.last_spurious != Some(key) && self.fault_is_spurious(frame.error, sregs.cr2) {
                 debug!(
@@ -127,8 +148,7 @@ impl Vm {
         // Deliver it to the guest kernel, as Xen does. A software interrupt `int $n`
         // arrives as #GP(n*8+2) from a gate the guest may not use (hardware KVM) or as
         // #UD at the instruction (this host's KVM-PVM): both become Xen's softint rule.
-        let mut vector = frame.vector as u8;
-        let mut raw_error = frame.error;
+        let (mut vector, mut raw_error) = redirect.unwrap_or((frame.vector as u8, frame.error));
         if vector == 12
             && raw_error == 0
             && emulate::decode(&bytes, frame.rip).is_some_and(|i| !emulate::is_stack_access(&i))
@@ -147,14 +167,14 @@ impl Vm {
                 [0xcd, n, ..] => Some((*n, 2)),
                 _ => None,
             },
-            13 if frame.error & 3 == 2 => {
+            13 if raw_error & 3 == 2 => {
                 // The instruction's length: `int3` and `into` are one byte.
                 let len = if matches!(bytes.first(), Some(0xcc | 0xce)) {
                     1
                 } else {
                     2
                 };
-                Some(((frame.error >> 3) as u8, len))
+                Some(((raw_error >> 3) as u8, len))
             }
             _ => None,
         };
@@ -171,7 +191,7 @@ impl Vm {
                     self.load_debugregs()?;
                 }
                 let error = emulate_error_code(vector, raw_error);
-                let cr2 = (vector == 14).then_some(sregs.cr2);
+                let cr2 = (vector == 14).then_some(cr2);
                 self.pv
                     .inject_exception(&mut self.machine, &mut ctx, vector, error, cr2)
             }

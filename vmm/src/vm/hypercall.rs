@@ -9,7 +9,6 @@ use platform::pv::{GuestContext, Transfer};
 use platform::trace::Record;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
-use platform::domain::DomainError;
 
 use super::{Entry, GuestExit, HypercallTiming, SerialSink, Vm, VmError};
 use crate::arch::regs::hypercall_args;
@@ -102,12 +101,7 @@ impl Vm {
                     };
                     self.vcpu.set_segment_base(which, base)?;
                 }
-                if let Some((frames, _)) = self.machine.take_gdt_change(caller) {
-                    let stale =
-                        platform::hvarea::map_guest_gdt(self.machine.memory(), &self.hv, &frames)
-                            .map_err(DomainError::from)?;
-                    self.machine.flusher().invalidate(&stale);
-                }
+                self.sync_descriptor_tables()?;
                 if let Some(roots) = served.roots
                     && self.pv.in_kernel(&self.machine)
                 {

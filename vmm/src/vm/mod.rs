@@ -44,6 +44,7 @@ use crate::flush::{FlushStats, KvmFlush, Vmm};
 use crate::tracer::{RamSlot, TraceError, Tracer};
 use crate::vcpu::{Vcpu, VcpuError};
 
+mod descriptors;
 mod exception;
 mod hypercall;
 
@@ -244,6 +245,8 @@ pub struct Vm {
     /// The last page fault retried as spurious (RIP, CR2): a second one in a row goes
     /// to the guest.
     last_spurious: Option<(u64, u64)>,
+    /// The LDT descriptor words loaded into the vCPU's LDT register (zero: none).
+    ldt_loaded: (u64, u64),
 }
 
 /// How a hypercall reached the VMM.
@@ -329,6 +332,7 @@ impl Vm {
             stop: Arc::new(AtomicBool::new(false)),
             syscall_ring0: None,
             last_spurious: None,
+            ldt_loaded: (0, 0),
         };
         v.machine.set_interrupt(Some(v.stop.clone()));
         // The builder's NEW_BASEPTR is already in CR3.

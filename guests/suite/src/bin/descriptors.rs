@@ -1,0 +1,179 @@
+//! Descriptor tables from inside: the guest's own GDT (`set_gdt`) with a selector of it
+//! loaded, `update_descriptor` refusals, and the LDT (`MMUEXT_SET_LDT`): filled on first
+//! use and its selectors loaded, a selector beyond it #GP, an LDT page that cannot be a
+//! descriptor page (mapped writable) delivered as a #PF at the LDT's own address, and
+//! the page released when the LDT changes.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::sync::atomic::Ordering;
+
+use rt::abi::StartInfo;
+use rt::abi::hypercall::{HYPERVISOR_set_gdt, HYPERVISOR_update_descriptor};
+use rt::abi::mmu::MMUEXT_SET_LDT;
+use rt::abi::{Errno, MmuUpdate};
+use rt::mem::{pfn_to_mfn, pfn_to_va};
+use suite::traps::{self, expect_one};
+use suite::{A, Check, Frames, P, RW, SELF, err, l1e_addr, make_readonly, table_frame};
+
+/// A present writable data segment with DPL 0 ...
+const DATA_R0: u64 = 0x00cf_9200_0000_ffff;
+/// ... as Xen stores it (DPL 3: the kernel's ring).
+const DATA_R3: u64 = 0x00cf_f200_0000_ffff;
+/// A present TSS descriptor: refused.
+const TSS: u64 = 0x0000_8900_0000_0067;
+/// GDT entry 1 and LDT entry 1 with RPL 3.
+const GDT_SEL: u64 = 0x0b;
+const LDT_SEL: u64 = 0x0f;
+
+fn update_descriptor(maddr: u64, desc: u64) -> i64 {
+    // SAFETY: no pointers.
+    unsafe { rt::hypercall(HYPERVISOR_update_descriptor, maddr, desc, 0, 0, 0) }
+}
+
+#[unsafe(no_mangle)]
+pub fn guest_main(_si: &'static StartInfo) {
+    let mut c = Check::new();
+    let mut frames = Frames::new();
+    c.eq("set_trap_table", traps::install(), 0);
+
+    // ---- The guest's GDT.
+    let gdt = table_frame(&mut frames);
+    let gdt_m = pfn_to_mfn(gdt) << 12;
+    c.eq(
+        "update_descriptor: data, DPL 0",
+        update_descriptor(gdt_m + 8, DATA_R0),
+        0,
+    );
+    c.eq(
+        "update_descriptor: a TSS",
+        update_descriptor(gdt_m + 16, TSS),
+        err(Errno::EINVAL),
+    );
+    c.eq(
+        "update_descriptor: misaligned",
+        update_descriptor(gdt_m + 4, 0),
+        err(Errno::EINVAL),
+    );
+    c.eq(
+        "DPL raised to 3",
+        rt::peek(pfn_to_va(gdt) + 8) as i64,
+        DATA_R3 as i64,
+    );
+    let list = [pfn_to_mfn(gdt)];
+    // SAFETY: `list` lives on the stack for the call.
+    let rc = unsafe { rt::hypercall(HYPERVISOR_set_gdt, list.as_ptr() as u64, 16, 0, 0, 0) };
+    c.eq("set_gdt", rc, 0);
+    c.eq("a GDT selector loads", faults_loading(GDT_SEL), 0);
+    let (v, e, _, _) = expect_one(2, || {
+        load_ds(16 << 3 | 3);
+    });
+    c.eq("GDT entry 16 of 16: #GP", v as i64, 13);
+    c.eq("#GP error is the selector", e as i64, 16 << 3);
+    // In use, the frame cannot be mapped writable.
+    let rw = MmuUpdate {
+        ptr: l1e_addr(pfn_to_va(gdt)),
+        val: (pfn_to_mfn(gdt) << 12) | P | RW | A,
+    };
+    c.update(
+        "GDT frame mapped writable",
+        &[rw],
+        SELF,
+        err(Errno::EBUSY),
+        0,
+    );
+
+    // ---- The LDT, filled on first use.
+    let ldt = table_frame(&mut frames);
+    let ldt_m = pfn_to_mfn(ldt) << 12;
+    c.eq("LDT descriptor", update_descriptor(ldt_m + 8, DATA_R0), 0);
+    c.eq("SET_LDT", rt::mmuext(MMUEXT_SET_LDT, pfn_to_va(ldt), 4), 0);
+    c.eq("an LDT selector loads", faults_loading(LDT_SEL), 0);
+    let (v, e, _, _) = expect_one(2, || {
+        load_ds(5 << 3 | 7);
+    });
+    c.eq("LDT entry 5 of 4: #GP", v as i64, 13);
+    c.eq("#GP error is the selector", e as i64, 5 << 3 | 4);
+    let ldt_rw = MmuUpdate {
+        ptr: l1e_addr(pfn_to_va(ldt)),
+        val: (pfn_to_mfn(ldt) << 12) | P | RW | A,
+    };
+    c.update(
+        "LDT page in use mapped writable",
+        &[ldt_rw],
+        SELF,
+        err(Errno::EBUSY),
+        0,
+    );
+
+    // An LDT page mapped writable cannot be a descriptor page: the guest gets the #PF,
+    // at the LDT's own address. Made read-only, it is filled.
+    let w = frames.take();
+    rt::poke(pfn_to_va(w) + 8, DATA_R3);
+    c.eq(
+        "SET_LDT to a writable page",
+        rt::mmuext(MMUEXT_SET_LDT, pfn_to_va(w), 4),
+        0,
+    );
+    let (v, _, _, _) = expect_one(2, || {
+        load_ds(LDT_SEL);
+    });
+    c.eq("writable LDT page: #PF", v as i64, 14);
+    let cr2: u64;
+    // SAFETY: CR2 reads are emulated for a PV kernel.
+    unsafe { asm!("mov %cr2, {r}", r = out(reg) cr2, options(att_syntax, nomem, nostack)) };
+    c.eq(
+        "CR2 is the descriptor's LDT address",
+        cr2 as i64,
+        pfn_to_va(w) as i64 + 8,
+    );
+    c.update("make it read-only", &[make_readonly(w)], SELF, 0, 1);
+    c.eq("now it loads", faults_loading(LDT_SEL), 0);
+    // A new LDT releases the page: it can be mapped writable again.
+    c.eq(
+        "SET_LDT back",
+        rt::mmuext(MMUEXT_SET_LDT, pfn_to_va(ldt), 4),
+        0,
+    );
+    let w_rw = MmuUpdate {
+        ptr: l1e_addr(pfn_to_va(w)),
+        val: (pfn_to_mfn(w) << 12) | P | RW | A,
+    };
+    c.update("released page mapped writable", &[w_rw], SELF, 0, 1);
+    c.eq("the old LDT's selector loads", faults_loading(LDT_SEL), 0);
+    // No LDT: every LDT selector faults.
+    c.eq("SET_LDT none", rt::mmuext(MMUEXT_SET_LDT, 0, 0), 0);
+    let (v, e, _, _) = expect_one(2, || {
+        load_ds(LDT_SEL);
+    });
+    c.eq("no LDT: #GP", v as i64, 13);
+    c.eq("#GP error is the selector", e as i64, 0x0c);
+    c.finish();
+}
+
+/// Loads `sel` into %ds (the faulting instruction is the two-byte `mov %eax, %ds`, for
+/// `expect_one` to skip), then the null selector again. (Reading %ds back is no test
+/// on this host: KVM-PVM reads every data selector back as 0.)
+#[inline(never)]
+fn load_ds(sel: u64) {
+    // SAFETY: selector loads only; in 64-bit mode %ds is not used for addressing, and
+    // the null selector is loaded again at the end.
+    unsafe {
+        asm!(
+            "mov %eax, %ds",
+            "xor %eax, %eax",
+            "mov %eax, %ds",
+            inout("eax") sel as u32 => _,
+            options(att_syntax, nostack),
+        );
+    }
+}
+
+/// How many exceptions loading `sel` into %ds raised (0: the descriptor was accepted).
+fn faults_loading(sel: u64) -> i64 {
+    let before = traps::COUNT.load(Ordering::SeqCst);
+    traps::SKIP.store(2, Ordering::SeqCst);
+    load_ds(sel);
+    (traps::COUNT.load(Ordering::SeqCst) - before) as i64
+}

@@ -1,0 +1,86 @@
+//! The guest's descriptor tables as the CPU sees them: the guest GDT mapped into the
+//! hypervisor's GDT area, and the LDT window filled on demand (the library decides what
+//! may be mapped, `pvmmu::ldt`; this maps it and loads the LDT register).
+
+use log::debug;
+use platform::domain::DomainError;
+use platform::hvarea;
+use platform::layout::LDT_VA;
+use pvmmu::{LDT_PAGES, LdtFault};
+
+use super::{Vm, VmError};
+
+/// Bytes in the LDT window.
+const LDT_WINDOW: u64 = LDT_PAGES as u64 * 4096;
+
+/// What became of a page fault in the LDT window.
+pub(super) enum LdtOutcome {
+    /// The page is mapped now: the instruction is retried.
+    Mapped,
+    /// The guest gets a #PF at this address (the error code as the CPU reported it).
+    PageFault(u64),
+    /// The guest gets #GP with this error code (the LDT address would not be
+    /// canonical).
+    GeneralProtection(u32),
+}
+
+impl Vm {
+    /// Carries the library's descriptor-table changes into the CPU's view: a new GDT is
+    /// mapped into the GDT area; a changed LDT (or LDT window) is mapped into the
+    /// window and the LDT register reloaded. Translations of frames no longer mapped
+    /// there are invalidated.
+    pub(super) fn sync_descriptor_tables(&mut self) -> Result<(), VmError> {
+        let caller = self.vcpu.caller;
+        if let Some((frames, _)) = self.machine.take_gdt_change(caller) {
+            let stale = hvarea::map_guest_gdt(self.machine.memory(), &self.hv, &frames)
+                .map_err(DomainError::from)?;
+            self.machine.flusher().invalidate(&stale);
+        }
+        if let Some(ldt) = self.machine.take_ldt_change(caller) {
+            let mem = self.machine.memory();
+            let stale =
+                hvarea::map_ldt_window(mem, &self.hv, &ldt.mapped).map_err(DomainError::from)?;
+            let (lo, hi) = hvarea::set_ldt_descriptor(mem, &self.hv, ldt.limit_bytes())
+                .map_err(DomainError::from)?;
+            self.machine.flusher().invalidate(&stale);
+            if (lo, hi) != self.ldt_loaded {
+                self.vcpu.load_ldt(lo, hi)?;
+                self.ldt_loaded = (lo, hi);
+            }
+        }
+        Ok(())
+    }
+
+    /// A page fault at `cr2` in the LDT window (the CPU reading a descriptor of the
+    /// guest's LDT for the first time): the library fills the page if the guest's LDT
+    /// allows it, else the fault goes to the guest as Xen passes it on. `None` when
+    /// `cr2` is not in the window.
+    pub(super) fn ldt_fault(&mut self, cr2: u64) -> Result<Option<LdtOutcome>, VmError> {
+        if !(LDT_VA..LDT_VA + LDT_WINDOW).contains(&cr2) {
+            return Ok(None);
+        }
+        let offset = (cr2 - LDT_VA) as u32;
+        let caller = self.vcpu.caller;
+        let outcome = match self.machine.map_ldt_page(caller, offset)? {
+            Ok(mfn) => {
+                debug!("LDT page {} filled with frame {mfn}", offset / 4096);
+                self.sync_descriptor_tables()?;
+                LdtOutcome::Mapped
+            }
+            Err(why) => {
+                debug!("LDT page {} not filled: {why}", offset / 4096);
+                let va = match why {
+                    LdtFault::Limit { .. } => self.machine.ldt(caller).base + u64::from(offset),
+                    _ => why.fault_va().unwrap_or_default(),
+                };
+                if pvmmu_abi::layout::is_canonical(va) {
+                    LdtOutcome::PageFault(va)
+                } else {
+                    // Xen's error code: the offset with the LDT bit, EXT and IDT clear.
+                    LdtOutcome::GeneralProtection((offset & !3) | 4)
+                }
+            }
+        };
+        Ok(Some(outcome))
+    }
+}
