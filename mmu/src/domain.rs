@@ -65,6 +65,9 @@ impl DomainConfig {
     }
 }
 
+/// Pages in a vCPU's LDT window (8192 descriptors of 8 bytes).
+pub const LDT_PAGES: usize = 16;
+
 /// Per-vCPU PV MMU state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Vcpu {
@@ -79,7 +82,7 @@ pub struct Vcpu {
     pub ldt_ents: u32,
     /// The frames filling the LDT window (see [`crate::ldt`]), each holding a general
     /// and a `seg_desc` type reference.
-    pub ldt_mapped: [Option<Mfn>; crate::ldt::LDT_PAGES],
+    pub ldt_mapped: [Option<Mfn>; LDT_PAGES],
     /// Whether the LDT or its window changed since the embedder last asked.
     pub(crate) ldt_changed: bool,
     /// Whether the vCPU is in guest kernel mode (hypercalls are only served then).

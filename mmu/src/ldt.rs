@@ -25,8 +25,7 @@ use crate::machine::{Core, Machine, MachineError};
 use crate::paging::Level;
 use crate::walk::Walker;
 
-/// Pages in the LDT window (8192 descriptors of 8 bytes).
-pub const LDT_PAGES: usize = 16;
+pub use crate::domain::LDT_PAGES;
 
 /// A vCPU's LDT: where the guest keeps it and which pages of the window are filled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -261,6 +261,17 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Loads CS and SS.
+    pub fn load_code_and_stack(
+        &mut self,
+        cs: kvm_bindings::kvm_segment,
+        ss: kvm_bindings::kvm_segment,
+    ) -> Result<(), kvm_ioctls::Error> {
+        let mut sregs = self.fd.get_sregs()?;
+        (sregs.cs, sregs.ss) = (cs, ss);
+        self.fd.set_sregs(&sregs)
+    }
+
     /// Loads the LDT register from its descriptor words (`lo`, `hi`; all zero: no LDT,
     /// a null selector).
     pub fn load_ldt(&mut self, lo: u64, hi: u64) -> Result<(), kvm_ioctls::Error> {

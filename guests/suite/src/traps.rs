@@ -4,7 +4,7 @@
 //! hypercall, as a PV kernel's handlers do.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rt::abi::TrapInfo;
 use rt::abi::hypercall::HYPERVISOR_set_trap_table;
@@ -17,6 +17,8 @@ pub static CS: AtomicU64 = AtomicU64::new(0);
 pub static COUNT: AtomicU64 = AtomicU64::new(0);
 /// Bytes the handler moves RIP forward (the faulting instruction's length).
 pub static SKIP: AtomicU64 = AtomicU64::new(0);
+/// Set: the next exception resumes with Xen's flat CS and SS (once).
+pub static FLAT_RESUME: AtomicBool = AtomicBool::new(false);
 // Entry points. Xen's bounce frame is {RCX, R11, [error], RIP, CS, RFLAGS, RSP, SS};
 // each entry pushes its vector (and a 0 error code where the vector has none, so one
 // common path serves all), calls `pvt_handler` with the frame, and returns with the
@@ -103,6 +105,11 @@ extern "C" fn pvt_handler(frame: *mut u64) {
     CS.store(f[5], Ordering::SeqCst);
     COUNT.fetch_add(1, Ordering::SeqCst);
     f[4] += SKIP.load(Ordering::SeqCst);
+    if FLAT_RESUME.swap(false, Ordering::SeqCst) {
+        // Resume in kernel mode with Xen's flat selectors (the faulting context's were
+        // refused).
+        (f[5], f[8]) = (0xe030, 0xe02b);
+    }
 }
 
 pub fn trap(vector: u8, dpl: u8, handler: unsafe extern "C" fn()) -> TrapInfo {

@@ -117,8 +117,8 @@ pub fn map_ldt_window(
     area: &HvArea,
     mapped: &[Option<Mfn>; pvmmu::LDT_PAGES],
 ) -> Result<Vec<Mfn>, HvAreaError> {
-    let range = VaRange::new(LDT_VA, pvmmu::LDT_PAGES as u64 * PAGE)
-        .map_err(pvmmu::WalkError::from)?;
+    let range =
+        VaRange::new(LDT_VA, pvmmu::LDT_PAGES as u64 * PAGE).map_err(pvmmu::WalkError::from)?;
     let mut old = Vec::new();
     let flags =
         PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;

@@ -6,7 +6,11 @@ use log::debug;
 use platform::domain::DomainError;
 use platform::hvarea;
 use platform::layout::LDT_VA;
+use platform::pv::segments;
 use pvmmu::{LDT_PAGES, LdtFault};
+use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
+
+use crate::arch::regs::segment_from_descriptor;
 
 use super::{Vm, VmError};
 
@@ -49,6 +53,28 @@ impl Vm {
             }
         }
         Ok(())
+    }
+
+    /// Loads code selector `cs` and stack selector `ss` (already checked by the `iret`
+    /// that chose them, `platform::pv::segments`) into the vCPU, when they differ from
+    /// Xen's flat 64-bit pair or the vCPU may hold others; a no-op (no ioctl) in the
+    /// common case.
+    pub(super) fn load_code_and_stack(&mut self, cs: u16, ss: u16) -> Result<(), VmError> {
+        let flat = (cs, ss) == (FLAT_RING3_CS64, FLAT_RING3_SS64);
+        if flat && !self.nonflat_segments {
+            return Ok(());
+        }
+        let caller = self.vcpu.caller;
+        let mut segment = |sel: u16| {
+            let (lo, hi) = segments::descriptor(&mut self.machine, caller, sel).unwrap_or((0, 0));
+            segment_from_descriptor(sel, lo, hi)
+        };
+        let (cs_seg, ss_seg) = (segment(cs), segment(ss));
+        debug!("loading CS {cs:#x} and SS {ss:#x}");
+        self.vcpu.load_code_and_stack(cs_seg, ss_seg)?;
+        self.nonflat_segments = !flat;
+        // Reading an LDT descriptor may have filled a window page.
+        self.sync_descriptor_tables()
     }
 
     /// A page fault at `cr2` in the LDT window (the CPU reading a descriptor of the

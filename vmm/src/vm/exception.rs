@@ -126,6 +126,7 @@ impl Vm {
                 ctx.rsp = rsp;
             }
             ef.set_context(self.machine.memory(), &ctx)?;
+            self.nonflat_segments = !ctx.has_flat_segments();
             self.vcpu.set_regs(regs);
             return Ok(None);
         }
@@ -199,6 +200,7 @@ impl Vm {
         match delivered {
             Ok(t) => {
                 ef.set_context(self.machine.memory(), &ctx)?;
+                self.nonflat_segments = !ctx.has_flat_segments();
                 self.transfer(t)?;
                 debug!(
                     "delivered {} to the guest handler at {:#x}",

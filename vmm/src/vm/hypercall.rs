@@ -9,7 +9,6 @@ use platform::pv::{GuestContext, Transfer};
 use platform::trace::Record;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
-
 use super::{Entry, GuestExit, HypercallTiming, SerialSink, Vm, VmError};
 use crate::arch::regs::hypercall_args;
 
@@ -78,6 +77,7 @@ impl Vm {
                     regs.rcx = ctx.rcx;
                     regs.r11 = ctx.r11;
                     self.vcpu.set_regs(regs);
+                    self.load_code_and_stack(ctx.cs as u16, ctx.ss as u16)?;
                 } else if entry == Entry::Syscall {
                     // Back after the `syscall`, as Xen's return to the guest does.
                     regs.rax = v as u64;
@@ -135,6 +135,7 @@ impl Vm {
                 regs.rsp = ctx.rsp;
                 regs.rflags = ctx.rflags | platform::pv::rflags::IF;
                 self.vcpu.set_regs(regs);
+                self.load_code_and_stack(ctx.cs as u16, ctx.ss as u16)?;
                 self.transfer(t)?;
                 Ok(None)
             }

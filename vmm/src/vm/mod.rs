@@ -247,6 +247,8 @@ pub struct Vm {
     last_spurious: Option<(u64, u64)>,
     /// The LDT descriptor words loaded into the vCPU's LDT register (zero: none).
     ldt_loaded: (u64, u64),
+    /// Whether the vCPU may hold code and stack selectors other than Xen's flat pair.
+    nonflat_segments: bool,
 }
 
 /// How a hypercall reached the VMM.
@@ -333,6 +335,7 @@ impl Vm {
             syscall_ring0: None,
             last_spurious: None,
             ldt_loaded: (0, 0),
+            nonflat_segments: false,
         };
         v.machine.set_interrupt(Some(v.stop.clone()));
         // The builder's NEW_BASEPTR is already in CR3.

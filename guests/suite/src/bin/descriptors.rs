@@ -21,6 +21,8 @@ use suite::{A, Check, Frames, P, RW, SELF, err, l1e_addr, make_readonly, table_f
 const DATA_R0: u64 = 0x00cf_9200_0000_ffff;
 /// ... as Xen stores it (DPL 3: the kernel's ring).
 const DATA_R3: u64 = 0x00cf_f200_0000_ffff;
+/// A 64-bit code segment with DPL 3.
+const CODE64_R3: u64 = 0x00af_fb00_0000_ffff;
 /// A present TSS descriptor: refused.
 const TSS: u64 = 0x0000_8900_0000_0067;
 /// GDT entry 1 and LDT entry 1 with RPL 3.
@@ -83,6 +85,39 @@ pub fn guest_main(_si: &'static StartInfo) {
         err(Errno::EBUSY),
         0,
     );
+
+    // ---- `iret` to the guest's own code and stack segments (GDT entries 6 and 5), and
+    // back to Xen's; a zero descriptor as CS (entry 7) is Xen's #GP at the target.
+    c.eq("GDT code64", update_descriptor(gdt_m + 6 * 8, CODE64_R3), 0);
+    c.eq("GDT data", update_descriptor(gdt_m + 5 * 8, DATA_R3), 0);
+    c.eq(
+        "iret to CS 0x33 (frame RPL 0)",
+        cs_after_iret(0x30, 0x28),
+        0x30,
+    );
+    c.eq(
+        "iret back to CS 0xe033",
+        cs_after_iret(0xe030, 0xe028),
+        0xe030,
+    );
+    traps::FLAT_RESUME.store(true, Ordering::SeqCst);
+    let (v, e, rip, cs) = expect_one(2, || {
+        iret_with(0x38, 0x28);
+    });
+    c.eq("iret to a zero CS: #GP", v as i64, 13);
+    c.eq("#GP error is the selector", e as i64, 0x38);
+    c.eq(
+        "the frame holds the refused CS (kernel RPL 0)",
+        cs as i64,
+        0x38,
+    );
+    c.ok("... and the target RIP", rip != 0);
+    traps::FLAT_RESUME.store(true, Ordering::SeqCst);
+    let (v, e, _, _) = expect_one(2, || {
+        iret_with(0x30, 0x30);
+    });
+    c.eq("iret with a code segment as SS: #GP", v as i64, 13);
+    c.eq("#GP error is the SS selector", e as i64, 0x30);
 
     // ---- The LDT, filled on first use.
     let ldt = table_frame(&mut frames);
@@ -176,4 +211,42 @@ fn faults_loading(sel: u64) -> i64 {
     traps::SKIP.store(2, Ordering::SeqCst);
     load_ds(sel);
     (traps::COUNT.load(Ordering::SeqCst) - before) as i64
+}
+
+/// Returns with the `iret` hypercall to the next instruction, with code selector `cs`
+/// and stack selector `ss` (RPL 0: staying in kernel mode; Xen loads them with RPL 3),
+/// and raises #UD there (`ud2`, for `expect_one` to skip): the #UD frame's CS is the
+/// code selector the vCPU ran with. (Reading %cs is no test on this host: KVM-PVM reads
+/// it back as 0x33 whatever is loaded.)
+#[inline(never)]
+fn iret_with(cs: u64, ss: u64) {
+    // SAFETY: the frame returns to label 2 with this stack pointer and flags; RAX, RCX
+    // and R11 come back from the frame the hypercall page builds.
+    unsafe {
+        asm!(
+            "mov {tmp}, rsp",
+            "push {ss}",
+            "push {tmp}",
+            "pushfq",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "push 0",
+            "jmp hypercall_page + 23 * 32",
+            "2:",
+            "ud2",
+            ss = in(reg) ss,
+            cs = in(reg) cs,
+            tmp = out(reg) _,
+        );
+    }
+}
+
+/// The CS a #UD right after `iret_with(cs, ss)` reports in its frame.
+fn cs_after_iret(cs: u64, ss: u64) -> i64 {
+    let (v, _, _, frame_cs) = expect_one(2, || iret_with(cs, ss));
+    if v != 6 {
+        return -(v as i64);
+    }
+    (frame_cs & 0xffff) as i64
 }

@@ -11,7 +11,9 @@ use pvmmu_abi::shared_info::VCPU_INFO_ARCH_CR2_OFFSET;
 use pvmmu_abi::trap::{BOUNCE_CS_UPCALL_MASK_SHIFT, TI_MASK_EVENTS, VGCF_in_syscall};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Crash, GuestContext, Mach, PFEC_USER, PvVcpu, Transfer, has_error_code, rflags};
+use super::{
+    Crash, GuestContext, Mach, PFEC_USER, PvVcpu, Transfer, has_error_code, rflags, segments,
+};
 
 impl PvVcpu {
     /// Delivers exception `vector` (with `error`, when the vector has one) to the guest
@@ -192,16 +194,28 @@ impl PvVcpu {
             self.iopl = saved.rflags & rflags::IOPL;
         }
         ctx.rip = saved.rip;
-        ctx.cs = saved.cs | 3;
+        // Selectors are 16 bits wide in Xen's frame; RPL forced to 3.
+        ctx.cs = (saved.cs | 3) & 0xffff;
         ctx.rflags =
             (saved.rflags & rflags::ALL & !(rflags::IOPL | rflags::VM)) | rflags::IF | rflags::MBS;
         ctx.rsp = saved.rsp;
-        ctx.ss = saved.ss | 3;
+        ctx.ss = (saved.ss | 3) & 0xffff;
         if saved.flags & VGCF_in_syscall == 0 {
             ctx.r11 = saved.r11;
             ctx.rcx = saved.rcx;
         }
         self.set_upcall_mask(m, u8::from(saved.rflags & rflags::IF == 0));
+        if !ctx.has_flat_segments() {
+            let (cs, ss) = (ctx.cs as u16, ctx.ss as u16);
+            let cs_desc = segments::descriptor(m, self.caller, cs).map(|d| d.0);
+            let ss_desc = segments::descriptor(m, self.caller, ss).map(|d| d.0);
+            if let Some((vector, error)) = segments::return_fault(cs, cs_desc, ss, ss_desc) {
+                // Xen's fix-up for a faulting `iretq`: the guest gets the fault as if
+                // raised at its target (the frame holds the target's RIP, CS and SS).
+                let t = self.inject_exception(m, ctx, vector, Some(error), None)?;
+                transfer.mode_switched ^= t.mode_switched;
+            }
+        }
         Ok((saved.rax as i64, transfer))
     }
 }

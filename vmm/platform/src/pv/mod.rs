@@ -20,7 +20,7 @@ use pvmmu_abi::callback::{
     CALLBACKTYPE_sysenter,
 };
 use pvmmu_abi::layout::is_canonical;
-use pvmmu_abi::selector::FLAT_KERNEL_CS64;
+use pvmmu_abi::selector::{FLAT_KERNEL_CS64, FLAT_RING3_CS64, FLAT_RING3_SS64};
 use pvmmu_abi::shared_info::VCPU_INFO_UPCALL_MASK_OFFSET;
 use pvmmu_abi::trap::TI_MASK_EVENTS;
 use pvmmu_abi::vmassist::VMASST_TYPE_architectural_iopl;
@@ -29,6 +29,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 mod bounce;
 mod debug;
+pub mod segments;
 pub mod selector;
 
 pub use debug::{DebugRegs, dr};
@@ -94,6 +95,14 @@ pub mod cr4 {
 /// Vectors whose exceptions carry an error code (Xen's `X86_EXC_HAVE_EC`).
 pub const fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+impl GuestContext {
+    /// Whether CS and SS are Xen's flat 64-bit selectors (what a PV guest runs with
+    /// unless it loads others with `iret`).
+    pub fn has_flat_segments(&self) -> bool {
+        (self.cs, self.ss) == (u64::from(FLAT_RING3_CS64), u64::from(FLAT_RING3_SS64))
+    }
 }
 
 /// The page-fault error code's user-mode bit.
