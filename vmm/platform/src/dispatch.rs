@@ -28,7 +28,7 @@ use pvmmu_abi::version::{
 
 pub use crate::console::{Console, NullConsole};
 use crate::domain::Mach;
-use crate::pv::{Crash, GuestContext, PvVcpu, Transfer};
+use crate::pv::{Crash, GuestContext, PvVcpu, Transfer, segments};
 use crate::ring::ConsoleRing;
 
 /// Largest console write served in one call (longer writes are truncated, as Xen's
@@ -221,7 +221,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             HYPERVISOR_console_io => self.console_io(m, caller, a),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
             HYPERVISOR_memory_op => memory_op(m, caller, a),
-            HYPERVISOR_set_segment_base => self.set_segment_base(a[0], a[1]),
+            HYPERVISOR_set_segment_base => self.set_segment_base(m, caller, a[0], a[1]),
             HYPERVISOR_fpu_taskswitch => self.pv.fpu_taskswitch(a[0] as i32 != 0),
             HYPERVISOR_set_debugreg => match self.pv.set_debugreg(a[0] as u32, a[1]) {
                 Ok(()) => 0,
@@ -340,13 +340,31 @@ impl Platform<'_> {
         Errno::EOPNOTSUPP.neg()
     }
 
-    /// `set_segment_base(which, base)`: FS and the two GS bases, canonical only
-    /// (-EINVAL otherwise, and for loading a user GS selector, not offered yet).
-    fn set_segment_base(&mut self, which: u64, base: u64) -> i64 {
+    /// `set_segment_base(which, base)`: FS and the two GS bases (canonical only, else
+    /// -EINVAL), or the user GS selector (`SEGBASE_GS_USER_SEL`, always 0); another
+    /// `which` is -EINVAL.
+    fn set_segment_base<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        which: u64,
+        base: u64,
+    ) -> i64 {
         let which = match which as u32 {
             0 => SegmentBase::Fs,
             1 => SegmentBase::GsUser,
             2 => SegmentBase::GsKernel,
+            3 => {
+                // SEGBASE_GS_USER_SEL: the user GS selector loaded from the descriptor
+                // tables (RPL forced to 3); its base becomes the user GS base. A load
+                // that faults loads the null selector instead (base 0), and the call
+                // still succeeds, as Xen does (Linux cannot take a failure here).
+                let sel = base as u16 | if base as u16 > 3 { 3 } else { 0 };
+                let desc = segments::descriptor(m, caller, sel).map(|d| d.0);
+                let base = segments::data_load_base(sel, desc).unwrap_or(0);
+                self.segment_base = Some((SegmentBase::GsUser, base));
+                return 0;
+            }
             _ => return Errno::EINVAL.neg(),
         };
         if !pvmmu_abi::layout::is_canonical(base) {

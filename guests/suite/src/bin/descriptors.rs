@@ -86,6 +86,30 @@ pub fn guest_main(_si: &'static StartInfo) {
         0,
     );
 
+    // ---- set_segment_base(SEGBASE_GS_USER_SEL): the user GS base comes from the
+    // descriptor (the shadow GS base in kernel mode); a selector that cannot be loaded
+    // gives base 0 and the call still succeeds.
+    c.eq(
+        "GDT data with a base",
+        update_descriptor(gdt_m + 8 * 8, 0x12cf_f334_5000_ffff),
+        0,
+    );
+    let shadow_gs = || {
+        let (lo, hi): (u32, u32);
+        // SAFETY: rdmsr of IA32_KERNEL_GS_BASE is emulated for a PV kernel.
+        unsafe { asm!("rdmsr", in("ecx") 0xc000_0102u32, out("eax") lo, out("edx") hi) };
+        (u64::from(hi) << 32 | u64::from(lo)) as i64
+    };
+    // SAFETY: set_segment_base(SEGBASE_GS_USER_SEL, selector): no pointers.
+    let gs_sel = |sel: u64| unsafe { rt::hypercall(25, 3, sel, 0, 0, 0) };
+    c.eq("GS_USER_SEL 0x40", gs_sel(0x40), 0);
+    c.eq("user GS base from the descriptor", shadow_gs(), 0x1234_5000);
+    c.eq("GS_USER_SEL of a zero descriptor", gs_sel(0x38), 0);
+    c.eq("user GS base 0", shadow_gs(), 0);
+    c.eq("GS_USER_SEL 0x43 again", gs_sel(0x43), 0);
+    c.eq("GS_USER_SEL null", gs_sel(0), 0);
+    c.eq("null: base 0", shadow_gs(), 0);
+
     // ---- `iret` to the guest's own code and stack segments (GDT entries 6 and 5), and
     // back to Xen's; a zero descriptor as CS (entry 7) is Xen's #GP at the target.
     c.eq("GDT code64", update_descriptor(gdt_m + 6 * 8, CODE64_R3), 0);

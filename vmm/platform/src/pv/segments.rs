@@ -119,6 +119,30 @@ pub fn return_fault(
     None
 }
 
+/// The base a data-segment load of `sel` (RPL 3, at CPL 3) gives, from its descriptor's
+/// low word (`None`: beyond the tables): `None` when the load would fault (not a data
+/// or readable code segment, DPL below 3 for a data or non-conforming code segment, not
+/// present). The null selector loads with base 0.
+///
+/// ```
+/// use platform::pv::segments::data_load_base;
+/// assert_eq!(data_load_base(0x2b, Some(0x12cf_f334_5678_ffff)), Some(0x1234_5678));
+/// assert_eq!(data_load_base(0, None), Some(0));
+/// assert_eq!(data_load_base(0x2b, Some(0)), None);
+/// ```
+pub fn data_load_base(sel: u16, desc: Option<u64>) -> Option<u64> {
+    if sel & !3 == 0 {
+        return Some(0);
+    }
+    let d = desc?;
+    let code = d & CODE != 0;
+    let readable = !code || d & WRITABLE != 0;
+    let conforming_code = code && d & CONFORMING_OR_EXPAND_DOWN != 0;
+    let dpl_ok = conforming_code || (d >> DPL_SHIFT) & 3 == 3;
+    (d & S != 0 && readable && dpl_ok && d & PRESENT != 0)
+        .then_some((d >> 16 & 0xff_ffff) | (d >> 56 & 0xff) << 24)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
