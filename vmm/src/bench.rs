@@ -33,6 +33,62 @@ pub struct BenchReport {
     pub bounce_ns: f64,
     /// Per batch size.
     pub batches: Vec<BatchFigures>,
+    /// The guest's own TSC timings (medians), when it printed them.
+    pub ticks: Option<GuestTicks>,
+}
+
+/// What the bench guest timed with its own TSC, in ticks (medians of its rounds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuestTicks {
+    /// A null hypercall (the exit cost).
+    pub exit: f64,
+    /// A call of the ring-0 probe: an exception into ring 0 and straight back, no exit
+    /// (the floor of any exception round trip through ring 0 on this host).
+    pub probe: f64,
+    /// An exception bounced to the guest's handler and returned from with `iret`.
+    pub bounce: f64,
+}
+
+impl GuestTicks {
+    /// Parses the guest's `bench-ticks exit=E probe=P bounce=B` line in `console`.
+    ///
+    /// ```
+    /// let t = vmm::bench::GuestTicks::parse("x\nbench-ticks exit=100 probe=46 bounce=250\n").unwrap();
+    /// assert_eq!((t.exit, t.probe, t.bounce), (100.0, 46.0, 250.0));
+    /// assert!(vmm::bench::GuestTicks::parse("bench-ticks exit=1").is_none());
+    /// ```
+    pub fn parse(console: &str) -> Option<GuestTicks> {
+        let line = console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("bench-ticks "))?;
+        let field = |name: &str| -> Option<f64> {
+            line.split(' ')
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        Some(GuestTicks {
+            exit: field("exit")?,
+            probe: field("probe")?,
+            bounce: field("bounce")?,
+        })
+    }
+}
+
+/// A console sink that keeps what the guest printed.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl BenchReport {
@@ -52,6 +108,10 @@ impl BenchReport {
             "launch_ms": self.launch_ms,
             "exit_ns": self.exit_ns,
             "bounce_round_trip_ns": self.bounce_ns,
+            "guest_ticks": self.ticks.map(|t| serde_json::json!({
+                "exit": t.exit, "probe": t.probe, "bounce": t.bounce,
+                "bounce_over_exit": t.bounce / t.exit, "probe_over_exit": t.probe / t.exit,
+            })),
             "batches": self.batches.iter().map(|b| serde_json::json!({
                 "size": b.size,
                 "end_to_end_ns_per_update": b.end_to_end_ns,
@@ -119,7 +179,11 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
         walls.push(r.stats.wall.as_secs_f64() * 1e3);
     }
     let bench = guests::find("bench").ok_or(BenchError::NoGuest("bench"))?;
-    let mut vm = Vm::new(quiet_config(bench.image))?;
+    let console = Captured::default();
+    let mut config = quiet_config(bench.image);
+    config.domain.cmdline = format!("probe={:#x}", platform::layout::PROBE_VA);
+    config.console_out = Box::new(console.clone());
+    let mut vm = Vm::new(config)?;
     vm.timings = Some(Vec::with_capacity(4096));
     let r = vm.run_to_end(&stop)?;
     if r.exit != GuestExit::Shutdown(0) {
@@ -145,6 +209,11 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
         exit_ns: median(exit_gaps),
         bounce_ns: median(bounce_gaps),
         batches,
+        ticks: console
+            .0
+            .lock()
+            .ok()
+            .and_then(|v| GuestTicks::parse(&String::from_utf8_lossy(&v))),
     })
 }
 
@@ -170,6 +239,14 @@ pub fn table(r: &BenchReport) -> String {
         r.bounce_ns / 1e3,
         r.bounce_ns / r.exit_ns
     ));
+    if let Some(t) = &r.ticks {
+        s.push_str(&format!(
+            "  timed by the guest (TSC): bounce round trip {:.2}x a hypercall; an exception into ring 0 and \
+             straight back (no exit) {:.2}x: the floor of any round trip through ring 0 here\n",
+            t.bounce / t.exit,
+            t.probe / t.exit
+        ));
+    }
     if let Some((ratio, met)) = r.target_512() {
         s.push_str(&format!(
             "\nbatch 512: end to end = {ratio:.2}x (library + exit/512); target <= 1.5x: {}\n",

@@ -229,6 +229,24 @@ fn stub(v: u8) -> [u8; STUB_SIZE as usize] {
     s
 }
 
+/// Where in the stub page the #BP entry lives (stub 3 jumps there).
+const BP_ENTRY: u64 = 0x200;
+
+/// The #BP entry: an `int3` at [`PROBE_VA`] (its saved RIP is the byte after) returns
+/// at once; any other goes the way of every stub (vector 3 to the fault port).
+fn bp_entry() -> Vec<u8> {
+    let mut code = vec![0x50, 0x48, 0xb8]; // push rax; mov rax, imm64
+    code.extend_from_slice(&(PROBE_VA + 1).to_le_bytes());
+    code.extend_from_slice(&[
+        0x48, 0x39, 0x44, 0x24, 0x08, // cmp [rsp + 8], rax
+        0x58, // pop rax
+        0x75, 0x02, // jne +2
+        0x48, 0xcf, // iretq
+    ]);
+    code.extend_from_slice(&stub(3));
+    code
+}
+
 /// Builds the area in the top frames of `mem` (which has `ram_frames` frames).
 pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAreaError> {
     let m2p_frames = (ram_frames * 8).div_ceil(PAGE);
@@ -289,6 +307,13 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         let s = usize::from(v) * STUB_SIZE as usize;
         stub_page[s..s + STUB_SIZE as usize].copy_from_slice(&stub(v));
     }
+    // Stub 3: `jmp rel32` to the #BP entry.
+    let at = 3 * STUB_SIZE;
+    let rel = (BP_ENTRY - (at + 5)) as u32;
+    stub_page[at as usize] = 0xe9;
+    stub_page[at as usize + 1..at as usize + 5].copy_from_slice(&rel.to_le_bytes());
+    let bp = bp_entry();
+    stub_page[BP_ENTRY as usize..BP_ENTRY as usize + bp.len()].copy_from_slice(&bp);
     mem.write_slice(&idt_page, GuestAddress(idt * PAGE))?;
     mem.write_slice(&stub_page, GuestAddress(stubs * PAGE))?;
 
@@ -308,6 +333,8 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     // The syscall stub: `out %al, $SYSCALL_PORT; ud2` (the VMM never lets it go on).
     let mut stub_bytes = vec![0xccu8; PAGE as usize];
     stub_bytes[..4].copy_from_slice(&[0xe6, SYSCALL_PORT as u8, 0x0f, 0x0b]);
+    let probe = (PROBE_VA - SYSCALL_STUB_VA) as usize;
+    stub_bytes[probe..probe + 2].copy_from_slice(&[0xcc, 0xc3]); // int3; ret
     mem.write_slice(&stub_bytes, GuestAddress(syscall_stub * PAGE))?;
 
     // Page tables: the supervisor-only area and the user-readable read-only M2P.
@@ -428,6 +455,18 @@ mod tests {
         assert!(stub.user() && !stub.writable() && !stub.flags.contains(PteFlags::NX));
         let code: [u8; 2] = mem.read_obj(GuestAddress(stub.paddr)).unwrap();
         assert_eq!(code, [0xe6, SYSCALL_PORT as u8]);
+        // The probe beside it: int3; ret.
+        let probe = w.translate(l4, PROBE_VA).unwrap().unwrap();
+        let code: [u8; 2] = mem.read_obj(GuestAddress(probe.paddr)).unwrap();
+        assert_eq!(code, [0xcc, 0xc3]);
+        // Stub 3 jumps to the #BP entry, which compares the saved RIP with the probe's.
+        let stubs = w.translate(l4, STUBS_VA).unwrap().unwrap().paddr;
+        let jmp: [u8; 5] = mem.read_obj(GuestAddress(stubs + 48)).unwrap();
+        let rel = u32::from_le_bytes([jmp[1], jmp[2], jmp[3], jmp[4]]);
+        assert_eq!(jmp[0], 0xe9);
+        assert_eq!(48 + 5 + u64::from(rel), BP_ENTRY);
+        let imm: u64 = mem.read_obj(GuestAddress(stubs + BP_ENTRY + 3)).unwrap();
+        assert_eq!(imm, PROBE_VA + 1);
         let byte: u8 = mem.read_obj(GuestAddress(tss + 0x68 + 0x3f8 / 8)).unwrap();
         assert_eq!(byte, 0xff);
     }

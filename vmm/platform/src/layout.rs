@@ -55,6 +55,11 @@ pub const M2P_ALIAS_VA: u64 = 0xffff_8080_0000_0000;
 /// page in L4 slot 257, so that it runs whether `syscall` enters ring 0 or not.
 pub const SYSCALL_STUB_VA: u64 = M2P_ALIAS_VA + (256 << 30);
 
+/// The ring-0 probe, in the syscall stub's page: `int3; ret`. Its #BP is returned from
+/// by the ring-0 stub at once, without an exit: a call to it costs the floor of any
+/// exception round trip through ring 0 on this host (`pvmmu bench` measures it).
+pub const PROBE_VA: u64 = SYSCALL_STUB_VA + 0x10;
+
 /// Xen's PAT MSR value: WB, WT, UC-, UC, WC, WP, UC, UC.
 pub const XEN_PAT: u64 = 0x0000_0501_0007_0406;
 
