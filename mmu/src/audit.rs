@@ -44,7 +44,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             }
             let e = exp.entry(mfn.0).or_default();
             e.count += u64::from(p.allocated) + u64::from(p.pinned);
-            e.type_count += u64::from(p.pinned);
+            e.type_count += u64::from(p.pinned) + u64::from(p.shared);
         }
         for d in core.domains.values() {
             for v in &d.vcpus {
@@ -220,6 +220,13 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         let mut left = 0;
         for &m in &owned {
+            if let Some(p) = core.frames.get_mut(m)
+                && p.owner == dom
+                && p.shared
+            {
+                p.shared = false;
+                core.frames.drop_type(m);
+            }
             if let Some(p) = core.frames.get_mut(m)
                 && p.owner == dom
                 && p.allocated

@@ -107,6 +107,10 @@ pub struct PageInfo {
     pub pinned: bool,
     /// Whether the allocation reference is held (Xen's `PGC_allocated`).
     pub allocated: bool,
+    /// Whether the hypervisor shares the frame with its owner (Xen's
+    /// `share_xen_page_with_guest`): it then holds one permanent type reference,
+    /// writable (read-write sharing) or of no type (read-only sharing).
+    pub shared: bool,
     /// XSA-240 linear-use counter: > 0 = contains that many same-level entries,
     /// < 0 = referenced by that many same-level entries.
     pub linear: i16,
@@ -128,6 +132,7 @@ impl Default for PageInfo {
             validated: false,
             pinned: false,
             allocated: false,
+            shared: false,
             linear: 0,
             stale: false,
             stale_foreign: 0,
@@ -325,6 +330,26 @@ impl FrameTable {
             }
         }
         None
+    }
+
+    /// Assigns a free frame to `owner` as a page the hypervisor shares with it: the
+    /// allocation reference and a permanent type reference, writable or of no type
+    /// (which no other type can join: never mapped writable, never a table).
+    pub(crate) fn share(&mut self, mfn: Mfn, owner: Owner, writable: bool) -> bool {
+        if !self.allocate(mfn, owner) {
+            return false;
+        }
+        if let Some(p) = self.get_mut(mfn) {
+            p.shared = true;
+            p.ty = if writable {
+                PageType::Writable
+            } else {
+                PageType::None
+            };
+            p.type_count = 1;
+            p.validated = true;
+        }
+        true
     }
 
     /// Assigns a free frame to `owner` with its allocation reference.

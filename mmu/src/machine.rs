@@ -40,6 +40,9 @@ pub enum MachineError {
     /// A frame is not free RAM.
     #[error("frame {0} is not free RAM")]
     FrameNotFree(Mfn),
+    /// A frame is not one the hypervisor shares with that domain.
+    #[error("frame {0} is not shared with the domain")]
+    NotShared(Mfn),
     /// Teardown could not return every frame.
     #[error("teardown of domain {domain} left {frames} frames referenced")]
     Teardown {
@@ -252,6 +255,76 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             return Err(MachineError::NoDomain(dom));
         }
         self.give(dom, frames)
+    }
+
+    /// Gives free RAM frames to domain `dom` as pages the hypervisor shares with it
+    /// (Xen's `share_xen_page_with_guest`: grant-table frames, for instance). Each holds
+    /// its allocation reference and a permanent type reference: `writable` ones the
+    /// writable type (the guest may map them read-write, never use them as page tables
+    /// or descriptor pages), read-only ones no type, which refuses every other (the
+    /// guest may map them read-only only). On error, frames shared before the bad one
+    /// stay shared.
+    ///
+    /// ```
+    /// use pvmmu::{DomainConfig, Machine, MachineConfig, Mfn, PageType};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.share_frames(d, [Mfn(0x20)], true)?;
+    /// let p = m.frames().get(Mfn(0x20)).unwrap();
+    /// assert_eq!((p.owner, p.ty, p.type_count, p.shared), (d, PageType::Writable, 1, true));
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn share_frames(
+        &mut self,
+        dom: u16,
+        frames: impl IntoIterator<Item = Mfn>,
+        writable: bool,
+    ) -> Result<(), MachineError> {
+        if !self.core.domains.contains_key(&dom) {
+            return Err(MachineError::NoDomain(dom));
+        }
+        for mfn in frames {
+            if !self.core.frames.share(mfn, dom, writable) {
+                return Err(MachineError::FrameNotFree(mfn));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back a frame shared with `dom` by [`Machine::share_frames`], freeing it,
+    /// if nothing but the sharing holds it: `Ok(false)` (and nothing changes) while the
+    /// guest still maps or otherwise references it (Xen's -EBUSY when it releases grant
+    /// status frames, XSA-255), `Ok(true)` when freed.
+    ///
+    /// ```
+    /// use pvmmu::{DomainConfig, Machine, MachineConfig, Mfn};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.share_frames(d, [Mfn(0x20)], true)?;
+    /// assert!(m.unshare_frame(d, Mfn(0x20))?);
+    /// assert_eq!(m.frames().get(Mfn(0x20)).unwrap().count, 0);
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn unshare_frame(&mut self, dom: u16, mfn: Mfn) -> Result<bool, MachineError> {
+        match self.core.frames.get(mfn) {
+            Some(p) if p.owner == dom && p.shared && p.allocated => {
+                if p.count > 1 || p.type_count > 1 {
+                    return Ok(false);
+                }
+            }
+            _ => return Err(MachineError::NotShared(mfn)),
+        }
+        if let Some(p) = self.core.frames.get_mut(mfn) {
+            p.shared = false;
+            p.allocated = false;
+        }
+        self.core.frames.drop_type(mfn);
+        self.core.frames.put_page(mfn);
+        Ok(true)
     }
 
     /// Reserves RAM frames for the hypervisor itself (owner `DOMID_XEN`): the embedder's

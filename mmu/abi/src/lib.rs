@@ -70,6 +70,7 @@ pub mod domid;
 pub mod elfnote;
 pub mod errno;
 pub mod evtchn;
+pub mod grant;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;

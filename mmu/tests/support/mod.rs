@@ -269,12 +269,19 @@ pub fn flags(pte: u64) -> PteFlags {
     Pte(pte).flags()
 }
 
-/// Destroys domain 1 (and 2): every frame must come back free, with no reference.
+/// Destroys domain 1 (and 2): every frame they owned must come back free, with no
+/// reference.
 pub fn teardown(mut g: Guest) {
     g.audit();
+    let owned: Vec<u64> = (0..FRAMES)
+        .filter(|&f| matches!(g.info(Mfn(f)).owner, 1 | 2))
+        .collect();
     g.m.destroy_domain(1).expect("domain 1 torn down cleanly");
     g.m.destroy_domain(2).expect("domain 2 torn down cleanly");
-    for f in (DOM_FIRST..DOM_END).chain(DOM2_FIRST..DOM2_END) {
+    for f in (DOM_FIRST..DOM_END)
+        .chain(DOM2_FIRST..DOM2_END)
+        .chain(owned)
+    {
         let p = g.info(Mfn(f));
         assert_eq!(
             (p.count, p.type_count, p.pinned, p.validated),

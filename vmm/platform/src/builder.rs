@@ -61,6 +61,9 @@ pub struct BootInfo {
     pub shared_info: u64,
     /// Guest-physical address of the PV console ring (`start_info.console.domU.mfn`).
     pub console_ring: u64,
+    /// First frame of the domain's grant area (`crate::grant`), above its RAM; 0 when
+    /// the embedder built the domain without one.
+    pub grant_first: u64,
 }
 
 /// The event channel of the PV console ring (`start_info.console.domU.evtchn`).
@@ -256,6 +259,7 @@ pub fn build<F: TlbFlush>(
         mapped_pages: map_end,
         shared_info: shared_info * PAGE,
         console_ring: console * PAGE,
+        grant_first: 0,
     })
 }
 

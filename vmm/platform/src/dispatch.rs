@@ -16,10 +16,10 @@ use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
 use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
 use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op,
-    HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_iret, HYPERVISOR_memory_op,
-    HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks, HYPERVISOR_set_debugreg,
-    HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch,
-    HYPERVISOR_xen_version,
+    HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_grant_table_op, HYPERVISOR_iret,
+    HYPERVISOR_memory_op, HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks,
+    HYPERVISOR_set_debugreg, HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table,
+    HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -28,6 +28,7 @@ use pvmmu_abi::version::{
 
 pub use crate::console::{Console, NullConsole};
 use crate::domain::Mach;
+use crate::grant::GrantTable;
 use crate::pv::{Crash, GuestContext, PvVcpu, Transfer, segments};
 use crate::ring::ConsoleRing;
 
@@ -93,6 +94,8 @@ pub struct DomainState {
     pub ring: Option<ConsoleRing>,
     /// Event channels bound at build time (notifications on them are accepted).
     pub bound_ports: Vec<u32>,
+    /// The grant table.
+    pub grant: GrantTable,
 }
 
 impl DomainState {
@@ -104,6 +107,7 @@ impl DomainState {
             stats: HypercallStats::default(),
             ring: Some(ConsoleRing::new(boot.console_ring, CONSOLE_EVTCHN)),
             bound_ports: vec![CONSOLE_EVTCHN, STORE_EVTCHN],
+            grant: GrantTable::new(boot.grant_first),
         }
     }
 }
@@ -219,6 +223,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
                 }
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
+            HYPERVISOR_grant_table_op => self.dom.grant.op(m, caller, a[0], a[1], a[2]),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
             HYPERVISOR_memory_op => memory_op(m, caller, a),
             HYPERVISOR_set_segment_base => self.set_segment_base(m, caller, a[0], a[1]),

@@ -143,16 +143,33 @@ impl<F: TlbFlush> Domain<F> {
             dom = dom.iomem(MMIO_TEST_BASE / PAGE..=(MMIO_TEST_BASE + MMIO_TEST_SIZE - 1) / PAGE);
         }
         machine.create_domain(dom)?;
-        machine.assign_frames(DOMID, (0..hv.first_frame).map(Mfn))?;
+        // The domain's frames, its grant area (frames the hypervisor shares with it,
+        // the first at once, as Xen allocates one grant frame at domain creation), the
+        // hypervisor area.
+        let grant_first = hv
+            .first_frame
+            .checked_sub(crate::grant::GRANT_AREA_FRAMES)
+            .ok_or(hvarea::HvAreaError::TooSmall(
+                crate::grant::GRANT_AREA_FRAMES,
+            ))?;
+        machine.assign_frames(DOMID, (0..grant_first).map(Mfn))?;
+        machine.share_frames(DOMID, [Mfn(grant_first)], true)?;
         machine.reserve_xen_frames((hv.first_frame..frames).map(Mfn))?;
-        let boot = builder::build(
+        let mut boot = builder::build(
             &mut machine,
             DOMID,
-            hv.first_frame,
+            grant_first,
             &image,
             &spec.image,
             &spec.cmdline,
         )?;
+        boot.grant_first = grant_first;
+        vm_memory::Bytes::write_slice(
+            machine.memory(),
+            &[0u8; PAGE as usize],
+            vm_memory::GuestAddress(grant_first * PAGE),
+        )
+        .map_err(hvarea::HvAreaError::from)?;
         log::info!(
             "built domain {DOMID}: entry {:#x}, L4 {}, {} pages mapped",
             boot.entry,

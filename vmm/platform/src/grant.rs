@@ -1,0 +1,409 @@
+//! A domain's grant table, as Xen keeps it (common/grant_table.c): frames the hypervisor
+//! shares with the guest read-write (`pvmmu::Machine::share_frames`), one at first,
+//! grown on demand up to [`MAX_GRANT_FRAMES`], plus the version 2 status frames; the
+//! entry format (version 1 or 2) switched only as Xen allows it. Served:
+//! `GNTTABOP_setup_table`, `query_size`, `set_version`, `get_status_frames`,
+//! `get_version`. Mapping grants is not offered yet (other commands: -ENOSYS, Xen's
+//! answer to a command it does not know).
+
+#![allow(non_upper_case_globals)] // Xen's names for the grant-table constants
+
+use pvmmu::{Caller, Errno, Mfn, TlbFlush};
+use pvmmu_abi::DOMID_SELF;
+use pvmmu_abi::grant::{
+    GNTST_bad_domain, GNTST_bad_virt_addr, GNTST_general_error, GNTST_okay,
+    GNTST_permission_denied, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_get_status_frames,
+    GNTTABOP_get_version, GNTTABOP_query_size, GNTTABOP_set_version, GNTTABOP_setup_table,
+    GnttabGetStatusFrames, GnttabGetVersion, GnttabQuerySize, GnttabSetupTable,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+/// The machine a grant table lives in.
+type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
+
+/// Largest number of grant-table frames (Xen's default `max_grant_frames`).
+pub const MAX_GRANT_FRAMES: u32 = 64;
+/// Status frames for [`MAX_GRANT_FRAMES`] in version 2.
+pub const MAX_STATUS_FRAMES: u32 = status_frames(MAX_GRANT_FRAMES);
+/// Frames a domain's grant table may use: its grant frames, then its status frames.
+pub const GRANT_AREA_FRAMES: u64 = (MAX_GRANT_FRAMES + MAX_STATUS_FRAMES) as u64;
+
+/// Version 2 status frames for `n` grant frames (256 entries a frame, 2048 statuses a
+/// status frame).
+pub const fn status_frames(n: u32) -> u32 {
+    (n * 256).div_ceil(2048)
+}
+
+/// `GTF_type_mask`, `GTF_permit_access`, `GTF_transitive`, `GTF_reading | GTF_writing`.
+const GTF_TYPE_MASK: u16 = 3;
+const GTF_PERMIT_ACCESS: u16 = 1;
+const GTF_TRANSITIVE: u16 = 3;
+const GTF_IN_USE: u16 = (1 << 3) | (1 << 4);
+
+/// One domain's grant table (the default: none, every command -ENOSYS).
+#[derive(Debug, Clone, Default)]
+pub struct GrantTable {
+    /// The first frame of the domain's grant area ([`GRANT_AREA_FRAMES`] frames); 0 for
+    /// a domain without one.
+    first: u64,
+    /// Entry format, 1 (Xen's initial) or 2; 0 for no table.
+    version: u32,
+    /// Grant frames shared with the guest.
+    nr_frames: u32,
+    /// Status frames shared with the guest (version 2).
+    nr_status: u32,
+}
+
+impl GrantTable {
+    /// The table of a domain whose grant area starts at frame `first` and whose first
+    /// grant frame is already shared with it (the domain builder does that, as Xen
+    /// allocates one frame at domain creation).
+    pub fn new(first: u64) -> GrantTable {
+        GrantTable {
+            first,
+            version: u32::from(first != 0),
+            nr_frames: u32::from(first != 0),
+            nr_status: 0,
+        }
+    }
+
+    /// Grant frame `i`.
+    fn frame(&self, i: u32) -> Mfn {
+        Mfn(self.first + u64::from(i))
+    }
+
+    /// Status frame `i`.
+    fn status_frame(&self, i: u32) -> Mfn {
+        Mfn(self.first + u64::from(MAX_GRANT_FRAMES + i))
+    }
+
+    /// `grant_table_op(cmd, uop, count)` for `caller`; returns RAX.
+    pub fn op<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        cmd: u64,
+        uop: u64,
+        count: u64,
+    ) -> i64 {
+        if self.first == 0 {
+            return Errno::ENOSYS.neg();
+        }
+        if (count as i32) < 0 {
+            return Errno::EINVAL.neg();
+        }
+        let r = match cmd as u32 {
+            GNTTABOP_setup_table => self.setup_table(m, caller, uop, count),
+            GNTTABOP_query_size => self.query_size(m, caller, uop, count),
+            GNTTABOP_set_version => self.set_version(m, caller, uop),
+            GNTTABOP_get_status_frames => self.get_status_frames(m, caller, uop, count),
+            GNTTABOP_get_version => self.get_version(m, caller, uop),
+            _ => Err(Errno::ENOSYS),
+        };
+        r.map_or_else(Errno::neg, |()| 0)
+    }
+
+    /// The `GNTST_*` for naming domain `dom`: only the caller's own table is served
+    /// (another existing domain: no permission, as Xen's XSM policy for a domU).
+    fn domain_status<F: TlbFlush>(m: &Mach<F>, caller: Caller, dom: u16) -> i16 {
+        if dom == DOMID_SELF || dom == caller.dom {
+            GNTST_okay
+        } else if m.domain(dom).is_some() {
+            GNTST_permission_denied
+        } else {
+            GNTST_bad_domain
+        }
+    }
+
+    /// Writes the frame numbers of `frames` to the guest array at `list`: the status
+    /// to report (`GNTST_bad_virt_addr` at the first that cannot be written).
+    fn write_frames<F: TlbFlush>(
+        m: &mut Mach<F>,
+        caller: Caller,
+        list: u64,
+        frames: impl Iterator<Item = Mfn>,
+    ) -> i16 {
+        let mut view = m.kernel_view(caller);
+        for (i, f) in frames.enumerate() {
+            let at = list.wrapping_add(i as u64 * 8);
+            if view.write(at, &f.0.to_le_bytes()).is_err() {
+                return GNTST_bad_virt_addr;
+            }
+        }
+        GNTST_okay
+    }
+
+    /// Writes `status` at `at` (the `status` field of the guest's argument).
+    fn write_status<F: TlbFlush>(
+        m: &mut Mach<F>,
+        caller: Caller,
+        at: u64,
+        status: i16,
+    ) -> Result<(), Errno> {
+        m.kernel_view(caller)
+            .write(at, &status.to_le_bytes())
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    /// Shares grant frames up to `n` and, in version 2, the status frames they need
+    /// (Xen's `gnttab_grow_table`). `false` if a frame cannot be shared.
+    fn grow<F: TlbFlush>(&mut self, m: &mut Mach<F>, dom: u16, n: u32) -> bool {
+        let frames: Vec<Mfn> = (self.nr_frames..n).map(|i| self.frame(i)).collect();
+        if m.share_frames(dom, frames.iter().copied(), true).is_err() {
+            return false;
+        }
+        for f in &frames {
+            zero(m, *f);
+        }
+        self.nr_frames = self.nr_frames.max(n);
+        if self.version == 2 {
+            return self.populate_status(m, dom);
+        }
+        true
+    }
+
+    /// Shares the status frames the grant frames need (Xen's
+    /// `gnttab_populate_status_frames`).
+    fn populate_status<F: TlbFlush>(&mut self, m: &mut Mach<F>, dom: u16) -> bool {
+        let want = status_frames(self.nr_frames);
+        let frames: Vec<Mfn> = (self.nr_status..want)
+            .map(|i| self.status_frame(i))
+            .collect();
+        if m.share_frames(dom, frames.iter().copied(), true).is_err() {
+            return false;
+        }
+        for f in &frames {
+            zero(m, *f);
+        }
+        self.nr_status = self.nr_status.max(want);
+        true
+    }
+
+    fn setup_table<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+        count: u64,
+    ) -> Result<(), Errno> {
+        if count != 1 {
+            return Err(Errno::EINVAL);
+        }
+        let mut b = [0u8; GnttabSetupTable::SIZE];
+        m.kernel_view(caller)
+            .read(uop, &mut b)
+            .map_err(|_| Errno::EFAULT)?;
+        let op = GnttabSetupTable::from_bytes(&b);
+        if !pvmmu::guest_range_ok(op.frame_list, u64::from(op.nr_frames) * 8) {
+            return Err(Errno::EFAULT);
+        }
+        let mut status = Self::domain_status(m, caller, op.dom);
+        if status == GNTST_okay {
+            status = if op.nr_frames > MAX_GRANT_FRAMES {
+                GNTST_general_error
+            } else {
+                let grow = op.nr_frames > self.nr_frames
+                    || (self.version > 1 && status_frames(op.nr_frames) > self.nr_status);
+                if grow && !self.grow(m, caller.dom, op.nr_frames) {
+                    GNTST_general_error
+                } else {
+                    let frames = (0..op.nr_frames).map(|i| self.frame(i));
+                    Self::write_frames(m, caller, op.frame_list, frames)
+                }
+            };
+        }
+        Self::write_status(m, caller, uop + GnttabSetupTable::STATUS_OFFSET, status)
+    }
+
+    fn query_size<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+        count: u64,
+    ) -> Result<(), Errno> {
+        if count != 1 {
+            return Err(Errno::EINVAL);
+        }
+        let mut b = [0u8; GnttabQuerySize::SIZE];
+        m.kernel_view(caller)
+            .read(uop, &mut b)
+            .map_err(|_| Errno::EFAULT)?;
+        let mut op = GnttabQuerySize::from_bytes(&b);
+        op.status = Self::domain_status(m, caller, op.dom);
+        if op.status == GNTST_okay {
+            op.nr_frames = self.nr_frames;
+            op.max_nr_frames = MAX_GRANT_FRAMES;
+        }
+        m.kernel_view(caller)
+            .write(uop, &op.to_bytes())
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    fn get_status_frames<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+        count: u64,
+    ) -> Result<(), Errno> {
+        if count != 1 {
+            return Err(Errno::EINVAL);
+        }
+        let mut b = [0u8; GnttabGetStatusFrames::SIZE];
+        m.kernel_view(caller)
+            .read(uop, &mut b)
+            .map_err(|_| Errno::EFAULT)?;
+        let op = GnttabGetStatusFrames::from_bytes(&b);
+        if !pvmmu::guest_range_ok(op.frame_list, u64::from(op.nr_frames) * 8) {
+            return Err(Errno::EFAULT);
+        }
+        let mut status = Self::domain_status(m, caller, op.dom);
+        if status == GNTST_okay {
+            status = if op.nr_frames > self.nr_status {
+                GNTST_general_error
+            } else {
+                let frames = (0..op.nr_frames).map(|i| self.status_frame(i));
+                Self::write_frames(m, caller, op.frame_list, frames)
+            };
+        }
+        Self::write_status(
+            m,
+            caller,
+            uop + GnttabGetStatusFrames::STATUS_OFFSET,
+            status,
+        )
+    }
+
+    fn get_version<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+    ) -> Result<(), Errno> {
+        let mut b = [0u8; GnttabGetVersion::SIZE];
+        m.kernel_view(caller)
+            .read(uop, &mut b)
+            .map_err(|_| Errno::EFAULT)?;
+        let dom = u16::from_le_bytes([b[0], b[1]]);
+        match Self::domain_status(m, caller, dom) {
+            GNTST_okay => {}
+            GNTST_bad_domain => return Err(Errno::ESRCH),
+            _ => return Err(Errno::EPERM),
+        }
+        m.kernel_view(caller)
+            .write(uop + 4, &self.version.to_le_bytes())
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    /// Xen's `gnttab_set_version`: the result, with the version in force written back
+    /// whatever it is.
+    fn set_version<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+    ) -> Result<(), Errno> {
+        let want = m
+            .kernel_view(caller)
+            .read_u32(uop)
+            .map_err(|_| Errno::EFAULT)?;
+        let r = self.switch_version(m, caller.dom, want);
+        m.kernel_view(caller)
+            .write(uop, &self.version.to_le_bytes())
+            .map_err(|_| Errno::EFAULT)?;
+        r
+    }
+
+    fn switch_version<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        dom: u16,
+        want: u32,
+    ) -> Result<(), Errno> {
+        if want != 1 && want != 2 {
+            return Err(Errno::EINVAL);
+        }
+        if self.version == want {
+            return Ok(());
+        }
+        // No grant is ever in use (mapping grants is not offered), so nothing pins the
+        // table. Xen's steps in order: status frames for v2, the toolstack's reserved
+        // entries kept, status frames given back for v1, the frames cleared.
+        let mut reserved = [(0u16, 0u16, 0u64); GNTTAB_NR_RESERVED_ENTRIES];
+        match self.version {
+            1 => {
+                if !self.populate_status(m, dom) {
+                    return Err(Errno::ENOMEM);
+                }
+                for (i, r) in reserved.iter_mut().enumerate() {
+                    let e: u64 = read(m, self.frame(0), i * 8);
+                    *r = (e as u16, (e >> 16) as u16, e >> 32);
+                }
+            }
+            2 => {
+                for i in 0..GNTTAB_NR_RESERVED_ENTRIES {
+                    let hdr: u64 = read(m, self.frame(0), i * 16);
+                    let frame: u64 = read(m, self.frame(0), i * 16 + 8);
+                    match hdr as u16 & GTF_TYPE_MASK {
+                        GTF_PERMIT_ACCESS if frame >> 32 != 0 => return Err(Errno::ERANGE),
+                        GTF_TRANSITIVE => return Err(Errno::ERANGE),
+                        _ => {}
+                    }
+                }
+                for (i, r) in reserved.iter_mut().enumerate() {
+                    let hdr: u64 = read(m, self.frame(0), i * 16);
+                    let frame: u64 = read(m, self.frame(0), i * 16 + 8);
+                    let status: u16 = read(m, self.status_frame(0), i * 2);
+                    if hdr as u16 & GTF_TYPE_MASK == GTF_PERMIT_ACCESS {
+                        *r = (hdr as u16 | status, (hdr >> 16) as u16, frame);
+                    }
+                }
+                // Give the status frames back: refused while the guest still maps one.
+                for i in 0..self.nr_status {
+                    if !matches!(m.unshare_frame(dom, self.status_frame(i)), Ok(true)) {
+                        // Those before it are shared again, as Xen does.
+                        let back: Vec<Mfn> = (0..i).map(|k| self.status_frame(k)).collect();
+                        let _ = m.share_frames(dom, back, true);
+                        return Err(Errno::EBUSY);
+                    }
+                }
+                self.nr_status = 0;
+            }
+            _ => {}
+        }
+        for i in 0..self.nr_frames {
+            zero(m, self.frame(i));
+        }
+        {
+            let at = |i: usize, off: usize| GuestAddress(self.frame(0).addr() + (i * off) as u64);
+            for (i, &(flags, domid, frame)) in reserved.iter().enumerate() {
+                let mem = m.memory();
+                if want == 1 {
+                    let e = u64::from(flags) | u64::from(domid) << 16 | (frame & 0xffff_ffff) << 32;
+                    let _ = mem.write_obj(e, at(i, 8));
+                } else {
+                    let hdr = u64::from(flags & !GTF_IN_USE) | u64::from(domid) << 16;
+                    let _ = mem.write_obj(hdr, at(i, 16));
+                    let _ = mem.write_obj(frame, GuestAddress(at(i, 16).0 + 8));
+                    let s = GuestAddress(self.status_frame(0).addr() + i as u64 * 2);
+                    let _ = mem.write_obj(flags & GTF_IN_USE, s);
+                }
+            }
+        }
+        self.version = want;
+        Ok(())
+    }
+}
+
+/// Reads the `T` at byte `off` of frame `f` (0 if it cannot be read).
+fn read<F: TlbFlush, T: vm_memory::ByteValued + Default>(m: &Mach<F>, f: Mfn, off: usize) -> T {
+    m.memory()
+        .read_obj(GuestAddress(f.addr() + off as u64))
+        .unwrap_or_default()
+}
+
+/// Clears frame `f`.
+fn zero<F: TlbFlush>(m: &Mach<F>, f: Mfn) {
+    let _ = m.memory().write_slice(&[0u8; 4096], GuestAddress(f.addr()));
+}
