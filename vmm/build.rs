@@ -32,6 +32,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         "Fault",
         true,
     ),
+    (
+        "bad_bounce",
+        "a #PF handler that is not mapped: bounce frames pile up until one cannot be written; the VMM crashes the domain, as Xen",
+        "Crash",
+        true,
+    ),
     ("spin", "spins forever (stop it with SIGINT)", "Runs", true),
     (
         "hog",

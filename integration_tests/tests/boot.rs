@@ -55,6 +55,14 @@ fn every_builtin_guest_passes_through_the_library_api() {
                     report.exit
                 )
             }
+            Expect::Crash => {
+                assert!(
+                    matches!(report.exit, GuestExit::Crash(_)),
+                    "guest {}: {:?}",
+                    g.name,
+                    report.exit
+                )
+            }
             Expect::Runs => unreachable!(),
         }
         assert_eq!(

@@ -22,6 +22,8 @@ pub enum Expect {
     Success,
     /// The VMM reports a guest fault (exit code 3).
     Fault,
+    /// The VMM crashes the domain, as Xen would (exit code 2).
+    Crash,
     /// Runs until stopped.
     Runs,
 }
