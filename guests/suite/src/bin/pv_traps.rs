@@ -35,9 +35,11 @@ pvt_syscall:
     mov {kernel_rsp}(%rip), %rsp
     jmp *{kernel_rip}(%rip)
 
-    # User mode: make a system call.
+    # User mode: a load from an unmapped address (a user-mode #PF, whose handler
+    # skips the 10-byte instruction and returns to user mode), then a system call.
     .globl pvt_user
 pvt_user:
+    movabs 0x500000000, %rax
     syscall
     ud2
     "#,
@@ -274,6 +276,8 @@ pub fn guest_main(si: &'static StartInfo) {
     };
     c.eq("register the syscall callback", rc, 0);
     let user_sp = USER_STACK.as_ptr() as u64 + 8 * 500;
+    let faults = traps::COUNT.load(Ordering::SeqCst);
+    traps::SKIP.store(10, Ordering::SeqCst);
     // SAFETY: the round trip returns to label 3 with this stack; every register the
     // asm does not list is preserved by the hypervisor and the callback, and the
     // callee-saved ones are saved around it.
@@ -311,7 +315,32 @@ pub fn guest_main(si: &'static StartInfo) {
     c.eq(
         "user syscall's RCX is after it",
         ret as i64,
-        pvt_user as *const () as i64 + 2,
+        pvt_user as *const () as i64 + 12,
+    );
+    c.eq(
+        "one user-mode #PF",
+        (traps::COUNT.load(Ordering::SeqCst) - faults) as i64,
+        1,
+    );
+    c.eq(
+        "user #PF vector",
+        traps::VEC.load(Ordering::SeqCst) as i64,
+        14,
+    );
+    c.eq(
+        "user #PF error code: user, read, not present",
+        traps::ERR.load(Ordering::SeqCst) as i64,
+        4,
+    );
+    c.eq(
+        "user #PF saved CS keeps RPL 3",
+        traps::CS.load(Ordering::SeqCst) as i64 & 0xffff,
+        0xe033,
+    );
+    c.eq(
+        "user #PF RIP",
+        traps::RIP.load(Ordering::SeqCst) as i64,
+        pvt_user as *const () as i64,
     );
     c.finish();
 }
