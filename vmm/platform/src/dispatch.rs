@@ -437,6 +437,24 @@ fn memory_op<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
 /// What a domU is told instead of restricted build details (Xen's `xen_deny()`).
 const DENIED: &[u8] = b"<denied>";
 
+/// The `XENVER_get_features` submap 0 for a 64-bit PV domU, as Xen builds it: PTE
+/// updates preserving A/D, the highmem assist, grant mappings carrying the PTE's
+/// available bits, directly mapped memory, PAE page directories anywhere, and the
+/// device-model MSI-X writes bit Xen sets for every x86 domain. (Xen also sets the
+/// vNUMA, runstate and vcpu-time physical-area bits, which pvmmu does not offer.)
+pub const PV_FEATURES: u32 = {
+    use pvmmu_abi::elfnote::{
+        XENFEAT_direct_mapped, XENFEAT_gnttab_map_avail_bits, XENFEAT_highmem_assist,
+        XENFEAT_mmu_pt_update_preserve_ad, XENFEAT_pae_pgdir_above_4gb,
+    };
+    (1 << XENFEAT_pae_pgdir_above_4gb)
+        | (1 << XENFEAT_mmu_pt_update_preserve_ad)
+        | (1 << XENFEAT_highmem_assist)
+        | (1 << XENFEAT_gnttab_map_avail_bits)
+        | (1 << XENFEAT_direct_mapped)
+        | (1 << 20) // XENFEAT_dm_msix_all_writes
+};
+
 /// `xen_version(cmd, arg)` as Xen answers an unprivileged domain under the default XSM
 /// policy: version, platform parameters and features for anyone; build strings in
 /// fixed, NUL-padded buffers; the command line `<denied>`; build ids refused.
@@ -469,18 +487,17 @@ fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         XENVER_changeset => put(&padded(b"pvmmu", XEN_CHANGESET_INFO_LEN)),
         XENVER_platform_parameters => put(&pvmmu_abi::layout::HYPERVISOR_VIRT_START.to_le_bytes()),
         XENVER_get_features => {
-            // struct { u32 submap_idx; u32 submap; }: bit 0 writable_page_tables,
-            // bit 5 mmu_pt_update_preserve_ad.
+            // struct { u32 submap_idx; u32 submap; }: submap 0 is Xen's for a PV domU
+            // (writable page tables are a VM assist for PV, not a feature); any other
+            // index is -EINVAL.
             let mut idx = [0u8; 4];
             if let Err(e) = view.read(a[1], &mut idx) {
                 return e.neg();
             }
-            let submap: u32 = if u32::from_le_bytes(idx) == 0 {
-                1 | (1 << 5)
-            } else {
-                0
-            };
-            rc(view.write(a[1] + 4, &submap.to_le_bytes()))
+            if u32::from_le_bytes(idx) != 0 {
+                return Errno::EINVAL.neg();
+            }
+            rc(view.write(a[1] + 4, &PV_FEATURES.to_le_bytes()))
         }
         XENVER_pagesize if a[1] != 0 => Errno::EINVAL.neg(),
         XENVER_pagesize => 4096,

@@ -4,8 +4,8 @@ use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_EXEC};
 use goblin::elf::program_header::{PT_LOAD, PT_NOTE};
 use pvmmu_abi::elfnote::{
-    XEN_ELFNOTE_ENTRY, XEN_ELFNOTE_FEATURES, XEN_ELFNOTE_HYPERCALL_PAGE, XEN_ELFNOTE_VIRT_BASE,
-    XEN_ELFNOTE_XEN_VERSION, feature_by_name,
+    XEN_ELFNOTE_ENTRY, XEN_ELFNOTE_FEATURES, XEN_ELFNOTE_HYPERCALL_PAGE, XEN_ELFNOTE_PADDR_OFFSET,
+    XEN_ELFNOTE_VIRT_BASE, XEN_ELFNOTE_XEN_VERSION, feature_by_name,
 };
 
 /// Errors in a guest image.
@@ -37,7 +37,8 @@ pub enum ElfError {
 /// One loadable segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
-    /// Virtual address.
+    /// Virtual address: its physical address placed as Xen's loader places it
+    /// (`p_paddr + VIRT_BASE - PADDR_OFFSET`).
     pub vaddr: u64,
     /// Offset of its bytes in the file.
     pub offset: usize,
@@ -92,44 +93,12 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
     if !elf.is_64 || elf.header.e_machine != EM_X86_64 || elf.header.e_type != ET_EXEC {
         return Err(ElfError::Kind);
     }
-    let mut segments = Vec::new();
-    for (i, ph) in elf.program_headers.iter().enumerate() {
-        if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
-            continue;
-        }
-        let offset = usize::try_from(ph.p_offset).map_err(|_| ElfError::Segment(i))?;
-        let filesz = usize::try_from(ph.p_filesz).map_err(|_| ElfError::Segment(i))?;
-        let in_file = offset.checked_add(filesz).is_some_and(|e| e <= bytes.len());
-        let fits = ph.p_vaddr.checked_add(ph.p_memsz).is_some() && ph.p_filesz <= ph.p_memsz;
-        if !in_file || !fits {
-            return Err(ElfError::Segment(i));
-        }
-        segments.push(Segment {
-            vaddr: ph.p_vaddr,
-            offset,
-            filesz,
-            memsz: ph.p_memsz,
-        });
-    }
-    if segments.is_empty() {
-        return Err(ElfError::Empty);
-    }
-    let mut image = GuestImage {
-        entry: elf.header.e_entry,
-        virt_base: 0,
-        hypercall_page: None,
-        v_start: segments.iter().map(|s| s.vaddr).min().unwrap_or(0) & !0xfff,
-        v_end: segments
-            .iter()
-            .map(|s| s.vaddr + s.memsz)
-            .max()
-            .unwrap_or(0)
-            .checked_add(0xfff)
-            .ok_or(ElfError::Segment(0))?
-            & !0xfff,
-        segments,
-        features: Vec::new(),
-    };
+    // The Xen notes first: where the segments go depends on VIRT_BASE and PADDR_OFFSET.
+    let mut entry = None;
+    let mut virt_base = 0;
+    let mut paddr_offset = 0;
+    let mut hypercall_page = None;
+    let mut features = Vec::new();
     let mut xen_notes = 0;
     let has_note_segment = elf.program_headers.iter().any(|p| p.p_type == PT_NOTE);
     let notes = if has_note_segment {
@@ -146,11 +115,10 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
         }
         xen_notes += 1;
         match note.n_type {
-            XEN_ELFNOTE_ENTRY => image.entry = note_u64(note.n_type, note.desc)?,
-            XEN_ELFNOTE_VIRT_BASE => image.virt_base = note_u64(note.n_type, note.desc)?,
-            XEN_ELFNOTE_HYPERCALL_PAGE => {
-                image.hypercall_page = Some(note_u64(note.n_type, note.desc)?)
-            }
+            XEN_ELFNOTE_ENTRY => entry = Some(note_u64(note.n_type, note.desc)?),
+            XEN_ELFNOTE_VIRT_BASE => virt_base = note_u64(note.n_type, note.desc)?,
+            XEN_ELFNOTE_PADDR_OFFSET => paddr_offset = note_u64(note.n_type, note.desc)?,
+            XEN_ELFNOTE_HYPERCALL_PAGE => hypercall_page = Some(note_u64(note.n_type, note.desc)?),
             XEN_ELFNOTE_XEN_VERSION => {
                 let v = note_str(note.desc);
                 if !v.starts_with("xen-3") {
@@ -168,7 +136,7 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
                     {
                         return Err(ElfError::Feature(name.to_string()));
                     }
-                    image.features.push((name.to_string(), required));
+                    features.push((name.to_string(), required));
                 }
             }
             _ => {}
@@ -177,6 +145,49 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
     if xen_notes == 0 {
         return Err(ElfError::NotPv);
     }
+    // Xen's libelf places every loadable segment by its physical address: at
+    // `p_paddr + VIRT_BASE - PADDR_OFFSET` (not at `p_vaddr`, which Linux's per-CPU
+    // segment leaves at 0).
+    let virt_offset = virt_base.wrapping_sub(paddr_offset);
+    let mut segments = Vec::new();
+    for (i, ph) in elf.program_headers.iter().enumerate() {
+        if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
+            continue;
+        }
+        let offset = usize::try_from(ph.p_offset).map_err(|_| ElfError::Segment(i))?;
+        let filesz = usize::try_from(ph.p_filesz).map_err(|_| ElfError::Segment(i))?;
+        let in_file = offset.checked_add(filesz).is_some_and(|e| e <= bytes.len());
+        let vaddr = ph.p_paddr.wrapping_add(virt_offset);
+        let fits = vaddr.checked_add(ph.p_memsz).is_some() && ph.p_filesz <= ph.p_memsz;
+        if !in_file || !fits {
+            return Err(ElfError::Segment(i));
+        }
+        segments.push(Segment {
+            vaddr,
+            offset,
+            filesz,
+            memsz: ph.p_memsz,
+        });
+    }
+    if segments.is_empty() {
+        return Err(ElfError::Empty);
+    }
+    let image = GuestImage {
+        entry: entry.unwrap_or(elf.header.e_entry),
+        virt_base,
+        hypercall_page,
+        v_start: segments.iter().map(|s| s.vaddr).min().unwrap_or(0) & !0xfff,
+        v_end: segments
+            .iter()
+            .map(|s| s.vaddr + s.memsz)
+            .max()
+            .unwrap_or(0)
+            .checked_add(0xfff)
+            .ok_or(ElfError::Segment(0))?
+            & !0xfff,
+        segments,
+        features,
+    };
     Ok(image)
 }
 
@@ -267,6 +278,17 @@ mod tests {
         let mut elfish = vec![0u8; 64];
         elfish[..4].copy_from_slice(b"\x7fELF");
         assert!(parse(&elfish).is_err());
+    }
+
+    #[test]
+    fn segments_are_placed_by_their_physical_address() {
+        // Linux's per-CPU segment has p_vaddr 0; Xen's loader goes by p_paddr.
+        let mut img = minimal_image(&[0xf4]);
+        let phoff = u64::from_le_bytes(img[0x20..0x28].try_into().unwrap()) as usize;
+        img[phoff + 16..phoff + 24].copy_from_slice(&0u64.to_le_bytes());
+        let parsed = parse(&img).unwrap();
+        assert_eq!(parsed.segments[0].vaddr, MINIMAL_IMAGE_BASE);
+        assert_eq!(parsed.v_start, MINIMAL_IMAGE_BASE);
     }
 
     #[test]
