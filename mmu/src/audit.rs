@@ -50,7 +50,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             for v in &d.vcpus {
                 let gdt = v.gdt_frames.iter().copied();
                 let ldt = v.ldt_mapped.iter().flatten().copied();
-                for r in [v.kernel_root, v.user_root]
+                for r in [v.kernel_root, v.user_root, v.vcpu_info_frame]
                     .into_iter()
                     .flatten()
                     .chain(gdt)
@@ -186,6 +186,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             v.gdt_ents = 0;
             roots.append(&mut v.gdt_frames);
             roots.extend(std::mem::take(&mut v.ldt_mapped).into_iter().flatten());
+            roots.extend(v.vcpu_info_frame.take());
         }
         for r in roots {
             core.put_page_and_type(mem, r);

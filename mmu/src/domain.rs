@@ -96,6 +96,9 @@ pub struct Vcpu {
     pub gdt_ents: u32,
     /// Whether the GDT changed since the embedder last asked.
     pub(crate) gdt_changed: bool,
+    /// The frame holding the vCPU's registered `vcpu_info` (see [`crate::area`]),
+    /// holding a general and a writable type reference.
+    pub vcpu_info_frame: Option<Mfn>,
 }
 
 /// A domain's PV MMU state.

@@ -82,6 +82,7 @@
 //! # Ok::<(), pvmmu::WalkError>(())
 //! ```
 
+pub mod area;
 pub mod audit;
 pub mod batch;
 pub mod descriptor;

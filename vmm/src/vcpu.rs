@@ -172,6 +172,18 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The guest's TSC now (its IA32_TSC) and the TSC's frequency in kHz.
+    pub fn tsc(&self) -> Result<(u64, u32), kvm_ioctls::Error> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: msr::TSC,
+            ..Default::default()
+        }])
+        .map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+        self.fd.get_msrs(&mut msrs)?;
+        let tsc = msrs.as_slice().first().map_or(0, |e| e.data);
+        Ok((tsc, self.fd.get_tsc_khz()?))
+    }
+
     /// One MSR-list entry for the shadow GS base.
     fn shadow_gs_msr(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
         Msrs::from_entries(&[kvm_msr_entry {

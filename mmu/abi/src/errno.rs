@@ -17,6 +17,8 @@ abi_enum! {
         EINTR = 4 => "EINTR",
         /// I/O error.
         EIO = 5 => "EIO",
+        /// No such device or address.
+        ENXIO = 6 => "ENXIO",
         /// Argument list too long.
         E2BIG = 7 => "E2BIG",
         /// Try again.
@@ -121,7 +123,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        assert_eq!(Errno::ALL.len(), 23);
+        assert_eq!(Errno::ALL.len(), 24);
         for &e in Errno::ALL {
             assert_eq!(Errno::try_from(e.neg()), Ok(e));
             assert_eq!(Errno::from_ret(e.ret()), Some(e));
@@ -137,18 +139,7 @@ mod tests {
 
     #[test]
     fn rejections() {
-        for bad in [
-            0i64,
-            1,
-            22,
-            -6,
-            -8,
-            -96,
-            -1000,
-            i64::MIN,
-            i64::MAX,
-            -(1 << 40),
-        ] {
+        for bad in [0i64, 1, 22, -8, -96, -1000, i64::MIN, i64::MAX, -(1 << 40)] {
             assert_eq!(Errno::try_from(bad), Err(NotAnErrno(bad)));
         }
         assert_eq!(Errno::from_ret(0), None);

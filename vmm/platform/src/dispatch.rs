@@ -19,7 +19,7 @@ use pvmmu_abi::hypercall::{
     HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_grant_table_op, HYPERVISOR_iret,
     HYPERVISOR_memory_op, HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks,
     HYPERVISOR_set_debugreg, HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table,
-    HYPERVISOR_stack_switch, HYPERVISOR_xen_version,
+    HYPERVISOR_stack_switch, HYPERVISOR_vcpu_op, HYPERVISOR_xen_version,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -223,6 +223,10 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
                 }
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
+            HYPERVISOR_vcpu_op => self
+                .pv
+                .vcpu_op(m, a[0], a[1], a[2])
+                .unwrap_or(Errno::ENOSYS.neg()),
             HYPERVISOR_grant_table_op => self.dom.grant.op(m, caller, a[0], a[1], a[2]),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
             HYPERVISOR_memory_op => memory_op(m, caller, a),

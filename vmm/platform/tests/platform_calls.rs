@@ -83,3 +83,92 @@ fn the_feature_submap_is_xens_for_a_pv_domu() {
     );
     let _ = HYPERVISOR_vcpu_op;
 }
+
+/// `vcpu_op(cmd, vcpu, arg)`.
+fn vcpu_op(w: &mut World, cmd: u64, vcpu: u64, arg: u64) -> i64 {
+    w.call(HYPERVISOR_vcpu_op, [cmd, vcpu, arg, 0, 0])
+}
+
+#[test]
+fn the_runstate_area_is_written_where_the_guest_registers_it() {
+    let mut w = world();
+    let area = ARG + 0x100;
+    w.poke(area, &[0xffu8; 48]);
+    w.poke(ARG, &area.to_le_bytes());
+    assert_eq!(vcpu_op(&mut w, 5, 0, ARG), 0);
+    let info = w.peek::<48>(area);
+    assert_eq!(
+        u32::from_le_bytes(info[..4].try_into().unwrap()),
+        0,
+        "running"
+    );
+    let times: Vec<u64> = (0..4)
+        .map(|i| u64::from_le_bytes(info[16 + i * 8..24 + i * 8].try_into().unwrap()))
+        .collect();
+    assert_eq!(times[1..], [0, 0, 0], "never runnable, blocked or offline");
+    // get_runstate_info copies the same structure out.
+    assert_eq!(vcpu_op(&mut w, 4, 0, ARG + 0x200), 0);
+    assert_eq!(w.peek::<4>(ARG + 0x200), [0; 4]);
+    // An area in the hypervisor's range; a vCPU the domain does not have.
+    w.poke(ARG, &0xffff_8000_0000_0000u64.to_le_bytes());
+    assert_eq!(vcpu_op(&mut w, 5, 0, ARG), Errno::EFAULT.neg());
+    assert_eq!(vcpu_op(&mut w, 5, 7, ARG), Errno::ENOENT.neg());
+    assert_eq!(vcpu_op(&mut w, 3, 0, 0), 1, "vCPU 0 is up");
+    // Commands not offered yet: Xen's answer to an unknown one.
+    assert_eq!(vcpu_op(&mut w, 6, 0, ARG), Errno::ENOSYS.neg());
+}
+
+#[test]
+fn vcpu_info_moves_into_a_guest_frame_once() {
+    let mut w = world();
+    let frame = 0x160u64; // a data page of the boot mapping (pfn == mfn)
+    let register = |w: &mut World, mfn: u64, offset: u32| {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&mfn.to_le_bytes());
+        b[8..12].copy_from_slice(&offset.to_le_bytes());
+        w.poke(ARG, &b);
+        vcpu_op(w, 10, 0, ARG)
+    };
+    assert_eq!(
+        register(&mut w, frame, 4096 - 56),
+        Errno::ENXIO.neg(),
+        "no room"
+    );
+    assert_eq!(register(&mut w, frame, 4), Errno::ENXIO.neg(), "misaligned");
+    let l4 = w.d.boot.l4.0;
+    assert_eq!(register(&mut w, l4, 0), Errno::EINVAL.neg(), "a page table");
+    assert_eq!(
+        register(&mut w, 0x7fff_ffff, 0),
+        Errno::EINVAL.neg(),
+        "no such frame"
+    );
+    // The old vcpu_info's time version, to see it copied.
+    let old_time: [u8; 8] = vm_memory::Bytes::read_obj(
+        w.d.machine.memory(),
+        vm_memory::GuestAddress(w.d.boot.shared_info + 32),
+    )
+    .unwrap();
+    let before = *w.d.machine.frames().get(pvmmu::Mfn(frame)).unwrap();
+    assert_eq!(register(&mut w, frame, 64), 0);
+    let new = frame * 4096 + 64;
+    let info = w.peek::<64>(new);
+    assert_eq!(info[0], 1, "upcall pending");
+    assert_eq!(&info[8..16], &[0xff; 8], "every selector bit pending");
+    assert_eq!(&info[32..40], &old_time, "contents moved");
+    let p = *w.d.machine.frames().get(pvmmu::Mfn(frame)).unwrap();
+    assert_eq!(p.ty, pvmmu::PageType::Writable);
+    assert_eq!(
+        (p.count, p.type_count),
+        (before.count + 1, before.type_count + 1),
+        "a general and a writable type reference held"
+    );
+    assert_eq!(
+        register(&mut w, frame + 1, 0),
+        Errno::EINVAL.neg(),
+        "only once"
+    );
+    w.d.machine.audit().unwrap();
+    let mut d = w.d;
+    d.machine.destroy_domain(platform::DOMID).unwrap();
+    assert_eq!(d.machine.frames().get(pvmmu::Mfn(frame)).unwrap().count, 0);
+}

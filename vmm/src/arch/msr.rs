@@ -8,6 +8,8 @@ pub const PAT: u32 = 0x277;
 pub const PERF_CAPABILITIES: u32 = 0x345;
 /// IA32_EFER.
 pub const EFER: u32 = 0xc000_0080;
+/// IA32_TSC: the time-stamp counter.
+pub const TSC: u32 = 0x10;
 /// STAR: the selectors `syscall` and `sysret` load.
 pub const STAR: u32 = 0xc000_0081;
 /// LSTAR: where a 64-bit `syscall` enters.

@@ -299,6 +299,14 @@ impl Vm {
         let platform = DomainState::new(&domain.boot);
         let Domain { machine, hv, boot } = domain;
         let vcpu = Vcpu::new(&kvm, &vm, Caller::new(DOMID, 0), &boot)?;
+        // Time: the wallclock at system time 0, and vCPU 0's pvclock.
+        let mut pv = pv;
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        PvVcpu::set_wallclock(&machine, boot.shared_info, unix_ns);
+        let (tsc, tsc_khz) = vcpu.tsc()?;
+        pv.update_time(&machine, tsc, tsc_khz);
         let cpuid = CpuidPolicy::new(
             &crate::vcpu::host_cpuid(&kvm)?,
             pvmmu_abi::version::XEN_VERSION_VALUE,

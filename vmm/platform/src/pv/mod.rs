@@ -31,6 +31,8 @@ mod bounce;
 mod debug;
 pub mod segments;
 pub mod selector;
+pub mod time;
+mod vcpu_op;
 
 pub use debug::{DebugRegs, dr};
 
@@ -266,7 +268,11 @@ pub struct PvVcpu {
     /// `iret` with the architectural_iopl assist).
     pub iopl: u64,
     /// Guest-physical address of this vCPU's `vcpu_info`.
-    vcpu_info: u64,
+    pub(crate) vcpu_info: u64,
+    /// The registered runstate area (guest virtual), if any.
+    pub runstate_area: Option<u64>,
+    /// When the vCPU was created: system time 0.
+    epoch: std::time::Instant,
 }
 
 impl PvVcpu {
@@ -285,6 +291,8 @@ impl PvVcpu {
             cr0_dirty: false,
             iopl: 0,
             vcpu_info,
+            runstate_area: None,
+            epoch: std::time::Instant::now(),
         }
     }
 

@@ -1,0 +1,62 @@
+//! Guest pages the hypervisor keeps mapped for a vCPU (Xen's `map_guest_area`): today the
+//! `vcpu_info` a guest moves into its own memory with `VCPUOP_register_vcpu_info`. The
+//! frame must be the guest's and take the writable type, so it can be neither a page
+//! table nor a descriptor page while the hypervisor writes into it; the references are
+//! held until the domain is torn down, and the audit counts them.
+
+use pvmmu_abi::Errno;
+use vm_memory::GuestMemory;
+
+use crate::batch::Caller;
+use crate::entry::Mfn;
+use crate::flush::TlbFlush;
+use crate::frame::PageType;
+use crate::machine::{Machine, MachineError};
+
+impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
+    /// Registers frame `mfn` as `caller`'s `vcpu_info` page (Xen's checks in
+    /// `map_vcpu_info`): -EINVAL if the vCPU already has one, if the frame is not the
+    /// caller's, or if it cannot take the writable type (a page table, a descriptor
+    /// page). On success it holds a general and a writable type reference.
+    ///
+    /// ```
+    /// use pvmmu::{Caller, DomainConfig, Errno, Machine, MachineConfig, Mfn};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
+    /// let me = Caller::new(d, 0);
+    /// assert_eq!(m.register_vcpu_info(me, Mfn(0x12))?, Ok(()));
+    /// assert_eq!(m.register_vcpu_info(me, Mfn(0x13))?, Err(Errno::EINVAL), "once");
+    /// assert_eq!(m.frames().get(Mfn(0x12)).unwrap().type_count, 1);
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn register_vcpu_info(
+        &mut self,
+        caller: Caller,
+        mfn: Mfn,
+    ) -> Result<Result<(), Errno>, MachineError> {
+        self.vcpu_check(caller.dom, caller.vcpu)?;
+        let Machine { mem, core, .. } = self;
+        if core
+            .vcpu(caller)
+            .is_some_and(|v| v.vcpu_info_frame.is_some())
+        {
+            return Ok(Err(Errno::EINVAL));
+        }
+        if core.frames.get(mfn).is_none() {
+            return Ok(Err(Errno::EINVAL));
+        }
+        if core
+            .get_page_and_type(mem, mfn, caller.dom, PageType::Writable)
+            .is_err()
+        {
+            return Ok(Err(Errno::EINVAL));
+        }
+        if let Some(v) = core.vcpu_mut(caller) {
+            v.vcpu_info_frame = Some(mfn);
+        }
+        Ok(Ok(()))
+    }
+}

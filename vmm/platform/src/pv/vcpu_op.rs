@@ -1,0 +1,127 @@
+//! `vcpu_op` (hypercall 24) for the calling vCPU's own state, as Xen serves a domU:
+//! the runstate area (`VCPUOP_register_runstate_memory_area`, `get_runstate_info`),
+//! `vcpu_info` moved into the guest's memory (`VCPUOP_register_vcpu_info`) and whether
+//! a vCPU is up. Timers, `vcpu_info` placement and bringing vCPUs up are the
+//! platform's and the SMP work's; until then their commands answer -ENOSYS, as Xen
+//! answers a command it does not know.
+
+use pvmmu::{Errno, TlbFlush};
+
+use super::{Mach, PvVcpu};
+
+/// `VCPUOP_is_up`.
+const VCPUOP_IS_UP: u32 = 3;
+/// `VCPUOP_get_runstate_info`.
+const VCPUOP_GET_RUNSTATE_INFO: u32 = 4;
+/// `VCPUOP_register_runstate_memory_area`.
+const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u32 = 5;
+/// `VCPUOP_register_vcpu_info`.
+const VCPUOP_REGISTER_VCPU_INFO: u32 = 10;
+
+/// `struct vcpu_runstate_info`: state, the time it was entered, and the time spent in
+/// each of the four states (running, runnable, blocked, offline), in ns of system time.
+pub const RUNSTATE_INFO_SIZE: usize = 48;
+
+impl PvVcpu {
+    /// Nanoseconds of system time (since the vCPU was created, which is the domain's
+    /// start).
+    pub fn system_time_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// This vCPU's `struct vcpu_runstate_info` now: running since it was created (it
+    /// is never descheduled in Xen's sense: each vCPU has its own host thread).
+    pub fn runstate_info(&self) -> [u8; RUNSTATE_INFO_SIZE] {
+        let now = self.system_time_ns();
+        let mut b = [0u8; RUNSTATE_INFO_SIZE];
+        // state 0 = RUNSTATE_running, entered at time 0; time[running] = now.
+        b[16..24].copy_from_slice(&now.to_le_bytes());
+        b
+    }
+
+    /// Writes the runstate to the registered area, if any (Xen's
+    /// `update_runstate_area`); a failed write is ignored, as Xen ignores it.
+    pub fn update_runstate_area<F: TlbFlush>(&self, m: &Mach<F>) {
+        if let Some(va) = self.runstate_area {
+            let _ = m.kernel_view(self.caller).write(va, &self.runstate_info());
+        }
+    }
+
+    /// `vcpu_op(cmd, vcpuid, arg)` for the commands served here; `None` for the others
+    /// (the caller answers them). A `vcpuid` that names no vCPU of the domain is
+    /// -ENOENT, before the command is looked at (Xen's `domain_vcpu` check).
+    pub fn vcpu_op<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        cmd: u64,
+        vcpuid: u64,
+        arg: u64,
+    ) -> Option<i64> {
+        let nr_vcpus = m
+            .domain(self.caller.dom)
+            .map_or(0, |d| d.vcpus().len() as u64);
+        if vcpuid as u32 as u64 >= nr_vcpus {
+            return Some(Errno::ENOENT.neg());
+        }
+        let own = vcpuid as u32 == self.caller.vcpu;
+        Some(match cmd as u32 {
+            // Other vCPUs are not brought up yet: only the caller is up.
+            VCPUOP_IS_UP => i64::from(own),
+            VCPUOP_GET_RUNSTATE_INFO if own => {
+                let r = m.kernel_view(self.caller).write(arg, &self.runstate_info());
+                r.map_or_else(|e| e.neg(), |()| 0)
+            }
+            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA if own => {
+                let mut b = [0u8; 8];
+                if m.kernel_view(self.caller).read(arg, &mut b).is_err() {
+                    return Some(Errno::EFAULT.neg());
+                }
+                let va = u64::from_le_bytes(b);
+                if !pvmmu::guest_range_ok(va, RUNSTATE_INFO_SIZE as u64) {
+                    return Some(Errno::EFAULT.neg());
+                }
+                self.runstate_area = Some(va);
+                self.update_runstate_area(m);
+                0
+            }
+            VCPUOP_REGISTER_VCPU_INFO if own => self.register_vcpu_info(m, arg),
+            _ => return None,
+        })
+    }
+
+    /// `VCPUOP_register_vcpu_info` (Xen's `map_vcpu_info`): `vcpu_info` moves to byte
+    /// `offset` of frame `mfn` (`struct vcpu_register_vcpu_info { mfn, offset, rsvd }`).
+    /// The offset must leave room for the 64 bytes and be 8-aligned (else -ENXIO); the
+    /// frame must be the guest's and writable (-EINVAL, as a second registration is).
+    /// The contents move with it, and every event is marked pending, as Xen does.
+    fn register_vcpu_info<F: TlbFlush>(&mut self, m: &mut Mach<F>, arg: u64) -> i64 {
+        use pvmmu_abi::shared_info::{
+            VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING_OFFSET,
+        };
+        use vm_memory::{Bytes, GuestAddress};
+        let mut b = [0u8; 16];
+        if m.kernel_view(self.caller).read(arg, &mut b).is_err() {
+            return Errno::EFAULT.neg();
+        }
+        let mfn = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let offset = u64::from(u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()));
+        if offset > 4096 - VCPU_INFO_SIZE as u64 || offset % 8 != 0 {
+            return Errno::ENXIO.neg();
+        }
+        match m.register_vcpu_info(self.caller, pvmmu::Mfn(mfn)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return e.neg(),
+            Err(_) => return Errno::EINVAL.neg(),
+        }
+        let new = mfn * 4096 + offset;
+        let mut info = [0u8; VCPU_INFO_SIZE];
+        let mem = m.memory();
+        let _ = mem.read_slice(&mut info, GuestAddress(self.vcpu_info));
+        info[VCPU_INFO_PENDING_SEL_OFFSET..VCPU_INFO_PENDING_SEL_OFFSET + 8]
+            .copy_from_slice(&u64::MAX.to_le_bytes());
+        info[VCPU_INFO_UPCALL_PENDING_OFFSET] = 1;
+        let _ = mem.write_slice(&info, GuestAddress(new));
+        self.vcpu_info = new;
+        0
+    }
+}
