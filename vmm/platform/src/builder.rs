@@ -180,6 +180,13 @@ pub fn build<F: TlbFlush>(
     for p in (p2m..next).chain([shared_info]) {
         mem.write_slice(&zero, GuestAddress(p * PAGE))?;
     }
+    // Every vCPU starts with its upcalls masked, as Xen's domain builder leaves them.
+    for v in 0..pvmmu_abi::shared_info::XEN_LEGACY_MAX_VCPUS as u64 {
+        let at = shared_info * PAGE
+            + v * pvmmu_abi::shared_info::VCPU_INFO_SIZE as u64
+            + pvmmu_abi::shared_info::VCPU_INFO_UPCALL_MASK_OFFSET as u64;
+        mem.write_obj(1u8, GuestAddress(at))?;
+    }
     // p2m list: pfn -> mfn (identity).
     let list: Vec<u8> = (0..frames).flat_map(|p| p.to_le_bytes()).collect();
     mem.write_slice(&list, GuestAddress(p2m * PAGE))?;

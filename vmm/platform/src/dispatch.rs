@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use log::debug;
 use pvmmu::{Caller, Errno, HypercallHandler, MachineError, Roots, TlbFlush};
 use pvmmu_abi::console::{CONSOLEIO_read, CONSOLEIO_write};
-use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control, EVTCHNOP_send};
+use pvmmu_abi::evtchn::{EVTCHNOP_expand_array, EVTCHNOP_init_control};
 use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op,
     HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_grant_table_op, HYPERVISOR_iret,
@@ -28,6 +28,7 @@ use pvmmu_abi::version::{
 
 pub use crate::console::{Console, NullConsole};
 use crate::domain::Mach;
+use crate::evtchn::{EventChannels, PortState};
 use crate::grant::GrantTable;
 use crate::pv::{Crash, GuestContext, PvVcpu, Transfer, segments};
 use crate::ring::ConsoleRing;
@@ -92,8 +93,9 @@ pub struct DomainState {
     pub stats: HypercallStats,
     /// The PV console ring, if the domain has one.
     pub ring: Option<ConsoleRing>,
-    /// Event channels bound at build time (notifications on them are accepted).
-    pub bound_ports: Vec<u32>,
+    /// The event channels (the console's and the store's bound to the VMM's backends
+    /// at build time).
+    pub evtchn: EventChannels,
     /// The grant table.
     pub grant: GrantTable,
 }
@@ -106,7 +108,23 @@ impl DomainState {
         DomainState {
             stats: HypercallStats::default(),
             ring: Some(ConsoleRing::new(boot.console_ring, CONSOLE_EVTCHN)),
-            bound_ports: vec![CONSOLE_EVTCHN, STORE_EVTCHN],
+            evtchn: {
+                // The toolstack's ports: the console's, bound by the VMM's console
+                // backend (in domain 0's place); the store's, unbound, as no xenstore
+                // serves it yet (as a dom0less domain's before xenstored starts).
+                let mut e = EventChannels::new(boot.shared_info, vec![boot.shared_info]);
+                let console = PortState::Interdomain {
+                    remote: 0,
+                    remote_port: CONSOLE_EVTCHN,
+                };
+                let _ = e.allocate(console, 0);
+                let _ = e.allocate(PortState::Unbound { remote: 0 }, 0);
+                debug_assert_eq!(
+                    e.port(STORE_EVTCHN).map(|p| p.state),
+                    Some(PortState::Unbound { remote: 0 })
+                );
+                e
+            },
             grant: GrantTable::new(boot.grant_first),
         }
     }
@@ -223,10 +241,17 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
                 }
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
-            HYPERVISOR_vcpu_op => self
-                .pv
-                .vcpu_op(m, a[0], a[1], a[2])
-                .unwrap_or(Errno::ENOSYS.neg()),
+            HYPERVISOR_vcpu_op => {
+                let rc = self
+                    .pv
+                    .vcpu_op(m, a[0], a[1], a[2])
+                    .unwrap_or(Errno::ENOSYS.neg());
+                // Events find the vCPU's vcpu_info where it is now.
+                if let Some(slot) = self.dom.evtchn.vcpu_info.get_mut(caller.vcpu as usize) {
+                    *slot = self.pv.vcpu_info;
+                }
+                rc
+            }
             HYPERVISOR_grant_table_op => self.dom.grant.op(m, caller, a[0], a[1], a[2]),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
             HYPERVISOR_memory_op => memory_op(m, caller, a),
@@ -290,24 +315,21 @@ impl Platform<'_> {
         }
     }
 
-    fn event_channel_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
-        match a[0] as u32 {
-            EVTCHNOP_send => {
-                let port = match m.kernel_view(caller).read_u32(a[1]) {
-                    Ok(port) => port,
-                    Err(e) => return e.neg(),
-                };
-                if self.dom.ring.is_some_and(|r| r.port == port) {
-                    self.drain_ring(m);
-                }
-                // Bound ports take the notification (nobody listens on the store's yet);
-                // any other port is not a valid channel.
-                if self.dom.bound_ports.contains(&port) {
-                    0
-                } else {
-                    Errno::EINVAL.neg()
-                }
+    fn event_channel_op<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        a: [u64; 5],
+    ) -> i64 {
+        if let Some((rc, effects)) = self.dom.evtchn.op(m, caller, a[0] as u32, a[1]) {
+            if let Some(port) = effects.backend_notified
+                && self.dom.ring.is_some_and(|r| r.port == port)
+            {
+                self.drain_ring(m);
             }
+            return rc;
+        }
+        match a[0] as u32 {
             EVTCHNOP_init_control => self.fifo_init_control(m, caller, a[1]),
             // No FIFO control block was accepted, so there is no array to expand.
             EVTCHNOP_expand_array => Errno::EOPNOTSUPP.neg(),

@@ -32,6 +32,7 @@ pub mod cpuid;
 pub mod dispatch;
 pub mod domain;
 pub mod elf;
+pub mod evtchn;
 pub mod grant;
 pub mod hvarea;
 pub mod layout;

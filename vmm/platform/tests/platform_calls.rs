@@ -172,3 +172,108 @@ fn vcpu_info_moves_into_a_guest_frame_once() {
     d.machine.destroy_domain(platform::DOMID).unwrap();
     assert_eq!(d.machine.frames().get(pvmmu::Mfn(frame)).unwrap().count, 0);
 }
+
+/// `event_channel_op(cmd, arg)` with `arg` bytes written at [`ARG`] first.
+fn evtchn(w: &mut World, cmd: u64, arg: &[u8]) -> i64 {
+    w.poke(ARG, arg);
+    w.call(
+        pvmmu_abi::hypercall::HYPERVISOR_event_channel_op,
+        [cmd, ARG, 0, 0, 0],
+    )
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// (status, vcpu, u0, u1) of `port`.
+fn status(w: &mut World, port: u32) -> (i64, [u32; 4]) {
+    let mut arg = u32s(&[0x7ff0, port]);
+    arg.extend([0u8; 16]);
+    let rc = evtchn(w, 5, &arg);
+    let b = w.peek::<24>(ARG);
+    let f = |i: usize| u32::from_le_bytes(b[8 + i * 4..12 + i * 4].try_into().unwrap());
+    (rc, [f(0), f(1), f(2), f(3)])
+}
+
+/// The shared_info bit `port` of the pending (or mask) bitmap, and vCPU 0's selector
+/// word and upcall-pending byte.
+fn bits(w: &World, mask: bool, port: u32) -> (bool, u64, u8) {
+    let mem = w.d.machine.memory();
+    let si = w.d.boot.shared_info;
+    let base = if mask { 2560 } else { 2048 };
+    let word: u64 = vm_memory::Bytes::read_obj(
+        mem,
+        vm_memory::GuestAddress(si + base + u64::from(port / 64) * 8),
+    )
+    .unwrap();
+    let sel: u64 = vm_memory::Bytes::read_obj(mem, vm_memory::GuestAddress(si + 8)).unwrap();
+    let pending: u8 = vm_memory::Bytes::read_obj(mem, vm_memory::GuestAddress(si)).unwrap();
+    (word & (1 << (port % 64)) != 0, sel, pending)
+}
+
+#[test]
+fn event_channels_bind_notify_and_close_as_xen() {
+    let mut w = world();
+    // The console port (1) is bound to the VMM's console backend in domain 0's place;
+    // the store's (2) is unbound: no xenstore serves it.
+    assert_eq!(status(&mut w, 1), (0, [2, 0, 0, 1]));
+    assert_eq!(status(&mut w, 2), (0, [1, 0, 0, 0]));
+    assert_eq!(status(&mut w, 0).1[0], 0, "port 0 is reserved: closed");
+    // alloc_unbound takes the lowest free port.
+    assert_eq!(evtchn(&mut w, 6, &u32s(&[0x7ff0_7ff0, 0])), 0);
+    let unbound = u32::from_le_bytes(w.peek::<8>(ARG)[4..].try_into().unwrap());
+    assert_eq!(unbound, 3);
+    assert_eq!(
+        status(&mut w, 3),
+        (0, [1, 0, 1, 0]),
+        "unbound, remote: ourselves"
+    );
+    assert_eq!(evtchn(&mut w, 6, &u32s(&[0x0005, 0])), Errno::ESRCH.neg());
+    // bind_virq: the timer on vCPU 0; once only; checks in Xen's order.
+    assert_eq!(evtchn(&mut w, 1, &u32s(&[0, 0, 0])), 0);
+    let timer = u32::from_le_bytes(w.peek::<12>(ARG)[8..].try_into().unwrap());
+    assert_eq!(timer, 4);
+    assert_eq!(status(&mut w, timer), (0, [4, 0, 0, 0]));
+    assert_eq!(evtchn(&mut w, 1, &u32s(&[0, 0, 0])), Errno::EEXIST.neg());
+    assert_eq!(evtchn(&mut w, 1, &u32s(&[24, 0, 0])), Errno::EINVAL.neg());
+    assert_eq!(
+        evtchn(&mut w, 1, &u32s(&[2, 1, 0])),
+        Errno::EINVAL.neg(),
+        "global on vCPU 1"
+    );
+    assert_eq!(evtchn(&mut w, 1, &u32s(&[0, 1, 0])), Errno::ENOENT.neg());
+    // An IPI to ourselves: pending bit, selector bit, upcall pending.
+    assert_eq!(evtchn(&mut w, 7, &u32s(&[0, 0])), 0);
+    let ipi = u32::from_le_bytes(w.peek::<8>(ARG)[4..].try_into().unwrap());
+    assert_eq!(bits(&w, false, ipi), (false, 0, 0));
+    assert_eq!(evtchn(&mut w, 4, &u32s(&[ipi])), 0);
+    assert_eq!(bits(&w, false, ipi), (true, 1, 1));
+    // Masked, pending, then unmasked: the selector and upcall are raised again.
+    let mem = w.d.machine.memory();
+    let si = w.d.boot.shared_info;
+    vm_memory::Bytes::write_obj(mem, 1u64 << ipi, vm_memory::GuestAddress(si + 2560)).unwrap();
+    vm_memory::Bytes::write_obj(mem, 0u64, vm_memory::GuestAddress(si + 8)).unwrap();
+    vm_memory::Bytes::write_obj(mem, 0u8, vm_memory::GuestAddress(si)).unwrap();
+    assert_eq!(evtchn(&mut w, 9, &u32s(&[ipi])), 0);
+    assert!(!bits(&w, true, ipi).0, "mask cleared");
+    assert_eq!(bits(&w, false, ipi), (true, 1, 1));
+    // Sending on a VIRQ port, or one out of range: -EINVAL. Unbound: dropped.
+    assert_eq!(evtchn(&mut w, 4, &u32s(&[timer])), Errno::EINVAL.neg());
+    assert_eq!(evtchn(&mut w, 4, &u32s(&[4096])), Errno::EINVAL.neg());
+    assert_eq!(evtchn(&mut w, 4, &u32s(&[unbound])), 0);
+    // close frees the port (pending cleared), and closing again is -EINVAL.
+    assert_eq!(evtchn(&mut w, 3, &u32s(&[ipi])), 0);
+    assert_eq!(status(&mut w, ipi).1[0], 0);
+    assert!(!bits(&w, false, ipi).0);
+    assert_eq!(evtchn(&mut w, 3, &u32s(&[ipi])), Errno::EINVAL.neg());
+    assert_eq!(evtchn(&mut w, 4, &u32s(&[ipi])), Errno::EINVAL.neg());
+    // The timer VIRQ can be bound again once closed.
+    assert_eq!(evtchn(&mut w, 3, &u32s(&[timer])), 0);
+    assert_eq!(evtchn(&mut w, 1, &u32s(&[0, 0, 0])), 0);
+    // bind_vcpu: a per-vCPU VIRQ cannot move; an unbound port can (to vCPU 0).
+    let timer = u32::from_le_bytes(w.peek::<12>(ARG)[8..].try_into().unwrap());
+    assert_eq!(evtchn(&mut w, 8, &u32s(&[timer, 0])), Errno::EINVAL.neg());
+    assert_eq!(evtchn(&mut w, 8, &u32s(&[unbound, 0])), 0);
+    assert_eq!(evtchn(&mut w, 8, &u32s(&[unbound, 3])), Errno::ENOENT.neg());
+}

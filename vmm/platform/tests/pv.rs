@@ -73,6 +73,14 @@ fn set_traps(d: &Dom, pv: &mut PvVcpu, traps: &[TrapInfo]) -> i64 {
     pv.set_trap_table(&d.machine, SCRATCH)
 }
 
+/// Clears vCPU 0's upcall mask (the builder leaves it set, as Xen's does).
+fn unmask_upcalls(d: &Dom) {
+    d.machine
+        .memory()
+        .write_obj(0u8, GuestAddress(d.boot.shared_info + 1))
+        .expect("vcpu_info");
+}
+
 fn upcall_mask(d: &Dom) -> u8 {
     d.machine
         .memory()
@@ -114,8 +122,15 @@ fn trap_tables_as_xen_reads_them() {
 }
 
 #[test]
+fn the_builder_masks_upcalls_as_xen_does() {
+    let (d, _) = domain();
+    assert_eq!(upcall_mask(&d), 1);
+}
+
+#[test]
 fn a_kernel_mode_page_fault_is_bounced_onto_the_current_stack() {
     let (mut d, mut pv) = domain();
+    unmask_upcalls(&d);
     set_traps(&d, &mut pv, &[trap(14, 4, 0xabc0)]);
     let mut ctx = GuestContext {
         rip: 0x20_1000,
@@ -167,6 +182,7 @@ fn a_kernel_mode_page_fault_is_bounced_onto_the_current_stack() {
 #[test]
 fn vectors_without_an_error_code_push_none() {
     let (mut d, mut pv) = domain();
+    unmask_upcalls(&d);
     set_traps(&d, &mut pv, &[trap(6, 0, 0xabc0)]);
     let mut ctx = GuestContext {
         rip: 0x20_1000,

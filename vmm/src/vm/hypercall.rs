@@ -107,7 +107,9 @@ impl Vm {
                 {
                     self.vcpu.load_root(roots.kernel)?;
                 }
-                Ok(None)
+                // An `out` of the hypercall page not redirected completes past itself.
+                let out_pending = entry == Entry::Page && !served.context_changed;
+                self.deliver_pending_upcall(out_pending)
             }
             Outcome::Shutdown(reason) => Ok(Some(GuestExit::Shutdown(reason))),
             Outcome::Crash(c) => Ok(Some(GuestExit::Crash(c))),
@@ -140,6 +142,45 @@ impl Vm {
                 Ok(None)
             }
             Err(c) => Ok(Some(GuestExit::Crash(c))),
+        }
+    }
+
+    /// Delivers a pending event upcall on the way back to the guest (Xen's check on
+    /// every return to guest context). `out_pending`: the vCPU stands at the hypercall
+    /// page's two-byte `out`, which KVM would complete by skipping it; the interrupted
+    /// context is the instruction after it.
+    pub(super) fn deliver_pending_upcall(
+        &mut self,
+        out_pending: bool,
+    ) -> Result<Option<GuestExit>, VmError> {
+        let mut regs = self.vcpu.regs();
+        let (cs, ss) = if self.nonflat_segments {
+            let s = self.vcpu.sregs()?;
+            (u64::from(s.cs.selector), u64::from(s.ss.selector))
+        } else {
+            (u64::from(FLAT_RING3_CS64), u64::from(FLAT_RING3_SS64))
+        };
+        let mut ctx = GuestContext {
+            rip: regs.rip + if out_pending { 2 } else { 0 },
+            cs,
+            rflags: regs.rflags,
+            rsp: regs.rsp,
+            ss,
+            rcx: regs.rcx,
+            r11: regs.r11,
+        };
+        match self.pv.deliver_upcall(&mut self.machine, &mut ctx) {
+            None => Ok(None),
+            Some(Ok(t)) => {
+                regs.rip = ctx.rip;
+                regs.rsp = ctx.rsp;
+                regs.rflags = ctx.rflags;
+                self.vcpu.set_regs(regs);
+                self.load_code_and_stack(ctx.cs as u16, ctx.ss as u16)?;
+                self.transfer(t)?;
+                Ok(None)
+            }
+            Some(Err(c)) => Ok(Some(GuestExit::Crash(c))),
         }
     }
 

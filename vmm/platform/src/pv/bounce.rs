@@ -15,6 +15,9 @@ use super::{
     Crash, GuestContext, Mach, PFEC_USER, PvVcpu, Transfer, has_error_code, rflags, segments,
 };
 
+/// The pseudo-vector an event upcall's crash report names.
+pub const EVENT_VECTOR: u8 = 0xff;
+
 impl PvVcpu {
     /// Delivers exception `vector` (with `error`, when the vector has one) to the guest
     /// kernel's handler, as Xen's `pv_inject_event` and `create_bounce_frame` do: the
@@ -56,6 +59,31 @@ impl PvVcpu {
             trap.flags & TI_MASK_EVENTS != 0,
             error,
         )
+    }
+
+    /// Delivers a pending event upcall, as Xen does on the way back to the guest: if
+    /// `vcpu_info.evtchn_upcall_pending` is set, upcalls are not masked and an event
+    /// callback is registered, `ctx` continues at the callback with a bounce frame
+    /// (no error code) on the kernel stack and upcalls masked. `None` when nothing is
+    /// delivered.
+    pub fn deliver_upcall<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        ctx: &mut GuestContext,
+    ) -> Option<Result<Transfer, Crash>> {
+        use pvmmu_abi::shared_info::VCPU_INFO_UPCALL_PENDING_OFFSET;
+        let pending: u8 = m
+            .memory()
+            .read_obj(GuestAddress(
+                self.vcpu_info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64,
+            ))
+            .unwrap_or(0);
+        let handler = self.callbacks.event;
+        if pending == 0 || self.upcall_mask(m) != 0 || handler == 0 {
+            return None;
+        }
+        // The frame's "vector" only names the event in a crash report.
+        Some(self.bounce(m, ctx, EVENT_VECTOR, handler, true, None))
     }
 
     /// A software interrupt `int $vector` at `ctx.rip` (an instruction of `len` bytes),

@@ -1,0 +1,485 @@
+//! A domain's event channels with Xen's 2-level ABI (common/event_channel.c,
+//! event_2l.c): ports, their states (unbound, interdomain, VIRQ, IPI), and the pending
+//! and mask bitmaps in `shared_info` with the per-vCPU selector and upcall flag in
+//! `vcpu_info`. `EVTCHNOP_alloc_unbound`, `bind_virq`, `bind_ipi`, `close`, `send`,
+//! `status`, `bind_vcpu` and `unmask` are served with Xen's checks and errno; the
+//! hypervisor raises VIRQs with [`EventChannels::raise_virq`]. Delivering the upcall is
+//! the vCPU's (`PvVcpu::deliver_upcall`).
+
+#![allow(non_upper_case_globals)]
+
+use pvmmu::{Caller, Errno, TlbFlush};
+use pvmmu_abi::DOMID_SELF;
+use pvmmu_abi::shared_info::{
+    EVTCHN_2L_NR_CHANNELS, SHARED_INFO_EVTCHN_MASK_OFFSET, SHARED_INFO_EVTCHN_PENDING_OFFSET,
+    VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING_OFFSET,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+/// The machine event channels live in.
+type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
+
+/// `EVTCHNOP_*` commands served here.
+pub const EVTCHNOP_bind_virq: u32 = 1;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_close: u32 = 3;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_send: u32 = 4;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_status: u32 = 5;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_alloc_unbound: u32 = 6;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_bind_ipi: u32 = 7;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_bind_vcpu: u32 = 8;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_unmask: u32 = 9;
+
+/// Number of VIRQs.
+pub const NR_VIRQS: u32 = 24;
+/// The per-vCPU timer VIRQ.
+pub const VIRQ_TIMER: u32 = 0;
+
+/// `EVTCHNSTAT_*`.
+const STAT_CLOSED: u32 = 0;
+const STAT_UNBOUND: u32 = 1;
+const STAT_INTERDOMAIN: u32 = 2;
+const STAT_VIRQ: u32 = 4;
+const STAT_IPI: u32 = 5;
+
+/// What a port is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortState {
+    /// Not in use.
+    #[default]
+    Free,
+    /// Port 0: never allocated.
+    Reserved,
+    /// Allocated, waiting for `remote` to bind it.
+    Unbound {
+        /// The domain allowed to bind it.
+        remote: u16,
+    },
+    /// Bound to a port of another domain (here: the VMM's backends, domain 0).
+    Interdomain {
+        /// The remote domain.
+        remote: u16,
+        /// Its port.
+        remote_port: u32,
+    },
+    /// Bound to a VIRQ.
+    Virq(u32),
+    /// An inter-processor interrupt.
+    Ipi,
+}
+
+/// One port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Port {
+    /// Its binding.
+    pub state: PortState,
+    /// The vCPU its events go to.
+    pub vcpu: u32,
+}
+
+/// What the hypervisor must do after an `event_channel_op`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The guest notified a port bound to the VMM's backends: that port.
+    pub backend_notified: Option<u32>,
+}
+
+/// A domain's event channels.
+#[derive(Debug, Clone)]
+pub struct EventChannels {
+    ports: Vec<Port>,
+    /// Guest-physical address of `shared_info`.
+    shared_info: u64,
+    /// Guest-physical address of each vCPU's `vcpu_info` (moved by
+    /// `VCPUOP_register_vcpu_info`: the embedder keeps this current).
+    pub vcpu_info: Vec<u64>,
+    /// `virq_to_evtchn` per vCPU.
+    virqs: Vec<[u32; NR_VIRQS as usize]>,
+}
+
+impl Default for EventChannels {
+    fn default() -> Self {
+        EventChannels::new(0, Vec::new())
+    }
+}
+
+impl EventChannels {
+    /// Event channels of a domain whose `shared_info` is at `shared_info` and whose
+    /// vCPUs' `vcpu_info` are at `vcpu_info`: only port 0 (reserved) exists.
+    pub fn new(shared_info: u64, vcpu_info: Vec<u64>) -> EventChannels {
+        let n = vcpu_info.len();
+        EventChannels {
+            ports: vec![Port {
+                state: PortState::Reserved,
+                vcpu: 0,
+            }],
+            shared_info,
+            vcpu_info,
+            virqs: vec![[0; NR_VIRQS as usize]; n],
+        }
+    }
+
+    /// Port `port`, if allocated.
+    pub fn port(&self, port: u32) -> Option<Port> {
+        self.ports.get(port as usize).copied()
+    }
+
+    /// Binds the lowest free port as `state` for `vcpu` (Xen's `get_free_port`):
+    /// -ENOSPC when the 2-level ABI's ports are used up.
+    pub fn allocate(&mut self, state: PortState, vcpu: u32) -> Result<u32, Errno> {
+        let port = match self.ports.iter().position(|p| p.state == PortState::Free) {
+            Some(p) => p,
+            None if self.ports.len() < EVTCHN_2L_NR_CHANNELS => {
+                self.ports.push(Port::default());
+                self.ports.len() - 1
+            }
+            None => return Err(Errno::ENOSPC),
+        };
+        self.ports[port] = Port { state, vcpu };
+        Ok(port as u32)
+    }
+
+    fn nr_vcpus(&self) -> u32 {
+        self.vcpu_info.len() as u32
+    }
+
+    /// Byte address of word `w` of the pending (or mask) bitmap.
+    fn bitmap_word(&self, mask: bool, w: u64) -> GuestAddress {
+        let off = if mask {
+            SHARED_INFO_EVTCHN_MASK_OFFSET
+        } else {
+            SHARED_INFO_EVTCHN_PENDING_OFFSET
+        };
+        GuestAddress(self.shared_info + off as u64 + w * 8)
+    }
+
+    fn test_bit<F: TlbFlush>(&self, m: &Mach<F>, mask: bool, port: u32) -> bool {
+        let w: u64 = m
+            .memory()
+            .read_obj(self.bitmap_word(mask, u64::from(port / 64)))
+            .unwrap_or(0);
+        w & (1 << (port % 64)) != 0
+    }
+
+    /// Sets or clears a bitmap bit: whether it was set.
+    fn change_bit<F: TlbFlush>(&self, m: &Mach<F>, mask: bool, port: u32, set: bool) -> bool {
+        let at = self.bitmap_word(mask, u64::from(port / 64));
+        let w: u64 = m.memory().read_obj(at).unwrap_or(0);
+        let bit = 1 << (port % 64);
+        let new = if set { w | bit } else { w & !bit };
+        if new != w {
+            let _ = m.memory().write_obj(new, at);
+        }
+        w & bit != 0
+    }
+
+    /// Marks selector bit `sel` of `vcpu` and its upcall pending (Xen's
+    /// `vcpu_mark_events_pending` after the selector test-and-set).
+    fn mark_pending<F: TlbFlush>(&self, m: &Mach<F>, vcpu: u32, sel: u32) {
+        let Some(&info) = self.vcpu_info.get(vcpu as usize) else {
+            return;
+        };
+        let at = GuestAddress(info + VCPU_INFO_PENDING_SEL_OFFSET as u64);
+        let w: u64 = m.memory().read_obj(at).unwrap_or(0);
+        if w & (1 << sel) != 0 {
+            return;
+        }
+        let _ = m.memory().write_obj(w | (1 << sel), at);
+        let _ = m.memory().write_obj(
+            1u8,
+            GuestAddress(info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64),
+        );
+    }
+
+    /// Xen's `evtchn_2l_set_pending`: the port's pending bit, and if it is not masked,
+    /// its selector bit and the upcall of the port's vCPU.
+    pub fn set_pending<F: TlbFlush>(&self, m: &Mach<F>, port: u32) {
+        let vcpu = self.port(port).map_or(0, |p| p.vcpu);
+        if self.change_bit(m, false, port, true) {
+            return;
+        }
+        if !self.test_bit(m, true, port) {
+            self.mark_pending(m, vcpu, port / 64);
+        }
+    }
+
+    /// Raises `virq` on `vcpu`, if the guest bound it.
+    pub fn raise_virq<F: TlbFlush>(&self, m: &Mach<F>, vcpu: u32, virq: u32) {
+        let port = self
+            .virqs
+            .get(vcpu as usize)
+            .and_then(|v| v.get(virq as usize))
+            .copied()
+            .unwrap_or(0);
+        if port != 0 {
+            self.set_pending(m, port);
+        }
+    }
+
+    /// Whether `vcpu` has an upcall pending (`vcpu_info.evtchn_upcall_pending`).
+    pub fn upcall_pending<F: TlbFlush>(&self, m: &Mach<F>, vcpu: u32) -> bool {
+        self.vcpu_info.get(vcpu as usize).is_some_and(|&info| {
+            m.memory()
+                .read_obj::<u8>(GuestAddress(info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64))
+                .unwrap_or(0)
+                != 0
+        })
+    }
+
+    /// `event_channel_op(cmd, arg)` for `caller`; returns RAX and what the VMM must do.
+    /// `None` for commands not served here.
+    pub fn op<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        cmd: u32,
+        arg: u64,
+    ) -> Option<(i64, Effects)> {
+        let mut effects = Effects::default();
+        let r = match cmd {
+            EVTCHNOP_alloc_unbound => self.alloc_unbound(m, caller, arg),
+            EVTCHNOP_bind_virq => self.bind_virq(m, caller, arg),
+            EVTCHNOP_bind_ipi => self.bind_ipi(m, caller, arg),
+            EVTCHNOP_close => self.close(m, caller, arg),
+            EVTCHNOP_send => self.send(m, caller, arg, &mut effects),
+            EVTCHNOP_status => self.status(m, caller, arg),
+            EVTCHNOP_bind_vcpu => self.bind_vcpu(m, caller, arg),
+            EVTCHNOP_unmask => self.unmask(m, caller, arg),
+            _ => return None,
+        };
+        Some((r.map_or_else(Errno::neg, |()| 0), effects))
+    }
+
+    fn read<const N: usize, F: TlbFlush>(
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<[u8; N], Errno> {
+        let mut b = [0u8; N];
+        m.kernel_view(caller)
+            .read(arg, &mut b)
+            .map_err(|_| Errno::EFAULT)?;
+        Ok(b)
+    }
+
+    fn write_u32<F: TlbFlush>(m: &Mach<F>, caller: Caller, at: u64, v: u32) -> Result<(), Errno> {
+        m.kernel_view(caller)
+            .write(at, &v.to_le_bytes())
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    /// The caller's own domain named by `dom`: Ok, or Xen's -ESRCH for a domain that
+    /// does not exist and -EPERM for another one (XSM for a domU).
+    fn own_domain<F: TlbFlush>(m: &Mach<F>, caller: Caller, dom: u16) -> Result<(), Errno> {
+        if dom == DOMID_SELF || dom == caller.dom {
+            Ok(())
+        } else if m.domain(dom).is_some() {
+            Err(Errno::EPERM)
+        } else {
+            Err(Errno::ESRCH)
+        }
+    }
+
+    fn alloc_unbound<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        // struct { domid_t dom, remote_dom; evtchn_port_t port; }
+        let b = Self::read::<8, F>(m, caller, arg)?;
+        let dom = u16::from_le_bytes([b[0], b[1]]);
+        let remote = u16::from_le_bytes([b[2], b[3]]);
+        Self::own_domain(m, caller, dom)?;
+        let remote = if remote == DOMID_SELF {
+            caller.dom
+        } else {
+            remote
+        };
+        let port = self.allocate(PortState::Unbound { remote }, 0)?;
+        Self::write_u32(m, caller, arg + 4, port)
+    }
+
+    fn bind_virq<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        // struct { uint32_t virq; uint32_t vcpu; evtchn_port_t port; }
+        let b = Self::read::<12, F>(m, caller, arg)?;
+        let virq = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
+        let vcpu = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
+        if virq >= NR_VIRQS {
+            return Err(Errno::EINVAL);
+        }
+        if virq_is_global(virq) && vcpu != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if vcpu >= self.nr_vcpus() {
+            return Err(Errno::ENOENT);
+        }
+        if self.virqs[vcpu as usize][virq as usize] != 0 {
+            return Err(Errno::EEXIST);
+        }
+        let port = self.allocate(PortState::Virq(virq), vcpu)?;
+        self.virqs[vcpu as usize][virq as usize] = port;
+        Self::write_u32(m, caller, arg + 8, port)
+    }
+
+    fn bind_ipi<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        // struct { uint32_t vcpu; evtchn_port_t port; }
+        let b = Self::read::<8, F>(m, caller, arg)?;
+        let vcpu = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
+        if vcpu >= self.nr_vcpus() {
+            return Err(Errno::ENOENT);
+        }
+        let port = self.allocate(PortState::Ipi, vcpu)?;
+        Self::write_u32(m, caller, arg + 4, port)
+    }
+
+    /// The port named by the `u32` at `arg`, if it is a valid port number.
+    fn port_arg<F: TlbFlush>(&self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<u32, Errno> {
+        let b = Self::read::<4, F>(m, caller, arg)?;
+        let port = u32::from_le_bytes(b);
+        if (port as usize) < self.ports.len() {
+            Ok(port)
+        } else {
+            Err(Errno::EINVAL)
+        }
+    }
+
+    fn close<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
+        let port = self.port_arg(m, caller, arg)?;
+        let p = self.ports[port as usize];
+        match p.state {
+            PortState::Free | PortState::Reserved => return Err(Errno::EINVAL),
+            PortState::Virq(virq) => {
+                if let Some(v) = self.virqs.get_mut(p.vcpu as usize) {
+                    v[virq as usize] = 0;
+                }
+            }
+            _ => {}
+        }
+        self.change_bit(m, false, port, false);
+        self.ports[port as usize] = Port::default();
+        Ok(())
+    }
+
+    fn send<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+        effects: &mut Effects,
+    ) -> Result<(), Errno> {
+        let port = self.port_arg(m, caller, arg)?;
+        match self.ports[port as usize].state {
+            PortState::Interdomain { remote, .. } if remote == caller.dom => {
+                // A loopback pair: the other end's port is pending.
+                if let PortState::Interdomain { remote_port, .. } = self.ports[port as usize].state
+                {
+                    self.set_pending(m, remote_port);
+                }
+                Ok(())
+            }
+            PortState::Interdomain { .. } => {
+                effects.backend_notified = Some(port);
+                Ok(())
+            }
+            PortState::Ipi => {
+                self.set_pending(m, port);
+                Ok(())
+            }
+            // Nobody is there yet: Xen drops the notification silently.
+            PortState::Unbound { .. } => Ok(()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn status<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
+        // struct { domid_t dom; evtchn_port_t port; uint32_t status; uint32_t vcpu;
+        //          union { ... } u; }
+        let b = Self::read::<8, F>(m, caller, arg)?;
+        let dom = u16::from_le_bytes([b[0], b[1]]);
+        Self::own_domain(m, caller, dom)?;
+        let port = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
+        let p = self.port(port).ok_or(Errno::EINVAL)?;
+        let mut out = [0u8; 16];
+        let (status, u0, u1) = match p.state {
+            PortState::Free | PortState::Reserved => (STAT_CLOSED, 0, 0),
+            PortState::Unbound { remote } => (STAT_UNBOUND, u32::from(remote), 0),
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } => (STAT_INTERDOMAIN, u32::from(remote), remote_port),
+            PortState::Virq(v) => (STAT_VIRQ, v, 0),
+            PortState::Ipi => (STAT_IPI, 0, 0),
+        };
+        out[0..4].copy_from_slice(&status.to_le_bytes());
+        out[4..8].copy_from_slice(&p.vcpu.to_le_bytes());
+        out[8..12].copy_from_slice(&u0.to_le_bytes());
+        out[12..16].copy_from_slice(&u1.to_le_bytes());
+        m.kernel_view(caller)
+            .write(arg + 8, &out)
+            .map_err(|_| Errno::EFAULT)
+    }
+
+    fn bind_vcpu<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        // struct { evtchn_port_t port; uint32_t vcpu; }
+        let b = Self::read::<8, F>(m, caller, arg)?;
+        let port = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
+        let vcpu = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
+        if vcpu >= self.nr_vcpus() {
+            return Err(Errno::ENOENT);
+        }
+        let p = self.port(port).ok_or(Errno::EINVAL)?;
+        match p.state {
+            PortState::Virq(v) if !virq_is_global(v) => Err(Errno::EINVAL),
+            PortState::Virq(_) | PortState::Unbound { .. } | PortState::Interdomain { .. } => {
+                self.ports[port as usize].vcpu = vcpu;
+                Ok(())
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn unmask<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
+        let port = self.port_arg(m, caller, arg)?;
+        self.unmask_port(m, port);
+        Ok(())
+    }
+
+    /// Xen's `evtchn_2l_unmask`: clears the mask bit; a port that was masked and is
+    /// pending raises its selector bit and upcall.
+    pub fn unmask_port<F: TlbFlush>(&self, m: &Mach<F>, port: u32) {
+        let vcpu = self.port(port).map_or(0, |p| p.vcpu);
+        if self.change_bit(m, true, port, false) && self.test_bit(m, false, port) {
+            self.mark_pending(m, vcpu, port / 64);
+        }
+    }
+}
+
+/// Xen's `virq_is_global`: the timer, debug, xenoprof and PMU VIRQs are per vCPU.
+const fn virq_is_global(virq: u32) -> bool {
+    !matches!(virq, 0 | 1 | 7 | 13)
+}
+
+/// Size of `vcpu_info` (for the embedder laying them out).
+pub const VCPU_INFO_BYTES: usize = VCPU_INFO_SIZE;
