@@ -47,6 +47,8 @@ abi_enum! {
         ENOSYS = 38 => "ENOSYS",
         /// No data available.
         ENODATA = 61 => "ENODATA",
+        /// Timer expired.
+        ETIME = 62 => "ETIME",
         /// Value too large.
         EOVERFLOW = 75 => "EOVERFLOW",
         /// Illegal byte sequence.
@@ -123,7 +125,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        assert_eq!(Errno::ALL.len(), 24);
+        assert_eq!(Errno::ALL.len(), 25);
         for &e in Errno::ALL {
             assert_eq!(Errno::try_from(e.neg()), Ok(e));
             assert_eq!(Errno::from_ret(e.ret()), Some(e));

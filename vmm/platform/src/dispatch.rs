@@ -18,8 +18,8 @@ use pvmmu_abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_console_io, HYPERVISOR_event_channel_op,
     HYPERVISOR_fpu_taskswitch, HYPERVISOR_get_debugreg, HYPERVISOR_grant_table_op, HYPERVISOR_iret,
     HYPERVISOR_memory_op, HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks,
-    HYPERVISOR_set_debugreg, HYPERVISOR_set_segment_base, HYPERVISOR_set_trap_table,
-    HYPERVISOR_stack_switch, HYPERVISOR_vcpu_op, HYPERVISOR_xen_version,
+    HYPERVISOR_set_debugreg, HYPERVISOR_set_segment_base, HYPERVISOR_set_timer_op,
+    HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_vcpu_op, HYPERVISOR_xen_version,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -65,6 +65,9 @@ pub struct Served {
     pub transfer: Transfer,
     /// A segment base the VMM must load (`set_segment_base`).
     pub segment_base: Option<(SegmentBase, u64)>,
+    /// The vCPU blocks (`SCHEDOP_block` with no event pending): the VMM waits for an
+    /// event or a timer before resuming it.
+    pub block: bool,
 }
 
 /// A segment base `set_segment_base` sets.
@@ -143,6 +146,7 @@ pub struct Platform<'c> {
     context_changed: bool,
     transfer: Transfer,
     segment_base: Option<(SegmentBase, u64)>,
+    block: bool,
 }
 
 impl std::fmt::Debug for Platform<'_> {
@@ -172,6 +176,7 @@ impl<'c> Platform<'c> {
             context_changed: false,
             transfer: Transfer::default(),
             segment_base: None,
+            block: false,
         }
     }
 }
@@ -216,6 +221,7 @@ pub fn dispatch<F: TlbFlush>(
         context_changed: platform.context_changed,
         transfer: platform.transfer,
         segment_base: platform.segment_base,
+        block: platform.block,
     })
 }
 
@@ -241,6 +247,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
                 }
             },
             HYPERVISOR_console_io => self.console_io(m, caller, a),
+            HYPERVISOR_set_timer_op => self.pv.set_timer_op(a[0]),
             HYPERVISOR_vcpu_op => {
                 let rc = self
                     .pv
@@ -420,8 +427,18 @@ impl Platform<'_> {
 
     fn sched_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         match a[0] as u32 {
-            SCHEDOP_yield | SCHEDOP_block => {
+            SCHEDOP_yield => {
                 self.drain_ring(m);
+                0
+            }
+            SCHEDOP_block => {
+                // Xen's do_block: events are enabled, and the vCPU blocks unless one
+                // is already waiting.
+                self.drain_ring(m);
+                self.pv.set_upcall_mask(m, 0);
+                if !self.dom.evtchn.upcall_pending(m, caller.vcpu) {
+                    self.block = true;
+                }
                 0
             }
             SCHEDOP_shutdown => match m.kernel_view(caller).read_u32(a[1]) {

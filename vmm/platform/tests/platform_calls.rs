@@ -114,8 +114,8 @@ fn the_runstate_area_is_written_where_the_guest_registers_it() {
     assert_eq!(vcpu_op(&mut w, 5, 0, ARG), Errno::EFAULT.neg());
     assert_eq!(vcpu_op(&mut w, 5, 7, ARG), Errno::ENOENT.neg());
     assert_eq!(vcpu_op(&mut w, 3, 0, 0), 1, "vCPU 0 is up");
-    // Commands not offered yet: Xen's answer to an unknown one.
-    assert_eq!(vcpu_op(&mut w, 6, 0, ARG), Errno::ENOSYS.neg());
+    // Commands not offered yet (VCPUOP_initialise): Xen's answer to an unknown one.
+    assert_eq!(vcpu_op(&mut w, 0, 0, ARG), Errno::ENOSYS.neg());
 }
 
 #[test]
@@ -276,4 +276,48 @@ fn event_channels_bind_notify_and_close_as_xen() {
     assert_eq!(evtchn(&mut w, 8, &u32s(&[timer, 0])), Errno::EINVAL.neg());
     assert_eq!(evtchn(&mut w, 8, &u32s(&[unbound, 0])), 0);
     assert_eq!(evtchn(&mut w, 8, &u32s(&[unbound, 3])), Errno::ENOENT.neg());
+}
+
+#[test]
+fn timers_arm_fire_and_stop_as_xen_keeps_them() {
+    let mut w = world();
+    // A PV vCPU starts with Xen's 10 ms periodic timer.
+    assert_eq!(w.pv.timers.period, 10_000_000);
+    assert_eq!(vcpu_op(&mut w, 7, 0, 0), 0, "stop_periodic_timer");
+    assert_eq!(w.pv.next_deadline(), None);
+    // set_timer_op: arm, then 0 disarms.
+    let set_timer = |w: &mut World, t: u64| w.call(15, [t, 0, 0, 0, 0]);
+    assert_eq!(set_timer(&mut w, 5_000_000_000), 0);
+    assert_eq!(w.pv.next_deadline(), Some(5_000_000_000));
+    assert!(!w.pv.expire_timers(4_999_999_999));
+    assert!(w.pv.expire_timers(5_000_000_000), "fires at its deadline");
+    assert_eq!(w.pv.next_deadline(), None, "once");
+    assert_eq!(set_timer(&mut w, 7), 0);
+    assert_eq!(set_timer(&mut w, 0), 0);
+    assert_eq!(w.pv.next_deadline(), None);
+    // A timeout wrapped negative is Xen's "in 100 ms".
+    assert_eq!(set_timer(&mut w, u64::MAX - 5), 0);
+    let d = w.pv.next_deadline().unwrap();
+    let now = w.pv.system_time_ns();
+    assert!(d > now && d <= now + 100_000_000, "{d} vs {now}");
+    // VCPUOP_set_singleshot_timer, with VCPU_SSHOTTMR_future refusing the past.
+    let mut arg = 1u64.to_le_bytes().to_vec();
+    arg.extend(1u32.to_le_bytes());
+    w.poke(ARG, &arg);
+    assert_eq!(vcpu_op(&mut w, 8, 0, ARG), Errno::ETIME.neg());
+    let mut arg = (now + 1_000_000_000).to_le_bytes().to_vec();
+    arg.extend(1u32.to_le_bytes());
+    w.poke(ARG, &arg);
+    assert_eq!(vcpu_op(&mut w, 8, 0, ARG), 0);
+    assert_eq!(w.pv.next_deadline(), Some(now + 1_000_000_000));
+    assert_eq!(vcpu_op(&mut w, 9, 0, 0), 0, "stop_singleshot_timer");
+    assert_eq!(w.pv.next_deadline(), None);
+    // A periodic timer below 1 ms is refused; one of 2 ms fires by whole periods.
+    w.poke(ARG, &999_999u64.to_le_bytes());
+    assert_eq!(vcpu_op(&mut w, 6, 0, ARG), Errno::EINVAL.neg());
+    w.poke(ARG, &2_000_000u64.to_le_bytes());
+    assert_eq!(vcpu_op(&mut w, 6, 0, ARG), 0);
+    let next = w.pv.next_deadline().unwrap();
+    assert!(w.pv.expire_timers(next + 5_000_000));
+    assert_eq!(w.pv.next_deadline(), Some(next + 6_000_000));
 }

@@ -24,3 +24,20 @@ pub const FS_BASE: u32 = 0xc000_0100;
 pub const GS_BASE: u32 = 0xc000_0101;
 /// IA32_KERNEL_GS_BASE: what `swapgs` exchanges with GS.base.
 pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
+
+/// IA32_MCG_CAP: machine-check capabilities.
+pub const MCG_CAP: u32 = 0x179;
+/// IA32_MCG_STATUS.
+pub const MCG_STATUS: u32 = 0x17a;
+/// IA32_MCG_CTL.
+pub const MCG_CTL: u32 = 0x17b;
+/// The first machine-check bank MSR (MC0_CTL); each bank has CTL, STATUS, ADDR, MISC.
+pub const MC_BANKS_FIRST: u32 = 0x400;
+/// The last bank MSR Xen routes to its virtual MCA (32 banks' worth).
+pub const MC_BANKS_LAST: u32 = 0x400 + 4 * 32 - 1;
+/// Banks Xen gives a guest (`GUEST_MC_BANK_NUM`).
+pub const GUEST_MC_BANKS: u64 = 2;
+/// MCG_CAP: threshold-based error status present.
+pub const MCG_TES_P: u64 = 1 << 11;
+/// MCG_CAP: software error recovery supported.
+pub const MCG_SER_P: u64 = 1 << 24;

@@ -461,6 +461,28 @@ impl Vm {
                 Some(0xfee0_0000 | (1 << 11) | bsp)
             }
             msr::PERF_CAPABILITIES => Some(0),
+            // Xen's virtual machine-check architecture for PV (vmce): two banks, no
+            // error ever logged; MCi_CTL reads all ones.
+            msr::MCG_CAP => Some(if self.cpuid.is_amd() {
+                msr::GUEST_MC_BANKS
+            } else {
+                msr::MCG_TES_P | msr::MCG_SER_P | msr::GUEST_MC_BANKS
+            }),
+            msr::MCG_STATUS => Some(self.vmce[0]),
+            msr::MCG_CTL => Some(0),
+            msr::MC_BANKS_FIRST..=msr::MC_BANKS_LAST => {
+                Some(match (index - msr::MC_BANKS_FIRST) % 4 {
+                    0 => u64::MAX,
+                    r => {
+                        let bank = (index - msr::MC_BANKS_FIRST) / 4;
+                        if bank < msr::GUEST_MC_BANKS as u32 {
+                            self.vmce[1 + bank as usize * 3 + r as usize - 1]
+                        } else {
+                            0
+                        }
+                    }
+                })
+            }
             _ if self.pv.trap(13).address == 0 && index >> 16 != 0x4000 => Some(0),
             _ => None,
         })
@@ -475,6 +497,21 @@ impl Vm {
             msr::SHADOW_GS_BASE => SegmentBase::ShadowGs,
             // Writing EFER back unchanged is allowed (Linux does); changing it is not.
             msr::EFER => return Ok(value == crate::arch::regs::EFER),
+            msr::MCG_STATUS => {
+                self.vmce[0] = value;
+                return Ok(true);
+            }
+            msr::MCG_CTL => return Ok(true),
+            msr::MC_BANKS_FIRST..=msr::MC_BANKS_LAST => {
+                let (bank, r) = (
+                    (index - msr::MC_BANKS_FIRST) / 4,
+                    (index - msr::MC_BANKS_FIRST) % 4,
+                );
+                if r != 0 && bank < msr::GUEST_MC_BANKS as u32 {
+                    self.vmce[1 + bank as usize * 3 + r as usize - 1] = value;
+                }
+                return Ok(true);
+            }
             _ => return Ok(false),
         };
         if !pvmmu_abi::layout::is_canonical(value) {

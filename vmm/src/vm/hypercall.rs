@@ -107,6 +107,11 @@ impl Vm {
                 {
                     self.vcpu.load_root(roots.kernel)?;
                 }
+                // The call may have set a timer; one may be due.
+                self.service_timers();
+                if served.block {
+                    self.block();
+                }
                 // An `out` of the hypercall page not redirected completes past itself.
                 let out_pending = entry == Entry::Page && !served.context_changed;
                 self.deliver_pending_upcall(out_pending)

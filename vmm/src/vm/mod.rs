@@ -47,6 +47,7 @@ use crate::vcpu::{Vcpu, VcpuError};
 mod descriptors;
 mod exception;
 mod hypercall;
+mod timer;
 
 /// The RAM memslot.
 const RAM_SLOT: u32 = 0;
@@ -92,6 +93,9 @@ pub enum VmError {
         /// Host CPU.
         cpu: u32,
     },
+    /// The timer thread could not be started.
+    #[error("timer thread: {0}")]
+    Timer(std::io::Error),
     /// An exit the VMM has no route for.
     #[error("unexpected vCPU exit: {0}")]
     UnhandledExit(String),
@@ -249,6 +253,10 @@ pub struct Vm {
     ldt_loaded: (u64, u64),
     /// Whether the vCPU may hold code and stack selectors other than Xen's flat pair.
     nonflat_segments: bool,
+    /// The thread that kicks the vCPU at its timers' deadlines.
+    timer: Option<timer::TimerKick>,
+    /// Xen's virtual MCA state: MCG_STATUS, then STATUS/ADDR/MISC of the two banks.
+    vmce: [u64; 7],
 }
 
 /// How a hypercall reached the VMM.
@@ -344,6 +352,8 @@ impl Vm {
             last_spurious: None,
             ldt_loaded: (0, 0),
             nonflat_segments: false,
+            timer: None,
+            vmce: [0; 7],
         };
         v.machine.set_interrupt(Some(v.stop.clone()));
         // The builder's NEW_BASEPTR is already in CR3.
@@ -391,6 +401,13 @@ impl Vm {
     /// Runs the vCPU until the guest shuts down, faults, or `stop` or the VM's own stop
     /// flag is set. Every exit is routed here.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<GuestExit, VmError> {
+        if self.timer.is_none() {
+            self.timer = Some(timer::TimerKick::start(self.pv.epoch()).map_err(VmError::Timer)?);
+        }
+        if let Some(k) = &self.timer {
+            k.attach();
+        }
+        self.service_timers();
         loop {
             if stop.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed) {
                 return Ok(GuestExit::Stopped);
@@ -428,9 +445,11 @@ impl Vm {
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     return Err(VmError::FailEntry { reason, cpu });
                 }
-                Ok(VcpuExit::Intr) => None,
+                Ok(VcpuExit::Intr) => self.timer_kick()?,
                 Ok(other) => return Err(VmError::UnhandledExit(format!("{other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.timer_kick()?
+                }
                 Err(e) => return Err(e.into()),
             };
             if let Some(exit) = exit {

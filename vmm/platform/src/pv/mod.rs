@@ -32,6 +32,7 @@ mod debug;
 pub mod segments;
 pub mod selector;
 pub mod time;
+pub mod timer;
 mod vcpu_op;
 
 pub use debug::{DebugRegs, dr};
@@ -273,6 +274,8 @@ pub struct PvVcpu {
     pub runstate_area: Option<u64>,
     /// When the vCPU was created: system time 0.
     epoch: std::time::Instant,
+    /// The timers.
+    pub timers: timer::Timers,
 }
 
 impl PvVcpu {
@@ -293,7 +296,13 @@ impl PvVcpu {
             vcpu_info,
             runstate_area: None,
             epoch: std::time::Instant::now(),
+            timers: timer::Timers::default(),
         }
+    }
+
+    /// When the vCPU was created: its system time 0.
+    pub fn epoch(&self) -> std::time::Instant {
+        self.epoch
     }
 
     /// The vCPU.
@@ -349,7 +358,7 @@ impl PvVcpu {
             .unwrap_or(1)
     }
 
-    pub(super) fn set_upcall_mask<F: TlbFlush>(&self, m: &Mach<F>, mask: u8) {
+    pub(crate) fn set_upcall_mask<F: TlbFlush>(&self, m: &Mach<F>, mask: u8) {
         let at = GuestAddress(self.vcpu_info + VCPU_INFO_UPCALL_MASK_OFFSET as u64);
         let _ = m.memory().write_obj(mask, at);
     }

@@ -1,9 +1,9 @@
 //! `vcpu_op` (hypercall 24) for the calling vCPU's own state, as Xen serves a domU:
 //! the runstate area (`VCPUOP_register_runstate_memory_area`, `get_runstate_info`),
 //! `vcpu_info` moved into the guest's memory (`VCPUOP_register_vcpu_info`) and whether
-//! a vCPU is up. Timers, `vcpu_info` placement and bringing vCPUs up are the
-//! platform's and the SMP work's; until then their commands answer -ENOSYS, as Xen
-//! answers a command it does not know.
+//! a vCPU is up, and the timers (`pv::timer`). Bringing other vCPUs up is the SMP
+//! work's; until then those commands answer -ENOSYS, as Xen answers a command it does
+//! not know.
 
 use pvmmu::{Errno, TlbFlush};
 
@@ -85,6 +85,18 @@ impl PvVcpu {
                 0
             }
             VCPUOP_REGISTER_VCPU_INFO if own => self.register_vcpu_info(m, arg),
+            // Timers: the periodic ones of any vCPU in Xen, the single-shot one of the
+            // caller only (-EINVAL for another).
+            c @ (super::timer::VCPUOP_SET_PERIODIC_TIMER
+            | super::timer::VCPUOP_STOP_PERIODIC_TIMER
+            | super::timer::VCPUOP_SET_SINGLESHOT_TIMER
+            | super::timer::VCPUOP_STOP_SINGLESHOT_TIMER)
+                if own =>
+            {
+                self.timer_op(m, c, arg)
+            }
+            super::timer::VCPUOP_SET_SINGLESHOT_TIMER
+            | super::timer::VCPUOP_STOP_SINGLESHOT_TIMER => Errno::EINVAL.neg(),
             _ => return None,
         })
     }
