@@ -146,6 +146,16 @@ impl Vm {
         if sregs.cs.dpl != 3 || hv.contains(&rip) || stub.contains(&rip) {
             return Ok(None);
         }
+        // An exception KVM has yet to inject (the kick can come between a guest fault
+        // and its delivery to the ring-0 stub) must find the guest as it faulted.
+        let events = self.vcpu.fd.get_vcpu_events()?;
+        if events.exception.injected != 0
+            || events.exception.pending != 0
+            || events.interrupt.injected != 0
+            || events.nmi.injected != 0
+        {
+            return Ok(None);
+        }
         self.deliver_pending_upcall(false)
     }
 
