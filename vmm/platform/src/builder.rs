@@ -61,6 +61,10 @@ pub struct BootInfo {
     pub shared_info: u64,
     /// Guest-physical address of the PV console ring (`start_info.console.domU.mfn`).
     pub console_ring: u64,
+    /// Guest-physical address of the xenstore ring (`start_info.store_mfn`).
+    pub store_ring: u64,
+    /// Pages of the guest's pseudo-physical RAM (`start_info.nr_pages`).
+    pub nr_pages: u64,
     /// First frame of the domain's grant area (`crate::grant`), above its RAM; 0 when
     /// the embedder built the domain without one.
     pub grant_first: u64,
@@ -266,6 +270,8 @@ pub fn build<F: TlbFlush>(
         mapped_pages: map_end,
         shared_info: shared_info * PAGE,
         console_ring: console * PAGE,
+        store_ring: store * PAGE,
+        nr_pages: frames,
         grant_first: 0,
     })
 }

@@ -32,6 +32,7 @@ use crate::evtchn::{EventChannels, PortState};
 use crate::grant::GrantTable;
 use crate::pv::{Crash, GuestContext, PvVcpu, Transfer, segments};
 use crate::ring::ConsoleRing;
+use crate::xenstore::Xenstore;
 
 /// Largest console write served in one call (longer writes are truncated, as Xen's
 /// console ring would).
@@ -101,6 +102,8 @@ pub struct DomainState {
     pub evtchn: EventChannels,
     /// The grant table.
     pub grant: GrantTable,
+    /// The xenstore on the store ring.
+    pub xenstore: Xenstore,
 }
 
 impl DomainState {
@@ -112,23 +115,20 @@ impl DomainState {
             stats: HypercallStats::default(),
             ring: Some(ConsoleRing::new(boot.console_ring, CONSOLE_EVTCHN)),
             evtchn: {
-                // The toolstack's ports: the console's, bound by the VMM's console
-                // backend (in domain 0's place); the store's, unbound, as no xenstore
-                // serves it yet (as a dom0less domain's before xenstored starts).
+                // The toolstack's ports, bound by the VMM's backends in domain 0's
+                // place: the console's and the store's.
                 let mut e = EventChannels::new(boot.shared_info, vec![boot.shared_info]);
-                let console = PortState::Interdomain {
-                    remote: 0,
-                    remote_port: CONSOLE_EVTCHN,
-                };
-                let _ = e.allocate(console, 0);
-                let _ = e.allocate(PortState::Unbound { remote: 0 }, 0);
-                debug_assert_eq!(
-                    e.port(STORE_EVTCHN).map(|p| p.state),
-                    Some(PortState::Unbound { remote: 0 })
-                );
+                for port in [CONSOLE_EVTCHN, STORE_EVTCHN] {
+                    let state = PortState::Interdomain {
+                        remote: 0,
+                        remote_port: port,
+                    };
+                    let _ = e.allocate(state, 0);
+                }
                 e
             },
             grant: GrantTable::new(boot.grant_first),
+            xenstore: Xenstore::new(boot.store_ring, crate::domain::DOMID, boot.nr_pages * 4),
         }
     }
 }
@@ -329,10 +329,13 @@ impl Platform<'_> {
         a: [u64; 5],
     ) -> i64 {
         if let Some((rc, effects)) = self.dom.evtchn.op(m, caller, a[0] as u32, a[1]) {
-            if let Some(port) = effects.backend_notified
-                && self.dom.ring.is_some_and(|r| r.port == port)
-            {
-                self.drain_ring(m);
+            if let Some(port) = effects.backend_notified {
+                if self.dom.ring.is_some_and(|r| r.port == port) {
+                    self.drain_ring(m);
+                }
+                if port == crate::builder::STORE_EVTCHN {
+                    self.serve_store(m);
+                }
             }
             return rc;
         }
@@ -341,6 +344,14 @@ impl Platform<'_> {
             // No FIFO control block was accepted, so there is no array to expand.
             EVTCHNOP_expand_array => Errno::EOPNOTSUPP.neg(),
             _ => Errno::ENOSYS.neg(),
+        }
+    }
+
+    /// Answers what the guest put on the store ring, and raises the store port if
+    /// answers went out.
+    fn serve_store<F: TlbFlush>(&mut self, m: &Mach<F>) {
+        if self.dom.xenstore.process(m.memory()) {
+            self.dom.evtchn.set_pending(m, crate::builder::STORE_EVTCHN);
         }
     }
 
@@ -429,6 +440,7 @@ impl Platform<'_> {
         match a[0] as u32 {
             SCHEDOP_yield => {
                 self.drain_ring(m);
+                self.serve_store(m);
                 0
             }
             SCHEDOP_block => {

@@ -40,6 +40,7 @@ pub mod pv;
 pub mod replay;
 pub mod ring;
 pub mod trace;
+pub mod xenstore;
 
 pub use console::{Console, NullConsole};
 pub use dispatch::{Outcome, Served};
