@@ -253,6 +253,7 @@ impl EventChannels {
             EVTCHNOP_unmask => self.unmask(m, caller, arg),
             _ => return None,
         };
+        log::debug!("event_channel_op {cmd}: {r:?} {effects:?}");
         Some((r.map_or_else(Errno::neg, |()| 0), effects))
     }
 

@@ -51,6 +51,8 @@ pub struct Xenstore {
     watches: Vec<(String, String, bool)>,
     /// Response bytes waiting for room on the ring.
     out: VecDeque<u8>,
+    /// Request bytes taken from the ring, not yet a whole message.
+    input: Vec<u8>,
     /// The next transaction id.
     next_tx: u32,
 }
@@ -121,28 +123,37 @@ impl Xenstore {
         ) else {
             return false;
         };
+        // Take every byte the guest produced (a guest writes a message in pieces and
+        // notifies only when the ring was empty, as Linux does: the backend must
+        // consume what is there). A wild producer index (more than a ring ahead) is
+        // ignored, as xenstored does.
         let mut cons = cons;
-        // A wild producer index (more than a ring ahead) is ignored, as xenstored does.
-        while prod.wrapping_sub(cons) >= 16 && prod.wrapping_sub(cons) <= RING_SIZE {
-            let mut hdr = [0u8; 16];
-            for (i, b) in hdr.iter_mut().enumerate() {
-                *b = mem
-                    .read_obj(at(REQ + u64::from(cons.wrapping_add(i as u32) % RING_SIZE)))
-                    .unwrap_or(0);
+        if prod.wrapping_sub(cons) <= RING_SIZE {
+            while cons != prod {
+                let b = mem
+                    .read_obj(at(REQ + u64::from(cons % RING_SIZE)))
+                    .unwrap_or(0u8);
+                self.input.push(b);
+                cons = cons.wrapping_add(1);
             }
-            let word =
-                |i: usize| u32::from_le_bytes(hdr[i * 4..i * 4 + 4].try_into().unwrap_or_default());
+        }
+        // Answer every complete message.
+        while self.input.len() >= 16 {
+            let word = |i: usize| {
+                u32::from_le_bytes(self.input[i * 4..i * 4 + 4].try_into().unwrap_or_default())
+            };
             let (ty, req_id, tx_id, len) = (word(0), word(1), word(2), word(3));
-            if len > PAYLOAD_MAX || prod.wrapping_sub(cons) < 16 + len {
+            if len > PAYLOAD_MAX {
+                // A corrupt message: drop what was received (xenstored closes the
+                // connection).
+                self.input.clear();
                 break;
             }
-            let payload: Vec<u8> = (0..len)
-                .map(|i| {
-                    mem.read_obj(at(REQ + u64::from(cons.wrapping_add(16 + i) % RING_SIZE)))
-                        .unwrap_or(0)
-                })
-                .collect();
-            cons = cons.wrapping_add(16 + len);
+            if self.input.len() < 16 + len as usize {
+                break;
+            }
+            let payload: Vec<u8> = self.input[16..16 + len as usize].to_vec();
+            self.input.drain(..16 + len as usize);
             self.answer(ty, req_id, tx_id, &payload);
         }
         let _ = mem.write_obj(cons, at(REQ_CONS));
@@ -229,6 +240,7 @@ impl Xenstore {
         // Arguments are NUL-terminated strings; a write's value is the rest.
         let mut args = payload.split(|&b| b == 0);
         let first = String::from_utf8_lossy(args.next().unwrap_or_default()).into_owned();
+        log::debug!("xenstore: request {ty} ({req_id}, tx {tx_id}) for {first:?}");
         match ty {
             XS_READ => match self.nodes.get(&self.absolute(&first)) {
                 Some(v) => {
@@ -402,5 +414,28 @@ mod tests {
             xs.read("/local/domain/1/control/shutdown"),
             Some(&b"poweroff"[..])
         );
+    }
+
+    #[test]
+    fn a_message_written_in_pieces_is_answered_when_whole() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x3000)]).unwrap();
+        let mut xs = Xenstore::new(0x1000, 1, 1024);
+        // The header alone (as Linux writes it first): consumed, nothing answered.
+        let mut hdr = Vec::new();
+        for w in [XS_READ, 9u32, 0, 6] {
+            hdr.extend(w.to_le_bytes());
+        }
+        for (i, b) in hdr.iter().enumerate() {
+            mem.write_obj(*b, GuestAddress(0x1000 + i as u64)).unwrap();
+        }
+        mem.write_obj(16u32, GuestAddress(0x1000 + REQ_PROD)).unwrap();
+        assert!(!xs.process(&mem));
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000 + REQ_CONS)).unwrap(), 16);
+        // Then the payload.
+        mem.write_slice(b"domid\0", GuestAddress(0x1000 + 16)).unwrap();
+        mem.write_obj(22u32, GuestAddress(0x1000 + REQ_PROD)).unwrap();
+        assert!(xs.process(&mem));
+        let (r, _) = responses(&mem, 0);
+        assert_eq!(r, vec![(XS_READ, b"1".to_vec())]);
     }
 }
