@@ -300,8 +300,10 @@ pub struct Emulated {
     pub rax: Option<u64>,
     /// New value for the register operand (XCHG), if any: (register, value).
     pub xchg: Option<(Register, u64)>,
-    /// ZF to set (CMPXCHG).
+    /// ZF to set (CMPXCHG, and/or/xor).
     pub zf: Option<bool>,
+    /// CF to set (bit test and reset/set).
+    pub cf: Option<bool>,
 }
 
 /// Why a write fault was not emulated.
@@ -367,29 +369,56 @@ pub fn try_ptwr(
         | OpKind::Immediate64 => ins.immediate(1),
         _ => return Err(NotEmulated::Operand("source")),
     };
-    let cmpxchg = match ins.mnemonic() {
-        Mnemonic::Mov | Mnemonic::Xchg => None,
-        Mnemonic::Cmpxchg => Some(regs.rax),
-        other => return Err(NotEmulated::Mnemonic(other)),
-    };
     let mask = if size >= 8 {
         u64::MAX
     } else {
         (1u64 << (size * 8)) - 1
     };
-    let old = if ins.mnemonic() == Mnemonic::Xchg {
+    let read_old = || -> Result<u64, NotEmulated> {
         let mut b = [0u8; 8];
         m.kernel_view(caller)
             .read(addr, &mut b[..size])
             .map_err(NotEmulated::OldEntry)?;
-        Some(u64::from_le_bytes(b))
-    } else {
-        None
+        Ok(u64::from_le_bytes(b))
     };
+    // Read-modify-write forms (Linux clears and tests PTE bits with `lock and` and
+    // `lock btr`): the new value from the old, written as a compare-and-exchange with
+    // the old value, so nothing in between is lost; CF for the bit tests, ZF for the
+    // logic operations.
+    let mut rmw_cf = None;
+    let mut rmw_zf = None;
+    let (value, cmpxchg, old) = match ins.mnemonic() {
+        Mnemonic::Mov => (src, None, None),
+        Mnemonic::Xchg => (src, None, Some(read_old()?)),
+        Mnemonic::Cmpxchg => (src, Some(regs.rax), None),
+        Mnemonic::And | Mnemonic::Or | Mnemonic::Xor => {
+            let o = read_old()?;
+            let v = match ins.mnemonic() {
+                Mnemonic::And => o & src,
+                Mnemonic::Or => o | src,
+                _ => o ^ src,
+            } & mask;
+            rmw_zf = Some(v == 0);
+            (v, Some(o), None)
+        }
+        Mnemonic::Btr | Mnemonic::Bts if ins.op_kind(1) != OpKind::Register => {
+            let o = read_old()?;
+            let bit = src & (size as u64 * 8 - 1);
+            rmw_cf = Some(o >> bit & 1 != 0);
+            let v = if ins.mnemonic() == Mnemonic::Btr {
+                o & !(1 << bit)
+            } else {
+                o | (1 << bit)
+            };
+            (v, Some(o), None)
+        }
+        other => return Err(NotEmulated::Mnemonic(other)),
+    };
+    let rmw = rmw_cf.is_some() || rmw_zf.is_some();
     let write = PtwrWrite {
         addr,
         size: size as u8,
-        value: src & mask,
+        value: value & mask,
         cmpxchg: cmpxchg.map(|c| c & mask),
     };
     let result = m.ptwr_write(caller, cr2, write)?;
@@ -400,8 +429,16 @@ pub fn try_ptwr(
         rax: None,
         xchg: None,
         zf: None,
+        cf: None,
     };
     match outcome {
+        PtwrOutcome::Written if rmw => {
+            em.zf = rmw_zf;
+            em.cf = rmw_cf;
+        }
+        // The entry changed under a read-modify-write (another writer): the
+        // instruction runs again.
+        PtwrOutcome::Mismatch { .. } if rmw => em.len = 0,
         PtwrOutcome::Written => {
             if let Some(o) = old {
                 em.xchg = Some((ins.op_register(1), o));

@@ -18,6 +18,8 @@ const RIP_WORD: u64 = 2;
 const RFLAGS_WORD: u64 = 4;
 /// RFLAGS.ZF.
 const ZF: u64 = 0x40;
+/// RFLAGS.CF.
+const CF: u64 = 0x1;
 
 /// The hardware exception frame the stub left on the ring-0 stack, above the vector and
 /// error code it pushed.
@@ -130,11 +132,24 @@ impl ExceptionFrame {
 
     /// Sets or clears ZF in the RFLAGS the guest resumes with.
     pub fn set_zf(&self, mem: &GuestMemoryMmap<()>, zf: bool) -> Result<(), GuestMemoryError> {
-        let fl = if zf {
-            self.frame.rflags | ZF
-        } else {
-            self.frame.rflags & !ZF
-        };
+        self.set_flags(mem, Some(zf), None)
+    }
+
+    /// Sets or clears ZF and CF (where given) in the RFLAGS the guest resumes with.
+    pub fn set_flags(
+        &self,
+        mem: &GuestMemoryMmap<()>,
+        zf: Option<bool>,
+        cf: Option<bool>,
+    ) -> Result<(), GuestMemoryError> {
+        let mut fl = self.frame.rflags;
+        for (bit, on) in [(ZF, zf), (CF, cf)] {
+            match on {
+                Some(true) => fl |= bit,
+                Some(false) => fl &= !bit,
+                None => {}
+            }
+        }
         mem.write_obj(fl, GuestAddress(self.gpa + RFLAGS_WORD * 8))
     }
 }

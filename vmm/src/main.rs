@@ -67,6 +67,9 @@ enum Cmd {
         /// Guest command line (start_info.cmd_line).
         #[arg(long, default_value = "")]
         cmdline: String,
+        /// A boot module for the kernel (an initrd): start_info.mod_start/mod_len.
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
         /// Print counters (exits, hypercalls, entries validated/applied/rejected,
         /// flushes) on exit.
         #[arg(long)]
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
         },
         vcpus: 1,
         cmdline: String::new(),
+        initrd: None,
         stats: false,
         trace: None,
     });
@@ -139,11 +143,17 @@ fn main() -> ExitCode {
             guest,
             vcpus,
             cmdline,
+            initrd,
             stats,
             trace,
         } => domain(guest).and_then(|mut spec| {
             spec.vcpus = vcpus;
             spec.cmdline = cmdline;
+            if let Some(path) = initrd {
+                let data = std::fs::read(&path)
+                    .map_err(|e| format!("pvmmu: cannot read {}: {e}", path.display()))?;
+                spec.initrd = Some(data);
+            }
             let report = run(VmConfig::new(spec), &RunOptions { trace })
                 .map_err(|e| format!("pvmmu: {e}"))?;
             if stats {

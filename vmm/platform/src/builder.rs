@@ -111,6 +111,7 @@ pub fn build<F: TlbFlush>(
     image: &GuestImage,
     bytes: &[u8],
     cmdline: &str,
+    initrd: Option<&[u8]>,
 ) -> Result<BootInfo, BuildError> {
     let shared_info = frames.checked_sub(1).ok_or(BuildError::TooBig {
         start: image.v_start,
@@ -134,6 +135,8 @@ pub fn build<F: TlbFlush>(
         *next += n;
         *next - n
     };
+    // The boot module (initrd) right after the kernel, as Xen's builder places it.
+    let module = initrd.map(|data| (take(&mut next, (data.len() as u64).div_ceil(PAGE)), data));
     let p2m_pages = (frames * 8).div_ceil(PAGE);
     let p2m = take(&mut next, p2m_pages);
     let (si_pfn, store, console) = (take(&mut next, 1), take(&mut next, 1), take(&mut next, 1));
@@ -252,6 +255,17 @@ pub fn build<F: TlbFlush>(
     si.pt_base = va(pt_start);
     si.nr_pt_frames = nr_pt;
     si.mfn_list = va(p2m);
+    if let Some((pfn, data)) = module {
+        mem.write_slice(data, GuestAddress(pfn * PAGE))?;
+        // A kernel that asks for it gets a PFN, any other the module's address.
+        if image.mod_start_pfn {
+            si.mod_start = pfn;
+            si.flags |= pvmmu_abi::start_info::SIF_MOD_START_PFN;
+        } else {
+            si.mod_start = va(pfn);
+        }
+        si.mod_len = data.len() as u64;
+    }
     si.set_cmd_line(cmdline.as_bytes());
     mem.write_slice(&si.to_bytes(), GuestAddress(si_pfn * PAGE))?;
 

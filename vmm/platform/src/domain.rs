@@ -67,6 +67,8 @@ pub struct DomainSpec {
     pub cmdline: String,
     /// Whether the domain may map the MMIO test device (I/O-memory permission).
     pub iomem: bool,
+    /// The boot module (an initrd), if any.
+    pub initrd: Option<Vec<u8>>,
 }
 
 impl DomainSpec {
@@ -79,6 +81,7 @@ impl DomainSpec {
             image,
             cmdline: String::new(),
             iomem: true,
+            initrd: None,
         }
     }
 
@@ -162,6 +165,7 @@ impl<F: TlbFlush> Domain<F> {
             &image,
             &spec.image,
             &spec.cmdline,
+            spec.initrd.as_deref(),
         )?;
         boot.grant_first = grant_first;
         vm_memory::Bytes::write_slice(

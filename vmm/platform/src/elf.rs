@@ -4,8 +4,8 @@ use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_EXEC};
 use goblin::elf::program_header::{PT_LOAD, PT_NOTE};
 use pvmmu_abi::elfnote::{
-    XEN_ELFNOTE_ENTRY, XEN_ELFNOTE_FEATURES, XEN_ELFNOTE_HYPERCALL_PAGE, XEN_ELFNOTE_PADDR_OFFSET,
-    XEN_ELFNOTE_VIRT_BASE, XEN_ELFNOTE_XEN_VERSION, feature_by_name,
+    XEN_ELFNOTE_ENTRY, XEN_ELFNOTE_FEATURES, XEN_ELFNOTE_HYPERCALL_PAGE, XEN_ELFNOTE_MOD_START_PFN,
+    XEN_ELFNOTE_PADDR_OFFSET, XEN_ELFNOTE_VIRT_BASE, XEN_ELFNOTE_XEN_VERSION, feature_by_name,
 };
 
 /// Errors in a guest image.
@@ -65,6 +65,8 @@ pub struct GuestImage {
     pub v_end: u64,
     /// Features the image asked for (name, required).
     pub features: Vec<(String, bool)>,
+    /// XEN_ELFNOTE_MOD_START_PFN: the kernel takes `start_info.mod_start` as a PFN.
+    pub mod_start_pfn: bool,
 }
 
 /// Features this hypervisor supports for PV guests.
@@ -99,6 +101,7 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
     let mut paddr_offset = 0;
     let mut hypercall_page = None;
     let mut features = Vec::new();
+    let mut mod_start_pfn = false;
     let mut xen_notes = 0;
     let has_note_segment = elf.program_headers.iter().any(|p| p.p_type == PT_NOTE);
     let notes = if has_note_segment {
@@ -118,6 +121,9 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
             XEN_ELFNOTE_ENTRY => entry = Some(note_u64(note.n_type, note.desc)?),
             XEN_ELFNOTE_VIRT_BASE => virt_base = note_u64(note.n_type, note.desc)?,
             XEN_ELFNOTE_PADDR_OFFSET => paddr_offset = note_u64(note.n_type, note.desc)?,
+            XEN_ELFNOTE_MOD_START_PFN => {
+                mod_start_pfn = note.desc.first().is_some_and(|&b| b != 0);
+            }
             XEN_ELFNOTE_HYPERCALL_PAGE => hypercall_page = Some(note_u64(note.n_type, note.desc)?),
             XEN_ELFNOTE_XEN_VERSION => {
                 let v = note_str(note.desc);
@@ -187,6 +193,7 @@ pub fn parse(bytes: &[u8]) -> Result<GuestImage, ElfError> {
             & !0xfff,
         segments,
         features,
+        mod_start_pfn,
     };
     Ok(image)
 }

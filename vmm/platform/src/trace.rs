@@ -117,6 +117,7 @@ impl TraceHeader {
             image: self.image.clone(),
             cmdline: self.cmdline.clone(),
             iomem: self.iomem,
+            initrd: None,
         }
     }
 }

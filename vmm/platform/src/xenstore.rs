@@ -428,12 +428,19 @@ mod tests {
         for (i, b) in hdr.iter().enumerate() {
             mem.write_obj(*b, GuestAddress(0x1000 + i as u64)).unwrap();
         }
-        mem.write_obj(16u32, GuestAddress(0x1000 + REQ_PROD)).unwrap();
+        mem.write_obj(16u32, GuestAddress(0x1000 + REQ_PROD))
+            .unwrap();
         assert!(!xs.process(&mem));
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000 + REQ_CONS)).unwrap(), 16);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000 + REQ_CONS))
+                .unwrap(),
+            16
+        );
         // Then the payload.
-        mem.write_slice(b"domid\0", GuestAddress(0x1000 + 16)).unwrap();
-        mem.write_obj(22u32, GuestAddress(0x1000 + REQ_PROD)).unwrap();
+        mem.write_slice(b"domid\0", GuestAddress(0x1000 + 16))
+            .unwrap();
+        mem.write_obj(22u32, GuestAddress(0x1000 + REQ_PROD))
+            .unwrap();
         assert!(xs.process(&mem));
         let (r, _) = responses(&mem, 0);
         assert_eq!(r, vec![(XS_READ, b"1".to_vec())]);

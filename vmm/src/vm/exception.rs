@@ -90,8 +90,8 @@ impl Vm {
                     self.stats.ptwr += 1;
                     let mem = self.machine.memory();
                     ef.set_rip(mem, frame.rip + em.len)?;
-                    if let Some(zf) = em.zf {
-                        ef.set_zf(mem, zf)?;
+                    if em.zf.is_some() || em.cf.is_some() {
+                        ef.set_flags(mem, em.zf, em.cf)?;
                     }
                     if let Some(rax) = em.rax {
                         regs.rax = rax;
