@@ -201,6 +201,25 @@ pub fn guest_main(si: &'static StartInfo) {
     if v != 0x1002 {
         rt::finish(Some("ptwr: direct L1 write not applied"));
     }
+    // Read-modify-write stores as Linux makes them on PTEs: `lock btr` of the accessed
+    // bit (CF says it was set), `lock and` clearing RW.
+    let was_young: u8;
+    // SAFETY: atomic bit operations on our own L1 entry, emulated by the hypervisor.
+    unsafe {
+        core::arch::asm!(
+            "lock btrq $5, ({p})",
+            "setc {y}",
+            "lock andb $0xfd, ({p})",
+            p = in(reg) slot2,
+            y = out(reg_byte) was_young,
+            options(att_syntax, nostack),
+        );
+    }
+    let after = peek(slot2);
+    println!("ptwr: lock btr/and: accessed was {was_young}, entry now {after:#x}");
+    if was_young != 1 || after & (A | RW) != 0 || after & P == 0 {
+        rt::finish(Some("ptwr: read-modify-write not applied"));
+    }
 
     // 5. A second L4 sharing the kernel's L3: pin it, switch to it, run, switch back.
     let l4b = frames.take();
