@@ -205,8 +205,13 @@ fn main() -> ExitCode {
 fn domain(g: GuestArgs) -> Result<DomainSpec, String> {
     let mut iomem = true;
     let image = match (g.file, g.guest) {
-        (Some(path), _) => std::fs::read(&path)
-            .map_err(|e| format!("pvmmu: cannot read {}: {e}", path.display()))?,
+        (Some(path), _) => {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("pvmmu: cannot read {}: {e}", path.display()))?;
+            // A distribution's bzImage carries the ELF kernel compressed.
+            platform::bzimage::unpack(&bytes)
+                .map_err(|e| format!("pvmmu: {}: {e}", path.display()))?
+        }
         (None, name) => {
             let name = name.unwrap_or_else(|| "demo".into());
             let b = guests::find(&name).ok_or(format!(

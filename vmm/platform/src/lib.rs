@@ -27,6 +27,7 @@
 //! ```
 
 pub mod builder;
+pub mod bzimage;
 pub mod console;
 pub mod cpuid;
 pub mod dispatch;
