@@ -1,5 +1,7 @@
 //! Helpers for the KVM integration tests that boot guests through the `vmm` library
-//! API: the `/dev/kvm` gate and output capture.
+//! API: the `/dev/kvm` gate, output capture, and Debian's packages for the Linux boot.
+
+pub mod debian;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
