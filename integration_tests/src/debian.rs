@@ -105,7 +105,7 @@ pub struct Entry<'a> {
 pub fn newc_archive(entries: &[Entry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     let pad = |out: &mut Vec<u8>| {
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     };
