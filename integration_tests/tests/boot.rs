@@ -82,7 +82,10 @@ fn demo_guest_exercises_ptwr_and_both_invalidation_kinds() {
     let demo = vmm::guests::find("demo").expect("demo");
     let (report, text) = boot(demo.image);
     assert!(text.contains("ptwr: stored L1[2] directly"), "{text}");
-    assert!(text.contains("ptwr: lock btr/and: accessed was 1"), "{text}");
+    assert!(
+        text.contains("ptwr: lock btr/and: accessed was 1"),
+        "{text}"
+    );
     // The store, the `lock btr` and the `lock and`.
     assert_eq!(report.stats.ptwr, 3);
     assert!(
