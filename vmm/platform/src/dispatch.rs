@@ -469,19 +469,24 @@ fn rc(r: Result<(), Errno>) -> i64 {
     r.map_or_else(|e| e.neg(), |()| 0)
 }
 
-/// `memory_op(cmd, arg)`: `XENMEM_machphys_mapping` (where the read-only M2P is, as
-/// Xen describes it to a 64-bit PV guest). The rest of the memory operations belong to
-/// the platform and answer -ENOSYS until they are served.
+/// `memory_op(cmd, arg)`: `XENMEM_machphys_mapping` (where the read-only M2P is, in the
+/// layout Xen describes to a 64-bit PV guest). The window given is the M2P's alias in
+/// L4 slot 257 (`layout::M2P_ALIAS_VA`), which guests read without a fault on every
+/// KVM, where Xen's own address (slot 256) faults on this host's KVM-PVM and costs an
+/// emulated exit per read (Linux reads the M2P for every PTE it inspects). The rest of
+/// the memory operations answer -ENOSYS until they are served.
 fn memory_op<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
     use pvmmu_abi::layout::{MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
     use pvmmu_abi::memory::{XENMEM_machphys_mapping, decode_memory_op_cmd};
     let (cmd, _) = decode_memory_op_cmd(a[0]);
     match cmd {
         XENMEM_machphys_mapping => {
-            let max_mfn = (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) / 8 - 1;
+            let size = MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START;
+            let max_mfn = size / 8 - 1;
+            let start = crate::layout::M2P_ALIAS_VA;
             let mut b = [0u8; 24];
-            b[..8].copy_from_slice(&MACH2PHYS_VIRT_START.to_le_bytes());
-            b[8..16].copy_from_slice(&MACH2PHYS_VIRT_END.to_le_bytes());
+            b[..8].copy_from_slice(&start.to_le_bytes());
+            b[8..16].copy_from_slice(&(start + size).to_le_bytes());
             b[16..].copy_from_slice(&max_mfn.to_le_bytes());
             rc(m.kernel_view(caller).write(a[1], &b))
         }

@@ -223,7 +223,8 @@ pub fn guest_main(si: &'static StartInfo) {
     c.eq("CR0.TS set", (with_ts >> 3 & 1) as i64, 1);
     c.eq("CR0.TS cleared by clts", (without_ts >> 3 & 1) as i64, 0);
 
-    // Where the read-only M2P is (XENMEM_machphys_mapping).
+    // Where the read-only M2P is (XENMEM_machphys_mapping): its alias in slot 257,
+    // which reads without a fault on every KVM; and it reads as the M2P there.
     let mut mapping = [0u64; 3];
     // SAFETY: memory_op(XENMEM_machphys_mapping, &mapping): three words written.
     let rc = unsafe { rt::hypercall(12, 12, mapping.as_mut_ptr() as u64, 0, 0, 0) };
@@ -231,12 +232,17 @@ pub fn guest_main(si: &'static StartInfo) {
     c.eq(
         "M2P start",
         mapping[0] as i64,
-        0xffff_8000_0000_0000u64 as i64,
+        0xffff_8080_0000_0000u64 as i64,
     );
     c.eq(
         "M2P end",
         mapping[1] as i64,
-        0xffff_8040_0000_0000u64 as i64,
+        0xffff_80c0_0000_0000u64 as i64,
+    );
+    c.eq(
+        "the M2P there maps the L4's frame to its pfn",
+        rt::peek(mapping[0] + (cr3 >> 12) * 8) as i64,
+        (si.pt_base >> 12) as i64,
     );
 
     // A raw `syscall` from kernel mode is a hypercall.
