@@ -1,6 +1,6 @@
 //! Debian's stock kernel and busybox for the Linux boot test: found by name with apt,
-//! downloaded once into a cache directory and unpacked from their .deb files without
-//! installing them; and the initramfs the test boots, a newc cpio archive written here.
+//! downloaded once into a cache directory and the one file needed taken from each .deb
+//! without installing it; and the initramfs the test boots, a newc cpio archive written here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,9 +49,9 @@ pub fn fetch(cache: &Path) -> Result<Packages, String> {
     let kernel = tree.join("boot").join(format!("vmlinuz-{release}"));
     let bb_tree = cache.join("busybox-static");
     let busybox = bb_tree.join("bin/busybox");
-    for (pkg, unpacked, out) in [
-        (kernel_pkg.as_str(), &kernel, &tree),
-        ("busybox-static", &busybox, &bb_tree),
+    for (pkg, unpacked, out, member) in [
+        (kernel_pkg.as_str(), &kernel, &tree, "./boot/"),
+        ("busybox-static", &busybox, &bb_tree, "./bin/busybox"),
     ] {
         if unpacked.exists() {
             continue;
@@ -69,7 +69,15 @@ pub fn fetch(cache: &Path) -> Result<Packages, String> {
                     .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
             })
             .ok_or_else(|| format!("apt-get download {pkg}: no .deb"))?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(out))?;
+        // Only the file the test needs (a kernel package's modules are hundreds of MB).
+        std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+        let script = format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -xf - -C '{}' '{member}'",
+            deb.display(),
+            out.display()
+        );
+        run(Command::new("sh").args(["-c", &script]))?;
+        let _ = std::fs::remove_file(&deb);
         if !unpacked.exists() {
             return Err(format!(
                 "{} missing after unpacking {pkg}",
