@@ -387,12 +387,12 @@ impl EventChannels {
     ) -> Result<(), Errno> {
         let port = self.port_arg(m, caller, arg)?;
         match self.ports[port as usize].state {
-            PortState::Interdomain { remote, .. } if remote == caller.dom => {
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } if remote == caller.dom => {
                 // A loopback pair: the other end's port is pending.
-                if let PortState::Interdomain { remote_port, .. } = self.ports[port as usize].state
-                {
-                    self.set_pending(m, remote_port);
-                }
+                self.set_pending(m, remote_port);
                 Ok(())
             }
             PortState::Interdomain { .. } => {
