@@ -12,7 +12,7 @@ use pvmmu::{Caller, Errno, TlbFlush};
 use pvmmu_abi::DOMID_SELF;
 use pvmmu_abi::shared_info::{
     EVTCHN_2L_NR_CHANNELS, SHARED_INFO_EVTCHN_MASK_OFFSET, SHARED_INFO_EVTCHN_PENDING_OFFSET,
-    VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING_OFFSET,
+    VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_UPCALL_PENDING_OFFSET,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -481,6 +481,3 @@ impl EventChannels {
 const fn virq_is_global(virq: u32) -> bool {
     !matches!(virq, 0 | 1 | 7 | 13)
 }
-
-/// Size of `vcpu_info` (for the embedder laying them out).
-pub const VCPU_INFO_BYTES: usize = VCPU_INFO_SIZE;
