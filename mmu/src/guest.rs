@@ -147,18 +147,21 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
         Ok(())
     }
 
+    /// Reads `N` bytes (a hypercall argument structure, say).
+    pub fn read_array<const N: usize>(&mut self, va: u64) -> Result<[u8; N], Errno> {
+        let mut b = [0u8; N];
+        self.read(va, &mut b)?;
+        Ok(b)
+    }
+
     /// Reads a little-endian `u64`.
     pub fn read_u64(&mut self, va: u64) -> Result<u64, Errno> {
-        let mut b = [0u8; 8];
-        self.read(va, &mut b)?;
-        Ok(u64::from_le_bytes(b))
+        self.read_array(va).map(u64::from_le_bytes)
     }
 
     /// Reads a little-endian `u32`.
     pub fn read_u32(&mut self, va: u64) -> Result<u32, Errno> {
-        let mut b = [0u8; 4];
-        self.read(va, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        self.read_array(va).map(u32::from_le_bytes)
     }
 
     /// Writes a little-endian `u32`.

@@ -16,6 +16,8 @@ use pvmmu_abi::shared_info::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::named::own_domain;
+
 /// The machine event channels live in.
 type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
 
@@ -257,36 +259,6 @@ impl EventChannels {
         Some((r.map_or_else(Errno::neg, |()| 0), effects))
     }
 
-    fn read<const N: usize, F: TlbFlush>(
-        m: &Mach<F>,
-        caller: Caller,
-        arg: u64,
-    ) -> Result<[u8; N], Errno> {
-        let mut b = [0u8; N];
-        m.kernel_view(caller)
-            .read(arg, &mut b)
-            .map_err(|_| Errno::EFAULT)?;
-        Ok(b)
-    }
-
-    fn write_u32<F: TlbFlush>(m: &Mach<F>, caller: Caller, at: u64, v: u32) -> Result<(), Errno> {
-        m.kernel_view(caller)
-            .write(at, &v.to_le_bytes())
-            .map_err(|_| Errno::EFAULT)
-    }
-
-    /// The caller's own domain named by `dom`: Ok, or Xen's -ESRCH for a domain that
-    /// does not exist and -EPERM for another one (XSM for a domU).
-    fn own_domain<F: TlbFlush>(m: &Mach<F>, caller: Caller, dom: u16) -> Result<(), Errno> {
-        if dom == DOMID_SELF || dom == caller.dom {
-            Ok(())
-        } else if m.domain(dom).is_some() {
-            Err(Errno::EPERM)
-        } else {
-            Err(Errno::ESRCH)
-        }
-    }
-
     fn alloc_unbound<F: TlbFlush>(
         &mut self,
         m: &Mach<F>,
@@ -294,17 +266,17 @@ impl EventChannels {
         arg: u64,
     ) -> Result<(), Errno> {
         // struct { domid_t dom, remote_dom; evtchn_port_t port; }
-        let b = Self::read::<8, F>(m, caller, arg)?;
+        let b = m.kernel_view(caller).read_array::<8>(arg)?;
         let dom = u16::from_le_bytes([b[0], b[1]]);
         let remote = u16::from_le_bytes([b[2], b[3]]);
-        Self::own_domain(m, caller, dom)?;
+        own_domain(m, caller, dom)?;
         let remote = if remote == DOMID_SELF {
             caller.dom
         } else {
             remote
         };
         let port = self.allocate(PortState::Unbound { remote }, 0)?;
-        Self::write_u32(m, caller, arg + 4, port)
+        m.kernel_view(caller).write_u32(arg + 4, port)
     }
 
     fn bind_virq<F: TlbFlush>(
@@ -314,7 +286,7 @@ impl EventChannels {
         arg: u64,
     ) -> Result<(), Errno> {
         // struct { uint32_t virq; uint32_t vcpu; evtchn_port_t port; }
-        let b = Self::read::<12, F>(m, caller, arg)?;
+        let b = m.kernel_view(caller).read_array::<12>(arg)?;
         let virq = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
         let vcpu = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
         if virq >= NR_VIRQS {
@@ -331,7 +303,7 @@ impl EventChannels {
         }
         let port = self.allocate(PortState::Virq(virq), vcpu)?;
         self.virqs[vcpu as usize][virq as usize] = port;
-        Self::write_u32(m, caller, arg + 8, port)
+        m.kernel_view(caller).write_u32(arg + 8, port)
     }
 
     fn bind_ipi<F: TlbFlush>(
@@ -341,19 +313,18 @@ impl EventChannels {
         arg: u64,
     ) -> Result<(), Errno> {
         // struct { uint32_t vcpu; evtchn_port_t port; }
-        let b = Self::read::<8, F>(m, caller, arg)?;
+        let b = m.kernel_view(caller).read_array::<8>(arg)?;
         let vcpu = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
         if vcpu >= self.nr_vcpus() {
             return Err(Errno::ENOENT);
         }
         let port = self.allocate(PortState::Ipi, vcpu)?;
-        Self::write_u32(m, caller, arg + 4, port)
+        m.kernel_view(caller).write_u32(arg + 4, port)
     }
 
     /// The port named by the `u32` at `arg`, if it is a valid port number.
     fn port_arg<F: TlbFlush>(&self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<u32, Errno> {
-        let b = Self::read::<4, F>(m, caller, arg)?;
-        let port = u32::from_le_bytes(b);
+        let port = m.kernel_view(caller).read_u32(arg)?;
         if (port as usize) < self.ports.len() {
             Ok(port)
         } else {
@@ -412,9 +383,9 @@ impl EventChannels {
     fn status<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
         // struct { domid_t dom; evtchn_port_t port; uint32_t status; uint32_t vcpu;
         //          union { ... } u; }
-        let b = Self::read::<8, F>(m, caller, arg)?;
+        let b = m.kernel_view(caller).read_array::<8>(arg)?;
         let dom = u16::from_le_bytes([b[0], b[1]]);
-        Self::own_domain(m, caller, dom)?;
+        own_domain(m, caller, dom)?;
         let port = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
         let p = self.port(port).ok_or(Errno::EINVAL)?;
         let mut out = [0u8; 16];
@@ -432,9 +403,7 @@ impl EventChannels {
         out[4..8].copy_from_slice(&p.vcpu.to_le_bytes());
         out[8..12].copy_from_slice(&u0.to_le_bytes());
         out[12..16].copy_from_slice(&u1.to_le_bytes());
-        m.kernel_view(caller)
-            .write(arg + 8, &out)
-            .map_err(|_| Errno::EFAULT)
+        m.kernel_view(caller).write(arg + 8, &out)
     }
 
     fn bind_vcpu<F: TlbFlush>(
@@ -444,7 +413,7 @@ impl EventChannels {
         arg: u64,
     ) -> Result<(), Errno> {
         // struct { evtchn_port_t port; uint32_t vcpu; }
-        let b = Self::read::<8, F>(m, caller, arg)?;
+        let b = m.kernel_view(caller).read_array::<8>(arg)?;
         let port = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
         let vcpu = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
         if vcpu >= self.nr_vcpus() {

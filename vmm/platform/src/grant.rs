@@ -9,7 +9,6 @@
 #![allow(non_upper_case_globals)] // Xen's names for the grant-table constants
 
 use pvmmu::{Caller, Errno, Mfn, TlbFlush};
-use pvmmu_abi::DOMID_SELF;
 use pvmmu_abi::grant::{
     GNTST_bad_domain, GNTST_bad_virt_addr, GNTST_general_error, GNTST_okay,
     GNTST_permission_denied, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_get_status_frames,
@@ -17,6 +16,8 @@ use pvmmu_abi::grant::{
     GnttabGetStatusFrames, GnttabGetVersion, GnttabQuerySize, GnttabSetupTable,
 };
 use vm_memory::{Bytes, GuestAddress};
+
+use crate::named::own_domain;
 
 /// The machine a grant table lives in.
 type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
@@ -106,12 +107,10 @@ impl GrantTable {
     /// The `GNTST_*` for naming domain `dom`: only the caller's own table is served
     /// (another existing domain: no permission, as Xen's XSM policy for a domU).
     fn domain_status<F: TlbFlush>(m: &Mach<F>, caller: Caller, dom: u16) -> i16 {
-        if dom == DOMID_SELF || dom == caller.dom {
-            GNTST_okay
-        } else if m.domain(dom).is_some() {
-            GNTST_permission_denied
-        } else {
-            GNTST_bad_domain
+        match own_domain(m, caller, dom) {
+            Ok(()) => GNTST_okay,
+            Err(Errno::EPERM) => GNTST_permission_denied,
+            Err(_) => GNTST_bad_domain,
         }
     }
 
@@ -140,20 +139,15 @@ impl GrantTable {
         at: u64,
         status: i16,
     ) -> Result<(), Errno> {
-        m.kernel_view(caller)
-            .write(at, &status.to_le_bytes())
-            .map_err(|_| Errno::EFAULT)
+        m.kernel_view(caller).write(at, &status.to_le_bytes())
     }
 
     /// Shares grant frames up to `n` and, in version 2, the status frames they need
     /// (Xen's `gnttab_grow_table`). `false` if a frame cannot be shared.
     fn grow<F: TlbFlush>(&mut self, m: &mut Mach<F>, dom: u16, n: u32) -> bool {
         let frames: Vec<Mfn> = (self.nr_frames..n).map(|i| self.frame(i)).collect();
-        if m.share_frames(dom, frames.iter().copied(), true).is_err() {
+        if !share_zeroed(m, dom, &frames) {
             return false;
-        }
-        for f in &frames {
-            zero(m, *f);
         }
         self.nr_frames = self.nr_frames.max(n);
         if self.version == 2 {
@@ -169,11 +163,8 @@ impl GrantTable {
         let frames: Vec<Mfn> = (self.nr_status..want)
             .map(|i| self.status_frame(i))
             .collect();
-        if m.share_frames(dom, frames.iter().copied(), true).is_err() {
+        if !share_zeroed(m, dom, &frames) {
             return false;
-        }
-        for f in &frames {
-            zero(m, *f);
         }
         self.nr_status = self.nr_status.max(want);
         true
@@ -189,10 +180,9 @@ impl GrantTable {
         if count != 1 {
             return Err(Errno::EINVAL);
         }
-        let mut b = [0u8; GnttabSetupTable::SIZE];
-        m.kernel_view(caller)
-            .read(uop, &mut b)
-            .map_err(|_| Errno::EFAULT)?;
+        let b = m
+            .kernel_view(caller)
+            .read_array::<{ GnttabSetupTable::SIZE }>(uop)?;
         let op = GnttabSetupTable::from_bytes(&b);
         if !pvmmu::guest_range_ok(op.frame_list, u64::from(op.nr_frames) * 8) {
             return Err(Errno::EFAULT);
@@ -225,19 +215,16 @@ impl GrantTable {
         if count != 1 {
             return Err(Errno::EINVAL);
         }
-        let mut b = [0u8; GnttabQuerySize::SIZE];
-        m.kernel_view(caller)
-            .read(uop, &mut b)
-            .map_err(|_| Errno::EFAULT)?;
+        let b = m
+            .kernel_view(caller)
+            .read_array::<{ GnttabQuerySize::SIZE }>(uop)?;
         let mut op = GnttabQuerySize::from_bytes(&b);
         op.status = Self::domain_status(m, caller, op.dom);
         if op.status == GNTST_okay {
             op.nr_frames = self.nr_frames;
             op.max_nr_frames = MAX_GRANT_FRAMES;
         }
-        m.kernel_view(caller)
-            .write(uop, &op.to_bytes())
-            .map_err(|_| Errno::EFAULT)
+        m.kernel_view(caller).write(uop, &op.to_bytes())
     }
 
     fn get_status_frames<F: TlbFlush>(
@@ -250,10 +237,9 @@ impl GrantTable {
         if count != 1 {
             return Err(Errno::EINVAL);
         }
-        let mut b = [0u8; GnttabGetStatusFrames::SIZE];
-        m.kernel_view(caller)
-            .read(uop, &mut b)
-            .map_err(|_| Errno::EFAULT)?;
+        let b = m
+            .kernel_view(caller)
+            .read_array::<{ GnttabGetStatusFrames::SIZE }>(uop)?;
         let op = GnttabGetStatusFrames::from_bytes(&b);
         if !pvmmu::guest_range_ok(op.frame_list, u64::from(op.nr_frames) * 8) {
             return Err(Errno::EFAULT);
@@ -281,19 +267,11 @@ impl GrantTable {
         caller: Caller,
         uop: u64,
     ) -> Result<(), Errno> {
-        let mut b = [0u8; GnttabGetVersion::SIZE];
-        m.kernel_view(caller)
-            .read(uop, &mut b)
-            .map_err(|_| Errno::EFAULT)?;
-        let dom = u16::from_le_bytes([b[0], b[1]]);
-        match Self::domain_status(m, caller, dom) {
-            GNTST_okay => {}
-            GNTST_bad_domain => return Err(Errno::ESRCH),
-            _ => return Err(Errno::EPERM),
-        }
-        m.kernel_view(caller)
-            .write(uop + 4, &self.version.to_le_bytes())
-            .map_err(|_| Errno::EFAULT)
+        let b = m
+            .kernel_view(caller)
+            .read_array::<{ GnttabGetVersion::SIZE }>(uop)?;
+        own_domain(m, caller, u16::from_le_bytes([b[0], b[1]]))?;
+        m.kernel_view(caller).write_u32(uop + 4, self.version)
     }
 
     /// Xen's `gnttab_set_version`: the result, with the version in force written back
@@ -304,14 +282,9 @@ impl GrantTable {
         caller: Caller,
         uop: u64,
     ) -> Result<(), Errno> {
-        let want = m
-            .kernel_view(caller)
-            .read_u32(uop)
-            .map_err(|_| Errno::EFAULT)?;
+        let want = m.kernel_view(caller).read_u32(uop)?;
         let r = self.switch_version(m, caller.dom, want);
-        m.kernel_view(caller)
-            .write(uop, &self.version.to_le_bytes())
-            .map_err(|_| Errno::EFAULT)?;
+        m.kernel_view(caller).write_u32(uop, self.version)?;
         r
     }
 
@@ -401,6 +374,18 @@ fn read<F: TlbFlush, T: vm_memory::ByteValued + Default>(m: &Mach<F>, f: Mfn, of
     m.memory()
         .read_obj(GuestAddress(f.addr() + off as u64))
         .unwrap_or_default()
+}
+
+/// Shares `frames` read-write with `dom` and clears them: `false` if one cannot be
+/// shared.
+fn share_zeroed<F: TlbFlush>(m: &mut Mach<F>, dom: u16, frames: &[Mfn]) -> bool {
+    if m.share_frames(dom, frames.iter().copied(), true).is_err() {
+        return false;
+    }
+    for &f in frames {
+        zero(m, f);
+    }
+    true
 }
 
 /// Clears frame `f`.

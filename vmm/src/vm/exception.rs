@@ -379,10 +379,7 @@ impl Vm {
             .get(caller.vcpu as usize)?;
         let (gdt_ents, ldt_ents) = (v.gdt_ents, v.ldt_ents);
         let mut view = pvmmu::GuestView::new(self.machine.memory(), self.current_root());
-        let mut read = |va: u64| {
-            let mut b = [0u8; 2];
-            view.read(va, &mut b).ok().map(|()| u16::from_le_bytes(b))
-        };
+        let mut read = |va: u64| view.read_array::<2>(va).ok().map(u16::from_le_bytes);
         let sel =
             emulate::loaded_selector(bytes, rip, self.cpuid.is_amd(), regs, sregs, &mut read)?;
         platform::pv::selector::beyond_table_error(sel, gdt_ents, ldt_ents)

@@ -68,20 +68,13 @@ impl PvVcpu {
 
     /// The timer commands of `vcpu_op` for the calling vCPU.
     pub(super) fn timer_op<F: TlbFlush>(&mut self, m: &Mach<F>, cmd: u32, arg: u64) -> i64 {
-        let read = |n: usize| -> Result<[u8; 16], Errno> {
-            let mut b = [0u8; 16];
-            m.kernel_view(self.caller)
-                .read(arg, &mut b[..n])
-                .map_err(|_| Errno::EFAULT)?;
-            Ok(b)
-        };
         match cmd {
             VCPUOP_SET_PERIODIC_TIMER => {
-                let b = match read(8) {
-                    Ok(b) => b,
+                // struct vcpu_set_periodic_timer { uint64_t period_ns; }
+                let period = match m.kernel_view(self.caller).read_u64(arg) {
+                    Ok(p) => p,
                     Err(e) => return e.neg(),
                 };
-                let period = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
                 if !(MIN_PERIOD_NS..=STIME_DELTA_MAX).contains(&period) {
                     return Errno::EINVAL.neg();
                 }
@@ -94,7 +87,9 @@ impl PvVcpu {
                 0
             }
             VCPUOP_SET_SINGLESHOT_TIMER => {
-                let b = match read(12) {
+                // struct vcpu_set_singleshot_timer { uint64_t timeout_abs_ns;
+                //                                    uint32_t flags; }
+                let b = match m.kernel_view(self.caller).read_array::<12>(arg) {
                     Ok(b) => b,
                     Err(e) => return e.neg(),
                 };

@@ -72,11 +72,10 @@ impl PvVcpu {
                 r.map_or_else(|e| e.neg(), |()| 0)
             }
             VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA if own => {
-                let mut b = [0u8; 8];
-                if m.kernel_view(self.caller).read(arg, &mut b).is_err() {
-                    return Some(Errno::EFAULT.neg());
-                }
-                let va = u64::from_le_bytes(b);
+                let va = match m.kernel_view(self.caller).read_u64(arg) {
+                    Ok(va) => va,
+                    Err(e) => return Some(e.neg()),
+                };
                 if !pvmmu::guest_range_ok(va, RUNSTATE_INFO_SIZE as u64) {
                     return Some(Errno::EFAULT.neg());
                 }
@@ -111,10 +110,10 @@ impl PvVcpu {
             VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING_OFFSET,
         };
         use vm_memory::{Bytes, GuestAddress};
-        let mut b = [0u8; 16];
-        if m.kernel_view(self.caller).read(arg, &mut b).is_err() {
-            return Errno::EFAULT.neg();
-        }
+        let b = match m.kernel_view(self.caller).read_array::<16>(arg) {
+            Ok(b) => b,
+            Err(e) => return e.neg(),
+        };
         let mfn = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
         let offset = u64::from(u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()));
         if offset > 4096 - VCPU_INFO_SIZE as u64 || offset % 8 != 0 {
