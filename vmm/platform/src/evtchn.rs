@@ -224,6 +224,14 @@ impl EventChannels {
         }
     }
 
+    /// Whether the guest bound `virq` on `vcpu` (raising it does something).
+    pub fn virq_bound(&self, vcpu: u32, virq: u32) -> bool {
+        self.virqs
+            .get(vcpu as usize)
+            .and_then(|v| v.get(virq as usize))
+            .is_some_and(|&port| port != 0)
+    }
+
     /// Whether `vcpu` has an upcall pending (`vcpu_info.evtchn_upcall_pending`).
     pub fn upcall_pending<F: TlbFlush>(&self, m: &Mach<F>, vcpu: u32) -> bool {
         self.vcpu_info.get(vcpu as usize).is_some_and(|&info| {

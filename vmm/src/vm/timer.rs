@@ -119,16 +119,20 @@ fn timer_thread(s: &Shared) {
 
 impl Vm {
     /// Expires the vCPU's due timers (raising VIRQ_TIMER) and tells the timer thread
-    /// the next deadline.
+    /// the next deadline. While the guest has not bound VIRQ_TIMER a timer firing
+    /// changes nothing it can see, so the vCPU is not kicked for it (the timers still
+    /// expire here, at the next exit).
     pub(super) fn service_timers(&mut self) {
+        let vcpu = self.vcpu.caller.vcpu;
         let now = self.pv.system_time_ns();
         if self.pv.expire_timers(now) {
             self.platform
                 .evtchn
-                .raise_virq(&self.machine, self.vcpu.caller.vcpu, VIRQ_TIMER);
+                .raise_virq(&self.machine, vcpu, VIRQ_TIMER);
         }
         if let Some(k) = &self.timer {
-            k.set_deadline(self.pv.next_deadline());
+            let bound = self.platform.evtchn.virq_bound(vcpu, VIRQ_TIMER);
+            k.set_deadline(self.pv.next_deadline().filter(|_| bound));
         }
     }
 
