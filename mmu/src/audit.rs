@@ -47,6 +47,17 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             e.type_count += u64::from(p.pinned) + u64::from(p.shared);
         }
         for d in core.domains.values() {
+            // Device halves of grant mappings (host halves are PTEs, counted below).
+            for (_, g) in d.maptrack.iter() {
+                if g.flags & pvmmu_abi::grant::GNTMAP_device_map != 0 {
+                    let e = exp.entry(g.mfn.0).or_default();
+                    e.count += 1;
+                    if g.flags & pvmmu_abi::grant::GNTMAP_readonly == 0 {
+                        e.type_count += 1;
+                        e.writable_maps += 1;
+                    }
+                }
+            }
             for v in &d.vcpus {
                 let gdt = v.gdt_frames.iter().copied();
                 let ldt = v.ldt_mapped.iter().flatten().copied();
@@ -172,6 +183,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// free, untyped, with count 0, unless another domain still maps it (an error).
     pub fn destroy_domain(&mut self, dom: u16) -> Result<(), MachineError> {
         let Machine { mem, core, .. } = self;
+        if !core.domains.contains_key(&dom) {
+            return Err(MachineError::NoDomain(dom));
+        }
+        core.release_grant_mappings(mem, dom);
         let d = core
             .domains
             .get_mut(&dom)

@@ -111,6 +111,8 @@ pub struct Domain {
     pub(crate) stale: Vec<Mfn>,
     /// Whether an L2..L4 entry of this domain changed since its last full flush.
     pub(crate) non_leaf_pending: bool,
+    /// Its grant mappings (see [`crate::grant`]).
+    pub(crate) maptrack: crate::grant::Maptrack,
 }
 
 impl Domain {
@@ -127,6 +129,7 @@ impl Domain {
             vm_assist: 0,
             stale: Vec::new(),
             non_leaf_pending: false,
+            maptrack: crate::grant::Maptrack::default(),
         }
     }
 

@@ -91,6 +91,7 @@ pub mod dump;
 pub mod entry;
 pub mod flush;
 pub mod frame;
+pub mod grant;
 pub mod guest;
 pub mod hypercall;
 pub mod ldt;

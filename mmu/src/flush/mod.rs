@@ -65,6 +65,8 @@ pub enum FlushReason {
     Ldt,
     /// `set_gdt` replaced the GDT.
     Gdt,
+    /// A batch of grant unmaps removed host mappings.
+    GrantUnmap,
 }
 
 /// One flush the embedder must carry out before the hypercall returns to the guest.
