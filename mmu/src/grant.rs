@@ -31,7 +31,9 @@ use pvmmu_abi::grant::{
     GNTMAP_host_map, GNTMAP_readonly, GNTST_bad_dev_addr, GNTST_bad_handle, GNTST_bad_page,
     GNTST_general_error, GNTST_no_space,
 };
-use pvmmu_abi::pte::{PAGE_ACCESSED, PAGE_AVAIL, PAGE_DIRTY, PAGE_NX, PAGE_PRESENT, PAGE_RW, PAGE_USER};
+use pvmmu_abi::pte::{
+    PAGE_ACCESSED, PAGE_AVAIL, PAGE_DIRTY, PAGE_NX, PAGE_PRESENT, PAGE_RW, PAGE_USER,
+};
 use vm_memory::GuestMemory;
 
 use crate::batch::Caller;
@@ -114,7 +116,10 @@ impl Maptrack {
 
     pub(crate) fn take_all(&mut self) -> Vec<GrantMapping> {
         self.free.clear();
-        std::mem::take(&mut self.slots).into_iter().flatten().collect()
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -178,7 +183,7 @@ impl<F: TlbFlush> Core<F> {
             let root = self.vcpu_root(caller, Root::Kernel);
             return self.guest_l1e(mem, root, addr, caller.dom).ok();
         }
-        if addr % 8 != 0 {
+        if !addr.is_multiple_of(8) {
             return None;
         }
         let table = Mfn(addr >> 12);
@@ -285,7 +290,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// Whether `dom` has no mapping handle left (`GNTST_no_space`, checked by Xen before
     /// the grant reference).
     pub fn grant_maptrack_full(&self, dom: u16) -> bool {
-        self.core.domains.get(&dom).is_none_or(|d| d.maptrack.full())
+        self.core
+            .domains
+            .get(&dom)
+            .is_none_or(|d| d.maptrack.full())
     }
 
     /// The grant mapping `handle` of domain `dom`.

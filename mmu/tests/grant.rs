@@ -38,7 +38,9 @@ fn map(g: &mut Guest, r: GrantMapRequest) -> Result<u32, i16> {
 
 /// Unmaps and completes at once (a batch of one).
 fn unmap(g: &mut Guest, h: u32, host: u64, dev: u64, new: u64) -> Result<GrantUnmapped, i16> {
-    let u = g.m.grant_unmap(g.c, h, host, dev, new).expect("caller exists")?;
+    let u =
+        g.m.grant_unmap(g.c, h, host, dev, new)
+            .expect("caller exists")?;
     g.m.grant_unmap_complete(g.c, &[u]).expect("caller exists");
     Ok(u)
 }
@@ -69,13 +71,22 @@ fn writable_host_map_writes_xen_pte_and_takes_a_writable_reference() {
     let vbefore = g.info(victim);
     let h = map(&mut g, req(f, HOST, va)).unwrap();
     // P|A|D|NX|RW, then adjusted as a kernel L1 entry: U and the guest-kernel bit.
-    assert_eq!(g.read(g.pte_addr(va)), f.addr() | P | RW | A | D | NX | US | GK);
+    assert_eq!(
+        g.read(g.pte_addr(va)),
+        f.addr() | P | RW | A | D | NX | US | GK
+    );
     assert_eq!(g.translate(va), Some(f.addr()));
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count + 1, before.type_count + 1));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count + 1, before.type_count + 1)
+    );
     // The entry it replaced gave its references back.
     let v = g.info(victim);
-    assert_eq!((v.count, v.type_count), (vbefore.count - 1, vbefore.type_count - 1));
+    assert_eq!(
+        (v.count, v.type_count),
+        (vbefore.count - 1, vbefore.type_count - 1)
+    );
     g.audit();
     let m = g.m.grant_mapping(g.c.dom, h).unwrap();
     assert_eq!((m.mfn, m.flags, m.gref), (f, HOST, 8));
@@ -85,7 +96,10 @@ fn writable_host_map_writes_xen_pte_and_takes_a_writable_reference() {
     assert_eq!(u.done, HOST);
     assert_eq!(g.read(g.pte_addr(va)), 0, "host mapping cleared");
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count, before.type_count));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count, before.type_count)
+    );
     let flushes = g.m.flusher().take();
     assert!(
         flushes.iter().any(|r| r.reason == FlushReason::GrantUnmap
@@ -110,7 +124,10 @@ fn read_only_and_application_maps_set_their_bits() {
         f.addr() | P | A | D | NX | US | G | (5 << 9)
     );
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count + 1, before.type_count));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count + 1, before.type_count)
+    );
     g.audit();
     assert_eq!(unmap(&mut g, h, va, 0, 0).unwrap().done, HOST | RO);
     assert_eq!(g.info(f).count, before.count);
@@ -124,12 +141,18 @@ fn xsa_224_device_and_host_halves_unmap_separately_with_their_own_references() {
     let before = g.info(f);
     let h = map(&mut g, req(f, HOST | DEV, va)).unwrap();
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count + 2, before.type_count + 2));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count + 2, before.type_count + 2)
+    );
     g.audit();
     // The host half alone: the device half keeps its two references.
     assert_eq!(unmap(&mut g, h, va, 0, 0).unwrap().done, HOST);
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count + 1, before.type_count + 1));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count + 1, before.type_count + 1)
+    );
     assert_eq!(g.m.grant_mapping(g.c.dom, h).unwrap().flags, DEV);
     g.audit();
     // A wrong bus address changes nothing.
@@ -142,7 +165,10 @@ fn xsa_224_device_and_host_halves_unmap_separately_with_their_own_references() {
     // Then the device half: exactly one writable reference goes, not one too many.
     assert_eq!(unmap(&mut g, h, 0, f.addr(), 0).unwrap().done, DEV);
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count, before.type_count));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count, before.type_count)
+    );
     assert_eq!(g.m.grant_mapping(g.c.dom, h), None);
     // Still mapped writable by the kernel: it cannot become a page table.
     let o = g.ext(MMUEXT_PIN_L1_TABLE, f.0, 0);
@@ -207,9 +233,16 @@ fn replace_with_a_bad_new_address_keeps_the_mapping() {
         g.m.grant_unmap(g.c, h, wrong, 0, va3).unwrap(),
         Err(GNTST_general_error)
     );
-    assert_eq!(g.read(g.pte_addr(va3)), 0, "stolen and dropped, as Xen does");
+    assert_eq!(
+        g.read(g.pte_addr(va3)),
+        0,
+        "stolen and dropped, as Xen does"
+    );
     let o = g.info(other);
-    assert_eq!((o.count, o.type_count), (obefore.count - 1, obefore.type_count - 1));
+    assert_eq!(
+        (o.count, o.type_count),
+        (obefore.count - 1, obefore.type_count - 1)
+    );
     g.audit();
 }
 
@@ -267,7 +300,11 @@ fn xsa_227_pte_addresses_must_be_aligned_l1_entries_of_the_mapper() {
     let (l4, data) = (g.l4, g.take());
     refused(&mut g, req(f, cp, l4.addr() + 8), GNTST_general_error);
     refused(&mut g, req(f, cp, data.addr()), GNTST_general_error);
-    refused(&mut g, req(f, cp, (DOM2_FIRST + 1) << 12), GNTST_general_error);
+    refused(
+        &mut g,
+        req(f, cp, (DOM2_FIRST + 1) << 12),
+        GNTST_general_error,
+    );
     let h = map(&mut g, req(f, cp, pte)).unwrap();
     assert_eq!(g.translate(va), Some(f.addr()));
     g.audit();
@@ -286,8 +323,14 @@ fn xsa_227_pte_addresses_must_be_aligned_l1_entries_of_the_mapper() {
 fn unknown_handles_and_halves_not_mapped() {
     let mut g = guest();
     let (f, va, _) = setup(&mut g);
-    assert_eq!(g.m.grant_unmap(g.c, 0, va, 0, 0).unwrap(), Err(GNTST_bad_handle));
-    assert_eq!(g.m.grant_unmap(g.c, u32::MAX, va, 0, 0).unwrap(), Err(GNTST_bad_handle));
+    assert_eq!(
+        g.m.grant_unmap(g.c, 0, va, 0, 0).unwrap(),
+        Err(GNTST_bad_handle)
+    );
+    assert_eq!(
+        g.m.grant_unmap(g.c, u32::MAX, va, 0, 0).unwrap(),
+        Err(GNTST_bad_handle)
+    );
     let h = map(&mut g, req(f, DEV, 0)).unwrap();
     // Nothing asked that the mapping has: nothing done, the handle stays.
     let u = g.m.grant_unmap(g.c, h, va, 0, 0).unwrap().unwrap();
@@ -296,7 +339,10 @@ fn unknown_handles_and_halves_not_mapped() {
     assert!(g.m.grant_mapping(g.c.dom, h).is_some());
     g.audit();
     unmap(&mut g, h, 0, f.addr(), 0).unwrap();
-    assert_eq!(g.m.grant_unmap(g.c, h, 0, f.addr(), 0).unwrap(), Err(GNTST_bad_handle));
+    assert_eq!(
+        g.m.grant_unmap(g.c, h, 0, f.addr(), 0).unwrap(),
+        Err(GNTST_bad_handle)
+    );
     g.audit();
 }
 
@@ -310,10 +356,16 @@ fn a_guest_that_overwrites_its_grant_pte_owns_what_the_pte_held() {
     let o = g.update(&[(g.pte_addr(va), 0)]);
     assert_eq!(o.result, Ok(()));
     let now = g.info(f);
-    assert_eq!((now.count, now.type_count), (before.count, before.type_count));
+    assert_eq!(
+        (now.count, now.type_count),
+        (before.count, before.type_count)
+    );
     g.audit();
     // The grant unmap now finds no matching PTE.
-    assert_eq!(g.m.grant_unmap(g.c, h, va, 0, 0).unwrap(), Err(GNTST_general_error));
+    assert_eq!(
+        g.m.grant_unmap(g.c, h, va, 0, 0).unwrap(),
+        Err(GNTST_general_error)
+    );
     g.audit();
 }
 
@@ -344,7 +396,10 @@ fn a_batch_flushes_once_before_any_reference_goes() {
         .map(|i| g.m.grant_unmap(g.c, hs[i], vas[i], 0, 0).unwrap().unwrap())
         .collect();
     // Unmapped but not completed: the frames still hold the grant's references.
-    assert!(g.m.flusher().take().is_empty(), "no flush before completion");
+    assert!(
+        g.m.flusher().take().is_empty(),
+        "no flush before completion"
+    );
     assert!(frames.iter().all(|&f| g.info(f).type_count == 2));
     g.m.grant_unmap_complete(g.c, &done).unwrap();
     let flushes = g.m.flusher().take();
@@ -361,7 +416,11 @@ fn pin_after_all_grant_references_go_succeeds() {
     let h = map(&mut g, req(f, DEV, 0)).unwrap();
     let op = [MmuextOp::new(MMUEXT_PIN_L1_TABLE, f.0, 0)];
     let o = g.m.mmuext_op(g.c, &op, SELF).unwrap();
-    assert_eq!(o.result, Err(Errno::EINVAL), "writable device mapping blocks it");
+    assert_eq!(
+        o.result,
+        Err(Errno::EINVAL),
+        "writable device mapping blocks it"
+    );
     unmap(&mut g, h, 0, f.addr(), 0).unwrap();
     let o = g.m.mmuext_op(g.c, &op, SELF).unwrap();
     assert_eq!(o.result, Ok(()), "the same pin without the grant");

@@ -18,6 +18,13 @@ use crate::layout::PAGE;
 /// The guest's domain id.
 pub const DOMID: u16 = 1;
 
+/// The backend domain: on a Xen host the guest's xenstore and console backends live in
+/// the control domain 0, which always exists; here the VMM serves them, and domain 0
+/// exists in the PV MMU (privileged, no memory, never run) so that a guest naming it
+/// gets what a domU gets on Xen (its operations on it refused for permission, its grant
+/// table granting the guest nothing), not "no such domain".
+pub const BACKEND_DOMID: u16 = 0;
+
 /// Smallest and largest guest memory, in MiB.
 pub const MEMORY_MIB: std::ops::RangeInclusive<u64> = 16..=4096;
 
@@ -146,6 +153,7 @@ impl<F: TlbFlush> Domain<F> {
             dom = dom.iomem(MMIO_TEST_BASE / PAGE..=(MMIO_TEST_BASE + MMIO_TEST_SIZE - 1) / PAGE);
         }
         machine.create_domain(dom)?;
+        machine.create_domain(DomainConfig::new(BACKEND_DOMID).privileged(true))?;
         // The domain's frames, its grant area (frames the hypervisor shares with it,
         // the first at once, as Xen allocates one grant frame at domain creation), the
         // hypervisor area.

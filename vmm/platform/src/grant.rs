@@ -3,17 +3,28 @@
 //! grown on demand up to [`MAX_GRANT_FRAMES`], plus the version 2 status frames; the
 //! entry format (version 1 or 2) switched only as Xen allows it. Served:
 //! `GNTTABOP_setup_table`, `query_size`, `set_version`, `get_status_frames`,
-//! `get_version`. Mapping grants is not offered yet (other commands: -ENOSYS, Xen's
-//! answer to a command it does not know).
+//! `get_version`, and grant mappings: `map_grant_ref`, `unmap_grant_ref`,
+//! `unmap_and_replace`. The table keeps what Xen's active entries keep (a pin count per
+//! reference, the mapper, the frame) and the shared entries' `GTF_reading` /
+//! `GTF_writing` status; the mapping itself (references, PTE, handle) is PV MMU work
+//! done by the library (`pvmmu::grant`). The one other domain a guest can name is the
+//! backend domain 0 (see `crate::domain`), whose table grants nothing. Other commands:
+//! -ENOSYS, Xen's answer to a command it does not know.
 
 #![allow(non_upper_case_globals)] // Xen's names for the grant-table constants
 
+use std::collections::HashMap;
+
+use pvmmu::grant::{GrantMapRequest, GrantUnmapped};
 use pvmmu::{Caller, Errno, Mfn, TlbFlush};
 use pvmmu_abi::grant::{
-    GNTST_bad_domain, GNTST_bad_virt_addr, GNTST_general_error, GNTST_okay,
+    GNTMAP_device_map, GNTMAP_host_map, GNTMAP_readonly, GNTST_bad_domain, GNTST_bad_gntref,
+    GNTST_bad_handle, GNTST_bad_virt_addr, GNTST_general_error, GNTST_no_space, GNTST_okay,
     GNTST_permission_denied, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_get_status_frames,
-    GNTTABOP_get_version, GNTTABOP_query_size, GNTTABOP_set_version, GNTTABOP_setup_table,
-    GnttabGetStatusFrames, GnttabGetVersion, GnttabQuerySize, GnttabSetupTable,
+    GNTTABOP_get_version, GNTTABOP_map_grant_ref, GNTTABOP_query_size, GNTTABOP_set_version,
+    GNTTABOP_setup_table, GNTTABOP_unmap_and_replace, GNTTABOP_unmap_grant_ref, GTF_reading,
+    GTF_readonly, GTF_sub_page, GTF_writing, GnttabGetStatusFrames, GnttabGetVersion,
+    GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmap,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -41,6 +52,30 @@ const GTF_PERMIT_ACCESS: u16 = 1;
 const GTF_TRANSITIVE: u16 = 3;
 const GTF_IN_USE: u16 = (1 << 3) | (1 << 4);
 
+/// Pin count increments of an active entry (Xen's `GNTPIN_*`): host read, host
+/// write, device read, device write, one byte each.
+const PIN_HSTR: u32 = 1;
+const PIN_HSTW: u32 = 1 << 8;
+const PIN_DEVR: u32 = 1 << 16;
+const PIN_DEVW: u32 = 1 << 24;
+/// Any writable pin.
+const PIN_WRITE_MASK: u32 = 0xff00_ff00;
+/// Unmaps completed per flush (Xen's `GNTTAB_UNMAP_BATCH_SIZE`).
+const UNMAP_BATCH: u64 = 32;
+/// Entries of the backend domain's table (one version 1 frame).
+const BACKEND_ENTRIES: u32 = 512;
+
+/// A grant reference in use (Xen's active entry).
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    /// `PIN_*` counts of the mappings of this reference.
+    pin: u32,
+    /// The mapping domain.
+    domid: u16,
+    /// The frame.
+    mfn: Mfn,
+}
+
 /// One domain's grant table (the default: none, every command -ENOSYS).
 #[derive(Debug, Clone, Default)]
 pub struct GrantTable {
@@ -53,6 +88,8 @@ pub struct GrantTable {
     nr_frames: u32,
     /// Status frames shared with the guest (version 2).
     nr_status: u32,
+    /// References in use by mappings.
+    active: HashMap<u32, Active>,
 }
 
 impl GrantTable {
@@ -65,6 +102,7 @@ impl GrantTable {
             version: u32::from(first != 0),
             nr_frames: u32::from(first != 0),
             nr_status: 0,
+            active: HashMap::new(),
         }
     }
 
@@ -99,6 +137,9 @@ impl GrantTable {
             GNTTABOP_set_version => self.set_version(m, caller, uop),
             GNTTABOP_get_status_frames => self.get_status_frames(m, caller, uop, count),
             GNTTABOP_get_version => self.get_version(m, caller, uop),
+            GNTTABOP_map_grant_ref => self.map_grant_refs(m, caller, uop, count),
+            GNTTABOP_unmap_grant_ref => self.unmaps(m, caller, uop, count, false),
+            GNTTABOP_unmap_and_replace => self.unmaps(m, caller, uop, count, true),
             _ => Err(Errno::ENOSYS),
         };
         r.map_or_else(Errno::neg, |()| 0)
@@ -300,9 +341,17 @@ impl GrantTable {
         if self.version == want {
             return Ok(());
         }
-        // No grant is ever in use (mapping grants is not offered), so nothing pins the
-        // table. Xen's steps in order: status frames for v2, the toolstack's reserved
-        // entries kept, status frames given back for v1, the frames cleared.
+        // Only the toolstack's reserved entries may be in use across a switch. Xen's
+        // steps in order: status frames for v2, the reserved entries kept, status
+        // frames given back for v1, the frames cleared.
+        let first_free = GNTTAB_NR_RESERVED_ENTRIES as u32;
+        if self
+            .active
+            .iter()
+            .any(|(&r, a)| r >= first_free && r < self.nr_entries() && a.pin != 0)
+        {
+            return Err(Errno::EBUSY);
+        }
         let mut reserved = [(0u16, 0u16, 0u64); GNTTAB_NR_RESERVED_ENTRIES];
         match self.version {
             1 => {
@@ -366,6 +415,308 @@ impl GrantTable {
         }
         self.version = want;
         Ok(())
+    }
+}
+
+/// Grant mappings.
+impl GrantTable {
+    /// Entries the table holds in its current version.
+    fn nr_entries(&self) -> u32 {
+        self.nr_frames * if self.version == 2 { 256 } else { 512 }
+    }
+
+    /// Guest address of the header (flags, domid) of entry `r`.
+    fn header_addr(&self, r: u32) -> GuestAddress {
+        let size = if self.version == 2 { 16 } else { 8 };
+        let at = u64::from(r) * size;
+        GuestAddress(self.frame((at / 4096) as u32).addr() + at % 4096)
+    }
+
+    /// Guest address of the status of entry `r`: its flags in version 1, its status
+    /// entry in version 2.
+    fn status_addr(&self, r: u32) -> GuestAddress {
+        if self.version != 2 {
+            return self.header_addr(r);
+        }
+        let at = u64::from(r) * 2;
+        GuestAddress(self.status_frame((at / 4096) as u32).addr() + at % 4096)
+    }
+
+    /// The frame entry `r` grants.
+    fn entry_frame<F: TlbFlush>(&self, m: &Mach<F>, r: u32) -> u64 {
+        let h = self.header_addr(r);
+        if self.version == 2 {
+            m.memory().read_obj(GuestAddress(h.0 + 8)).unwrap_or(0)
+        } else {
+            u64::from(
+                m.memory()
+                    .read_obj::<u32>(GuestAddress(h.0 + 4))
+                    .unwrap_or(0),
+            )
+        }
+    }
+
+    /// Xen's `_set_status` for a map: checks the shared entry grants `mapper` access
+    /// (unless already pinned) and marks it read, and written unless `readonly`.
+    fn set_status<F: TlbFlush>(
+        &self,
+        m: &Mach<F>,
+        r: u32,
+        pinned: bool,
+        readonly: bool,
+        mapper: u16,
+    ) -> Result<(), i16> {
+        let mem = m.memory();
+        let h = self.header_addr(r);
+        let flags: u16 = mem.read_obj(h).unwrap_or(0);
+        let domid: u16 = mem.read_obj(GuestAddress(h.0 + 2)).unwrap_or(0);
+        let grants = flags & (GTF_TYPE_MASK | GTF_sub_page) == GTF_PERMIT_ACCESS;
+        if !pinned && (!grants || domid != mapper) {
+            log::debug!("grant ref {r}: flags {flags:#x} dom {domid}, not for d{mapper}");
+            return Err(GNTST_general_error);
+        }
+        if !readonly && flags & GTF_readonly != 0 {
+            return Err(GNTST_general_error);
+        }
+        let set = GTF_reading | if readonly { 0 } else { GTF_writing };
+        let at = self.status_addr(r);
+        let now: u16 = mem.read_obj(at).unwrap_or(0);
+        let _ = mem.write_obj(now | set, at);
+        Ok(())
+    }
+
+    /// Xen's `reduce_status_for_pin`: drops `GTF_reading` / `GTF_writing` the pins no
+    /// longer need.
+    fn reduce_status<F: TlbFlush>(&self, m: &Mach<F>, r: u32, readonly: bool) {
+        let pin = self.active.get(&r).map_or(0, |a| a.pin);
+        let mut clear = if pin == 0 { GTF_reading } else { 0 };
+        if !readonly && pin & PIN_WRITE_MASK == 0 {
+            clear |= GTF_writing;
+        }
+        if clear != 0 {
+            let at = self.status_addr(r);
+            let now: u16 = m.memory().read_obj(at).unwrap_or(0);
+            let _ = m.memory().write_obj(now & !clear, at);
+        }
+    }
+
+    fn map_grant_refs<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+        count: u64,
+    ) -> Result<(), Errno> {
+        for i in 0..count {
+            let at = uop.wrapping_add(i * GnttabMapGrantRef::SIZE as u64);
+            let b = m
+                .kernel_view(caller)
+                .read_array::<{ GnttabMapGrantRef::SIZE }>(at)?;
+            let mut op = GnttabMapGrantRef::from_bytes(&b);
+            self.map_one(m, caller, &mut op);
+            m.kernel_view(caller).write(at, &op.to_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Xen's `map_grant_ref` up to the frame (the library does the rest).
+    fn map_one<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        op: &mut GnttabMapGrantRef,
+    ) {
+        let readonly = op.flags & GNTMAP_readonly != 0;
+        let mut incr = 0;
+        if op.flags & GNTMAP_device_map != 0 {
+            incr += if readonly { PIN_DEVR } else { PIN_DEVW };
+        }
+        if op.flags & GNTMAP_host_map != 0 {
+            incr += if readonly { PIN_HSTR } else { PIN_HSTW };
+        }
+        op.status = if incr == 0 {
+            GNTST_bad_gntref
+        } else if m.domain(op.dom).is_none() {
+            GNTST_bad_domain
+        } else if m.grant_maptrack_full(caller.dom) {
+            GNTST_no_space
+        } else if op.dom != caller.dom {
+            // The backend domain: an entry in its table grants nothing to anyone.
+            if op.r#ref >= BACKEND_ENTRIES {
+                GNTST_bad_gntref
+            } else {
+                GNTST_general_error
+            }
+        } else if op.r#ref >= self.nr_entries() {
+            GNTST_bad_gntref
+        } else {
+            match self.map_own(m, caller, op, incr) {
+                Ok(()) => GNTST_okay,
+                Err(s) => s,
+            }
+        };
+    }
+
+    /// A map of one of the caller's own grant references, pinned by `incr`.
+    fn map_own<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        op: &mut GnttabMapGrantRef,
+        incr: u32,
+    ) -> Result<(), i16> {
+        let r = op.r#ref;
+        let readonly = op.flags & GNTMAP_readonly != 0;
+        let act = self.active.get(&r).copied().filter(|a| a.pin != 0);
+        if let Some(a) = act
+            && (a.domid != caller.dom || a.pin & (incr << 7) != 0)
+        {
+            return Err(GNTST_general_error);
+        }
+        let pinned = act.is_some();
+        let writes_new = !readonly && act.is_none_or(|a| a.pin & PIN_WRITE_MASK == 0);
+        if !pinned || writes_new {
+            self.set_status(m, r, pinned, readonly, caller.dom)?;
+        }
+        let mfn = act.map_or_else(|| Mfn(self.entry_frame(m, r)), |a| a.mfn);
+        let req = GrantMapRequest {
+            granter: caller.dom,
+            gref: r,
+            mfn,
+            flags: op.flags,
+            host_addr: op.host_addr,
+            first_pin: !pinned,
+        };
+        match m.grant_map(caller, req) {
+            Ok(Ok(handle)) => {
+                let a = self.active.entry(r).or_insert(Active {
+                    pin: 0,
+                    domid: caller.dom,
+                    mfn,
+                });
+                a.pin += incr;
+                op.handle = handle;
+                op.dev_bus_addr = mfn.addr();
+                Ok(())
+            }
+            Ok(Err(s)) => {
+                self.reduce_status(m, r, readonly);
+                Err(s)
+            }
+            Err(e) => {
+                log::warn!("grant map for {caller:?}: {e}");
+                self.reduce_status(m, r, readonly);
+                Err(GNTST_general_error)
+            }
+        }
+    }
+
+    /// `unmap_grant_ref` (`replace` false) and `unmap_and_replace`: batches of
+    /// [`UNMAP_BATCH`], each completed after one flush, also when a guest argument
+    /// faults midway (the entries before it are complete).
+    fn unmaps<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        uop: u64,
+        count: u64,
+        replace: bool,
+    ) -> Result<(), Errno> {
+        let mut i = 0;
+        while i < count {
+            let n = (count - i).min(UNMAP_BATCH);
+            let mut done = Vec::with_capacity(n as usize);
+            let mut fault = Ok(());
+            for k in i..i + n {
+                let at = uop.wrapping_add(k * GnttabUnmap::SIZE as u64);
+                let op = match m
+                    .kernel_view(caller)
+                    .read_array::<{ GnttabUnmap::SIZE }>(at)
+                {
+                    Ok(b) => GnttabUnmap::from_bytes(&b),
+                    Err(e) => {
+                        fault = Err(e);
+                        break;
+                    }
+                };
+                let (dev, new) = if replace {
+                    (0, op.second)
+                } else {
+                    (op.second, 0)
+                };
+                let status = match self.unmap_one(m, caller, op.handle, op.host_addr, dev, new) {
+                    Ok(u) => {
+                        done.push(u);
+                        GNTST_okay
+                    }
+                    Err(s) => s,
+                };
+                let st = at.wrapping_add(GnttabUnmap::STATUS_OFFSET);
+                if let Err(e) = m.kernel_view(caller).write(st, &status.to_le_bytes()) {
+                    fault = Err(e);
+                    break;
+                }
+            }
+            if let Err(e) = m.grant_unmap_complete(caller, &done) {
+                log::warn!("grant unmap for {caller:?}: {e}");
+            }
+            for u in &done {
+                self.unpin(m, u);
+            }
+            fault?;
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Xen's `unmap_common` for the caller's handle.
+    fn unmap_one<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        handle: u32,
+        host_addr: u64,
+        dev_bus_addr: u64,
+        new_addr: u64,
+    ) -> Result<GrantUnmapped, i16> {
+        let map = m
+            .grant_mapping(caller.dom, handle)
+            .ok_or(GNTST_bad_handle)?;
+        if map.granter == caller.dom && map.gref >= self.nr_entries() {
+            return Err(GNTST_bad_handle);
+        }
+        match m.grant_unmap(caller, handle, host_addr, dev_bus_addr, new_addr) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("grant unmap for {caller:?}: {e}");
+                Err(GNTST_general_error)
+            }
+        }
+    }
+
+    /// Xen's `unmap_common_complete` for the table: the pins of what was unmapped go,
+    /// and the entry's status with them.
+    fn unpin<F: TlbFlush>(&mut self, m: &Mach<F>, u: &GrantUnmapped) {
+        if u.done == 0 {
+            return;
+        }
+        let readonly = u.done & GNTMAP_readonly != 0;
+        if let Some(a) = self.active.get_mut(&u.gref) {
+            if u.done & GNTMAP_device_map != 0 {
+                a.pin = a
+                    .pin
+                    .saturating_sub(if readonly { PIN_DEVR } else { PIN_DEVW });
+            }
+            if u.done & GNTMAP_host_map != 0 {
+                a.pin = a
+                    .pin
+                    .saturating_sub(if readonly { PIN_HSTR } else { PIN_HSTW });
+            }
+            if a.pin == 0 {
+                self.active.remove(&u.gref);
+            }
+        }
+        self.reduce_status(m, u.gref, readonly);
     }
 }
 

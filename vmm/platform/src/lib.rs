@@ -46,4 +46,4 @@ pub mod xenstore;
 
 pub use console::{Console, NullConsole};
 pub use dispatch::{Outcome, Served};
-pub use domain::{DOMID, Domain, DomainError, DomainSpec};
+pub use domain::{BACKEND_DOMID, DOMID, Domain, DomainError, DomainSpec};

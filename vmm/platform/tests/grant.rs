@@ -9,9 +9,11 @@ use platform::{DOMID, Domain, DomainSpec};
 use pvmmu::{Caller, Errno, GuestView, Mfn, NoFlush, PageType};
 use pvmmu_abi::DOMID_SELF;
 use pvmmu_abi::grant::{
-    GNTST_bad_domain, GNTST_general_error, GNTST_okay, GNTTABOP_get_status_frames,
+    GNTMAP_device_map, GNTMAP_host_map, GNTMAP_readonly, GNTST_bad_domain, GNTST_bad_gntref,
+    GNTST_bad_handle, GNTST_general_error, GNTST_okay, GNTTABOP_get_status_frames,
     GNTTABOP_get_version, GNTTABOP_map_grant_ref, GNTTABOP_query_size, GNTTABOP_set_version,
-    GNTTABOP_setup_table, GnttabGetStatusFrames, GnttabQuerySize, GnttabSetupTable,
+    GNTTABOP_setup_table, GNTTABOP_unmap_and_replace, GNTTABOP_unmap_grant_ref,
+    GnttabGetStatusFrames, GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmap,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -214,11 +216,8 @@ fn setup_table_statuses_and_errors() {
         op(&mut d, &mut gt, GNTTABOP_setup_table, UOP, 1),
         Errno::EFAULT.neg()
     );
-    // Mapping grants is not offered: Xen's answer to an unknown command.
-    assert_eq!(
-        op(&mut d, &mut gt, GNTTABOP_map_grant_ref, UOP, 1),
-        Errno::ENOSYS.neg()
-    );
+    // A command Xen does not know.
+    assert_eq!(op(&mut d, &mut gt, 99, UOP, 1), Errno::ENOSYS.neg());
     // A domain built without a grant area has no table at all.
     let mut none = GrantTable::default();
     assert_eq!(
@@ -295,5 +294,274 @@ fn xsa_255_status_frames_stay_while_the_guest_maps_them() {
     map(&mut d, None);
     assert_eq!(set_version(&mut d, &mut gt, 1), (0, 1));
     assert!(!d.machine.frames().get(Mfn(status)).unwrap().shared);
+    d.machine.audit().unwrap();
+}
+
+/// Grants frame `frame` to `domid` in v1 entry `r` with `flags`.
+fn grant_v1(d: &Dom, r: u64, flags: u16, domid: u16, frame: u64) {
+    let f = Mfn(d.boot.grant_first);
+    write_raw(
+        d,
+        f,
+        r * 8,
+        (frame << 32) | u64::from(domid) << 16 | u64::from(flags),
+    );
+}
+
+fn entry_flags(d: &Dom, r: u64) -> u16 {
+    read_raw::<u16>(d, Mfn(d.boot.grant_first), r * 8)
+}
+
+/// One `map_grant_ref`: (RAX, what was written back).
+fn map_ref(
+    d: &mut Dom,
+    gt: &mut GrantTable,
+    r: u32,
+    dom: u16,
+    flags: u32,
+    host_addr: u64,
+) -> (i64, GnttabMapGrantRef) {
+    let arg = GnttabMapGrantRef {
+        host_addr,
+        flags,
+        r#ref: r,
+        dom,
+        status: 0x55,
+        handle: 0xdead,
+        dev_bus_addr: 0,
+    };
+    poke(d, UOP, &arg.to_bytes());
+    let rc = op(d, gt, GNTTABOP_map_grant_ref, UOP, 1);
+    (rc, GnttabMapGrantRef::from_bytes(&peek(d, UOP)))
+}
+
+/// `unmap_grant_ref` (or `unmap_and_replace`) of a batch: (RAX, the statuses).
+fn unmap_refs(
+    d: &mut Dom,
+    gt: &mut GrantTable,
+    ops: &[GnttabUnmap],
+    replace: bool,
+) -> (i64, Vec<i16>) {
+    for (i, u) in ops.iter().enumerate() {
+        poke(d, LIST + i as u64 * 24, &u.to_bytes());
+    }
+    let cmd = if replace {
+        GNTTABOP_unmap_and_replace
+    } else {
+        GNTTABOP_unmap_grant_ref
+    };
+    let rc = op(d, gt, cmd, LIST, ops.len() as u64);
+    let st = (0..ops.len())
+        .map(|i| GnttabUnmap::from_bytes(&peek(d, LIST + i as u64 * 24)).status)
+        .collect();
+    (rc, st)
+}
+
+const HOST: u32 = GNTMAP_host_map;
+const GTF_PERMIT: u16 = 1;
+const GTF_RO: u16 = 1 << 2;
+const READING: u16 = 1 << 3;
+const WRITING: u16 = 1 << 4;
+/// A frame of the boot mapping to grant.
+const GRANTED: u64 = 0x16;
+
+#[test]
+fn mapping_an_own_grant_marks_the_entry_and_unmapping_clears_it() {
+    let (mut d, mut gt) = domain();
+    grant_v1(&d, 8, GTF_PERMIT, DOMID, GRANTED);
+    let before = *d.machine.frames().get(Mfn(GRANTED)).unwrap();
+    let (rc, out) = map_ref(&mut d, &mut gt, 8, DOMID, HOST | GNTMAP_device_map, MAP_VA);
+    assert_eq!((rc, out.status), (0, GNTST_okay));
+    assert_eq!(out.dev_bus_addr, GRANTED << 12);
+    assert_eq!(entry_flags(&d, 8), GTF_PERMIT | READING | WRITING);
+    let now = *d.machine.frames().get(Mfn(GRANTED)).unwrap();
+    assert_eq!(
+        now.type_count,
+        before.type_count + 2,
+        "host and device halves"
+    );
+    // The host mapping is visible through the guest's tables.
+    assert_eq!(peek::<8>(&d, MAP_VA), peek::<8>(&d, GRANTED << 12));
+    d.machine.audit().unwrap();
+    // Unmap the host half, then the device half.
+    let u = GnttabUnmap {
+        host_addr: MAP_VA,
+        second: 0,
+        handle: out.handle,
+        status: 0x55,
+    };
+    assert_eq!(
+        unmap_refs(&mut d, &mut gt, &[u], false),
+        (0, vec![GNTST_okay])
+    );
+    assert_eq!(
+        entry_flags(&d, 8),
+        GTF_PERMIT | READING | WRITING,
+        "device half left"
+    );
+    let u = GnttabUnmap {
+        host_addr: 0,
+        second: GRANTED << 12,
+        ..u
+    };
+    assert_eq!(
+        unmap_refs(&mut d, &mut gt, &[u], false),
+        (0, vec![GNTST_okay])
+    );
+    assert_eq!(entry_flags(&d, 8), GTF_PERMIT, "no longer in use");
+    assert_eq!(*d.machine.frames().get(Mfn(GRANTED)).unwrap(), before);
+    // The handle is gone.
+    assert_eq!(
+        unmap_refs(&mut d, &mut gt, &[u], false),
+        (0, vec![GNTST_bad_handle])
+    );
+    d.machine.audit().unwrap();
+}
+
+#[test]
+fn map_statuses_in_xens_order() {
+    let (mut d, mut gt) = domain();
+    grant_v1(&d, 8, GTF_PERMIT, DOMID, GRANTED);
+    grant_v1(&d, 9, GTF_PERMIT, DOMID + 1, GRANTED);
+    grant_v1(&d, 10, GTF_PERMIT | GTF_RO, DOMID, GRANTED);
+    grant_v1(&d, 11, 0, DOMID, GRANTED);
+    let cases: [(u32, u16, u32, i16); 9] = [
+        (8, DOMID, 0, GNTST_bad_gntref),         // neither half
+        (8, 5, HOST, GNTST_bad_domain),          // no such domain
+        (8, DOMID_SELF, HOST, GNTST_bad_domain), // not a domain id
+        (8, platform::BACKEND_DOMID, HOST, GNTST_general_error), // grants nothing
+        (600, platform::BACKEND_DOMID, HOST, GNTST_bad_gntref),
+        (512, DOMID, HOST, GNTST_bad_gntref), // one frame: 512 entries
+        (9, DOMID, HOST, GNTST_general_error), // granted to another domain
+        (10, DOMID, HOST, GNTST_general_error), // read-only grant, RW map
+        (11, DOMID, HOST, GNTST_general_error), // not granted
+    ];
+    for (r, dom, flags, want) in cases {
+        let mem = d.machine.frames().get(Mfn(GRANTED)).copied();
+        let (rc, out) = map_ref(&mut d, &mut gt, r, dom, flags, MAP_VA);
+        assert_eq!(
+            (rc, out.status),
+            (0, want),
+            "ref {r} dom {dom} flags {flags:#x}"
+        );
+        assert_eq!(d.machine.frames().get(Mfn(GRANTED)).copied(), mem);
+    }
+    for r in [8, 9, 10, 11] {
+        assert_eq!(
+            entry_flags(&d, r) & (READING | WRITING),
+            0,
+            "entry {r} untouched"
+        );
+    }
+    // The read-only grant maps read-only, and only reading is marked.
+    let (rc, out) = map_ref(&mut d, &mut gt, 10, DOMID, HOST | GNTMAP_readonly, MAP_VA);
+    assert_eq!((rc, out.status), (0, GNTST_okay));
+    assert_eq!(entry_flags(&d, 10), GTF_PERMIT | GTF_RO | READING);
+    // A frame outside the domain: a bad page, and the entry is released again.
+    grant_v1(&d, 12, GTF_PERMIT, DOMID, 0xf_ffff);
+    let (_, out) = map_ref(&mut d, &mut gt, 12, DOMID, HOST, MAP_VA);
+    assert_eq!(out.status, pvmmu_abi::grant::GNTST_bad_page);
+    assert_eq!(entry_flags(&d, 12), GTF_PERMIT);
+    // A guest pointer that cannot be read: -EFAULT.
+    assert_eq!(
+        op(&mut d, &mut gt, GNTTABOP_map_grant_ref, 0x7000_0000_0000, 1),
+        Errno::EFAULT.neg()
+    );
+    d.machine.audit().unwrap();
+}
+
+#[test]
+fn a_version_switch_waits_for_grants_in_use_but_not_for_reserved_ones() {
+    let (mut d, mut gt) = domain();
+    grant_v1(&d, 3, GTF_PERMIT, DOMID, GRANTED);
+    grant_v1(&d, 8, GTF_PERMIT, DOMID, GRANTED + 1);
+    let (_, reserved) = map_ref(&mut d, &mut gt, 3, DOMID, GNTMAP_device_map, 0);
+    assert_eq!(reserved.status, GNTST_okay);
+    let (_, out) = map_ref(&mut d, &mut gt, 8, DOMID, GNTMAP_device_map, 0);
+    assert_eq!(out.status, GNTST_okay);
+    assert_eq!(set_version(&mut d, &mut gt, 2), (Errno::EBUSY.neg(), 1));
+    let u = GnttabUnmap {
+        host_addr: 0,
+        second: (GRANTED + 1) << 12,
+        handle: out.handle,
+        status: 0,
+    };
+    assert_eq!(
+        unmap_refs(&mut d, &mut gt, &[u], false),
+        (0, vec![GNTST_okay])
+    );
+    assert_eq!(set_version(&mut d, &mut gt, 2), (0, 2));
+    d.machine.audit().unwrap();
+}
+
+#[test]
+fn unmap_batches_complete_the_entries_before_a_fault() {
+    let (mut d, mut gt) = domain();
+    grant_v1(&d, 8, GTF_PERMIT, DOMID, GRANTED);
+    let (_, out) = map_ref(&mut d, &mut gt, 8, DOMID, HOST, MAP_VA);
+    assert_eq!(out.status, GNTST_okay);
+    let before = d.machine.frames().get(Mfn(GRANTED)).unwrap().type_count;
+    // The batch's second entry lies beyond the end of the boot mapping.
+    let root = d.machine.kernel_root(me());
+    let readable = |d: &Dom, va: u64| {
+        GuestView::new(d.machine.memory(), root)
+            .read(va, &mut [0u8; 1])
+            .is_ok()
+    };
+    let mut page = UOP;
+    while readable(&d, page + 0x1000) {
+        page += 0x1000;
+    }
+    let end = page + 0x1000 - 24;
+    let u = GnttabUnmap {
+        host_addr: MAP_VA,
+        second: 0,
+        handle: out.handle,
+        status: 0x55,
+    };
+    poke(&d, end, &u.to_bytes());
+    assert_eq!(
+        op(&mut d, &mut gt, GNTTABOP_unmap_grant_ref, end, 2),
+        Errno::EFAULT.neg()
+    );
+    assert_eq!(GnttabUnmap::from_bytes(&peek(&d, end)).status, GNTST_okay);
+    assert_eq!(
+        d.machine.frames().get(Mfn(GRANTED)).unwrap().type_count,
+        before - 1
+    );
+    assert_eq!(entry_flags(&d, 8), GTF_PERMIT);
+    d.machine.audit().unwrap();
+}
+
+#[test]
+fn unmap_and_replace_moves_the_other_pte() {
+    let (mut d, mut gt) = domain();
+    grant_v1(&d, 8, GTF_PERMIT, DOMID, GRANTED);
+    let (_, out) = map_ref(&mut d, &mut gt, 8, DOMID, HOST | GNTMAP_readonly, MAP_VA);
+    assert_eq!(out.status, GNTST_okay);
+    let other = MAP_VA + 0x1000;
+    let seen = peek::<8>(&d, other);
+    let u = GnttabUnmap {
+        host_addr: MAP_VA,
+        second: other,
+        handle: out.handle,
+        status: 0x55,
+    };
+    assert_eq!(
+        unmap_refs(&mut d, &mut gt, &[u], true),
+        (0, vec![GNTST_okay])
+    );
+    assert_eq!(
+        peek::<8>(&d, MAP_VA),
+        seen,
+        "the other page now appears here"
+    );
+    let root = d.machine.kernel_root(me());
+    assert!(
+        GuestView::new(d.machine.memory(), root)
+            .read(other, &mut [0u8; 1])
+            .is_err()
+    );
+    assert_eq!(entry_flags(&d, 8), GTF_PERMIT);
     d.machine.audit().unwrap();
 }
