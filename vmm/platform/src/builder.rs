@@ -68,6 +68,10 @@ pub struct BootInfo {
     /// First frame of the domain's grant area (`crate::grant`), above its RAM; 0 when
     /// the embedder built the domain without one.
     pub grant_first: u64,
+    /// Frames of the whole machine (guest memory); 0 when the embedder did not say.
+    pub machine_frames: u64,
+    /// First frame of the M2P table (`crate::memory`); 0 when the embedder did not say.
+    pub m2p_first: u64,
 }
 
 /// The event channel of the PV console ring (`start_info.console.domU.evtchn`).
@@ -287,6 +291,8 @@ pub fn build<F: TlbFlush>(
         store_ring: store * PAGE,
         nr_pages: frames,
         grant_first: 0,
+        machine_frames: 0,
+        m2p_first: 0,
     })
 }
 

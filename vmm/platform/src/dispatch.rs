@@ -30,6 +30,7 @@ pub use crate::console::{Console, NullConsole};
 use crate::domain::Mach;
 use crate::evtchn::{EventChannels, PortState};
 use crate::grant::GrantTable;
+use crate::memory::MemoryOps;
 use crate::pv::{Crash, GuestContext, PvVcpu, Transfer, segments};
 use crate::ring::ConsoleRing;
 use crate::xenstore::Xenstore;
@@ -104,6 +105,8 @@ pub struct DomainState {
     pub grant: GrantTable,
     /// The xenstore on the store ring.
     pub xenstore: Xenstore,
+    /// `memory_op`'s view of the domain.
+    pub memory: MemoryOps,
 }
 
 impl DomainState {
@@ -129,6 +132,7 @@ impl DomainState {
             },
             grant: GrantTable::new(boot.grant_first),
             xenstore: Xenstore::new(boot.store_ring, crate::domain::DOMID, boot.nr_pages * 4),
+            memory: MemoryOps::new(boot),
         }
     }
 }
@@ -261,7 +265,7 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             }
             HYPERVISOR_grant_table_op => self.dom.grant.op(m, caller, a[0], a[1], a[2]),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
-            HYPERVISOR_memory_op => memory_op(m, caller, a),
+            HYPERVISOR_memory_op => self.dom.memory.op(m, caller, a[0], a[1]),
             HYPERVISOR_set_segment_base => self.set_segment_base(m, caller, a[0], a[1]),
             HYPERVISOR_fpu_taskswitch => self.pv.fpu_taskswitch(a[0] as i32 != 0),
             HYPERVISOR_set_debugreg => match self.pv.set_debugreg(a[0] as u32, a[1]) {
@@ -467,31 +471,6 @@ impl Platform<'_> {
 
 fn rc(r: Result<(), Errno>) -> i64 {
     r.map_or_else(|e| e.neg(), |()| 0)
-}
-
-/// `memory_op(cmd, arg)`: `XENMEM_machphys_mapping` (where the read-only M2P is, in the
-/// layout Xen describes to a 64-bit PV guest). The window given is the M2P's alias in
-/// L4 slot 257 (`layout::M2P_ALIAS_VA`), which guests read without a fault on every
-/// KVM, where Xen's own address (slot 256) faults on this host's KVM-PVM and costs an
-/// emulated exit per read (Linux reads the M2P for every PTE it inspects). The rest of
-/// the memory operations answer -ENOSYS until they are served.
-fn memory_op<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
-    use pvmmu_abi::layout::{MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
-    use pvmmu_abi::memory::{XENMEM_machphys_mapping, decode_memory_op_cmd};
-    let (cmd, _) = decode_memory_op_cmd(a[0]);
-    match cmd {
-        XENMEM_machphys_mapping => {
-            let size = MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START;
-            let max_mfn = size / 8 - 1;
-            let start = crate::layout::M2P_ALIAS_VA;
-            let mut b = [0u8; 24];
-            b[..8].copy_from_slice(&start.to_le_bytes());
-            b[8..16].copy_from_slice(&(start + size).to_le_bytes());
-            b[16..].copy_from_slice(&max_mfn.to_le_bytes());
-            rc(m.kernel_view(caller).write(a[1], &b))
-        }
-        _ => Errno::ENOSYS.neg(),
-    }
 }
 
 /// What a domU is told instead of restricted build details (Xen's `xen_deny()`).

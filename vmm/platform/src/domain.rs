@@ -176,6 +176,8 @@ impl<F: TlbFlush> Domain<F> {
             spec.initrd.as_deref(),
         )?;
         boot.grant_first = grant_first;
+        boot.machine_frames = frames;
+        boot.m2p_first = hv.m2p_gpa / PAGE;
         vm_memory::Bytes::write_slice(
             machine.memory(),
             &[0u8; PAGE as usize],

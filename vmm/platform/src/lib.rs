@@ -37,6 +37,7 @@ pub mod evtchn;
 pub mod grant;
 pub mod hvarea;
 pub mod layout;
+pub mod memory;
 pub mod named;
 pub mod pv;
 pub mod replay;

@@ -321,3 +321,152 @@ fn timers_arm_fire_and_stop_as_xen_keeps_them() {
     assert!(w.pv.expire_timers(next + 5_000_000));
     assert_eq!(w.pv.next_deadline(), Some(next + 6_000_000));
 }
+
+const MEMORY_OP: u64 = pvmmu_abi::hypercall::HYPERVISOR_memory_op;
+/// A second scratch page.
+const BUF: u64 = ARG + 0x1000;
+
+#[test]
+fn memory_op_sizes_as_xen_reports_them_to_a_domu() {
+    let mut w = world();
+    let nr_pages = w.d.boot.nr_pages;
+    // maximum_ram_page: the machine's frames (16 MiB here); no continuation allowed.
+    assert_eq!(w.call(MEMORY_OP, [2, 0, 0, 0, 0]), 16 << 8);
+    assert_eq!(
+        w.call(MEMORY_OP, [2 | 1 << 6, 0, 0, 0, 0]),
+        Errno::EINVAL.neg()
+    );
+    // current and maximum reservation of ourselves (DOMID_SELF or our id).
+    for dom in [0x7ff0u16, platform::DOMID] {
+        w.poke(ARG, &dom.to_le_bytes());
+        assert_eq!(w.call(MEMORY_OP, [3, ARG, 0, 0, 0]), nr_pages as i64);
+        assert_eq!(w.call(MEMORY_OP, [4, ARG, 0, 0, 0]), nr_pages as i64);
+    }
+    // The backend domain: not ours to look at; a missing one: no such domain.
+    w.poke(ARG, &platform::BACKEND_DOMID.to_le_bytes());
+    assert_eq!(w.call(MEMORY_OP, [3, ARG, 0, 0, 0]), Errno::EPERM.neg());
+    w.poke(ARG, &7u16.to_le_bytes());
+    assert_eq!(w.call(MEMORY_OP, [4, ARG, 0, 0, 0]), Errno::ESRCH.neg());
+    assert_eq!(
+        w.call(MEMORY_OP, [3, 0x7000_0000_0000, 0, 0, 0]),
+        Errno::EFAULT.neg()
+    );
+    // maximum_gpfn: from the max_pfn the guest wrote into shared_info (0 before).
+    w.poke(ARG, &0x7ff0u16.to_le_bytes());
+    assert_eq!(w.call(MEMORY_OP, [14, ARG, 0, 0, 0]), 0);
+    vm_memory::Bytes::write_obj(
+        w.d.machine.memory(),
+        0x1234u64,
+        vm_memory::GuestAddress(w.d.boot.shared_info + 3088),
+    )
+    .unwrap();
+    assert_eq!(w.call(MEMORY_OP, [14, ARG, 0, 0, 0]), 0x1233);
+    // The host's memory map is privileged; unknown sub-ops are -ENOSYS.
+    assert_eq!(w.call(MEMORY_OP, [10, ARG, 0, 0, 0]), Errno::EPERM.neg());
+    assert_eq!(w.call(MEMORY_OP, [63, ARG, 0, 0, 0]), Errno::ENOSYS.neg());
+}
+
+/// `memory_map` with room for `n` entries: (RAX, entries written back, the entries).
+fn memory_map(w: &mut World, n: u32) -> (i64, u32, Vec<[u8; 20]>) {
+    let mut arg = [0u8; 16];
+    arg[..4].copy_from_slice(&n.to_le_bytes());
+    arg[8..].copy_from_slice(&BUF.to_le_bytes());
+    w.poke(ARG, &arg);
+    w.poke(BUF, &[0xaa; 60]);
+    let rc = w.call(MEMORY_OP, [9, ARG, 0, 0, 0]);
+    let got = u32::from_le_bytes(w.peek::<4>(ARG));
+    let all = w.peek::<60>(BUF);
+    let entries = (0..3)
+        .map(|i| all[i * 20..i * 20 + 20].try_into().unwrap())
+        .collect();
+    (rc, got, entries)
+}
+
+#[test]
+fn memory_map_is_the_toolstacks_and_the_guest_may_replace_its_own() {
+    let mut w = world();
+    let ram = w.d.boot.nr_pages * 4096;
+    let (rc, n, e) = memory_map(&mut w, 8);
+    assert_eq!((rc, n), (0, 1));
+    assert_eq!(u64::from_le_bytes(e[0][..8].try_into().unwrap()), 0);
+    assert_eq!(u64::from_le_bytes(e[0][8..16].try_into().unwrap()), ram);
+    assert_eq!(u32::from_le_bytes(e[0][16..].try_into().unwrap()), 1, "RAM");
+    assert_eq!(e[1], [0xaa; 20], "nothing beyond the map");
+    // Room for none: nothing copied, 0 written back.
+    let (rc, n, e) = memory_map(&mut w, 0);
+    assert_eq!((rc, n, e[0]), (0, 0, [0xaa; 20]));
+    // set_memory_map on ourselves: two entries, then read back with room for one.
+    let mut entries = Vec::new();
+    for (addr, size, kind) in [(0u64, 0x9f000u64, 1u32), (0x100000, 0x200000, 2)] {
+        entries.extend(addr.to_le_bytes());
+        entries.extend(size.to_le_bytes());
+        entries.extend(kind.to_le_bytes());
+    }
+    w.poke(BUF + 0x100, &entries);
+    let mut fmap = [0u8; 24];
+    fmap[..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    fmap[8..12].copy_from_slice(&2u32.to_le_bytes());
+    fmap[16..].copy_from_slice(&(BUF + 0x100).to_le_bytes());
+    w.poke(ARG + 0x800, &fmap);
+    assert_eq!(w.call(MEMORY_OP, [13, ARG + 0x800, 0, 0, 0]), 0);
+    let (rc, n, e) = memory_map(&mut w, 1);
+    assert_eq!((rc, n), (0, 1));
+    assert_eq!(u64::from_le_bytes(e[0][8..16].try_into().unwrap()), 0x9f000);
+    assert_eq!(e[1], [0xaa; 20]);
+    assert_eq!(memory_map(&mut w, 5).1, 2);
+    // Too many entries, another domain's map, an unreadable buffer.
+    fmap[8..12].copy_from_slice(&1025u32.to_le_bytes());
+    w.poke(ARG + 0x800, &fmap);
+    assert_eq!(
+        w.call(MEMORY_OP, [13, ARG + 0x800, 0, 0, 0]),
+        Errno::EINVAL.neg()
+    );
+    fmap[8..12].copy_from_slice(&1u32.to_le_bytes());
+    fmap[..2].copy_from_slice(&platform::BACKEND_DOMID.to_le_bytes());
+    w.poke(ARG + 0x800, &fmap);
+    assert_eq!(
+        w.call(MEMORY_OP, [13, ARG + 0x800, 0, 0, 0]),
+        Errno::EPERM.neg()
+    );
+    fmap[..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    fmap[16..].copy_from_slice(&0x7000_0000_0000u64.to_le_bytes());
+    w.poke(ARG + 0x800, &fmap);
+    assert_eq!(
+        w.call(MEMORY_OP, [13, ARG + 0x800, 0, 0, 0]),
+        Errno::EFAULT.neg()
+    );
+    assert_eq!(memory_map(&mut w, 5).1, 2, "a refused set changes nothing");
+    // An empty map set by the guest: Xen answers -ENOSYS then, as with none.
+    fmap[8..12].copy_from_slice(&0u32.to_le_bytes());
+    w.poke(ARG + 0x800, &fmap);
+    assert_eq!(w.call(MEMORY_OP, [13, ARG + 0x800, 0, 0, 0]), 0);
+    assert_eq!(memory_map(&mut w, 5).0, Errno::ENOSYS.neg());
+}
+
+#[test]
+fn the_m2p_is_described_where_guests_can_read_it() {
+    let mut w = world();
+    // machphys_mapping: the alias window and the largest MFN it can hold.
+    assert_eq!(w.call(MEMORY_OP, [12, ARG, 0, 0, 0]), 0);
+    let b = w.peek::<24>(ARG);
+    let start = u64::from_le_bytes(b[..8].try_into().unwrap());
+    assert_eq!(start, platform::layout::M2P_ALIAS_VA);
+    // machphys_mfn_list: 16 MiB of machine needs 128 KiB of M2P, one 2 MiB extent.
+    let mut arg = [0u8; 24];
+    arg[..4].copy_from_slice(&8u32.to_le_bytes());
+    arg[8..16].copy_from_slice(&BUF.to_le_bytes());
+    w.poke(ARG, &arg);
+    assert_eq!(w.call(MEMORY_OP, [5, ARG, 0, 0, 0]), 0);
+    let out = w.peek::<24>(ARG);
+    assert_eq!(u32::from_le_bytes(out[16..20].try_into().unwrap()), 1);
+    assert_eq!(u64::from_le_bytes(w.peek::<8>(BUF)), w.d.boot.m2p_first);
+    // The first entry of that frame is frame 0's M2P entry, i.e. the M2P it lists.
+    assert_ne!(w.d.boot.m2p_first, 0);
+    // max_extents 0: none listed.
+    w.poke(ARG, &[0u8; 4]);
+    assert_eq!(w.call(MEMORY_OP, [5, ARG, 0, 0, 0]), 0);
+    assert_eq!(
+        u32::from_le_bytes(w.peek::<24>(ARG)[16..20].try_into().unwrap()),
+        0
+    );
+}
