@@ -111,6 +111,10 @@ pub struct Domain {
     pub(crate) stale: Vec<Mfn>,
     /// Whether an L2..L4 entry of this domain changed since its last full flush.
     pub(crate) non_leaf_pending: bool,
+    /// Frames that became stale since the last flush request (host-side invalidation).
+    pub(crate) newly_stale: Vec<Mfn>,
+    /// Whether a present non-leaf entry was revoked since the last flush request.
+    pub(crate) non_leaf_revoked: bool,
     /// Its grant mappings (see [`crate::grant`]).
     pub(crate) maptrack: crate::grant::Maptrack,
 }
@@ -129,6 +133,8 @@ impl Domain {
             vm_assist: 0,
             stale: Vec::new(),
             non_leaf_pending: false,
+            newly_stale: Vec::new(),
+            non_leaf_revoked: false,
             maptrack: crate::grant::Maptrack::default(),
         }
     }

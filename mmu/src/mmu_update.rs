@@ -110,12 +110,12 @@ impl<F: TlbFlush> Core<F> {
         if level == Level::L4 && is_xen_slot(idx) {
             return Err(Errno::EINVAL);
         }
-        let r = visit_table(mem, table, level, |b| -> Result<(), Errno> {
+        let r = visit_table(mem, table, level, |b| -> Result<(u64, u64), Errno> {
             let old = b.get(idx).raw();
             if new & 1 == 0 {
                 store(b, idx, new, how);
                 self.put_page_from_upper(mem, level, old, table);
-                return Ok(());
+                return Ok((old, new));
             }
             if new & upper_disallow_mask(level) != 0 {
                 return Err(Errno::EINVAL);
@@ -123,14 +123,20 @@ impl<F: TlbFlush> Core<F> {
             let nl = adjust(level, new);
             if old & 1 != 0 && !needs_full_path(old, nl) {
                 store(b, idx, nl, how);
-                return Ok(());
+                return Ok((old, nl));
             }
             self.get_page_from_upper(mem, level, nl, table, d)?;
             store(b, idx, nl, how);
             self.put_page_from_upper(mem, level, old, table);
-            Ok(())
+            Ok((old, nl))
         });
-        r.map_err(|_| Errno::EINVAL)?
+        let (old, stored) = r.map_err(|_| Errno::EINVAL)??;
+        if crate::flush::stale::revokes(old, stored)
+            && let Some(dom) = self.domains.get_mut(&d)
+        {
+            dom.non_leaf_revoked = true;
+        }
+        Ok(())
     }
 
     /// One `MMU_NORMAL_PT_UPDATE` / `PRESERVE_AD` / `NO_TRANSLATE` request. Returns the

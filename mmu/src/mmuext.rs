@@ -81,11 +81,23 @@ impl<F: TlbFlush> Core<F> {
         // user roots with it.
         let slot = FIRST_XEN_L4_SLOT;
         let m2p = self.config.xen_l4_slots[0];
-        let _ = visit_table(mem, mfn, Level::L4, |b| match which {
-            Root::Kernel if !strict && !b.get(slot).is_present() => b.set(slot, Pte(m2p)),
-            Root::User if strict => b.set(slot, Pte(0)),
-            _ => {}
+        let zapped = visit_table(mem, mfn, Level::L4, |b| match which {
+            Root::Kernel if !strict && !b.get(slot).is_present() => {
+                b.set(slot, Pte(m2p));
+                false
+            }
+            Root::User if strict => {
+                let was = b.get(slot).is_present();
+                b.set(slot, Pte(0));
+                was
+            }
+            _ => false,
         });
+        if zapped.unwrap_or(false)
+            && let Some(dom) = self.domains.get_mut(&d)
+        {
+            dom.non_leaf_revoked = true;
+        }
         self.replace_root(caller, which, Some(mfn));
         if which == Root::Kernel {
             self.destroy_ldt(caller);

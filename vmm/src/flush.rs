@@ -156,23 +156,30 @@ impl KvmFlush {
 }
 
 impl TlbFlush for KvmFlush {
+    /// Host-side invalidation covers every vCPU at once and stays done: each request
+    /// needs only what changed since the previous one (`newly_stale`,
+    /// `non_leaf_revoked`), whatever the guest's own TLB scope. A new table hooked in
+    /// (a non-present non-leaf entry becoming present) needs nothing: KVM's shadow MMU
+    /// finds it on the next fault, as it finds leaf upgrades.
     fn flush(&mut self, req: &FlushRequest) {
         self.stats.requests += 1;
         trace!(
-            "flush {:?} stale {} non_leaf {}",
+            "flush {:?} stale {} new {} non_leaf {} revoked {}",
             req.reason,
             req.stale.len(),
-            req.non_leaf
+            req.newly_stale.len(),
+            req.non_leaf,
+            req.non_leaf_revoked
         );
-        if req.non_leaf {
+        if req.non_leaf_revoked {
             self.memslot_cycle();
             return;
         }
-        if !req.stale.iter().any(|m| m.0 < self.ram_frames) {
+        if !req.newly_stale.iter().any(|m| m.0 < self.ram_frames) {
             self.stats.nothing += 1;
             return;
         }
-        self.invalidate(&req.stale);
+        self.invalidate(&req.newly_stale);
     }
 }
 

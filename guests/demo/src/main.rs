@@ -160,6 +160,43 @@ pub fn guest_main(si: &'static StartInfo) {
     }
     println!("remap: all {} pages show their new frames", PAGES);
 
+    // 2b. Non-leaf replace: point the L2 entry at a second L1 that maps the first
+    //     frames again, then back. Each replace must be visible after the flush
+    //     mmu_update does for a non-leaf change (XSA-286).
+    let l1b = frames.take();
+    let l1b_mfn = mem::pfn_to_mfn(l1b);
+    for i in 0..512 {
+        poke(mem::pfn_to_va(l1b) + i * 8, 0);
+    }
+    for i in 0..PAGES {
+        let e = (mem::pfn_to_mfn(data[i as usize]) << 12) | P | RW | A;
+        poke(mem::pfn_to_va(l1b) + i * 8, e);
+    }
+    let swap = |l1: u64| MmuUpdate {
+        ptr: l2_mfn << 12,
+        val: (l1 << 12) | P | RW | A,
+    };
+    check(
+        "replace",
+        rt::mmu_update(&[make_readonly(l1b), swap(l1b_mfn)], self_dom).0,
+    );
+    for i in 0..PAGES {
+        let v = peek(RANGE_VA + i * 4096);
+        if v != 0x1000 + i {
+            println!("page {i}: read {v:#x} after the L2 entry was replaced");
+            rt::finish(Some("non-leaf replace: stale subtree"));
+        }
+    }
+    check("replace back", rt::mmu_update(&[swap(l1_mfn)], self_dom).0);
+    for i in 0..PAGES {
+        let v = peek(RANGE_VA + i * 4096);
+        if v != 0x1000 + PAGES + i {
+            println!("page {i}: read {v:#x} after the L2 entry was put back");
+            rt::finish(Some("non-leaf replace back: stale subtree"));
+        }
+    }
+    println!("non-leaf replace: both subtrees seen right after each replace");
+
     // 3. Permission downgrade of page 0 and unmap of page 1 with update_va_mapping.
     check(
         "downgrade",

@@ -8,7 +8,7 @@
 
 use crate::entry::Mfn;
 
-mod stale;
+pub(crate) mod stale;
 
 /// A set of vCPUs of one domain (up to 64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -84,6 +84,15 @@ pub struct FlushRequest {
     /// Whether an L2..L4 entry changed since the last flush (paging-structure caches
     /// must go too).
     pub non_leaf: bool,
+    /// The frames of [`FlushRequest::stale`] that became stale since the domain's
+    /// previous request (each reported once, sorted): what an invalidation that reaches
+    /// every vCPU at once (a host-side one, e.g. a shadow-MMU zap) still has to cover.
+    pub newly_stale: Vec<Mfn>,
+    /// Whether, since the domain's previous request, a present L2..L4 entry was removed,
+    /// repointed or lost rights (see [`FlushRequest::newly_stale`]). Hooking in a new
+    /// table (a non-present entry becoming present) does not count: no cache holds
+    /// non-present entries.
+    pub non_leaf_revoked: bool,
     /// The operation that asked for it.
     pub reason: FlushReason,
 }

@@ -2,12 +2,30 @@
 //! rights since removed, whether a non-leaf entry changed since the last full flush,
 //! and the hand-over of each flush to the embedder with that information.
 
-use pvmmu_abi::pte::PAGE_RW;
+use pvmmu_abi::pte::{PAGE_RW, PAGE_USER};
 
 use super::{FlushReason, FlushRequest, FlushScope, TlbFlush, VcpuSet};
 use crate::entry::{Mfn, Pte};
 use crate::frame::Owner;
 use crate::machine::Core;
+
+/// Whether replacing entry `old` by `new` revokes something a TLB or paging-structure
+/// cache may hold from `old`: `old` was present and `new` is not, maps another frame, or
+/// lost write or user access or gained NX. (A non-present entry is never cached, so
+/// making one present revokes nothing.)
+pub(crate) fn revokes(old: u64, new: u64) -> bool {
+    let (o, n) = (Pte(old), Pte(new));
+    if !o.is_present() {
+        return false;
+    }
+    let lost = |bit: u64| o.raw() & bit != 0 && n.raw() & bit == 0;
+    let nx = crate::entry::PteFlags::NX.bits();
+    !n.is_present()
+        || n.mfn() != o.mfn()
+        || lost(PAGE_RW)
+        || lost(PAGE_USER)
+        || (n.raw() & nx != 0 && o.raw() & nx == 0)
+}
 
 /// The stale-TLB bookkeeping behind every request: which frames each domain's TLBs may
 /// still translate with rights since removed, whether a non-leaf entry changed, and the
@@ -16,22 +34,16 @@ impl<F: TlbFlush> Core<F> {
     /// Records that the TLBs of domain `d` (whose tables held `old`) may still hold a
     /// translation that `new` removed or downgraded.
     pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64) {
-        let (o, n) = (Pte(old), Pte(new));
-        if !o.is_present() {
+        if !revokes(old, new) {
             return;
         }
-        let nx = crate::entry::PteFlags::NX.bits();
-        let downgraded = !n.is_present()
-            || n.mfn() != o.mfn()
-            || (o.raw() & PAGE_RW != 0 && n.raw() & PAGE_RW == 0)
-            || (n.raw() & nx != 0 && o.raw() & nx == 0);
-        if !downgraded {
-            return;
-        }
-        let mfn = o.mfn();
+        let mfn = Pte(old).mfn();
         let Some(p) = self.frames.get_mut(mfn) else {
             return; // I/O memory: not RAM
         };
+        if let Some(dom) = self.domains.get_mut(&d) {
+            dom.newly_stale.push(mfn);
+        }
         if p.owner == d {
             if !p.stale {
                 p.stale = true;
@@ -68,6 +80,15 @@ impl<F: TlbFlush> Core<F> {
                 .map(|(_, m)| Mfn(*m)),
         );
         let non_leaf = self.domains.get(&d).is_some_and(|x| x.non_leaf_pending);
+        let (mut newly_stale, non_leaf_revoked) = match self.domains.get_mut(&d) {
+            Some(dom) => (
+                std::mem::take(&mut dom.newly_stale),
+                std::mem::take(&mut dom.non_leaf_revoked),
+            ),
+            None => (Vec::new(), false),
+        };
+        newly_stale.sort_unstable();
+        newly_stale.dedup();
         if full {
             if let Some(dom) = self.domains.get_mut(&d) {
                 dom.non_leaf_pending = false;
@@ -94,6 +115,8 @@ impl<F: TlbFlush> Core<F> {
             scope,
             stale,
             non_leaf,
+            newly_stale,
+            non_leaf_revoked,
             reason,
         };
         self.stats.flushes += 1;

@@ -1,0 +1,121 @@
+//! What each flush request tells an embedder whose invalidation reaches every vCPU at
+//! once (a host-side one): the frames that became stale since the domain's previous
+//! request, each once, and whether a present non-leaf entry was revoked since then,
+//! while `stale` and `non_leaf` keep the guest-TLB view until a full flush.
+
+mod support;
+
+use pvmmu::{FlushRequest, Mfn};
+use pvmmu_abi::mmu::{MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L1_TABLE, MMUEXT_TLB_FLUSH_LOCAL};
+use support::*;
+
+fn flushes(g: &mut Guest) -> Vec<FlushRequest> {
+    g.m.flusher().take()
+}
+
+#[test]
+fn a_stale_frame_is_newly_stale_in_one_request_only() {
+    let mut g = guest();
+    let victim = g.take();
+    let va = va_of(victim.0);
+    let o = g.update(&[(g.pte_addr(va), 0)]);
+    assert_eq!(o.result, Ok(()));
+    // A local flush (not full): the guest view keeps the frame stale...
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    let fl = flushes(&mut g);
+    assert_eq!(fl.len(), 1);
+    assert_eq!(fl[0].stale, vec![victim]);
+    assert_eq!(fl[0].newly_stale, vec![victim]);
+    // ...but a second request reports nothing new to invalidate.
+    let l4 = g.l4;
+    g.ext(MMUEXT_NEW_BASEPTR, l4.0, 0);
+    let fl = flushes(&mut g);
+    assert_eq!(fl.len(), 1);
+    assert_eq!(fl[0].stale, vec![victim], "still possibly in a guest TLB");
+    assert!(
+        fl[0].newly_stale.is_empty(),
+        "already invalidated host-side"
+    );
+    // Mapped again and downgraded again: new once more.
+    let o = g.update(&[(g.pte_addr(va), victim.addr() | P | RW | A)]);
+    assert_eq!(o.result, Ok(()));
+    let o = g.update(&[(g.pte_addr(va), victim.addr() | P | A)]);
+    assert_eq!(o.result, Ok(()));
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    let fl = flushes(&mut g);
+    assert_eq!(fl[0].newly_stale, vec![victim]);
+    g.audit();
+}
+
+#[test]
+fn upgrades_are_not_newly_stale() {
+    let mut g = guest();
+    let next = g.take();
+    let f = g.take();
+    assert_eq!(next.0, f.0 + 1);
+    let va = va_of(f.0);
+    let ptr = g.pte_addr(va);
+    // Read-only to writable, then a new mapping where there was none.
+    assert_eq!(g.update(&[(ptr, f.addr() | P | A)]).result, Ok(()));
+    flushes(&mut g);
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    flushes(&mut g);
+    assert_eq!(g.update(&[(ptr, f.addr() | P | RW | A)]).result, Ok(()));
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    assert!(
+        flushes(&mut g)[0].newly_stale.is_empty(),
+        "RO to RW revokes nothing"
+    );
+    // Clearing the next entry revokes; making it present again does not.
+    assert_eq!(g.update(&[(ptr + 8, 0)]).result, Ok(()));
+    let other = g.take();
+    assert_eq!(g.update(&[(ptr + 8, other.addr() | P | A)]).result, Ok(()));
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    assert_eq!(flushes(&mut g)[0].newly_stale, vec![next]);
+    g.audit();
+}
+
+/// A fresh L1 (pinned) to hook in at L2 entry `idx` of the L2 that maps KBASE.
+fn fresh_l1(g: &mut Guest) -> Mfn {
+    let t = g.table_frame();
+    assert_eq!(g.ext(MMUEXT_PIN_L1_TABLE, t.0, 0).result, Ok(()));
+    t
+}
+
+#[test]
+fn hooking_in_a_table_revokes_nothing_but_replacing_or_removing_one_does() {
+    let mut g = guest();
+    let l1a = fresh_l1(&mut g);
+    let l1b = fresh_l1(&mut g);
+    // The L2 that maps KBASE (L4 slot 272, L3 entry 0): its last entry is unused.
+    let next = |t: Mfn, i: u64| Mfn(g.read(t.addr() + i * 8) >> 12 & 0xff_ffff_ffff);
+    let l2_of = next(next(g.l4, 272), 0);
+    let slot = l2_of.addr() + 511 * 8;
+    assert_eq!(g.read(slot), 0, "an unused L2 entry");
+    flushes(&mut g);
+    // Hook-in: the XSA-286 flush happens, with nothing revoked.
+    assert_eq!(g.update(&[(slot, l1a.addr() | P | RW | A)]).result, Ok(()));
+    let fl = flushes(&mut g);
+    assert_eq!(fl.len(), 1);
+    assert!(fl[0].non_leaf, "a non-leaf change: the guest's caches go");
+    assert!(!fl[0].non_leaf_revoked, "nothing cached could be wrong");
+    // A flag change that adds nothing lost: no revocation either.
+    assert_eq!(
+        g.update(&[(slot, l1a.addr() | P | RW | A | D)]).result,
+        Ok(())
+    );
+    assert!(!flushes(&mut g)[0].non_leaf_revoked);
+    // Replace: revoked.
+    assert_eq!(g.update(&[(slot, l1b.addr() | P | RW | A)]).result, Ok(()));
+    let fl = flushes(&mut g);
+    assert!(fl[0].non_leaf && fl[0].non_leaf_revoked);
+    // Write access removed: revoked.
+    assert_eq!(g.update(&[(slot, l1b.addr() | P | A)]).result, Ok(()));
+    assert!(flushes(&mut g)[0].non_leaf_revoked);
+    // Removal: revoked; and reported once only.
+    assert_eq!(g.update(&[(slot, 0)]).result, Ok(()));
+    assert!(flushes(&mut g)[0].non_leaf_revoked);
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    assert!(!flushes(&mut g)[0].non_leaf_revoked);
+    g.audit();
+}
