@@ -44,10 +44,14 @@ struct Cli {
 /// Which guest, and how much memory.
 #[derive(clap::Args, Debug, Default)]
 struct GuestArgs {
-    /// A Xen PV ELF image to boot instead of a built-in guest.
+    /// A Xen PV kernel to boot instead of a built-in guest: an ELF image, or a bzImage
+    /// as distributions ship it.
     file: Option<PathBuf>,
+    /// The same as FILE, under the name `xl` users know.
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
+    kernel: Option<PathBuf>,
     /// A built-in guest (see `pvmmu guests`; default: demo).
-    #[arg(long, conflicts_with = "file")]
+    #[arg(long, conflicts_with_all = ["file", "kernel"])]
     guest: Option<String>,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 64)]
@@ -117,6 +121,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Output into a closed pipe (`pvmmu guests | head`) ends the process quietly, as
+    // for any Unix tool, instead of a panic in `println!`.
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any
+    // thread exists; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -204,7 +215,7 @@ fn main() -> ExitCode {
 /// The domain a `run` or `dump` asks for.
 fn domain(g: GuestArgs) -> Result<DomainSpec, String> {
     let mut iomem = true;
-    let image = match (g.file, g.guest) {
+    let image = match (g.file.or(g.kernel), g.guest) {
         (Some(path), _) => {
             let bytes = std::fs::read(&path)
                 .map_err(|e| format!("pvmmu: cannot read {}: {e}", path.display()))?;

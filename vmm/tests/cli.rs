@@ -340,3 +340,69 @@ fn debug_logging_names_every_hypercall_and_exception() {
         "exceptions are logged: {stderr}"
     );
 }
+
+#[test]
+fn kernel_names_the_image_and_bad_kernels_and_initrds_are_refused() {
+    let dir = std::env::temp_dir().join(format!("pvmmu-kernel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let demo = dir.join("demo");
+    std::fs::write(&demo, GUESTS[0].image).expect("write");
+    // --kernel is FILE by its xl name (dump needs no KVM).
+    let out = Command::new(pvmmu_binary())
+        .args(["dump", "--kernel"])
+        .arg(&demo)
+        .output()
+        .expect("pvmmu dump");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both at once: a usage error.
+    let out = Command::new(pvmmu_binary())
+        .args(["dump", "--kernel"])
+        .arg(&demo)
+        .arg(&demo)
+        .output()
+        .expect("pvmmu dump");
+    assert_eq!(out.status.code(), Some(64));
+    // A bzImage whose xz payload is corrupt: the reason, exit code 1.
+    let mut bz = vec![0u8; 2 * 512];
+    bz[0x1f1] = 1;
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+    let payload: Vec<u8> = [0xfd, b'7', b'z', b'X', b'Z', 0]
+        .into_iter()
+        .chain(b"garbage".repeat(10))
+        .collect();
+    bz[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    bz.extend(&payload);
+    let bad = dir.join("bzimage");
+    std::fs::write(&bad, &bz).expect("write");
+    let out = Command::new(pvmmu_binary())
+        .args(["dump", "--kernel"])
+        .arg(&bad)
+        .output()
+        .expect("pvmmu dump");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt xz payload"), "{stderr}");
+    // An initrd larger than the domain's memory.
+    let big = dir.join("initrd");
+    std::fs::write(&big, vec![0u8; 20 << 20]).expect("write");
+    let out = Command::new(pvmmu_binary())
+        .args(["run", "--memory", "16", "--kernel"])
+        .arg(&demo)
+        .arg("--initrd")
+        .arg(&big)
+        .output()
+        .expect("pvmmu run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the initrd (20971520 bytes) does not fit"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,6 +27,18 @@ pub enum BuildError {
         /// Domain frames.
         frames: u64,
     },
+    /// The boot module does not fit in the domain's memory after the kernel.
+    #[error(
+        "the initrd ({len} bytes) does not fit in the domain's {frames} frames after the kernel ({kernel_frames} frames)"
+    )]
+    InitrdTooBig {
+        /// Bytes of the module.
+        len: u64,
+        /// Domain frames.
+        frames: u64,
+        /// Frames the kernel image takes.
+        kernel_frames: u64,
+    },
     /// The hypercall page lies outside the image.
     #[error("the hypercall page {0:#x} lies outside the loaded image")]
     HypercallPage(u64),
@@ -141,6 +153,15 @@ pub fn build<F: TlbFlush>(
     };
     // The boot module (initrd) right after the kernel, as Xen's builder places it.
     let module = initrd.map(|data| (take(&mut next, (data.len() as u64).div_ceil(PAGE)), data));
+    if let Some((_, data)) = module
+        && next > frames
+    {
+        return Err(BuildError::InitrdTooBig {
+            len: data.len() as u64,
+            frames,
+            kernel_frames: pfn(image.v_end),
+        });
+    }
     let p2m_pages = (frames * 8).div_ceil(PAGE);
     let p2m = take(&mut next, p2m_pages);
     let (si_pfn, store, console) = (take(&mut next, 1), take(&mut next, 1), take(&mut next, 1));
