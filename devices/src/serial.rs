@@ -31,9 +31,14 @@ impl Trigger for NoTrigger {
     }
 }
 
+/// Input held beyond the UART's receive FIFO (64 bytes), so that pasted or piped input
+/// is not lost while the guest reads slowly.
+const BACKLOG_MAX: usize = 1 << 20;
+
 /// The console UART with its output sink.
 pub struct SerialConsole {
     uart: Serial<NoTrigger, NoEvents, Box<dyn Write + Send>>,
+    backlog: std::collections::VecDeque<u8>,
 }
 
 impl std::fmt::Debug for SerialConsole {
@@ -47,6 +52,7 @@ impl SerialConsole {
     pub fn new(out: Box<dyn Write + Send>) -> SerialConsole {
         SerialConsole {
             uart: Serial::new(NoTrigger, out),
+            backlog: std::collections::VecDeque::new(),
         }
     }
 
@@ -61,9 +67,33 @@ impl SerialConsole {
         let _ = self.uart.writer_mut().flush();
     }
 
-    /// Queues input bytes into the receive FIFO; returns how many fit.
+    /// Queues input bytes for the guest: into the receive FIFO as far as it has room,
+    /// the rest held until the guest has read what is there (up to 1 MiB; beyond that
+    /// input is dropped). Returns how many were kept.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+        let keep = bytes.len().min(BACKLOG_MAX - self.backlog.len());
+        if keep < bytes.len() {
+            warn!(
+                "console input backlog full: {} bytes dropped",
+                bytes.len() - keep
+            );
+        }
+        self.backlog.extend(&bytes[..keep]);
+        self.refill();
+        keep
+    }
+
+    /// Moves held input into the receive FIFO as far as it has room.
+    fn refill(&mut self) {
+        while !self.backlog.is_empty() {
+            let (front, _) = self.backlog.as_slices();
+            match self.uart.enqueue_raw_bytes(front) {
+                Ok(n) if n > 0 => {
+                    self.backlog.drain(..n);
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Takes up to `buf.len()` received bytes (as a guest reading the data register while
@@ -73,6 +103,9 @@ impl SerialConsole {
         while n < buf.len() && self.uart.read(LSR) & LSR_DATA_READY != 0 {
             buf[n] = self.uart.read(DATA);
             n += 1;
+            if self.uart.read(LSR) & LSR_DATA_READY == 0 {
+                self.refill();
+            }
         }
         n
     }
@@ -82,6 +115,9 @@ impl PioDevice for SerialConsole {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         if let (Some(b), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
             *b = self.uart.read(off);
+            if off == DATA {
+                self.refill();
+            }
         }
     }
 
@@ -123,5 +159,33 @@ mod tests {
         // Port access: the guest view of the same UART.
         PioDevice::write(&mut s, 0, b"x");
         assert_eq!(sink.0.lock().unwrap().last(), Some(&b'x'));
+    }
+
+    #[test]
+    fn input_beyond_the_fifo_is_held_not_lost() {
+        let mut s = SerialConsole::new(Box::new(Sink::default()));
+        let input: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        assert_eq!(s.enqueue_input(&input), 1000);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 100];
+        loop {
+            let n = s.receive(&mut buf);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, input);
+        // Through the data register, byte by byte, too.
+        s.enqueue_input(&input[..200]);
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            let mut b = [0u8];
+            PioDevice::read(&mut s, LSR.into(), &mut b);
+            assert_ne!(b[0] & LSR_DATA_READY, 0);
+            PioDevice::read(&mut s, DATA.into(), &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, input[..200]);
     }
 }

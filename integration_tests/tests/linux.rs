@@ -1,8 +1,9 @@
 //! Debian's stock amd64 kernel, unmodified, boots as a PV guest through pvmmu and runs
 //! `/init` from an initramfs built here around Debian's busybox-static: it mounts proc,
 //! sys and tmpfs, prints the kernel release, memory and Xen features, writes and reads a
-//! file, forks, and powers off. The packages come from apt (downloaded once into the
-//! test's cache); without the registry the test fails, unless `PVMMU_SKIP_LINUX=1`.
+//! file, forks, reads a line typed at the console (the PV console ring), and powers off.
+//! The packages come from apt (downloaded once into the test's cache); without the
+//! registry the test fails, unless `PVMMU_SKIP_LINUX=1`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ grep MemTotal /proc/meminfo
 echo "init: xen features: $(cat /sys/hypervisor/properties/features)"
 mount -t tmpfs tmpfs /tmp && echo hello-tmpfs > /tmp/f && echo "init: tmpfs: $(cat /tmp/f)"
 sh -c 'echo "init: forked child $$"'
+read -t 20 -r line && echo "init: console input: $line"
 echo "Test result: SUCCESS"
 poweroff -f
 "#;
@@ -74,6 +76,12 @@ fn debian_linux_boots_to_init_and_powers_off() {
         console_out: Box::new(out.clone()),
     };
     let vm = Vm::new(cfg).expect("VM");
+    // Console input, typed before the guest looks: it reaches /init through the PV
+    // console ring.
+    vm.serial
+        .lock()
+        .expect("serial")
+        .enqueue_input(b"typed-at-the-console\n");
     let stop = vm.stop_flag();
     let done = Arc::new(AtomicBool::new(false));
     let watchdog = {
@@ -96,6 +104,7 @@ fn debian_linux_boots_to_init_and_powers_off() {
         "init: xen features: ".into(),
         "init: tmpfs: hello-tmpfs".into(),
         "init: forked child".into(),
+        "init: console input: typed-at-the-console".into(),
         "MemTotal:".into(),
         "Test result: SUCCESS".into(),
     ] {

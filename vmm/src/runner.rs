@@ -42,9 +42,11 @@ pub struct RunOptions {
     pub trace: Option<PathBuf>,
 }
 
-/// Feeds stdin into the console UART.
+/// Feeds stdin into the console UART (whose input the PV console ring also takes), and
+/// wakes the vCPU thread if it is blocked.
 struct StdinReader {
     serial: Arc<Mutex<SerialConsole>>,
+    vcpu: std::thread::Thread,
 }
 
 impl MutEventSubscriber for StdinReader {
@@ -55,6 +57,7 @@ impl MutEventSubscriber for StdinReader {
                 if let Ok(mut s) = self.serial.lock() {
                     s.enqueue_input(&buf[..n]);
                 }
+                self.vcpu.unpark();
             }
             _ => {
                 let _ = ops.remove(events);
@@ -149,7 +152,10 @@ pub fn run(cfg: VmConfig, opts: &RunOptions) -> Result<RunReport, RunError> {
         })?;
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(RunError::EventLoop)?;
-    em.add_subscriber(Arc::new(Mutex::new(StdinReader { serial })));
+    em.add_subscriber(Arc::new(Mutex::new(StdinReader {
+        serial,
+        vcpu: handle.thread().clone(),
+    })));
     em.add_subscriber(Arc::new(Mutex::new(Watcher {
         vcpu_done,
         signals,

@@ -110,6 +110,22 @@ pub struct DomainState {
 }
 
 impl DomainState {
+    /// Moves pending console input into the console ring and, if any moved, raises the
+    /// ring's event channel; returns the byte count. The VMM calls it when input
+    /// arrives (and it runs at every console notification and yield). Input goes to the
+    /// ring once the guest uses it for output (its console is the PV console then);
+    /// before, `console_io` reads get it.
+    pub fn feed_console<F: TlbFlush>(&mut self, m: &Mach<F>, console: &mut dyn Console) -> usize {
+        let Some(ring) = self.ring.as_mut().filter(|r| r.used) else {
+            return 0;
+        };
+        let n = ring.fill(m.memory(), console);
+        if n > 0 {
+            self.evtchn.set_pending(m, ring.port);
+        }
+        n
+    }
+
     /// The state of a domain built with `boot`: the console ring and the console and
     /// store event channels.
     pub fn new(boot: &crate::builder::BootInfo) -> DomainState {
@@ -324,6 +340,7 @@ impl Platform<'_> {
         if let Some(ring) = self.dom.ring.as_mut() {
             ring.drain(m.memory(), self.console);
         }
+        self.dom.feed_console(m, self.console);
     }
 
     fn event_channel_op<F: TlbFlush>(

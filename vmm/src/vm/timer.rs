@@ -2,8 +2,9 @@
 //! at their deadlines. A helper thread sleeps until the next deadline and kicks the vCPU
 //! thread out of KVM_RUN with a signal (again every millisecond until the vCPU thread
 //! has seen it); the vCPU thread expires the timers, raises the VIRQ, and delivers the
-//! upcall where it interrupted the guest. `SCHEDOP_block` waits here for an event or the
-//! next deadline, without spinning.
+//! upcall where it interrupted the guest. `SCHEDOP_block` waits here for an event, the
+//! next deadline or console input, without spinning; console input is moved into the
+//! guest's console ring whenever timers are serviced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,6 +125,8 @@ impl Vm {
     /// expire here, at the next exit).
     pub(super) fn service_timers(&mut self) {
         let vcpu = self.vcpu.caller.vcpu;
+        let mut console = super::SerialSink(self.serial.clone());
+        self.platform.feed_console(&self.machine, &mut console);
         let now = self.pv.system_time_ns();
         if self.pv.expire_timers(now) {
             self.platform
@@ -179,7 +182,8 @@ impl Vm {
                 .pv
                 .next_deadline()
                 .map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)));
-            std::thread::sleep(wait.min(BLOCK_SLICE));
+            // Console input unparks the thread (see `runner`).
+            std::thread::park_timeout(wait.min(BLOCK_SLICE));
         }
     }
 }
