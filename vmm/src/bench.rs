@@ -255,3 +255,162 @@ pub fn table(r: &BenchReport) -> String {
     }
     s
 }
+
+/// What `pvmmu bench --kernel` boots: a real kernel with its initrd.
+#[derive(Debug, Clone)]
+pub struct LinuxBench {
+    /// The kernel (ELF, or unpacked from a bzImage).
+    pub kernel: Vec<u8>,
+    /// The initrd.
+    pub initrd: Option<Vec<u8>>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory, MiB.
+    pub memory_mib: u64,
+    /// The first console line containing this marks `/init` running.
+    pub init_marker: String,
+}
+
+/// Figures of one Linux boot.
+#[derive(Debug, Clone)]
+pub struct LinuxFigures {
+    /// VM creation to the first console line with the marker (`None`: never seen).
+    pub to_init: Option<std::time::Duration>,
+    /// VM creation to the end of the run.
+    pub to_end: std::time::Duration,
+    /// How it ended.
+    pub exit: GuestExit,
+    /// Exits, by reason.
+    pub exits: u64,
+    /// Exits by reason.
+    pub exit_reasons: Vec<(String, u64)>,
+    /// Hypercalls by name, most frequent first.
+    pub hypercalls: Vec<(String, u64)>,
+    /// Time in host-side invalidation, and its counts.
+    pub invalidation: crate::flush::FlushStats,
+}
+
+/// Console lines with when they ended, and the line being written.
+type TimedLines = (Vec<u8>, Vec<(std::time::Duration, String)>);
+
+/// A console sink that notes when each line arrived.
+#[derive(Clone)]
+struct Timed {
+    start: std::time::Instant,
+    lines: std::sync::Arc<std::sync::Mutex<TimedLines>>,
+}
+
+impl std::io::Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut g) = self.lines.lock() {
+            let (partial, lines) = &mut *g;
+            for &b in buf {
+                if b == b'\n' {
+                    let line = String::from_utf8_lossy(partial).into_owned();
+                    lines.push((self.start.elapsed(), line));
+                    partial.clear();
+                } else {
+                    partial.push(b);
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Boots `b` once and measures it.
+pub fn linux(b: &LinuxBench) -> Result<LinuxFigures, BenchError> {
+    let start = std::time::Instant::now();
+    let console = Timed {
+        start,
+        lines: Default::default(),
+    };
+    let config = VmConfig {
+        domain: platform::DomainSpec {
+            cmdline: b.cmdline.clone(),
+            initrd: b.initrd.clone(),
+            iomem: false,
+            ..platform::DomainSpec::new(b.kernel.clone(), b.memory_mib)
+        },
+        console_out: Box::new(console.clone()),
+    };
+    let r = Vm::new(config)?.run_to_end(&AtomicBool::new(false))?;
+    let to_end = start.elapsed();
+    let to_init = console.lines.lock().ok().and_then(|g| {
+        g.1.iter()
+            .find(|(_, l)| l.contains(&b.init_marker))
+            .map(|(t, _)| *t)
+    });
+    let mut hypercalls: Vec<(String, u64)> = r
+        .stats
+        .hypercalls
+        .by_number
+        .iter()
+        .map(|(nr, n)| (platform::dispatch::name(*nr), *n))
+        .collect();
+    hypercalls.sort_by_key(|h| std::cmp::Reverse(h.1));
+    let mut exit_reasons: Vec<(String, u64)> = r.stats.exit_reasons.into_iter().collect();
+    exit_reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    Ok(LinuxFigures {
+        to_init,
+        to_end,
+        exit: r.exit,
+        exits: r.stats.exits,
+        exit_reasons,
+        hypercalls,
+        invalidation: r.stats.flush,
+    })
+}
+
+impl LinuxFigures {
+    /// A human-readable report.
+    pub fn table(&self) -> String {
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        let mut s = match self.to_init {
+            Some(t) => format!("VM creation to /init: {:.2} s\n", secs(t)),
+            None => "VM creation to /init: the marker never appeared\n".into(),
+        };
+        s.push_str(&format!(
+            "VM creation to the end ({:?}): {:.2} s\n",
+            self.exit,
+            secs(self.to_end)
+        ));
+        let inv = &self.invalidation;
+        s.push_str(&format!(
+            "host-side invalidation: {:.3} s = {:.1}% of the run ({} mprotect runs, {} memslot cycles, {} requests needing nothing of {})\n",
+            secs(inv.time),
+            100.0 * secs(inv.time) / secs(self.to_end),
+            inv.mprotects,
+            inv.memslot_cycles,
+            inv.nothing,
+            inv.requests
+        ));
+        s.push_str(&format!("\nexits: {}\n", self.exits));
+        for (r, n) in &self.exit_reasons {
+            s.push_str(&format!("  {r:<24} {n:>9}\n"));
+        }
+        s.push_str("\nhypercalls:\n");
+        for (h, n) in &self.hypercalls {
+            s.push_str(&format!("  {h:<24} {n:>9}\n"));
+        }
+        s
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "to_init_s": self.to_init.map(|t| t.as_secs_f64()),
+            "to_end_s": self.to_end.as_secs_f64(),
+            "exit": format!("{:?}", self.exit),
+            "exits": self.exits,
+            "exit_reasons": self.exit_reasons.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "hypercalls": self.hypercalls.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "invalidation_s": self.invalidation.time.as_secs_f64(),
+            "mprotect_runs": self.invalidation.mprotects,
+            "memslot_cycles": self.invalidation.memslot_cycles,
+        })
+    }
+}

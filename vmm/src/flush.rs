@@ -41,6 +41,8 @@ pub struct FlushStats {
     pub mprotects: u64,
     /// Dummy-memslot cycles.
     pub memslot_cycles: u64,
+    /// Time spent in host-side invalidation (mprotect runs and memslot cycles).
+    pub time: std::time::Duration,
 }
 
 /// The host-side invalidation for one VM.
@@ -93,13 +95,21 @@ impl KvmFlush {
 
     /// Zaps every shadow page: delete and re-add the dummy slot.
     fn memslot_cycle(&mut self) {
+        let start = std::time::Instant::now();
         self.stats.memslot_cycles += 1;
         if let Err(e) = self.set_dummy(0).and_then(|()| self.set_dummy(DUMMY_SIZE)) {
             warn!("memslot cycle failed: {e}");
         }
+        self.stats.time += start.elapsed();
     }
 
     fn mprotect_run(&mut self, first: u64, n: u64) {
+        let start = std::time::Instant::now();
+        self.mprotect_frames(first, n);
+        self.stats.time += start.elapsed();
+    }
+
+    fn mprotect_frames(&mut self, first: u64, n: u64) {
         self.stats.mprotects += 1;
         // SAFETY: `first..first + n` are RAM frames (checked by the caller), so the
         // range lies inside the guest RAM mapping; no other thread writes guest memory

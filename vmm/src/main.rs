@@ -117,6 +117,22 @@ enum Cmd {
         /// Launches of the demo guest to time.
         #[arg(long, default_value_t = 5)]
         launches: usize,
+        /// Boot this kernel instead (ELF or bzImage) and report its boot: time to
+        /// /init and to the end, exits by reason, hypercalls, host-side invalidation.
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// The kernel's initrd.
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The kernel's command line.
+        #[arg(long, default_value = "console=hvc0 loglevel=4", requires = "kernel")]
+        cmdline: String,
+        /// Guest memory in MiB for the kernel.
+        #[arg(long, default_value_t = 256, requires = "kernel")]
+        memory: u64,
+        /// The first console line containing this text marks /init running.
+        #[arg(long, default_value = "init:", requires = "kernel")]
+        init_marker: String,
     },
 }
 
@@ -191,7 +207,23 @@ fn main() -> ExitCode {
             }
             Ok(code::POWEROFF)
         }
-        Cmd::Bench { json, launches } => match vmm::bench::run(launches) {
+        Cmd::Bench {
+            json,
+            kernel: Some(kernel),
+            initrd,
+            cmdline,
+            memory,
+            init_marker,
+            ..
+        } => linux_bench(
+            &kernel,
+            initrd.as_deref(),
+            cmdline,
+            memory,
+            init_marker,
+            json,
+        ),
+        Cmd::Bench { json, launches, .. } => match vmm::bench::run(launches) {
             Ok(r) if json => {
                 println!("{}", r.to_json());
                 Ok(code::POWEROFF)
@@ -210,6 +242,36 @@ fn main() -> ExitCode {
             ExitCode::from(code::VMM_ERROR)
         }
     }
+}
+
+/// `pvmmu bench --kernel`.
+fn linux_bench(
+    kernel: &std::path::Path,
+    initrd: Option<&std::path::Path>,
+    cmdline: String,
+    memory_mib: u64,
+    init_marker: String,
+    json: bool,
+) -> Result<u8, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("pvmmu bench: cannot read {}: {e}", p.display()))
+    };
+    let image = platform::bzimage::unpack(&read(kernel)?)
+        .map_err(|e| format!("pvmmu bench: {}: {e}", kernel.display()))?;
+    let b = vmm::bench::LinuxBench {
+        kernel: image,
+        initrd: initrd.map(read).transpose()?,
+        cmdline,
+        memory_mib,
+        init_marker,
+    };
+    let f = vmm::bench::linux(&b).map_err(|e| format!("pvmmu bench: {e}"))?;
+    if json {
+        println!("{}", f.to_json());
+    } else {
+        print!("{}", f.table());
+    }
+    Ok(code::POWEROFF)
 }
 
 /// The domain a `run` or `dump` asks for.

@@ -88,6 +88,9 @@ impl Vcpu {
             .any(|e| e.function == 1 && e.ecx & CPUID_XSAVE != 0);
         let sregs = regs::pv_sregs(fd.get_sregs()?, boot.l4.addr(), xsave)?;
         fd.set_sregs(&sregs)?;
+        // The special registers come with every exit (no ioctl on the exception path);
+        // the copy starts as loaded.
+        fd.sync_regs_mut().sregs = sregs;
         let entry = |index, data| kvm_msr_entry {
             index,
             data,
@@ -124,6 +127,7 @@ impl Vcpu {
         }
         fd.set_regs(&regs::boot_regs(boot))?;
         fd.set_sync_valid_reg(SyncReg::Register);
+        fd.set_sync_valid_reg(SyncReg::SystemRegister);
         debug!(
             "vCPU {}: efer {:#x} cr0 {:#x} cr4 {:#x}",
             caller.vcpu, sregs.efer, sregs.cr0, sregs.cr4
@@ -152,15 +156,24 @@ impl Vcpu {
         self.fd.set_sync_dirty_reg(SyncReg::Register);
     }
 
-    /// The special registers (an ioctl: only on slow paths).
+    /// The special registers at the current exit (KVM copies them out with every
+    /// exit; kept current by [`Vcpu::put_sregs`]).
     pub fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
-        self.fd.get_sregs()
+        Ok(self.fd.sync_regs().sregs)
+    }
+
+    /// Loads the special registers, and keeps the exit's copy in step (it is not
+    /// marked dirty: the ioctl has loaded them already).
+    fn put_sregs(&mut self, sregs: &kvm_sregs) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_sregs(sregs)?;
+        self.fd.sync_regs_mut().sregs = *sregs;
+        Ok(())
     }
 
     /// Switches between guest kernel and user mode (Xen's `toggle_guest_mode`): CR3 to
     /// `root` (the new mode's) and the GS bases exchanged, as `swapgs` would.
     pub fn switch_mode(&mut self, root: Option<Mfn>) -> Result<(), kvm_ioctls::Error> {
-        let mut sregs = self.fd.get_sregs()?;
+        let mut sregs = self.sregs()?;
         let shadow = self.shadow_gs_base()?;
         self.set_shadow_gs_base(sregs.gs.base)?;
         sregs.gs.base = shadow;
@@ -168,7 +181,7 @@ impl Vcpu {
             sregs.cr3 = root.addr();
             self.cr3 = root;
         }
-        self.fd.set_sregs(&sregs)?;
+        self.put_sregs(&sregs)?;
         Ok(())
     }
 
@@ -209,19 +222,19 @@ impl Vcpu {
     /// After a `syscall` that entered ring 0 (hardware KVM), puts the vCPU back at the
     /// guest's CPL3 selectors; a no-op where `syscall` stays at CPL3 (KVM-PVM).
     pub fn leave_ring0(&mut self) -> Result<(), VcpuError> {
-        let mut sregs = self.fd.get_sregs()?;
+        let mut sregs = self.sregs()?;
         if sregs.cs.dpl == 3 {
             return Ok(());
         }
         sregs.cs = regs::gdt_segment(FLAT_RING3_CS64)?;
         sregs.ss = regs::gdt_segment(FLAT_RING3_SS64)?;
-        self.fd.set_sregs(&sregs)?;
+        self.put_sregs(&sregs)?;
         Ok(())
     }
 
     /// The FS base, the GS base and the shadow GS base (what `swapgs` exchanges).
     pub fn segment_bases(&self) -> Result<(u64, u64, u64), kvm_ioctls::Error> {
-        let sregs = self.fd.get_sregs()?;
+        let sregs = self.sregs()?;
         Ok((sregs.fs.base, sregs.gs.base, self.shadow_gs_base()?))
     }
 
@@ -233,13 +246,13 @@ impl Vcpu {
     ) -> Result<(), kvm_ioctls::Error> {
         match which {
             SegmentBase::Fs | SegmentBase::Gs => {
-                let mut sregs = self.fd.get_sregs()?;
+                let mut sregs = self.sregs()?;
                 if which == SegmentBase::Fs {
                     sregs.fs.base = value;
                 } else {
                     sregs.gs.base = value;
                 }
-                self.fd.set_sregs(&sregs)
+                self.put_sregs(&sregs)
             }
             SegmentBase::ShadowGs => self.set_shadow_gs_base(value),
         }
@@ -263,12 +276,12 @@ impl Vcpu {
         bit: u64,
         on: bool,
     ) -> Result<(), kvm_ioctls::Error> {
-        let mut sregs = self.fd.get_sregs()?;
+        let mut sregs = self.sregs()?;
         let reg = cr(&mut sregs);
         let new = if on { *reg | bit } else { *reg & !bit };
         if new != *reg {
             *reg = new;
-            self.fd.set_sregs(&sregs)?;
+            self.put_sregs(&sregs)?;
         }
         Ok(())
     }
@@ -279,21 +292,21 @@ impl Vcpu {
         cs: kvm_bindings::kvm_segment,
         ss: kvm_bindings::kvm_segment,
     ) -> Result<(), kvm_ioctls::Error> {
-        let mut sregs = self.fd.get_sregs()?;
+        let mut sregs = self.sregs()?;
         (sregs.cs, sregs.ss) = (cs, ss);
-        self.fd.set_sregs(&sregs)
+        self.put_sregs(&sregs)
     }
 
     /// Loads the LDT register from its descriptor words (`lo`, `hi`; all zero: no LDT,
     /// a null selector).
     pub fn load_ldt(&mut self, lo: u64, hi: u64) -> Result<(), kvm_ioctls::Error> {
-        let mut sregs = self.fd.get_sregs()?;
+        let mut sregs = self.sregs()?;
         sregs.ldt = if lo == 0 {
             regs::no_ldt()
         } else {
             regs::segment_from_descriptor(platform::layout::LDT_SEL, lo, hi)
         };
-        self.fd.set_sregs(&sregs)
+        self.put_sregs(&sregs)
     }
 
     /// Loads `root` into CR3, if it is not already there.
@@ -301,9 +314,9 @@ impl Vcpu {
         if let Some(root) = root
             && root != self.cr3
         {
-            let mut sregs = self.fd.get_sregs()?;
+            let mut sregs = self.sregs()?;
             sregs.cr3 = root.addr();
-            self.fd.set_sregs(&sregs)?;
+            self.put_sregs(&sregs)?;
             self.cr3 = root;
         }
         Ok(())

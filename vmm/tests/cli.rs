@@ -406,3 +406,47 @@ fn kernel_names_the_image_and_bad_kernels_and_initrds_are_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_with_a_kernel_reports_its_boot() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-benchk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let demo = dir.join("demo");
+    std::fs::write(&demo, GUESTS[0].image).expect("write");
+    let out = Command::new(pvmmu_binary())
+        .args([
+            "bench",
+            "--json",
+            "--memory",
+            "64",
+            "--cmdline",
+            "",
+            "--init-marker",
+        ])
+        .arg("remap: all")
+        .arg("--kernel")
+        .arg(&demo)
+        .output()
+        .expect("pvmmu bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let to_init = v["to_init_s"].as_f64().expect("the marker was seen");
+    let to_end = v["to_end_s"].as_f64().expect("end");
+    assert!(to_init > 0.0 && to_init <= to_end, "{v}");
+    assert_eq!(v["exit"], "Shutdown(0)");
+    // The demo's own work: its batched mmu_updates, and a memslot cycle per replace.
+    assert!(
+        v["hypercalls"]["mmu_update"].as_u64().unwrap_or(0) >= 5,
+        "{v}"
+    );
+    assert!(
+        v["exit_reasons"]["hypercall"].as_u64().unwrap_or(0) > 0,
+        "{v}"
+    );
+    assert_eq!(v["memslot_cycles"], 2, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

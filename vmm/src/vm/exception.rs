@@ -28,6 +28,8 @@ impl Vm {
         let mem = self.machine.memory();
         let ef = ExceptionFrame::read(mem, STACK_VA, self.hv.stack_gpa, regs.rsp)?;
         let frame = ef.frame;
+        let reason = format!("exception {}", vector_name(frame.vector));
+        *self.stats.exit_reasons.entry(reason).or_default() += 1;
         debug!(
             "exception {} ({}) error {:#x} at {:#x} (CS {:#x}), CR2 {:#x}",
             frame.vector,

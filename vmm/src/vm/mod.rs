@@ -157,6 +157,9 @@ impl std::fmt::Debug for VmConfig {
 pub struct RunStats {
     /// vCPU exits.
     pub exits: u64,
+    /// vCPU exits by reason: `hypercall`, `syscall hypercall`, `exception #GP` (and the
+    /// other vectors), `port I/O`, `MMIO`, `kick` (timer or stop signal), `other`.
+    pub exit_reasons: std::collections::BTreeMap<String, u64>,
     /// Hypercalls by number.
     pub hypercalls: HypercallStats,
     /// Library counters (validated / applied / rejected / flushes).
@@ -422,7 +425,21 @@ impl Vm {
                 return Ok(GuestExit::Stopped);
             }
             self.stats.exits += 1;
-            let exit = match self.vcpu.fd.run() {
+            let ran = self.vcpu.fd.run();
+            let reason = match &ran {
+                Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => "hypercall",
+                Ok(VcpuExit::IoOut(SYSCALL_PORT, _)) => "syscall hypercall",
+                Ok(VcpuExit::IoOut(FAULT_PORT, _)) => "exception",
+                Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => "port I/O",
+                Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => "MMIO",
+                Ok(VcpuExit::Intr) => "kick",
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => "kick",
+                _ => "other",
+            };
+            if reason != "exception" {
+                *self.stats.exit_reasons.entry(reason.into()).or_default() += 1;
+            }
+            let exit = match ran {
                 Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => self.hypercall(Entry::Page)?,
                 Ok(VcpuExit::IoOut(SYSCALL_PORT, _)) => self.hypercall(Entry::Syscall)?,
                 Ok(VcpuExit::IoOut(FAULT_PORT, _)) => self.exception()?,
