@@ -47,6 +47,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             e.type_count += u64::from(p.pinned) + u64::from(p.shared);
         }
         for d in core.domains.values() {
+            if let Some(f) = d.pirq_eoi_frame {
+                let e = exp.entry(f.0).or_default();
+                e.count += 1;
+                e.type_count += 1;
+            }
             // Device halves of grant mappings (host halves are PTEs, counted below).
             for (_, g) in d.maptrack.iter() {
                 if g.flags & pvmmu_abi::grant::GNTMAP_device_map != 0 {
@@ -197,6 +202,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             .flat_map(|v| [v.kernel_root.take(), v.user_root.take()])
             .flatten()
             .collect();
+        roots.extend(d.pirq_eoi_frame.take());
         for v in &mut d.vcpus {
             v.gdt_ents = 0;
             roots.append(&mut v.gdt_frames);

@@ -117,6 +117,9 @@ pub struct Domain {
     pub(crate) non_leaf_revoked: bool,
     /// Its grant mappings (see [`crate::grant`]).
     pub(crate) maptrack: crate::grant::Maptrack,
+    /// The PIRQ EOI bitmap frame (see [`crate::area`]): a general and a writable type
+    /// reference.
+    pub(crate) pirq_eoi_frame: Option<Mfn>,
 }
 
 impl Domain {
@@ -136,6 +139,7 @@ impl Domain {
             newly_stale: Vec::new(),
             non_leaf_revoked: false,
             maptrack: crate::grant::Maptrack::default(),
+            pirq_eoi_frame: None,
         }
     }
 

@@ -20,6 +20,7 @@ use pvmmu_abi::hypercall::{
     HYPERVISOR_memory_op, HYPERVISOR_physdev_op, HYPERVISOR_sched_op, HYPERVISOR_set_callbacks,
     HYPERVISOR_set_debugreg, HYPERVISOR_set_segment_base, HYPERVISOR_set_timer_op,
     HYPERVISOR_set_trap_table, HYPERVISOR_stack_switch, HYPERVISOR_vcpu_op, HYPERVISOR_xen_version,
+    HYPERVISOR_xenpmu_op,
 };
 use pvmmu_abi::sched::{SCHEDOP_block, SCHEDOP_shutdown, SCHEDOP_yield};
 use pvmmu_abi::version::{
@@ -281,6 +282,8 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             }
             HYPERVISOR_grant_table_op => self.dom.grant.op(m, caller, a[0], a[1], a[2]),
             HYPERVISOR_physdev_op => self.physdev_op(m, caller, a),
+            // Xen offers no virtual PMU unless booted with `vpmu`.
+            HYPERVISOR_xenpmu_op => Errno::EOPNOTSUPP.neg(),
             HYPERVISOR_memory_op => self.dom.memory.op(m, caller, a[0], a[1]),
             HYPERVISOR_set_segment_base => self.set_segment_base(m, caller, a[0], a[1]),
             HYPERVISOR_fpu_taskswitch => self.pv.fpu_taskswitch(a[0] as i32 != 0),
@@ -445,14 +448,34 @@ impl Platform<'_> {
     }
 
     /// `physdev_op`: a domU with no devices has only `PHYSDEVOP_set_iopl` to use.
-    fn physdev_op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
-        /// `PHYSDEVOP_set_iopl`.
+    /// `physdev_op` as Xen answers a domU: the virtual IOPL, the PIRQ EOI bitmap (held
+    /// by the library like any page the hypervisor keeps mapped; a domain without
+    /// PIRQs never sees a bit set), the legacy unmask notification (nothing to
+    /// unmask); other commands -ENOSYS.
+    fn physdev_op<F: TlbFlush>(&mut self, m: &mut Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
+        /// `PHYSDEVOP_IRQ_UNMASK_NOTIFY`, `PHYSDEVOP_set_iopl`,
+        /// `PHYSDEVOP_pirq_eoi_gmfn_v1` and `_v2`.
+        const UNMASK_NOTIFY: u32 = 4;
         const SET_IOPL: u32 = 6;
+        const EOI_GMFN_V1: u32 = 17;
+        const EOI_GMFN_V2: u32 = 28;
         match a[0] as u32 {
             SET_IOPL => match m.kernel_view(caller).read_u32(a[1]) {
                 Ok(iopl) => self.pv.set_iopl(iopl),
                 Err(e) => e.neg(),
             },
+            EOI_GMFN_V1 | EOI_GMFN_V2 => match m.kernel_view(caller).read_u64(a[1]) {
+                // For a PV guest the frame number is the machine frame.
+                Ok(gmfn) => match m.register_pirq_eoi_map(caller, pvmmu::Mfn(gmfn)) {
+                    Ok(r) => rc(r),
+                    Err(e) => {
+                        log::warn!("pirq_eoi_gmfn for {caller:?}: {e}");
+                        Errno::EINVAL.neg()
+                    }
+                },
+                Err(e) => e.neg(),
+            },
+            UNMASK_NOTIFY => 0,
             _ => Errno::ENOSYS.neg(),
         }
     }

@@ -470,3 +470,63 @@ fn the_m2p_is_described_where_guests_can_read_it() {
         0
     );
 }
+
+#[test]
+fn physdev_ops_a_domu_makes_at_boot() {
+    let mut w = world();
+    const PHYSDEV: u64 = pvmmu_abi::hypercall::HYPERVISOR_physdev_op;
+    // PIRQ EOI bitmap: a frame of ours, once; held with a writable type reference.
+    let frame = ARG >> 12; // the boot mapping is the identity
+    let l4 = w.d.boot.l4.0;
+    w.poke(ARG, &l4.to_le_bytes());
+    assert_eq!(
+        w.call(PHYSDEV, [28, ARG, 0, 0, 0]),
+        Errno::EINVAL.neg(),
+        "a page table"
+    );
+    w.poke(ARG, &0xf_ffffu64.to_le_bytes());
+    assert_eq!(
+        w.call(PHYSDEV, [28, ARG, 0, 0, 0]),
+        Errno::EINVAL.neg(),
+        "not ours"
+    );
+    w.poke(ARG, &(frame + 1).to_le_bytes());
+    let before =
+        w.d.machine
+            .frames()
+            .get(pvmmu::Mfn(frame + 1))
+            .unwrap()
+            .type_count;
+    assert_eq!(w.call(PHYSDEV, [28, ARG, 0, 0, 0]), 0);
+    let now =
+        w.d.machine
+            .frames()
+            .get(pvmmu::Mfn(frame + 1))
+            .unwrap()
+            .type_count;
+    assert_eq!(now, before + 1);
+    w.poke(ARG, &(frame + 2).to_le_bytes());
+    assert_eq!(
+        w.call(PHYSDEV, [17, ARG, 0, 0, 0]),
+        Errno::EBUSY.neg(),
+        "one per domain"
+    );
+    assert_eq!(
+        w.call(PHYSDEV, [28, 0x7000_0000_0000, 0, 0, 0]),
+        Errno::EFAULT.neg()
+    );
+    // The legacy unmask notification: nothing to unmask; unknown commands: -ENOSYS.
+    assert_eq!(w.call(PHYSDEV, [4, 0, 0, 0, 0]), 0);
+    assert_eq!(w.call(PHYSDEV, [99, ARG, 0, 0, 0]), Errno::ENOSYS.neg());
+    // No virtual PMU: Xen's answer without `vpmu` on its command line.
+    assert_eq!(
+        w.call(
+            pvmmu_abi::hypercall::HYPERVISOR_xenpmu_op,
+            [4, ARG, 0, 0, 0]
+        ),
+        Errno::EOPNOTSUPP.neg()
+    );
+    w.d.machine.audit().unwrap();
+    w.d.machine.destroy_domain(platform::DOMID).unwrap();
+    w.d.machine.audit().unwrap();
+}
