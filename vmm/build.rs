@@ -136,6 +136,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     (
+        "events",
+        "event channels and timers: IPI storms delivered once each, masked ports, the upcall mask, a timer firing during a long mmu_update, -ENOSPC; console input with `console-input`",
+        "Success",
+        false,
+    ),
+    (
         "stress",
         "100,000 random valid and invalid updates against a shadow model, checking every result and translation",
         "Success",

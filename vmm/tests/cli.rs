@@ -450,3 +450,31 @@ fn bench_with_a_kernel_reports_its_boot() {
     assert_eq!(v["memslot_cycles"], 2, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_line_typed_at_the_console_reaches_the_guest_through_its_ring() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::Write;
+    let mut child = Command::new(pvmmu_binary())
+        .args(["run", "--guest", "events", "--cmdline", "console-input"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pvmmu");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Typed while the guest may already be blocked waiting for it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stdin.write_all(b"hello from the host\n").expect("write");
+    let out = child.wait_with_output().expect("pvmmu");
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("console input: hello from the host"),
+        "{stdout}"
+    );
+    assert_eq!(last_line(&stdout), "Test result: SUCCESS");
+}

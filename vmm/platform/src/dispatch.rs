@@ -114,10 +114,10 @@ impl DomainState {
     /// Moves pending console input into the console ring and, if any moved, raises the
     /// ring's event channel; returns the byte count. The VMM calls it when input
     /// arrives (and it runs at every console notification and yield). Input goes to the
-    /// ring once the guest uses it for output (its console is the PV console then);
-    /// before, `console_io` reads get it.
+    /// ring once the guest uses it (writes output there or notifies its event channel:
+    /// its console is the PV console then); before, `console_io` reads get it.
     pub fn feed_console<F: TlbFlush>(&mut self, m: &Mach<F>, console: &mut dyn Console) -> usize {
-        let Some(ring) = self.ring.as_mut().filter(|r| r.used) else {
+        let Some(ring) = self.ring.as_mut().filter(|r| r.used || r.notified) else {
             return 0;
         };
         let n = ring.fill(m.memory(), console);
@@ -354,7 +354,8 @@ impl Platform<'_> {
     ) -> i64 {
         if let Some((rc, effects)) = self.dom.evtchn.op(m, caller, a[0] as u32, a[1]) {
             if let Some(port) = effects.backend_notified {
-                if self.dom.ring.is_some_and(|r| r.port == port) {
+                if let Some(ring) = self.dom.ring.as_mut().filter(|r| r.port == port) {
+                    ring.notified = true;
                     self.drain_ring(m);
                 }
                 if port == crate::builder::STORE_EVTCHN {

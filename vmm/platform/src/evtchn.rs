@@ -105,6 +105,11 @@ pub struct EventChannels {
     virqs: Vec<[u32; NR_VIRQS as usize]>,
 }
 
+/// The highest port a domain may bind: the toolstack's `max_event_channels` less one,
+/// as xl creates a domU (1023 by default; the 2-level ABI itself has 4096).
+pub const MAX_PORT: u32 = 1023;
+const _: () = assert!((MAX_PORT as usize) < EVTCHN_2L_NR_CHANNELS);
+
 impl Default for EventChannels {
     fn default() -> Self {
         EventChannels::new(0, Vec::new())
@@ -133,11 +138,11 @@ impl EventChannels {
     }
 
     /// Binds the lowest free port as `state` for `vcpu` (Xen's `get_free_port`):
-    /// -ENOSPC when the 2-level ABI's ports are used up.
+    /// -ENOSPC beyond [`MAX_PORT`].
     pub fn allocate(&mut self, state: PortState, vcpu: u32) -> Result<u32, Errno> {
         let port = match self.ports.iter().position(|p| p.state == PortState::Free) {
             Some(p) => p,
-            None if self.ports.len() < EVTCHN_2L_NR_CHANNELS => {
+            None if self.ports.len() <= MAX_PORT as usize => {
                 self.ports.push(Port::default());
                 self.ports.len() - 1
             }

@@ -24,6 +24,8 @@ pub struct ConsoleRing {
     /// Whether the guest has used it (then its `console_io` writes are the same
     /// text again, and the console prints the ring only).
     pub used: bool,
+    /// Whether the guest has notified the ring's event channel (it listens for input).
+    pub notified: bool,
 }
 
 impl ConsoleRing {
@@ -33,6 +35,7 @@ impl ConsoleRing {
             gpa,
             port,
             used: false,
+            notified: false,
         }
     }
 

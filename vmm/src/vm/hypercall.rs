@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use platform::dispatch::{self, Outcome};
+use platform::layout::{HYPERCALL_PORT, SYSCALL_PORT};
 use platform::pv::{GuestContext, Transfer};
 use platform::trace::Record;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
@@ -112,7 +113,7 @@ impl Vm {
                 if served.block {
                     self.block();
                 }
-                // An `out` of the hypercall page not redirected completes past itself.
+                // A hypercall page `out` not redirected: the guest continues after it.
                 let out_pending = entry == Entry::Page && !served.context_changed;
                 self.deliver_pending_upcall(out_pending)
             }
@@ -132,7 +133,7 @@ impl Vm {
         if entry == Entry::Page {
             // The page's `out` stands for the `syscall` Xen's page holds: it returns
             // after it, with the flags at the call.
-            regs.rcx = regs.rip + 2;
+            regs.rcx = self.after_out(regs.rip);
             regs.r11 = regs.rflags;
         }
         let mut ctx = call_context(&regs, regs.rcx, regs.r11);
@@ -151,9 +152,9 @@ impl Vm {
     }
 
     /// Delivers a pending event upcall on the way back to the guest (Xen's check on
-    /// every return to guest context). `out_pending`: the vCPU stands at the hypercall
-    /// page's two-byte `out`, which KVM would complete by skipping it; the interrupted
-    /// context is the instruction after it.
+    /// every return to guest context). `out_pending`: the vCPU exited on the hypercall
+    /// page's two-byte `out` and continues after it (see [`Vm::after_out`]): the
+    /// interrupted context is the instruction after it.
     pub(super) fn deliver_pending_upcall(
         &mut self,
         out_pending: bool,
@@ -166,7 +167,11 @@ impl Vm {
             (u64::from(FLAT_RING3_CS64), u64::from(FLAT_RING3_SS64))
         };
         let mut ctx = GuestContext {
-            rip: regs.rip + if out_pending { 2 } else { 0 },
+            rip: if out_pending {
+                self.after_out(regs.rip)
+            } else {
+                regs.rip
+            },
             cs,
             rflags: regs.rflags,
             rsp: regs.rsp,
@@ -187,6 +192,19 @@ impl Vm {
             }
             Some(Err(c)) => Ok(Some(GuestExit::Crash(c))),
         }
+    }
+
+    /// Where the guest continues after the hypercall page's two-byte `out` it exited on:
+    /// hardware KVM reports RIP at the `out` and skips it on the next entry; this host's
+    /// KVM-PVM reports RIP already past it. Told apart by the bytes at RIP (the `out`
+    /// is followed by a `ret`, never by another `out`).
+    pub(super) fn after_out(&self, rip: u64) -> u64 {
+        let mut view = pvmmu::GuestView::new(self.machine.memory(), self.current_root());
+        let mut b = [0u8; 2];
+        let at_out = view.read(rip, &mut b).is_ok()
+            && b[0] == 0xe6
+            && matches!(u16::from(b[1]), HYPERCALL_PORT | SYSCALL_PORT);
+        if at_out { rip + 2 } else { rip }
     }
 
     /// Carries out a kernel/user mode switch: CR3 to the new mode's root, GS swapped.

@@ -1,0 +1,434 @@
+//! Event channels, timers and the console ring from inside, what Linux does not do at
+//! boot: an event callback that scans the 2-level bitmaps; storms of sends on IPI
+//! ports, each delivered exactly once at the send's return; masked ports (nothing
+//! delivered, one upcall at unmask); the upcall mask (events held, one upcall when the
+//! guest lets them through); a singleshot timer firing during a long `mmu_update`,
+//! delivered as that hypercall returns; port exhaustion (-ENOSPC); and, with
+//! `console-input` on the command line, a line typed at the console read from the
+//! ring's input half.
+#![no_std]
+#![no_main]
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use rt::abi::callback::{CALLBACKOP_register, CALLBACKTYPE_event};
+use rt::abi::hypercall::{
+    HYPERVISOR_callback_op, HYPERVISOR_event_channel_op, HYPERVISOR_sched_op, HYPERVISOR_vcpu_op,
+    HYPERVISOR_xen_version,
+};
+use rt::abi::{CallbackRegister, MmuUpdate, StartInfo};
+use rt::{mem, peek};
+use suite::{A, Check, Frames, P, RW, l1e_addr};
+
+/// Upcalls taken, and events seen per port (ports below 64).
+static UPCALLS: AtomicU64 = AtomicU64::new(0);
+static SEEN: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+/// Where the shared_info page is mapped.
+static SHINFO: AtomicU64 = AtomicU64::new(0);
+
+const EVTCHNOP_CLOSE: u64 = 3;
+const EVTCHNOP_SEND: u64 = 4;
+const EVTCHNOP_BIND_VIRQ: u64 = 1;
+const EVTCHNOP_BIND_IPI: u64 = 7;
+const EVTCHNOP_UNMASK: u64 = 9;
+const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
+const VCPUOP_STOP_PERIODIC_TIMER: u64 = 7;
+const SCHEDOP_BLOCK: u64 = 1;
+const ENOSPC: i64 = -28;
+
+/// vcpu_info 0 in shared_info, and the event bitmaps after the 32 vcpu_infos.
+const PENDING: u64 = 2048;
+const MASK: u64 = 2560;
+
+// The event callback: Xen's frame is [RCX, R11, RIP, CS, RFLAGS, RSP, SS]. Save what
+// the handler may clobber, scan, and return with the `iret` hypercall.
+global_asm!(
+    r#"
+    .globl evt_entry
+evt_entry:
+    pop %rcx
+    pop %r11
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %rbp
+    mov %rsp, %rbp
+    and $-16, %rsp
+    call evt_handler
+    mov %rbp, %rsp
+    pop %rbp
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    push $0
+    jmp hypercall_page + 23 * 32
+    "#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn evt_entry();
+}
+
+/// A word of shared_info.
+fn word(off: u64) -> &'static AtomicU64 {
+    // SAFETY: shared_info is mapped at SHINFO for the whole run; offsets are aligned
+    // words inside the page.
+    unsafe { &*((SHINFO.load(Ordering::Relaxed) + off) as *const AtomicU64) }
+}
+
+fn byte(off: u64) -> &'static AtomicU8 {
+    // SAFETY: as `word`, one byte.
+    unsafe { &*((SHINFO.load(Ordering::Relaxed) + off) as *const AtomicU8) }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn evt_handler() {
+    UPCALLS.fetch_add(1, Ordering::SeqCst);
+    loop {
+        byte(0).store(0, Ordering::SeqCst); // evtchn_upcall_pending
+        let sel = word(8).swap(0, Ordering::SeqCst);
+        if sel == 0 {
+            return;
+        }
+        for w in 0..64 {
+            if sel & (1 << w) == 0 {
+                continue;
+            }
+            let bits = word(PENDING + w * 8).load(Ordering::SeqCst)
+                & !word(MASK + w * 8).load(Ordering::SeqCst);
+            for b in 0..64 {
+                if bits & (1 << b) != 0 {
+                    word(PENDING + w * 8).fetch_and(!(1 << b), Ordering::SeqCst);
+                    if let Some(c) = SEEN.get((w * 64 + b) as usize) {
+                        c.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn evtchn(cmd: u64, arg: &mut [u32]) -> i64 {
+    // SAFETY: `arg` is the command's argument block.
+    unsafe {
+        rt::hypercall(
+            HYPERVISOR_event_channel_op,
+            cmd,
+            arg.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
+fn send(port: u32) -> i64 {
+    evtchn(EVTCHNOP_SEND, &mut [port])
+}
+
+fn seen(port: u32) -> u64 {
+    SEEN[port as usize].load(Ordering::SeqCst)
+}
+
+/// Xen's system time now (ns), from vcpu_info 0's `vcpu_time_info`.
+fn system_time() -> u64 {
+    loop {
+        let t = SHINFO.load(Ordering::Relaxed) + 32;
+        let version = peek(t) as u32;
+        let tsc_stamp = peek(t + 8);
+        let sys = peek(t + 16);
+        let mul_shift = peek(t + 24);
+        if version & 1 != 0 || peek(t) as u32 != version {
+            continue;
+        }
+        // SAFETY: rdtsc has no memory effects.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        let mut delta = tsc.wrapping_sub(tsc_stamp);
+        let shift = (mul_shift >> 32) as u8 as i8;
+        if shift < 0 {
+            delta >>= -shift;
+        } else {
+            delta <<= shift;
+        }
+        let mul = mul_shift as u32;
+        return sys + ((u128::from(delta) * u128::from(mul)) >> 32) as u64;
+    }
+}
+
+fn set_singleshot(deadline: u64) -> i64 {
+    let arg = [deadline, 0u64];
+    // SAFETY: the argument block lives for the call.
+    unsafe {
+        rt::hypercall(
+            HYPERVISOR_vcpu_op,
+            VCPUOP_SET_SINGLESHOT_TIMER,
+            0,
+            arg.as_ptr() as u64,
+            0,
+            0,
+        )
+    }
+}
+
+/// Maps frame `mfn` at the VA of a free pseudo-physical frame; returns the VA.
+fn map_frame(frames: &mut Frames, mfn: u64) -> u64 {
+    let va = mem::pfn_to_va(frames.take());
+    let u = [MmuUpdate {
+        ptr: l1e_addr(va),
+        val: (mfn << 12) | P | RW | A,
+    }];
+    if rt::mmu_update(&u, u32::from(rt::abi::DOMID_SELF)).0 != 0 {
+        rt::finish(Some("mapping a hypervisor page"));
+    }
+    va
+}
+
+#[unsafe(no_mangle)]
+pub fn guest_main(si: &'static StartInfo) {
+    let mut c = Check::new();
+    let mut frames = Frames::new();
+    SHINFO.store(
+        map_frame(&mut frames, si.shared_info >> 12),
+        Ordering::SeqCst,
+    );
+    let cb = CallbackRegister {
+        ty: CALLBACKTYPE_event,
+        flags: 0,
+        _pad: 0,
+        address: evt_entry as *const () as u64,
+    };
+    // SAFETY: the registration block lives for the call.
+    let rc = unsafe {
+        rt::hypercall(
+            HYPERVISOR_callback_op,
+            u64::from(CALLBACKOP_register),
+            &cb as *const _ as u64,
+            0,
+            0,
+            0,
+        )
+    };
+    c.eq("register the event callback", rc, 0);
+    // SAFETY: no argument.
+    let rc = unsafe { rt::hypercall(HYPERVISOR_vcpu_op, VCPUOP_STOP_PERIODIC_TIMER, 0, 0, 0, 0) };
+    c.eq("stop the periodic timer", rc, 0);
+    byte(1).store(0, Ordering::SeqCst); // events on (the builder leaves them masked)
+
+    // 1. A storm: 16 IPI ports, 200 sends each, each delivered exactly once, at the
+    //    return of its send.
+    let mut ipis = [0u32; 16];
+    for p in ipis.iter_mut() {
+        let mut arg = [0u32, 0];
+        c.eq("bind_ipi", evtchn(EVTCHNOP_BIND_IPI, &mut arg), 0);
+        *p = arg[1];
+    }
+    c.ok("IPI ports below 64", ipis.iter().all(|&p| p > 0 && p < 64));
+    let before = UPCALLS.load(Ordering::SeqCst);
+    let mut late = 0;
+    for round in 0..200 {
+        for &p in &ipis {
+            let was = seen(p);
+            c.eq("send", send(p), 0);
+            if seen(p) != was + 1 {
+                late += 1;
+            }
+            let _ = round;
+        }
+    }
+    c.eq("every send delivered at its return", late, 0);
+    c.eq(
+        "upcalls for the storm",
+        (UPCALLS.load(Ordering::SeqCst) - before) as i64,
+        3200,
+    );
+    c.ok(
+        "200 events on every port",
+        ipis.iter().all(|&p| seen(p) == 200),
+    );
+    rt::println!("storm: 3200 sends on 16 IPI ports, each delivered once at its return");
+
+    // 2. A masked port: sends set the pending bit only; unmask delivers one event.
+    let p = ipis[3];
+    let bit = 1u64 << (p % 64);
+    word(MASK).fetch_or(bit, Ordering::SeqCst);
+    let was = seen(p);
+    for _ in 0..50 {
+        send(p);
+    }
+    c.eq("masked: nothing delivered", (seen(p) - was) as i64, 0);
+    c.ok(
+        "masked: pending",
+        word(PENDING).load(Ordering::SeqCst) & bit != 0,
+    );
+    c.eq("unmask", evtchn(EVTCHNOP_UNMASK, &mut [p]), 0);
+    c.eq("unmask delivers one event", (seen(p) - was) as i64, 1);
+    c.ok("unmasked", word(MASK).load(Ordering::SeqCst) & bit == 0);
+
+    // 3. The upcall mask: events are held, then one upcall takes them all.
+    byte(1).store(1, Ordering::SeqCst);
+    let before = UPCALLS.load(Ordering::SeqCst);
+    for &p in &ipis[..3] {
+        send(p);
+        send(p);
+    }
+    c.eq(
+        "held while masked",
+        (UPCALLS.load(Ordering::SeqCst) - before) as i64,
+        0,
+    );
+    c.eq(
+        "upcall pending",
+        i64::from(byte(0).load(Ordering::SeqCst)),
+        1,
+    );
+    let was: [u64; 3] = core::array::from_fn(|i| seen(ipis[i]));
+    byte(1).store(0, Ordering::SeqCst);
+    // Any hypercall lets a pending upcall through (Linux uses xen_version(0)).
+    // SAFETY: no pointer argument.
+    unsafe { rt::hypercall(HYPERVISOR_xen_version, 0, 0, 0, 0, 0) };
+    c.eq(
+        "one upcall for all",
+        (UPCALLS.load(Ordering::SeqCst) - before) as i64,
+        1,
+    );
+    c.ok(
+        "each port once (sends coalesce)",
+        (0..3).all(|i| seen(ipis[i]) == was[i] + 1),
+    );
+
+    // 4. A timer that fires during a long mmu_update: delivered as it returns.
+    let mut arg = [0u32, 0, 0]; // VIRQ_TIMER on vCPU 0
+    c.eq("bind_virq timer", evtchn(EVTCHNOP_BIND_VIRQ, &mut arg), 0);
+    let timer = arg[2];
+    c.ok("timer port below 64", timer > 0 && timer < 64);
+    // 32,768 updates rewriting one L1 entry with its own value: milliseconds of work.
+    let data = frames.take();
+    let entry = MmuUpdate {
+        ptr: l1e_addr(mem::pfn_to_va(data)),
+        val: (mem::pfn_to_mfn(data) << 12) | P | RW | A,
+    };
+    const N: usize = 32768;
+    let batch_pfn = frames.take();
+    for _ in 1..(N * 16).div_ceil(4096) {
+        frames.take();
+    }
+    let batch_va = mem::pfn_to_va(batch_pfn);
+    // SAFETY: N entries fit in the consecutive free frames taken above, mapped by the
+    // builder's initial mapping.
+    let batch = unsafe { core::slice::from_raw_parts_mut(batch_va as *mut MmuUpdate, N) };
+    batch.fill(entry);
+    let t0 = system_time();
+    c.eq("singleshot timer", set_singleshot(t0 + 200_000), 0);
+    let was = seen(timer);
+    let (rc, done) = rt::mmu_update(batch, u32::from(rt::abi::DOMID_SELF));
+    let t1 = system_time();
+    c.eq("long mmu_update", rc, 0);
+    c.eq("all done", i64::from(done), N as i64);
+    if t1 - t0 > 200_000 {
+        c.eq(
+            "timer delivered as the hypercall returned",
+            (seen(timer) - was) as i64,
+            1,
+        );
+    } else {
+        rt::println!(
+            "timer: the batch took only {} us; not checked",
+            (t1 - t0) / 1000
+        );
+    }
+    rt::println!("timer: fired during a {} us mmu_update", (t1 - t0) / 1000);
+    // A deadline in the past fires at once.
+    let was = seen(timer);
+    c.eq("past deadline", set_singleshot(1), 0);
+    c.eq(
+        "past deadline fires at the call's return",
+        (seen(timer) - was) as i64,
+        1,
+    );
+
+    // 5. Ports run out: -ENOSPC, and closing one makes room again.
+    let mut last = 0;
+    let mut n = 0;
+    loop {
+        let mut arg = [0u32, 0];
+        let rc = evtchn(EVTCHNOP_BIND_IPI, &mut arg);
+        if rc == ENOSPC {
+            break;
+        }
+        if rc != 0 || n > 5000 {
+            c.eq("bind_ipi until the ports run out", rc, ENOSPC);
+            break;
+        }
+        last = arg[1];
+        n += 1;
+    }
+    c.eq(
+        "last port (xl's default limit, 1023)",
+        i64::from(last),
+        1023,
+    );
+    c.eq("close", evtchn(EVTCHNOP_CLOSE, &mut [last]), 0);
+    let mut arg = [0u32, 0];
+    c.eq(
+        "a closed port is free again",
+        evtchn(EVTCHNOP_BIND_IPI, &mut arg),
+        0,
+    );
+    c.eq("the same port", i64::from(arg[1]), i64::from(last));
+    rt::println!("ports: {} more bound before -ENOSPC", n);
+
+    // 6. Console input through the ring, when the command line asks for it.
+    let cmdline = &si.cmd_line;
+    let wants = cmdline.windows(13).any(|w| w == b"console-input");
+    if wants {
+        console_input(&mut c, &mut frames, si);
+    }
+    c.finish()
+}
+
+/// Tells the console backend it listens (a notification on the ring's event
+/// channel), waits (blocked) up to 5 s for a line in the ring's input half, prints it.
+fn console_input(c: &mut Check, frames: &mut Frames, si: &StartInfo) {
+    let ring = map_frame(frames, si.console_mfn);
+    rt::println!("events: type a line");
+    send(si.console_evtchn);
+    let deadline = system_time() + 5_000_000_000;
+    let mut line = [0u8; 64];
+    let mut len = 0;
+    while system_time() < deadline && !line[..len].contains(&b'\n') {
+        let cons = peek(ring + 3072) as u32;
+        let prod = (peek(ring + 3072) >> 32) as u32;
+        let mut k = cons;
+        while k != prod && len < line.len() {
+            // SAFETY: a byte of the ring's input half.
+            line[len] =
+                unsafe { core::ptr::read_volatile((ring + u64::from(k & 1023)) as *const u8) };
+            len += 1;
+            k = k.wrapping_add(1);
+        }
+        // SAFETY: in_cons, a u32 of the mapped ring page.
+        unsafe { core::ptr::write_volatile((ring + 3072) as *mut u32, k) };
+        if k == prod {
+            set_singleshot(system_time() + 50_000_000);
+            // SAFETY: no argument.
+            unsafe { rt::hypercall(HYPERVISOR_sched_op, SCHEDOP_BLOCK, 0, 0, 0, 0) };
+        }
+    }
+    let text = core::str::from_utf8(&line[..len]).unwrap_or("?").trim_end();
+    rt::println!("console input: {text}");
+    c.ok("a line arrived", len > 0);
+}
