@@ -130,3 +130,48 @@ fn a_trace_with_trap_delivery_and_iret_replays_identically() {
     assert!(report.audit.is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_domain_with_an_initrd_is_traced_with_it_and_replays() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-trace-rd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kernel = dir.join("demo");
+    std::fs::write(&kernel, vmm::guests::find("demo").expect("demo").image).expect("write");
+    let initrd = dir.join("initrd");
+    let module: Vec<u8> = (0..50_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(&initrd, &module).expect("write");
+    let path = dir.join("rd.trc");
+    let out = Command::new(pvmmu_binary())
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--trace")
+        .arg(&path)
+        .output()
+        .expect("pvmmu run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (header, _) = trace::read_file(&path).expect("parse");
+    assert_eq!(
+        header.initrd.as_deref(),
+        Some(&module[..]),
+        "the module is in the trace"
+    );
+    let out = Command::new(pvmmu_binary())
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .expect("replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("every result identical"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,12 +4,13 @@
 //! (from KVM's dirty log); `pvmmu replay FILE` replays them against the library without
 //! KVM and checks that every result is identical.
 //!
-//! # Format (version 2, all integers little endian; version 1, without the context,
-//! is still read)
+//! # Format (version 3, all integers little endian; versions 1 (without the context)
+//! and 2 (without the initrd) are still read)
 //!
 //! ```text
 //! header  : "PVMMUTRC" u32:version u32:memory_mib u32:vcpus u8:iomem
 //!           u32:cmdline_len cmdline  u64:image_len image
+//!           u8:has_initrd [u64:initrd_len initrd]
 //! record  : u8:tag, then
 //!   0x01 pages     : u32:n, n x (u64:pfn, 4096 bytes)      guest writes since the last record
 //!   0x02 hypercall : u32:vcpu u64:nr 5 x u64:args u32:batch_len batch
@@ -36,7 +37,7 @@ use crate::pv::{Crash, GuestContext};
 /// Magic at the start of every trace.
 pub const MAGIC: &[u8; 8] = b"PVMMUTRC";
 /// The format version written.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The oldest format version read.
 pub const OLDEST_VERSION: u32 = 1;
 
@@ -95,6 +96,8 @@ pub struct TraceHeader {
     pub cmdline: String,
     /// The guest image.
     pub image: Vec<u8>,
+    /// The boot module (initrd), if any.
+    pub initrd: Option<Vec<u8>>,
 }
 
 impl TraceHeader {
@@ -106,6 +109,7 @@ impl TraceHeader {
             iomem: spec.iomem,
             cmdline: spec.cmdline.clone(),
             image: spec.image.clone(),
+            initrd: spec.initrd.clone(),
         }
     }
 
@@ -117,7 +121,7 @@ impl TraceHeader {
             image: self.image.clone(),
             cmdline: self.cmdline.clone(),
             iomem: self.iomem,
-            initrd: None,
+            initrd: self.initrd.clone(),
         }
     }
 }
@@ -216,6 +220,11 @@ impl TraceWriter {
         out.write_all(h.cmdline.as_bytes())?;
         out.write_all(&(h.image.len() as u64).to_le_bytes())?;
         out.write_all(&h.image)?;
+        out.write_all(&[u8::from(h.initrd.is_some())])?;
+        if let Some(rd) = &h.initrd {
+            out.write_all(&(rd.len() as u64).to_le_bytes())?;
+            out.write_all(rd)?;
+        }
         Ok(TraceWriter { out })
     }
 
@@ -337,12 +346,19 @@ pub fn parse(bytes: &[u8]) -> Result<(TraceHeader, Vec<Record>), TraceError> {
     let cmdline = String::from_utf8_lossy(&c.blob(cl)?).into_owned();
     let il = c.u64()?;
     let image = c.blob(il)?;
+    let initrd = if version >= 3 && c.u8()? != 0 {
+        let len = c.u64()?;
+        Some(c.blob(len)?)
+    } else {
+        None
+    };
     let header = TraceHeader {
         memory_mib,
         vcpus,
         iomem,
         cmdline,
         image,
+        initrd,
     };
     let mut records = Vec::new();
     loop {

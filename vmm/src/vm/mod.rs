@@ -93,9 +93,6 @@ pub enum VmError {
         /// Host CPU.
         cpu: u32,
     },
-    /// Traces do not record a boot module yet, so a replay could not rebuild the domain.
-    #[error("tracing a domain with an initrd is not supported yet")]
-    TraceWithInitrd,
     /// The timer thread could not be started.
     #[error("timer thread: {0}")]
     Timer(std::io::Error),
@@ -231,8 +228,6 @@ pub struct Vm {
     vm: Arc<VmFd>,
     ram: RamSlot,
     header: TraceHeader,
-    /// Whether the domain was built with a boot module (traces do not record one yet).
-    has_initrd: bool,
     tracer: Option<Tracer>,
     vcpu: Vcpu,
     pv: PvVcpu,
@@ -340,7 +335,6 @@ impl Vm {
             vm,
             ram,
             header: TraceHeader::new(&spec),
-            has_initrd: spec.initrd.is_some(),
             tracer: None,
             vcpu,
             pv,
@@ -374,9 +368,6 @@ impl Vm {
     /// KVM's dirty log for guest RAM so the guest's own writes are captured too, and
     /// the library's recording of the batch entries it reads.
     pub fn start_trace(&mut self, path: &std::path::Path) -> Result<(), VmError> {
-        if self.has_initrd {
-            return Err(VmError::TraceWithInitrd);
-        }
         self.tracer = Some(Tracer::start(
             self.vm.clone(),
             self.ram,
