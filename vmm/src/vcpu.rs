@@ -157,7 +157,7 @@ impl Vcpu {
     }
 
     /// The special registers at the current exit (KVM copies them out with every
-    /// exit; kept current by [`Vcpu::put_sregs`]).
+    /// exit; kept current when the VMM loads them).
     pub fn sregs(&self) -> Result<kvm_sregs, kvm_ioctls::Error> {
         Ok(self.fd.sync_regs().sregs)
     }
