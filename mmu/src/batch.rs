@@ -37,6 +37,12 @@ pub struct BatchOutcome {
     pub done: u32,
     /// `Ok` or the failing entry's errno.
     pub result: Result<(), Errno>,
+    /// Whether Xen writes `*pdone` for this outcome: it does when the batch ran (to
+    /// the end or to a failing entry) and for the refusals that leave through the
+    /// batch's common exit, not for those it returns at once (an embedder reading the
+    /// guest's arguments itself writes `*pdone`, with the count carried over from a
+    /// continuation, exactly when this is set).
+    pub writes_pdone: bool,
 }
 
 impl BatchOutcome {
@@ -68,11 +74,12 @@ impl Refusal {
         }
     }
 
-    /// As an outcome with nothing done (the slice forms, which have no `*pdone`).
+    /// As an outcome with nothing done.
     pub(crate) fn outcome(self) -> BatchOutcome {
         BatchOutcome {
             done: 0,
             result: Err(self.errno()),
+            writes_pdone: matches!(self, Refusal::AtEntry(_)),
         }
     }
 }
@@ -192,11 +199,11 @@ impl<F> Core<F> {
         }
     }
 
-    /// Whether `caller` may use `target` as FD/PFD (dummy XSM: itself, DOMID_IO, or a
-    /// domain it controls).
+    /// Whether `caller` may use `target` as FD/PFD (the dummy XSM's `XSM_TARGET`: itself
+    /// or a domain it controls). Only `mmu_update` exempts DOMID_IO as FD (Xen's
+    /// `xsm_mmu_update`); `mmuext_op` and `update_va_mapping_otherdomain` do not.
     pub(crate) fn may_use(&self, caller: u16, target: Owner) -> bool {
         target == caller
-            || target == DOMID_IO
             || self.domains.get(&caller).is_some_and(|d| {
                 d.may_control(target) && (target != DOMID_XEN || d.config().privileged)
             })
@@ -246,14 +253,10 @@ pub(crate) fn finish<M: GuestMemory + ?Sized>(
     carried: u32,
     pdone: u64,
 ) -> i64 {
-    let (done, rc, write) = match outcome {
-        Ok(o) => (o.done, o.rc(), true),
-        Err(Refusal::Early(e)) => (0, e.neg(), false),
-        Err(Refusal::AtEntry(e)) => (0, e.neg(), true),
-    };
-    if write && pdone != 0 {
+    let o = outcome.unwrap_or_else(Refusal::outcome);
+    if o.writes_pdone && pdone != 0 {
         // A fault writing the count is not reported (as in Xen).
-        let _ = view.write_u32(pdone, carried.wrapping_add(done));
+        let _ = view.write_u32(pdone, carried.wrapping_add(o.done));
     }
-    rc
+    o.rc()
 }

@@ -2,6 +2,7 @@
 //! the per-entry modification rules shared with `update_va_mapping` and ptwr
 //! (Xen's `mod_l1_entry` .. `mod_l4_entry`).
 
+use pvmmu_abi::domid::DOMID_IO;
 use pvmmu_abi::pte::FASTPATH_FLAG_WHITELIST;
 use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd, decode_foreigndom};
 use vm_memory::GuestMemory;
@@ -214,10 +215,15 @@ impl<F: TlbFlush> Core<F> {
             }
         };
         let pg_owner = self.pg_owner(caller, fd).map_err(Refusal::AtEntry)?;
-        if !self.may_use(caller, pt_owner) || !self.may_use(caller, pg_owner) {
-            return Err(Refusal::AtEntry(Errno::EPERM));
-        }
         Ok((pt_owner, pg_owner))
+    }
+
+    /// Xen's `xsm_mmu_update` (dummy policy, `XSM_TARGET`), checked per entry in the arms
+    /// that need it: the caller's right over the frame owner (not needed for DOMID_IO)
+    /// and, for page-table updates, over the page-table owner.
+    fn mmu_update_permitted(&self, caller: u16, pt_owner: Option<Owner>, pg_owner: Owner) -> bool {
+        (pg_owner == DOMID_IO || self.may_use(caller, pg_owner))
+            && pt_owner.is_none_or(|t| self.may_use(caller, t))
     }
 
     /// The body of `mmu_update` after argument decoding.
@@ -244,6 +250,9 @@ impl<F: TlbFlush> Core<F> {
                     cmd @ (MmuUpdateCmd::NormalPtUpdate
                     | MmuUpdateCmd::PtUpdatePreserveAd
                     | MmuUpdateCmd::PtUpdateNoTranslate) => {
+                        if !self.mmu_update_permitted(caller.dom, Some(pt_owner), pg_owner) {
+                            return Err(Errno::EPERM);
+                        }
                         let how = if cmd == MmuUpdateCmd::PtUpdatePreserveAd {
                             Store::PreserveAd
                         } else {
@@ -264,7 +273,9 @@ impl<F: TlbFlush> Core<F> {
                         Ok(())
                     }
                     MmuUpdateCmd::MachphysUpdate => {
-                        if pt_owner != caller.dom {
+                        if pt_owner != caller.dom
+                            || !self.mmu_update_permitted(caller.dom, None, pg_owner)
+                        {
                             return Err(Errno::EPERM);
                         }
                         let mfn = Mfn::containing(ptr);
@@ -292,7 +303,11 @@ impl<F: TlbFlush> Core<F> {
             let vcpus = self.all_vcpus(pt_owner);
             self.flush(pt_owner, vcpus, FlushScope::All, FlushReason::NonLeafUpdate);
         }
-        Ok(BatchOutcome { done, result })
+        Ok(BatchOutcome {
+            done,
+            result,
+            writes_pdone: true,
+        })
     }
 }
 

@@ -334,7 +334,11 @@ impl<F: TlbFlush> Core<F> {
             self.stats.applied += 1;
             done += 1;
         }
-        Ok(BatchOutcome { done, result })
+        Ok(BatchOutcome {
+            done,
+            result,
+            writes_pdone: true,
+        })
     }
 }
 

@@ -20,11 +20,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
         let cmd = cmd as u32;
         let ty = ty as u32;
-        if cmd != VMASST_CMD_enable && cmd != VMASST_CMD_disable {
-            return Ok(Errno::ENOSYS.neg());
-        }
+        // Xen's do_vm_assist checks the type first, then the command.
         if ty >= 64 || PV64_VM_ASSIST_MASK & (1u64 << ty) == 0 {
             return Ok(Errno::EINVAL.neg());
+        }
+        if cmd != VMASST_CMD_enable && cmd != VMASST_CMD_disable {
+            return Ok(Errno::ENOSYS.neg());
         }
         if let Some(d) = self.core.domains.get_mut(&caller.dom) {
             if cmd == VMASST_CMD_enable {

@@ -102,7 +102,8 @@ fn ok(o: BatchOutcome) {
         o,
         BatchOutcome {
             done: 1,
-            result: Ok(())
+            result: Ok(()),
+            writes_pdone: true,
         }
     );
 }
