@@ -94,7 +94,7 @@ fn mmu_update_checks_the_right_over_a_foreign_domain_per_entry() {
     assert_eq!(g.counts(), counts);
     // A MACHPHYS update naming domain 2: -EPERM too.
     let m2p = MmuUpdate {
-        ptr: f.addr() | u64::from(MMU_MACHPHYS_UPDATE),
+        ptr: f.addr() | MMU_MACHPHYS_UPDATE,
         val: 5,
     };
     assert_eq!(
