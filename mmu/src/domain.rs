@@ -116,7 +116,7 @@ pub struct Domain {
     /// Whether a present non-leaf entry was revoked since the last flush request.
     pub(crate) non_leaf_revoked: bool,
     /// Its grant mappings (see [`crate::grant`]).
-    pub(crate) maptrack: crate::grant::Maptrack,
+    pub(crate) maptrack: crate::maptrack::Maptrack,
     /// The PIRQ EOI bitmap frame (see [`crate::area`]): a general and a writable type
     /// reference.
     pub(crate) pirq_eoi_frame: Option<Mfn>,
@@ -138,7 +138,7 @@ impl Domain {
             non_leaf_pending: false,
             newly_stale: Vec::new(),
             non_leaf_revoked: false,
-            maptrack: crate::grant::Maptrack::default(),
+            maptrack: crate::maptrack::Maptrack::default(),
             pirq_eoi_frame: None,
         }
     }

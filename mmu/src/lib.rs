@@ -96,6 +96,7 @@ pub mod guest;
 pub mod hypercall;
 pub mod ldt;
 pub mod machine;
+mod maptrack;
 pub mod mmu_update;
 pub mod mmuext;
 pub mod multicall;

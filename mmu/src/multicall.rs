@@ -54,9 +54,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             let Ok(entry) = entry else {
                 return Ok(Errno::EFAULT.neg());
             };
-            let a = entry.args;
-            let args = [a[0], a[1], a[2], a[3], a[4]];
-            let result = self.dispatch(caller, entry.op, args, other, true)?;
+            let (result, end) = self.multicall_entry(caller, &entry, other)?;
             let at = list + u64::from(i) * MulticallEntry::SIZE as u64 + RESULT_OFFSET;
             if self
                 .kernel_view(caller)
@@ -65,15 +63,79 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             {
                 return Ok(Errno::EFAULT.neg());
             }
-            if entry.op == HYPERVISOR_iret {
-                return Ok(result);
-            }
-            let in_kernel = self.core.vcpu(caller).is_some_and(|v| v.in_kernel);
-            if !in_kernel {
-                break;
+            if let Some(rax) = end {
+                return Ok(rax);
             }
         }
         Ok(0)
+    }
+
+    /// `multicall` over entries the embedder holds (read from the guest, or built
+    /// itself): each entry runs through the library's dispatch, the MMU hypercalls
+    /// served by the library and every other number by `other`, and its `result` is set
+    /// as Xen sets it in the guest's array; the batch ends early as Xen's does (after an
+    /// `iret`, or when an entry left guest kernel mode). Returns the value for RAX: 0,
+    /// or the `iret`'s result. Entries after the end keep their `result`.
+    ///
+    /// ```
+    /// use pvmmu::{Caller, DomainConfig, Machine, MachineConfig, Mfn};
+    /// use pvmmu_abi::{Errno, MulticallEntry};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
+    /// let me = Caller::new(d, 0);
+    /// // vm_assist (the library's) enabling writable page tables, then a call the
+    /// // embedder serves (xen_version), then one nobody serves.
+    /// let mut calls = [
+    ///     MulticallEntry { op: 21, result: 0, args: [0, 2, 0, 0, 0, 0] },
+    ///     MulticallEntry { op: 17, result: 0, args: [0; 6] },
+    ///     MulticallEntry { op: 99, result: 0, args: [0; 6] },
+    /// ];
+    /// let mut embedder = |_: &mut Machine<_, _>, _: Caller, nr: u64, _: [u64; 5]| {
+    ///     if nr == 17 { 0x40011 } else { Errno::ENOSYS.neg() }
+    /// };
+    /// assert_eq!(m.multicall(me, &mut calls, &mut embedder)?, 0);
+    /// assert_eq!(calls.map(|c| c.result as i64), [0, 0x40011, Errno::ENOSYS.neg()]);
+    /// assert!(m.domain(d).unwrap().has_assist(2));
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn multicall(
+        &mut self,
+        caller: Caller,
+        entries: &mut [MulticallEntry],
+        other: &mut dyn HypercallHandler<M, F>,
+    ) -> Result<i64, MachineError> {
+        self.vcpu_check(caller.dom, caller.vcpu)?;
+        for (i, entry) in entries.iter_mut().enumerate() {
+            if i > 0 && self.core.interrupted() {
+                return Ok(Errno::EINTR.neg());
+            }
+            let (result, end) = self.multicall_entry(caller, entry, other)?;
+            entry.result = result as u64;
+            if let Some(rax) = end {
+                return Ok(rax);
+            }
+        }
+        Ok(0)
+    }
+
+    /// One multicall entry: its result, and `Some(RAX)` when the batch ends after it.
+    fn multicall_entry(
+        &mut self,
+        caller: Caller,
+        entry: &MulticallEntry,
+        other: &mut dyn HypercallHandler<M, F>,
+    ) -> Result<(i64, Option<i64>), MachineError> {
+        let a = entry.args;
+        let args = [a[0], a[1], a[2], a[3], a[4]];
+        let result = self.dispatch(caller, entry.op, args, other, true)?;
+        if entry.op == HYPERVISOR_iret {
+            return Ok((result, Some(result)));
+        }
+        let in_kernel = self.core.vcpu(caller).is_some_and(|v| v.in_kernel);
+        Ok((result, (!in_kernel).then_some(0)))
     }
 
     /// Records whether a vCPU is in guest kernel mode (the embedder's iret and trap

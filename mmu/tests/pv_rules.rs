@@ -923,6 +923,51 @@ fn multicall_runs_every_entry_and_records_results() {
 }
 
 #[test]
+fn multicall_over_a_slice_matches_the_guest_form() {
+    let mut g = guest();
+    let f = g.take();
+    let va = va_of(0x300);
+    let l4 = g.l4;
+    let entry = |op: u64, args: [u64; 6]| MulticallEntry {
+        op,
+        result: 0x5e,
+        args,
+    };
+    let mut list = [
+        entry(14, [va, (f.0 << 12) | P, 0, 0, 0, 0]),
+        entry(14, [va, (l4.0 << 12) | P | RW, 0, 0, 0, 0]), // refused
+        entry(13, [0; 6]),                                  // nested
+        entry(99, [0; 6]),                                  // to the embedder
+        entry(14, [va, (0x300 << 12) | P | RW, 0, 0, 0, 0]),
+        entry(23, [0; 6]),              // iret ends the batch
+        entry(14, [va, 0, 0, 0, 0, 0]), // never runs
+    ];
+    let seen = std::cell::RefCell::new(vec![]);
+    let mut other = |_m: &mut Machine<GuestMemoryMmap<()>, pvmmu::RecordingFlush>, _c, op, _a| {
+        seen.borrow_mut().push(op);
+        if op == 23 { 7 } else { Errno::ENOSYS.neg() }
+    };
+    assert_eq!(g.m.multicall(g.c, &mut list, &mut other).unwrap(), 7);
+    assert_eq!(*seen.borrow(), vec![99, 23]);
+    let results: Vec<i64> = list.iter().map(|e| e.result as i64).collect();
+    assert_eq!(
+        results,
+        vec![
+            0,
+            Errno::EBUSY.neg(),
+            Errno::EINVAL.neg(),
+            Errno::ENOSYS.neg(),
+            0,
+            7,
+            0x5e
+        ],
+        "the entry after the iret keeps its result"
+    );
+    assert_eq!(g.translate(va), Some(0x300 << 12), "entry 6 did not run");
+    g.audit();
+}
+
+#[test]
 fn vm_assist_values() {
     let mut g = guest();
     let c = g.c;

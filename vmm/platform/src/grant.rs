@@ -60,6 +60,8 @@ const PIN_DEVR: u32 = 1 << 16;
 const PIN_DEVW: u32 = 1 << 24;
 /// Any writable pin.
 const PIN_WRITE_MASK: u32 = 0xff00_ff00;
+/// `GNTTABOP_cache_flush`, the one command that takes a continuation argument.
+const GNTTABOP_CACHE_FLUSH: u32 = 12;
 /// Unmaps completed per flush (Xen's `GNTTAB_UNMAP_BATCH_SIZE`).
 const UNMAP_BATCH: u64 = 32;
 /// Entries of the backend domain's table (one version 1 frame).
@@ -131,7 +133,22 @@ impl GrantTable {
         if (count as i32) < 0 {
             return Errno::EINVAL.neg();
         }
-        let r = match cmd as u32 {
+        // Bits above the command are a continuation's argument, which only
+        // GNTTABOP_cache_flush takes.
+        let (cmd, opaque) = (cmd as u32 & 0xfff, cmd as u32 & !0xfff);
+        if cmd != GNTTABOP_CACHE_FLUSH && opaque != 0 {
+            return Errno::EINVAL.neg();
+        }
+        // The batched commands check the whole array's range first.
+        let entry = match cmd {
+            GNTTABOP_map_grant_ref => GnttabMapGrantRef::SIZE,
+            GNTTABOP_unmap_grant_ref | GNTTABOP_unmap_and_replace => GnttabUnmap::SIZE,
+            _ => 0,
+        };
+        if entry != 0 && !pvmmu::guest_range_ok(uop, count * entry as u64) {
+            return Errno::EFAULT.neg();
+        }
+        let r = match cmd {
             GNTTABOP_setup_table => self.setup_table(m, caller, uop, count),
             GNTTABOP_query_size => self.query_size(m, caller, uop, count),
             GNTTABOP_set_version => self.set_version(m, caller, uop),

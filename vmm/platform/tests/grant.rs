@@ -216,8 +216,23 @@ fn setup_table_statuses_and_errors() {
         op(&mut d, &mut gt, GNTTABOP_setup_table, UOP, 1),
         Errno::EFAULT.neg()
     );
-    // A command Xen does not know.
+    // A command Xen does not know; a continuation argument on a command that takes none.
     assert_eq!(op(&mut d, &mut gt, 99, UOP, 1), Errno::ENOSYS.neg());
+    assert_eq!(
+        op(&mut d, &mut gt, GNTTABOP_query_size | 1 << 12, UOP, 1),
+        Errno::EINVAL.neg()
+    );
+    // A batch whose array leaves the guest's address range: -EFAULT before any entry.
+    assert_eq!(
+        op(
+            &mut d,
+            &mut gt,
+            GNTTABOP_map_grant_ref,
+            0x7fff_ffff_f000,
+            0x1000
+        ),
+        Errno::EFAULT.neg()
+    );
     // A domain built without a grant area has no table at all.
     let mut none = GrantTable::default();
     assert_eq!(
