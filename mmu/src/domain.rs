@@ -120,6 +120,8 @@ pub struct Domain {
     /// The PIRQ EOI bitmap frame (see [`crate::area`]): a general and a writable type
     /// reference.
     pub(crate) pirq_eoi_frame: Option<Mfn>,
+    /// The most pages it may hold (see [`crate::reservation`]); `None`: no cap.
+    pub(crate) max_pages: Option<u64>,
 }
 
 impl Domain {
@@ -140,6 +142,7 @@ impl Domain {
             non_leaf_revoked: false,
             maptrack: crate::maptrack::Maptrack::default(),
             pirq_eoi_frame: None,
+            max_pages: None,
         }
     }
 

@@ -103,6 +103,8 @@ pub mod multicall;
 pub mod paging;
 pub mod ptwr;
 pub mod range;
+pub mod reservation;
+pub mod rights;
 pub mod table;
 pub mod translate;
 pub mod va_mapping;

@@ -1,0 +1,241 @@
+//! Frames leaving and joining a live domain, as Xen's `memory_op` moves them for a PV
+//! (non-translated) domain, whose frame numbers are machine frames:
+//! `XENMEM_decrease_reservation` ([`Machine::decrease_reservation`]),
+//! `increase_reservation` and `populate_physmap` ([`Machine::increase_reservation`],
+//! [`Machine::populate_physmap`]).
+//!
+//! Xen's rules kept here:
+//! - giving a frame back drops only its allocation reference (`guest_remove_page`): a
+//!   frame still mapped, pinned or otherwise referenced stays the domain's, typed as it
+//!   is, until its last reference goes; then it is free (owner cleared) and may be
+//!   handed out again. A frame that is not RAM is -EPERM (a PV domain's "MMIO"), one
+//!   that is not the domain's -ENXIO; the batch stops at the first failing extent and
+//!   reports how many extents were done. Pages the hypervisor shares with the domain
+//!   (grant frames) are its to keep: giving one back leaves it shared, as Xen's
+//!   xenheap pages are never freed by the guest.
+//! - new frames come from the free pool, `2^order` naturally aligned contiguous frames
+//!   per extent, and only up to the domain's `max_pages` (Xen's `assign_pages`
+//!   refusal); orders above 9 (Xen's domU limit, 2 MiB) are refused up front.
+//!   `populate_physmap` also records each new frame's pseudo-physical number in the
+//!   M2P, as Xen does for a PV domain.
+
+use pvmmu_abi::Errno;
+use vm_memory::GuestMemory;
+
+use crate::entry::Mfn;
+use crate::flush::TlbFlush;
+use crate::machine::{Machine, MachineError};
+
+/// Largest extent order a domU may ask for (Xen's `CONFIG_DOMU_MAX_ORDER`).
+pub const DOMU_MAX_ORDER: u32 = 9;
+
+/// How a reservation batch ended: extents done, and the error that stopped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationOutcome {
+    /// Extents completed (what Xen's `memory_op` returns).
+    pub done: usize,
+    /// First frame of each extent obtained (increase and populate), in order.
+    pub frames: Vec<Mfn>,
+    /// Why it stopped early, if it did.
+    pub stopped: Option<Errno>,
+}
+
+impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
+    /// Caps domain `dom`'s pages (Xen's `max_pages`, set by the toolstack): new frames
+    /// are refused beyond it. `None`: no cap.
+    pub fn set_max_pages(&mut self, dom: u16, max: Option<u64>) -> Result<(), MachineError> {
+        self.core
+            .domains
+            .get_mut(&dom)
+            .ok_or(MachineError::NoDomain(dom))?
+            .max_pages = max;
+        Ok(())
+    }
+
+    /// Pages domain `dom` holds (Xen's `tot_pages`): its frames, including those given
+    /// back but still referenced (they leave when freed), not those the hypervisor
+    /// shares with it.
+    pub fn tot_pages(&self, dom: u16) -> u64 {
+        self.core
+            .frames
+            .iter()
+            .filter(|(_, p)| p.owner == dom && p.count > 0 && !p.shared)
+            .count() as u64
+    }
+
+    /// `XENMEM_decrease_reservation` for domain `dom`: gives back the extents of
+    /// `2^order` frames starting at each of `gmfns`.
+    ///
+    /// ```
+    /// use pvmmu::{DomainConfig, Errno, Machine, MachineConfig, Mfn};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
+    /// let o = m.decrease_reservation(d, &[0x12, 0x14, 0x30, 0x15], 0)?;
+    /// assert_eq!((o.done, o.stopped), (2, Some(Errno::ENXIO)), "0x30 is not ours");
+    /// assert_eq!(m.frames().get(Mfn(0x12)).unwrap().count, 0, "free again");
+    /// assert_eq!(m.tot_pages(d), 14);
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn decrease_reservation(
+        &mut self,
+        dom: u16,
+        gmfns: &[u64],
+        order: u32,
+    ) -> Result<ReservationOutcome, MachineError> {
+        if !self.core.domains.contains_key(&dom) {
+            return Err(MachineError::NoDomain(dom));
+        }
+        let mut out = ReservationOutcome {
+            done: 0,
+            frames: Vec::new(),
+            stopped: None,
+        };
+        if order > DOMU_MAX_ORDER {
+            return Ok(out);
+        }
+        for &gmfn in gmfns {
+            for j in 0..1u64 << order {
+                if let Err(e) = self.remove_page(dom, gmfn.wrapping_add(j)) {
+                    out.stopped = Some(e);
+                    return Ok(out);
+                }
+            }
+            out.done += 1;
+        }
+        Ok(out)
+    }
+
+    /// Xen's `guest_remove_page` for a PV domain.
+    fn remove_page(&mut self, dom: u16, mfn: u64) -> Result<(), Errno> {
+        let mfn = Mfn(mfn);
+        let Some(p) = self.core.frames.get(mfn).copied() else {
+            return Err(Errno::EPERM); // not RAM: I/O memory for a PV domain
+        };
+        if !self.core.frames.get_page(mfn, dom) {
+            return Err(Errno::ENXIO);
+        }
+        if p.allocated && !p.shared {
+            if let Some(q) = self.core.frames.get_mut(mfn) {
+                q.allocated = false;
+            }
+            self.core.frames.put_page(mfn);
+        }
+        self.core.frames.put_page(mfn);
+        Ok(())
+    }
+
+    /// `XENMEM_increase_reservation` for domain `dom`: `extents` new extents of
+    /// `2^order` frames from the free pool.
+    pub fn increase_reservation(
+        &mut self,
+        dom: u16,
+        extents: usize,
+        order: u32,
+    ) -> Result<ReservationOutcome, MachineError> {
+        self.allocate_extents(dom, extents, order, |_, _| {})
+    }
+
+    /// `XENMEM_populate_physmap` for domain `dom`: a new extent of `2^order` frames for
+    /// each pseudo-physical frame of `gpfns`, recorded in the M2P (frame `j` of the
+    /// extent as `gpfn + j`).
+    ///
+    /// ```
+    /// use pvmmu::{DomainConfig, Machine, MachineConfig, Mfn};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
+    /// m.set_max_pages(d, Some(17))?;
+    /// let o = m.populate_physmap(d, &[0x40, 0x41], 0)?;
+    /// assert_eq!(o.done, 1, "one frame below max_pages");
+    /// assert_eq!(m.frames().m2p(o.frames[0]), Some(0x40));
+    /// assert!(m.audit().is_ok());
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn populate_physmap(
+        &mut self,
+        dom: u16,
+        gpfns: &[u64],
+        order: u32,
+    ) -> Result<ReservationOutcome, MachineError> {
+        let gpfns = gpfns.to_vec();
+        self.allocate_extents(dom, gpfns.len(), order, |m, (i, first)| {
+            for j in 0..1u64 << order {
+                let pfn = gpfns[i].wrapping_add(j);
+                m.set_m2p(Mfn(first.0 + j), pfn);
+            }
+        })
+    }
+
+    fn allocate_extents(
+        &mut self,
+        dom: u16,
+        extents: usize,
+        order: u32,
+        mut each: impl FnMut(&mut Self, (usize, Mfn)),
+    ) -> Result<ReservationOutcome, MachineError> {
+        let d = self
+            .core
+            .domains
+            .get(&dom)
+            .ok_or(MachineError::NoDomain(dom))?;
+        let max = d.max_pages;
+        let mut out = ReservationOutcome {
+            done: 0,
+            frames: Vec::new(),
+            stopped: None,
+        };
+        if order > DOMU_MAX_ORDER {
+            return Ok(out);
+        }
+        let size = 1u64 << order;
+        let mut tot = self.tot_pages(dom);
+        let mut from = 0u64;
+        for i in 0..extents {
+            if max.is_some_and(|m| tot + size > m) {
+                out.stopped = Some(Errno::ENOMEM);
+                break;
+            }
+            let Some(first) = self.free_block(from, size) else {
+                out.stopped = Some(Errno::ENOMEM);
+                break;
+            };
+            for f in first..first + size {
+                // No TLB may still translate a frame handed out again (Xen's TLB-flush
+                // filter on allocation).
+                self.core.flush_before_type_change(Mfn(f));
+                let _ = self.core.frames.allocate(Mfn(f), dom);
+            }
+            tot += size;
+            from = first + size;
+            each(self, (i, Mfn(first)));
+            out.frames.push(Mfn(first));
+            out.done += 1;
+        }
+        Ok(out)
+    }
+
+    /// The lowest free, naturally aligned block of `size` frames at or above `from`.
+    fn free_block(&self, from: u64, size: u64) -> Option<u64> {
+        let n = self.core.frames.len() as u64;
+        let mut start = from.div_ceil(size) * size;
+        while start + size <= n {
+            let busy = (start..start + size).rev().find(|&f| {
+                !self
+                    .core
+                    .frames
+                    .get(Mfn(f))
+                    .is_some_and(|p| p.count == 0 && p.owner == pvmmu_abi::DOMID_INVALID)
+            });
+            match busy {
+                None => return Some(start),
+                Some(b) => start = (b / size + 1) * size,
+            }
+        }
+        None
+    }
+}
