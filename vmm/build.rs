@@ -142,6 +142,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     (
+        "balloon",
+        "memory_op reservations: 64 frames given back and populated again, mapped and used; the cap; a mapped frame leaving with its mapping",
+        "Success",
+        false,
+    ),
+    (
         "stress",
         "100,000 random valid and invalid updates against a shadow model, checking every result and translation",
         "Success",

@@ -176,6 +176,9 @@ impl<F: TlbFlush> Domain<F> {
             spec.initrd.as_deref(),
         )?;
         boot.grant_first = grant_first;
+        // The toolstack's max_mem: what the domain was built with.
+        let built = machine.tot_pages(DOMID);
+        machine.set_max_pages(DOMID, Some(built))?;
         boot.machine_frames = frames;
         boot.m2p_first = hv.m2p_gpa / PAGE;
         vm_memory::Bytes::write_slice(

@@ -2,17 +2,20 @@
 //! (set by the toolstack, here the VMM, or by the guest itself with
 //! `XENMEM_set_memory_map`, which Xen allows a domain for itself), the machine's size,
 //! the domain's reservation and largest frame, where the read-only M2P is mapped and
-//! which frames back it. The host's memory map is privileged (-EPERM). Changing the
-//! reservation (`increase`/`decrease_reservation`, `populate_physmap`, `exchange`) is not
-//! served yet: -ENOSYS, Xen's answer to a command it does not know.
+//! which frames back it. The host's memory map is privileged (-EPERM). The reservation
+//! changes with `decrease_reservation`, `increase_reservation` and `populate_physmap`
+//! (the rules are the library's, `pvmmu::reservation`; here the guest's arguments, and
+//! Xen's way of answering: the number of extents done, the continuation's start when
+//! the arguments are refused). `exchange` is not served yet: -ENOSYS.
 
 #![allow(non_upper_case_globals)] // Xen's names for the sub-operations
 
 use pvmmu::{Caller, Errno, TlbFlush};
 use pvmmu_abi::memory::{
-    XENMEM_current_reservation, XENMEM_machine_memory_map, XENMEM_machphys_mapping,
-    XENMEM_machphys_mfn_list, XENMEM_maximum_gpfn, XENMEM_maximum_ram_page,
-    XENMEM_maximum_reservation, XENMEM_memory_map, decode_memory_op_cmd,
+    XENMEM_current_reservation, XENMEM_decrease_reservation, XENMEM_increase_reservation,
+    XENMEM_machine_memory_map, XENMEM_machphys_mapping, XENMEM_machphys_mfn_list,
+    XENMEM_maximum_gpfn, XENMEM_maximum_ram_page, XENMEM_maximum_reservation, XENMEM_memory_map,
+    XENMEM_populate_physmap, decode_memory_op_cmd,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -105,9 +108,12 @@ impl MemoryOps {
     }
 
     /// `memory_op(cmd, arg)` for `caller`; returns RAX.
-    pub fn op<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, cmd: u64, arg: u64) -> i64 {
+    pub fn op<F: TlbFlush>(&mut self, m: &mut Mach<F>, caller: Caller, cmd: u64, arg: u64) -> i64 {
         let (op, start_extent) = decode_memory_op_cmd(cmd);
         let r = match op {
+            XENMEM_increase_reservation | XENMEM_decrease_reservation | XENMEM_populate_physmap => {
+                Ok(reservation(m, caller, op, start_extent, arg) as i64)
+            }
             XENMEM_maximum_ram_page if start_extent != 0 => Err(Errno::EINVAL),
             XENMEM_maximum_ram_page => Ok(self.machine_frames as i64),
             XENMEM_current_reservation | XENMEM_maximum_reservation | XENMEM_maximum_gpfn => {
@@ -141,14 +147,11 @@ impl MemoryOps {
         own_domain(m, caller, u16::from_le_bytes(b))?;
         Ok(match op {
             XENMEM_current_reservation => {
-                // Xen's tot_pages: the domain's allocated frames, not the pages the
-                // hypervisor shares with it (grant frames, and shared_info, which is
-                // the hypervisor's on Xen).
-                let si = self.shared_info / 4096;
-                m.frames()
-                    .iter()
-                    .filter(|(f, p)| p.owner == caller.dom && p.allocated && !p.shared && f.0 != si)
-                    .count() as i64
+                // Xen's tot_pages, less the shared_info frame (the hypervisor's own
+                // page on Xen, a frame of the domain's here).
+                let si = pvmmu::Mfn(self.shared_info / 4096);
+                let si = u64::from(m.frames().owned_by(si, caller.dom));
+                (m.tot_pages(caller.dom) - si) as i64
             }
             XENMEM_maximum_reservation => self.max_pages as i64,
             _ => {
@@ -241,4 +244,77 @@ fn machphys_mapping<F: TlbFlush>(m: &Mach<F>, caller: Caller, arg: u64) -> Resul
     b[8..16].copy_from_slice(&(start + size).to_le_bytes());
     b[16..].copy_from_slice(&max_mfn.to_le_bytes());
     m.kernel_view(caller).write(arg, &b)
+}
+
+/// `struct xen_memory_reservation`: `extent_start` (handle), `nr_extents`,
+/// `extent_order`, `mem_flags`, `domid`.
+const RESERVATION_SIZE: usize = 32;
+
+/// `increase_reservation`, `decrease_reservation`, `populate_physmap` as Xen's
+/// `do_memory_op` answers them: the extents done counted from `start` (a continuation's
+/// start), and `start` itself when the arguments are refused.
+fn reservation<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, op: u32, start: u64, arg: u64) -> u64 {
+    let Ok(b) = m.kernel_view(caller).read_array::<RESERVATION_SIZE>(arg) else {
+        return start;
+    };
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let list = word(0);
+    let nr = word(8);
+    let order = u32::from_le_bytes(b[16..20].try_into().unwrap_or_default());
+    let address_bits = b[20];
+    let dom = u16::from_le_bytes([b[24], b[25]]);
+    if nr > u64::from(u32::MAX >> pvmmu_abi::memory::MEMOP_EXTENT_SHIFT)
+        || start >= nr
+        || own_domain(m, caller, dom).is_err()
+        || (address_bits != 0 && address_bits < 12)
+        || order > pvmmu::reservation::DOMU_MAX_ORDER
+    {
+        return start;
+    }
+    // The part of the list this call covers must lie in guest space (a null list is
+    // allowed for increase_reservation).
+    let nullable = op == XENMEM_increase_reservation && list == 0;
+    if !nullable && !pvmmu::guest_range_ok(list.wrapping_add(start * 8), (nr - start) * 8) {
+        return start;
+    }
+    let dom = caller.dom;
+    // Entries read up to the first that cannot be (the batch stops there).
+    let read_list = |m: &Mach<F>| -> Vec<u64> {
+        let mut view = m.kernel_view(caller);
+        (start..nr)
+            .map_while(|i| view.read_u64(list.wrapping_add(i * 8)).ok())
+            .collect()
+    };
+    let outcome = match op {
+        XENMEM_decrease_reservation => {
+            let gmfns = read_list(m);
+            m.decrease_reservation(dom, &gmfns, order)
+        }
+        XENMEM_increase_reservation => m.increase_reservation(dom, (nr - start) as usize, order),
+        _ => {
+            let gpfns = read_list(m);
+            m.populate_physmap(dom, &gpfns, order)
+        }
+    };
+    let Ok(o) = outcome else {
+        return start;
+    };
+    if op == XENMEM_decrease_reservation || list == 0 {
+        return start + o.done as u64;
+    }
+    // Each new extent's first frame goes back into the list; a write that faults ends
+    // the count there (the frame stays the domain's, as on Xen).
+    let mut view = m.kernel_view(caller);
+    for (i, f) in o.frames.iter().enumerate() {
+        if view
+            .write(
+                list.wrapping_add((start + i as u64) * 8),
+                &f.0.to_le_bytes(),
+            )
+            .is_err()
+        {
+            return start + i as u64;
+        }
+    }
+    start + o.done as u64
 }

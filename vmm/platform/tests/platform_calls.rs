@@ -530,3 +530,89 @@ fn physdev_ops_a_domu_makes_at_boot() {
     w.d.machine.destroy_domain(platform::DOMID).unwrap();
     w.d.machine.audit().unwrap();
 }
+
+/// `memory_op(op | start << 6, reservation)` with `list` of `nr` entries.
+fn reservation(w: &mut World, op: u64, start: u64, list: &[u64], order: u32, dom: u16) -> i64 {
+    let list_va = BUF + 0x400;
+    for (i, v) in list.iter().enumerate() {
+        w.poke(list_va + i as u64 * 8, &v.to_le_bytes());
+    }
+    let mut r = [0u8; 32];
+    r[..8].copy_from_slice(&list_va.to_le_bytes());
+    r[8..16].copy_from_slice(&(list.len() as u64).to_le_bytes());
+    r[16..20].copy_from_slice(&order.to_le_bytes());
+    r[24..26].copy_from_slice(&dom.to_le_bytes());
+    w.poke(ARG + 0x900, &r);
+    w.call(MEMORY_OP, [op | start << 6, ARG + 0x900, 0, 0, 0])
+}
+
+#[test]
+fn the_reservation_shrinks_and_grows_as_xen_counts_it() {
+    let mut w = world();
+    const SELF: u16 = 0x7ff0;
+    let current = |w: &mut World| {
+        w.poke(ARG, &SELF.to_le_bytes());
+        w.call(MEMORY_OP, [3, ARG, 0, 0, 0])
+    };
+    let before = current(&mut w);
+    // Two frames of the boot mapping, unmapped first (a mapped frame would stay).
+    let frames = [0x180u64, 0x181];
+    for f in frames {
+        let rc =
+            w.d.machine
+                .hypercall_update_va_mapping(w.pv.caller(), f << 12, 0, 2)
+                .unwrap();
+        assert_eq!(rc, 0);
+    }
+    assert_eq!(
+        reservation(&mut w, 1, 0, &frames, 0, SELF),
+        2,
+        "decrease: 2 extents"
+    );
+    assert_eq!(current(&mut w), before - 2);
+    // A frame that is not RAM stops the batch after the extents before it; 0x182 is
+    // still mapped, so it stays counted until unmapped.
+    assert_eq!(
+        reservation(&mut w, 1, 0, &[0x182, 0xf_ffff, 0x183], 0, SELF),
+        1
+    );
+    assert_eq!(current(&mut w), before - 2);
+    let rc =
+        w.d.machine
+            .hypercall_update_va_mapping(w.pv.caller(), 0x182 << 12, 0, 2)
+            .unwrap();
+    assert_eq!(rc, 0);
+    assert_eq!(current(&mut w), before - 3, "freed with its last mapping");
+    // Growing back: only up to what the domain was built with.
+    assert_eq!(
+        reservation(&mut w, 0, 0, &[0, 0, 0, 0], 0, SELF),
+        3,
+        "increase to the cap"
+    );
+    let got: Vec<u64> = (0..3)
+        .map(|i| u64::from_le_bytes(w.peek::<8>(BUF + 0x400 + i * 8)))
+        .collect();
+    assert!(got.iter().all(|&f| f != 0), "{got:?}");
+    assert_eq!(reservation(&mut w, 0, 0, &[0], 0, SELF), 0, "at max_pages");
+    // populate_physmap records the M2P: give one back, populate it at pfn 0x7777.
+    assert_eq!(reservation(&mut w, 1, 0, &got[..1], 0, SELF), 1);
+    assert_eq!(reservation(&mut w, 6, 0, &[0x7777], 0, SELF), 1);
+    let mfn = u64::from_le_bytes(w.peek::<8>(BUF + 0x400));
+    assert_eq!(w.d.machine.frames().m2p(pvmmu::Mfn(mfn)), Some(0x7777));
+    // Refused arguments answer the continuation's start: another domain, order 10, a
+    // start beyond the list, a list outside guest space.
+    assert_eq!(
+        reservation(&mut w, 0, 0, &[0], 0, platform::BACKEND_DOMID),
+        0
+    );
+    assert_eq!(reservation(&mut w, 0, 0, &[0], 10, SELF), 0);
+    assert_eq!(reservation(&mut w, 1, 5, &[0, 0], 0, SELF), 5);
+    let mut r = [0u8; 32];
+    r[..8].copy_from_slice(&0xffff_8000_0000_0000u64.to_le_bytes());
+    r[8..16].copy_from_slice(&1u64.to_le_bytes());
+    w.poke(ARG + 0x900, &r);
+    assert_eq!(w.call(MEMORY_OP, [1, ARG + 0x900, 0, 0, 0]), 0);
+    w.d.machine.audit().unwrap();
+    w.d.machine.destroy_domain(platform::DOMID).unwrap();
+    w.d.machine.audit().unwrap();
+}
