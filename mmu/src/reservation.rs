@@ -239,3 +239,128 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         None
     }
 }
+
+/// How a `XENMEM_exchange` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeOutcome {
+    /// Input extents exchanged (Xen's `nr_exchanged`).
+    pub exchanged: usize,
+    /// First frame of each output extent assigned, in order.
+    pub frames: Vec<Mfn>,
+    /// Why it stopped early, if it did.
+    pub stopped: Option<Errno>,
+}
+
+impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
+    /// `XENMEM_exchange` for domain `dom` (Xen's `memory_exchange`, the lists already
+    /// read): the input extents of `2^in_order` frames at `in_gmfns` are traded, chunk
+    /// by chunk, for new output extents of `2^out_order` frames recorded in the M2P at
+    /// `out_gpfns`. A chunk is all or nothing: every input frame must be the domain's
+    /// with no reference but its allocation (Xen's `steal_page`: not mapped, not typed,
+    /// not shared, listed once; else -EINVAL, XSA-212's class), and the outputs must be
+    /// available (-ENOMEM); exchanged inputs are freed with their type discarded. The
+    /// domain's page count does not change, so `max_pages` does not apply. The caller
+    /// has checked the sizes (`in_gmfns.len() << in_order` equal to
+    /// `out_gpfns.len() << out_order`, orders at most 9).
+    ///
+    /// ```
+    /// use pvmmu::{DomainConfig, Machine, MachineConfig, Mfn};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default())?;
+    /// let d = m.create_domain(DomainConfig::new(1))?;
+    /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
+    /// // Four single frames for one naturally aligned 4-frame extent at pfn 0x100.
+    /// let o = m.exchange(d, &[0x11, 0x13, 0x15, 0x17], 0, &[0x100], 2)?;
+    /// assert_eq!((o.exchanged, o.stopped), (4, None));
+    /// assert_eq!(o.frames[0].0 % 4, 0);
+    /// assert_eq!(m.frames().m2p(Mfn(o.frames[0].0 + 3)), Some(0x103));
+    /// assert_eq!(m.frames().get(Mfn(0x11)).unwrap().count, 0, "the inputs are free");
+    /// assert_eq!(m.tot_pages(d), 16);
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn exchange(
+        &mut self,
+        dom: u16,
+        in_gmfns: &[u64],
+        in_order: u32,
+        out_gpfns: &[u64],
+        out_order: u32,
+    ) -> Result<ExchangeOutcome, MachineError> {
+        if !self.core.domains.contains_key(&dom) {
+            return Err(MachineError::NoDomain(dom));
+        }
+        let mut out = ExchangeOutcome {
+            exchanged: 0,
+            frames: Vec::new(),
+            stopped: None,
+        };
+        if in_order > DOMU_MAX_ORDER || out_order > DOMU_MAX_ORDER {
+            out.stopped = Some(Errno::EPERM);
+            return Ok(out);
+        }
+        let (in_chunk, out_chunk) = if in_order <= out_order {
+            (1usize << (out_order - in_order), 1usize)
+        } else {
+            (1usize, 1usize << (in_order - out_order))
+        };
+        let chunks = in_gmfns.len() / in_chunk;
+        for i in 0..chunks {
+            // The chunk's input frames: each the domain's, with only its allocation
+            // reference, listed once.
+            let mut inputs = Vec::new();
+            for &g in &in_gmfns[i * in_chunk..(i + 1) * in_chunk] {
+                for k in 0..1u64 << in_order {
+                    inputs.push(Mfn(g.wrapping_add(k)));
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            let stealable = inputs.iter().all(|&f| {
+                seen.insert(f.0)
+                    && self.core.frames.get(f).is_some_and(|p| {
+                        p.owner == dom && p.allocated && !p.shared && p.count == 1 && !p.pinned
+                    })
+            });
+            if !stealable {
+                out.stopped = Some(Errno::EINVAL);
+                return Ok(out);
+            }
+            // The chunk's outputs, all found before anything changes.
+            let size = 1u64 << out_order;
+            let mut blocks = Vec::new();
+            let mut from = 0;
+            for _ in 0..out_chunk {
+                match self.free_block(from, size) {
+                    Some(b) => {
+                        blocks.push(b);
+                        from = b + size;
+                    }
+                    None => {
+                        out.stopped = Some(Errno::ENOMEM);
+                        return Ok(out);
+                    }
+                }
+            }
+            // Beyond this point the chunk cannot fail: the inputs go (type discarded),
+            // the outputs are the domain's, recorded in the M2P.
+            for &f in &inputs {
+                if let Some(p) = self.core.frames.get_mut(f) {
+                    p.allocated = false;
+                    p.type_count = 0;
+                }
+                self.core.frames.put_page(f);
+            }
+            for (j, &b) in blocks.iter().enumerate() {
+                let gpfn = out_gpfns.get(i * out_chunk + j).copied().unwrap_or(0);
+                for k in 0..size {
+                    self.core.flush_before_type_change(Mfn(b + k));
+                    let _ = self.core.frames.allocate(Mfn(b + k), dom);
+                    self.set_m2p(Mfn(b + k), gpfn.wrapping_add(k));
+                }
+                out.frames.push(Mfn(b));
+            }
+            out.exchanged = (i + 1) * in_chunk;
+        }
+        Ok(out)
+    }
+}

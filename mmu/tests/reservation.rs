@@ -134,3 +134,73 @@ fn a_reused_frame_is_flushed_from_every_tlb_first() {
     );
     g.audit();
 }
+
+/// Frames of the domain with nothing but their allocation reference: unmapped.
+fn unmapped(g: &mut Guest, n: usize) -> Vec<Mfn> {
+    (0..n)
+        .map(|_| {
+            let f = g.take();
+            assert_eq!(g.update(&[(g.pte_addr(va_of(f.0)), 0)]).result, Ok(()));
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn exchange_trades_whole_chunks_of_frames_nobody_references() {
+    let mut g = guest();
+    let tot = g.m.tot_pages(1);
+    let ins = unmapped(&mut g, 6);
+    let mapped = g.take();
+    // A referenced input (still mapped), a listed-twice input, another domain's, a
+    // pinned table: -EINVAL, nothing changed.
+    let t = g.table_frame();
+    assert_eq!(g.ext(MMUEXT_PIN_L1_TABLE, t.0, 0).result, Ok(()));
+    for bad in [
+        vec![ins[0].0, mapped.0],
+        vec![ins[0].0, ins[0].0],
+        vec![ins[0].0, DOM2_FIRST],
+        vec![ins[0].0, t.0],
+    ] {
+        let counts = g.counts();
+        let o = g.m.exchange(1, &bad, 0, &[0x900], 1).unwrap();
+        assert_eq!(
+            (o.exchanged, o.stopped),
+            (0, Some(Errno::EINVAL)),
+            "{bad:x?}"
+        );
+        assert_eq!(g.counts(), counts);
+    }
+    // Orders beyond 9: -EPERM before anything.
+    let o = g.m.exchange(1, &[ins[0].0], 10, &[0], 10).unwrap();
+    assert_eq!(o.stopped, Some(Errno::EPERM));
+    // Two chunks of two frames for two 2-frame extents; the second chunk's input is
+    // bad, so only the first is exchanged.
+    let o =
+        g.m.exchange(
+            1,
+            &[ins[0].0, ins[1].0, ins[2].0, mapped.0],
+            0,
+            &[0x500, 0x600],
+            1,
+        )
+        .unwrap();
+    assert_eq!((o.exchanged, o.stopped), (2, Some(Errno::EINVAL)));
+    assert_eq!(o.frames.len(), 1);
+    assert_eq!(g.info(ins[0]).count, 0, "exchanged inputs are free");
+    assert!(
+        g.info(ins[2]).allocated,
+        "the failed chunk's inputs are kept"
+    );
+    assert_eq!(g.m.frames().m2p(Mfn(o.frames[0].0 + 1)), Some(0x501));
+    assert_eq!(g.m.tot_pages(1), tot, "an exchange keeps the page count");
+    // Larger to smaller: one 2-frame input extent (aligned) for two single frames.
+    let pair = g.m.populate_physmap(1, &[0x700], 1).unwrap().frames[0];
+    let tot = g.m.tot_pages(1);
+    let o = g.m.exchange(1, &[pair.0], 1, &[0x800, 0x801], 0).unwrap();
+    assert_eq!((o.exchanged, o.stopped, o.frames.len()), (1, None, 2));
+    assert_eq!(g.m.tot_pages(1), tot);
+    g.audit();
+    let dom = g.c.dom;
+    g.m.destroy_domain(dom).expect("teardown");
+}

@@ -6,16 +6,16 @@
 //! changes with `decrease_reservation`, `increase_reservation` and `populate_physmap`
 //! (the rules are the library's, `pvmmu::reservation`; here the guest's arguments, and
 //! Xen's way of answering: the number of extents done, the continuation's start when
-//! the arguments are refused). `exchange` is not served yet: -ENOSYS.
+//! the arguments are refused), and `exchange` with Xen's checks in Xen's order.
 
 #![allow(non_upper_case_globals)] // Xen's names for the sub-operations
 
 use pvmmu::{Caller, Errno, TlbFlush};
 use pvmmu_abi::memory::{
-    XENMEM_current_reservation, XENMEM_decrease_reservation, XENMEM_increase_reservation,
-    XENMEM_machine_memory_map, XENMEM_machphys_mapping, XENMEM_machphys_mfn_list,
-    XENMEM_maximum_gpfn, XENMEM_maximum_ram_page, XENMEM_maximum_reservation, XENMEM_memory_map,
-    XENMEM_populate_physmap, decode_memory_op_cmd,
+    XENMEM_current_reservation, XENMEM_decrease_reservation, XENMEM_exchange,
+    XENMEM_increase_reservation, XENMEM_machine_memory_map, XENMEM_machphys_mapping,
+    XENMEM_machphys_mfn_list, XENMEM_maximum_gpfn, XENMEM_maximum_ram_page,
+    XENMEM_maximum_reservation, XENMEM_memory_map, XENMEM_populate_physmap, decode_memory_op_cmd,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -114,6 +114,8 @@ impl MemoryOps {
             XENMEM_increase_reservation | XENMEM_decrease_reservation | XENMEM_populate_physmap => {
                 Ok(reservation(m, caller, op, start_extent, arg) as i64)
             }
+            XENMEM_exchange if start_extent != 0 => Err(Errno::EINVAL),
+            XENMEM_exchange => exchange(m, caller, arg).map(|()| 0),
             XENMEM_maximum_ram_page if start_extent != 0 => Err(Errno::EINVAL),
             XENMEM_maximum_ram_page => Ok(self.machine_frames as i64),
             XENMEM_current_reservation | XENMEM_maximum_reservation | XENMEM_maximum_gpfn => {
@@ -317,4 +319,91 @@ fn reservation<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, op: u32, start: u64
         }
     }
     start + o.done as u64
+}
+
+/// `XENMEM_exchange` (Xen's `memory_exchange`): `struct xen_memory_exchange { in, out:
+/// xen_memory_reservation; nr_exchanged }`. The checks come in Xen's order (orders,
+/// sizes, nothing left, list ranges, domain), `nr_exchanged` is written back on every
+/// path but the early ones Xen returns from directly, and each output frame goes into
+/// the output list in place of the pseudo-physical frame it was asked for.
+fn exchange<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
+    let b = m.kernel_view(caller).read_array::<72>(arg)?;
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let half = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or_default());
+    let (in_list, in_nr, in_order) = (word(0), word(8), half(16));
+    let in_dom = u16::from_le_bytes([b[24], b[25]]);
+    let (out_list, out_nr, out_order) = (word(32), word(40), half(48));
+    let out_dom = u16::from_le_bytes([b[56], b[57]]);
+    let done = word(64);
+    let write_done = |m: &Mach<F>, n: u64| m.kernel_view(caller).write(arg + 64, &n.to_le_bytes());
+    let max = pvmmu::reservation::DOMU_MAX_ORDER;
+    let fail = |m: &Mach<F>, e: Errno, n: u64| write_done(m, n).and(Err(e));
+    if in_order.max(out_order) > max {
+        return fail(m, Errno::EPERM, done);
+    }
+    let overflow = |nr: u64, order: u32| (u64::MAX >> order) < nr;
+    if done > in_nr
+        || in_dom != out_dom
+        || overflow(in_nr, in_order)
+        || overflow(out_nr, out_order)
+        || in_nr << in_order != out_nr << out_order
+    {
+        return fail(m, Errno::EINVAL, done);
+    }
+    if done == in_nr {
+        return Ok(());
+    }
+    let (in_chunk, out_chunk) = if in_order <= out_order {
+        (1u64 << (out_order - in_order), 1u64)
+    } else {
+        (1u64, 1u64 << (in_order - out_order))
+    };
+    let out_from = done / in_chunk * out_chunk;
+    if !pvmmu::guest_range_ok(in_list.wrapping_add(done * 8), (in_nr - done) * 8)
+        || !pvmmu::guest_range_ok(out_list.wrapping_add(out_from * 8), (out_nr - out_from) * 8)
+    {
+        return fail(m, Errno::EFAULT, done);
+    }
+    if let Err(e) = own_domain(m, caller, in_dom) {
+        return fail(m, e, done);
+    }
+    // Whole chunks from where a continuation left off; a list entry that cannot be read
+    // ends the batch there with -EFAULT.
+    let start = done / in_chunk * in_chunk;
+    let mut view = m.kernel_view(caller);
+    let ins: Vec<u64> = (start..in_nr)
+        .map_while(|i| view.read_u64(in_list.wrapping_add(i * 8)).ok())
+        .collect();
+    let outs: Vec<u64> = (out_from..out_nr)
+        .map_while(|i| view.read_u64(out_list.wrapping_add(i * 8)).ok())
+        .collect();
+    let whole = (ins.len() as u64 / in_chunk).min(outs.len() as u64 / out_chunk);
+    let short = whole < (in_nr - start) / in_chunk;
+    let n_in = (whole * in_chunk) as usize;
+    let n_out = (whole * out_chunk) as usize;
+    let o = m
+        .exchange(
+            caller.dom,
+            &ins[..n_in],
+            in_order,
+            &outs[..n_out],
+            out_order,
+        )
+        .map_err(|_| Errno::EINVAL)?;
+    let mut view = m.kernel_view(caller);
+    let mut rc = Ok(());
+    for (j, f) in o.frames.iter().enumerate() {
+        let at = out_list.wrapping_add((out_from + j as u64) * 8);
+        if view.write(at, &f.0.to_le_bytes()).is_err() {
+            rc = Err(Errno::EFAULT);
+        }
+    }
+    let exchanged = start + o.exchanged as u64;
+    let stopped = o.stopped.or(short.then_some(Errno::EFAULT));
+    let total = if stopped.is_none() { in_nr } else { exchanged };
+    write_done(m, total)?;
+    match stopped {
+        Some(e) => Err(e),
+        None => rc,
+    }
 }
