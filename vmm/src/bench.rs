@@ -35,6 +35,71 @@ pub struct BenchReport {
     pub batches: Vec<BatchFigures>,
     /// The guest's own TSC timings (medians), when it printed them.
     pub ticks: Option<GuestTicks>,
+    /// The kernel patterns, in the guest's order.
+    pub patterns: Vec<PatternFigures>,
+}
+
+/// One kernel pattern of the bench guest: what one operation costs end to end (median
+/// interval between consecutive operations, exit included), inside the VMM, and in
+/// host-side invalidation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatternFigures {
+    /// What it is.
+    pub name: &'static str,
+    /// End to end per operation, ns.
+    pub end_to_end_ns: f64,
+    /// Served in the VMM per operation (all its hypercalls), ns.
+    pub served_ns: f64,
+    /// Host-side invalidation per operation, ns.
+    pub invalidation_ns: f64,
+}
+
+/// The bench guest's phase marker (`xen_version(0, MARKER + k)`).
+const MARKER: u64 = 0xbe00;
+/// The patterns, by phase: name, and the hypercall that starts each operation.
+const PATTERNS: [(&str, u64); 4] = [
+    ("hook-in: one non-leaf entry, not present -> present", 1),
+    ("replace: one present non-leaf entry -> another L1", 1),
+    ("pin + unpin of a fresh L1", 26),
+    ("remap storm: one L1 remap + INVLPG", 1),
+];
+
+/// The kernel patterns from the bench guest's timings.
+fn patterns(t: &[HypercallTiming]) -> Vec<PatternFigures> {
+    let xv = pvmmu_abi::hypercall::HYPERVISOR_xen_version;
+    let mark = |k: u64| t.iter().position(|h| h.nr == xv && h.count == MARKER + k);
+    let mut out = Vec::new();
+    for (k, (name, first)) in PATTERNS.iter().enumerate() {
+        let (Some(a), Some(b)) = (mark(k as u64), mark(k as u64 + 1)) else {
+            continue;
+        };
+        let phase = &t[a + 1..b];
+        let starts: Vec<usize> = (0..phase.len())
+            .filter(|&i| phase[i].nr == *first)
+            .collect();
+        // For pin + unpin, an operation starts at every other mmuext_op.
+        let starts: Vec<usize> = if *first == 26 {
+            starts.into_iter().step_by(2).collect()
+        } else {
+            starts
+        };
+        let mut gaps = Vec::new();
+        let mut served = Vec::new();
+        let mut inval = Vec::new();
+        for w in starts.windows(2) {
+            gaps.push((phase[w[1]].at - phase[w[0]].at).as_nanos() as f64);
+            let ops = &phase[w[0]..w[1]];
+            served.push(ops.iter().map(|h| h.served.as_nanos() as f64).sum());
+            inval.push(ops.iter().map(|h| h.invalidation.as_nanos() as f64).sum());
+        }
+        out.push(PatternFigures {
+            name,
+            end_to_end_ns: median(gaps),
+            served_ns: median(served),
+            invalidation_ns: median(inval),
+        });
+    }
+    out
 }
 
 /// What the bench guest timed with its own TSC, in ticks (medians of its rounds).
@@ -118,6 +183,12 @@ impl BenchReport {
                 "library_ns_per_update": b.library_ns,
             })).collect::<Vec<_>>(),
             "target_512": { "ratio": ratio, "met": met },
+            "kernel_patterns": self.patterns.iter().map(|p| serde_json::json!({
+                "name": p.name,
+                "end_to_end_ns": p.end_to_end_ns,
+                "served_ns": p.served_ns,
+                "host_invalidation_ns": p.invalidation_ns,
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -193,10 +264,20 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
     let (exit_gaps, _) = series(t, pvmmu_abi::hypercall::HYPERVISOR_xen_version, None);
     // Consecutive `iret`s: each gap is one exception, its delivery and the return.
     let (bounce_gaps, _) = series(t, pvmmu_abi::hypercall::HYPERVISOR_iret, None);
+    // The batch rounds come before the kernel patterns' first marker.
+    let first_mark = t
+        .iter()
+        .position(|h| h.nr == pvmmu_abi::hypercall::HYPERVISOR_xen_version && h.count == MARKER)
+        .unwrap_or(t.len());
     let batches = SIZES
         .iter()
         .map(|&size| {
-            let (gaps, served) = series(t, pvmmu_abi::hypercall::HYPERVISOR_mmu_update, Some(size));
+            let rounds = &t[..first_mark];
+            let (gaps, served) = series(
+                rounds,
+                pvmmu_abi::hypercall::HYPERVISOR_mmu_update,
+                Some(size),
+            );
             BatchFigures {
                 size,
                 end_to_end_ns: median(gaps) / size as f64,
@@ -214,6 +295,7 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
             .lock()
             .ok()
             .and_then(|v| GuestTicks::parse(&String::from_utf8_lossy(&v))),
+        patterns: patterns(t),
     })
 }
 
@@ -246,6 +328,28 @@ pub fn table(r: &BenchReport) -> String {
             t.bounce / t.exit,
             t.probe / t.exit
         ));
+    }
+    if !r.patterns.is_empty() {
+        s.push_str("\nkernel pattern (per operation)                      | end to end us | in the VMM us | host invalidation us\n");
+        for p in &r.patterns {
+            s.push_str(&format!(
+                "{:<52} | {:>13.1} | {:>13.1} | {:>20.1}\n",
+                p.name,
+                p.end_to_end_ns / 1e3,
+                p.served_ns / 1e3,
+                p.invalidation_ns / 1e3
+            ));
+        }
+        if let (Some(hook), Some(replace)) = (r.patterns.first(), r.patterns.get(1)) {
+            s.push_str(&format!(
+                "targets: hook-in <= exit cost + 2 us ({:.1} <= {:.1}: {}); replace <= 50 us ({:.1}: {})\n",
+                hook.end_to_end_ns / 1e3,
+                (r.exit_ns + 2000.0) / 1e3,
+                if hook.end_to_end_ns <= r.exit_ns + 2000.0 { "met" } else { "missed" },
+                replace.end_to_end_ns / 1e3,
+                if replace.end_to_end_ns <= 50_000.0 { "met" } else { "missed" },
+            ));
+        }
     }
     if let Some((ratio, met)) = r.target_512() {
         s.push_str(&format!(

@@ -19,6 +19,7 @@ impl Vm {
     /// guest kernel, as Xen treats a `syscall` there (the hypercall page's too).
     pub(super) fn hypercall(&mut self, entry: Entry) -> Result<Option<GuestExit>, VmError> {
         let arrived = Instant::now();
+        let invalidated = self.machine.flusher().stats.time;
         let mut regs = self.vcpu.regs();
         if entry == Entry::Syscall && self.syscall_ring0 != Some(false) {
             // Where `syscall` entered ring 0 (hardware KVM), go back to CPL3 first.
@@ -64,6 +65,7 @@ impl Vm {
                 count: args[1],
                 at: arrived - self.started,
                 served: arrived.elapsed(),
+                invalidation: self.machine.flusher().stats.time - invalidated,
             });
         }
         match served.outcome {

@@ -207,6 +207,8 @@ pub struct HypercallTiming {
     pub at: Duration,
     /// Time spent serving it.
     pub served: Duration,
+    /// Of which host-side invalidation.
+    pub invalidation: Duration,
 }
 
 /// The console of `console_io`: the serial UART.
