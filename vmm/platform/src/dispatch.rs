@@ -498,17 +498,39 @@ impl Platform<'_> {
                 }
                 0
             }
+            // Xen keeps the reason as a byte.
             SCHEDOP_shutdown => match m.kernel_view(caller).read_u32(a[1]) {
                 Ok(reason) => {
-                    self.shutdown = Some(reason);
+                    self.shutdown = Some(reason & 0xff);
                     0
                 }
                 Err(e) => e.neg(),
             },
+            // The code a later shutdown reports: accepted (nothing reports it here).
+            SCHEDOP_SHUTDOWN_CODE => match m.kernel_view(caller).read_u32(a[1]) {
+                Ok(_) => 0,
+                Err(e) => e.neg(),
+            },
+            // Another domain's shutdown: its device model's or the control domain's
+            // business (-ESRCH for a domain that does not exist).
+            SCHEDOP_REMOTE_SHUTDOWN => match m.kernel_view(caller).read_array::<8>(a[1]) {
+                Ok(b) => match m.domain(u16::from_le_bytes([b[0], b[1]])) {
+                    Some(_) => Errno::EPERM.neg(),
+                    None => Errno::ESRCH.neg(),
+                },
+                Err(e) => e.neg(),
+            },
+            // Only the hardware domain may override vCPU pinning.
+            SCHEDOP_PIN_OVERRIDE => Errno::EPERM.neg(),
             _ => Errno::ENOSYS.neg(),
         }
     }
 }
+
+/// `SCHEDOP_remote_shutdown`, `SCHEDOP_shutdown_code`, `SCHEDOP_pin_override`.
+const SCHEDOP_REMOTE_SHUTDOWN: u32 = 4;
+const SCHEDOP_SHUTDOWN_CODE: u32 = 5;
+const SCHEDOP_PIN_OVERRIDE: u32 = 7;
 
 fn rc(r: Result<(), Errno>) -> i64 {
     r.map_or_else(|e| e.neg(), |()| 0)
@@ -567,13 +589,14 @@ fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         XENVER_changeset => put(&padded(b"pvmmu", XEN_CHANGESET_INFO_LEN)),
         XENVER_platform_parameters => put(&pvmmu_abi::layout::HYPERVISOR_VIRT_START.to_le_bytes()),
         XENVER_get_features => {
-            // struct { u32 submap_idx; u32 submap; }: submap 0 is Xen's for a PV domU
-            // (writable page tables are a VM assist for PV, not a feature); any other
-            // index is -EINVAL.
-            let mut idx = [0u8; 4];
-            if let Err(e) = view.read(a[1], &mut idx) {
+            // struct { u32 submap_idx; u32 submap; }, copied in whole: submap 0 is
+            // Xen's for a PV domU (writable page tables are a VM assist for PV, not a
+            // feature); any other index is -EINVAL.
+            let mut whole = [0u8; 8];
+            if let Err(e) = view.read(a[1], &mut whole) {
                 return e.neg();
             }
+            let idx = [whole[0], whole[1], whole[2], whole[3]];
             if u32::from_le_bytes(idx) != 0 {
                 return Errno::EINVAL.neg();
             }
@@ -586,6 +609,9 @@ fn xen_version<F: TlbFlush>(m: &Mach<F>, caller: Caller, a: [u64; 5]) -> i64 {
         // Restricted to privileged domains: a domU reads "<denied>".
         XENVER_commandline => put(&padded(DENIED, DENIED.len() + 1)),
         XENVER_build_id => Errno::EPERM.neg(),
+        // The variable-length forms (extraversion2, capabilities2, changeset2,
+        // commandline2): refused to a domU by the default policy.
+        11..=14 => Errno::EPERM.neg(),
         _ => Errno::ENOSYS.neg(),
     }
 }

@@ -311,6 +311,11 @@ impl EventChannels {
         if vcpu >= self.nr_vcpus() {
             return Err(Errno::ENOENT);
         }
+        // A global VIRQ goes to its handler domain, the hardware domain unless the
+        // toolstack moved it: never a domU's to bind.
+        if virq_is_global(virq) && virq != VIRQ_ARGO {
+            return Err(Errno::EBUSY);
+        }
         if self.virqs[vcpu as usize][virq as usize] != 0 {
             return Err(Errno::EEXIST);
         }
@@ -460,6 +465,9 @@ impl EventChannels {
 }
 
 /// Xen's `virq_is_global`: the timer, debug, xenoprof and PMU VIRQs are per vCPU.
+/// `VIRQ_ARGO`: a per-domain VIRQ (neither per-vCPU nor global).
+const VIRQ_ARGO: u32 = 11;
+
 const fn virq_is_global(virq: u32) -> bool {
     !matches!(virq, 0 | 1 | 7 | 13)
 }

@@ -3,7 +3,6 @@
 //! vCPU and merges what hardware reports at a #DB.
 
 use pvmmu::Errno;
-use pvmmu_abi::layout::{HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START};
 
 use super::{PvVcpu, cr4};
 
@@ -61,7 +60,9 @@ impl PvVcpu {
         let d = &mut self.debug;
         match reg {
             0..=3 => {
-                if (HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&value) {
+                // Xen's breakpoint_addr_ok: the guest's half or above the hypervisor's
+                // range (a non-canonical address is refused too).
+                if !pvmmu_abi::layout::is_guest_va(value) {
                     return Err(Errno::EPERM);
                 }
                 d.dr[reg as usize] = value;
@@ -103,7 +104,7 @@ impl PvVcpu {
                 value &= !io_enable;
                 d.dr7 = value;
             }
-            _ => return Err(Errno::EINVAL),
+            _ => return Err(Errno::ENODEV),
         }
         d.dirty = true;
         Ok(())

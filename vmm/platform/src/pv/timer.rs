@@ -13,8 +13,8 @@ use super::{Mach, PvVcpu};
 pub const DEFAULT_PERIOD_NS: u64 = 10_000_000;
 /// Shortest period `VCPUOP_set_periodic_timer` accepts (1 ms).
 const MIN_PERIOD_NS: u64 = 1_000_000;
-/// Longest time delta Xen accepts (`STIME_DELTA_MAX`, 2^62 ns).
-const STIME_DELTA_MAX: u64 = 1 << 62;
+/// Longest time delta Xen accepts (`STIME_DELTA_MAX`, 2^62 - 1 ns).
+const STIME_DELTA_MAX: u64 = u64::MAX >> 2;
 /// Where Xen puts a "huge" single-shot timeout instead (100 ms from now).
 const HUGE_TIMEOUT_DELAY_NS: u64 = 100_000_000;
 
@@ -26,8 +26,6 @@ pub(super) const VCPUOP_STOP_PERIODIC_TIMER: u32 = 7;
 pub(super) const VCPUOP_SET_SINGLESHOT_TIMER: u32 = 8;
 /// `VCPUOP_stop_singleshot_timer`.
 pub(super) const VCPUOP_STOP_SINGLESHOT_TIMER: u32 = 9;
-/// `VCPU_SSHOTTMR_future`: refuse a timeout already in the past.
-const VCPU_SSHOTTMR_FUTURE: u32 = 1;
 
 /// The timers of one vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,16 +86,14 @@ impl PvVcpu {
             }
             VCPUOP_SET_SINGLESHOT_TIMER => {
                 // struct vcpu_set_singleshot_timer { uint64_t timeout_abs_ns;
-                //                                    uint32_t flags; }
-                let b = match m.kernel_view(self.caller).read_array::<12>(arg) {
+                //                                    uint32_t flags; } (16 bytes). Xen
+                // ignores the flags (VCPU_SSHOTTMR_future included): a timeout in the
+                // past fires at once.
+                let b = match m.kernel_view(self.caller).read_array::<16>(arg) {
                     Ok(b) => b,
                     Err(e) => return e.neg(),
                 };
                 let timeout = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-                let flags = u32::from_le_bytes(b[8..12].try_into().unwrap_or_default());
-                if flags & VCPU_SSHOTTMR_FUTURE != 0 && timeout < self.system_time_ns() {
-                    return Errno::ETIME.neg();
-                }
                 self.timers.singleshot = Some(timeout);
                 0
             }
