@@ -16,9 +16,10 @@ use crate::machine::{Machine, MachineError};
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// Registers frame `mfn` as `caller`'s `vcpu_info` page (Xen's checks in
-    /// `map_vcpu_info`): -EINVAL if the vCPU already has one, if the frame is not the
-    /// caller's, or if it cannot take the writable type (a page table, a descriptor
-    /// page). On success it holds a general and a writable type reference.
+    /// `VCPUOP_register_vcpu_info` and `map_guest_area`, from the frame on): -EBUSY if
+    /// the vCPU already has one, -EINVAL if the frame is not the caller's RAM, -EACCES
+    /// if it cannot take the writable type (a page table, a descriptor page). On
+    /// success it holds a general and a writable type reference.
     ///
     /// ```
     /// use pvmmu::{Caller, DomainConfig, Errno, Machine, MachineConfig, Mfn};
@@ -29,7 +30,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
     /// let me = Caller::new(d, 0);
     /// assert_eq!(m.register_vcpu_info(me, Mfn(0x12))?, Ok(()));
-    /// assert_eq!(m.register_vcpu_info(me, Mfn(0x13))?, Err(Errno::EINVAL), "once");
+    /// assert_eq!(m.register_vcpu_info(me, Mfn(0x13))?, Err(Errno::EBUSY), "once");
     /// assert_eq!(m.frames().get(Mfn(0x12)).unwrap().type_count, 1);
     /// # Ok::<(), pvmmu::MachineError>(())
     /// ```
@@ -44,16 +45,14 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             .vcpu(caller)
             .is_some_and(|v| v.vcpu_info_frame.is_some())
         {
+            return Ok(Err(Errno::EBUSY));
+        }
+        if !core.frames.get_page(mfn, caller.dom) {
             return Ok(Err(Errno::EINVAL));
         }
-        if core.frames.get(mfn).is_none() {
-            return Ok(Err(Errno::EINVAL));
-        }
-        if core
-            .get_page_and_type(mem, mfn, caller.dom, PageType::Writable)
-            .is_err()
-        {
-            return Ok(Err(Errno::EINVAL));
+        if core.get_page_type(mem, mfn, PageType::Writable).is_err() {
+            core.frames.put_page(mfn);
+            return Ok(Err(Errno::EACCES));
         }
         if let Some(v) = core.vcpu_mut(caller) {
             v.vcpu_info_frame = Some(mfn);

@@ -135,8 +135,13 @@ fn vcpu_info_moves_into_a_guest_frame_once() {
         "no room"
     );
     assert_eq!(register(&mut w, frame, 4), Errno::ENXIO.neg(), "misaligned");
+    assert_eq!(
+        register(&mut w, frame, 4096),
+        Errno::EINVAL.neg(),
+        "beyond the frame"
+    );
     let l4 = w.d.boot.l4.0;
-    assert_eq!(register(&mut w, l4, 0), Errno::EINVAL.neg(), "a page table");
+    assert_eq!(register(&mut w, l4, 0), Errno::EACCES.neg(), "a page table");
     assert_eq!(
         register(&mut w, 0x7fff_ffff, 0),
         Errno::EINVAL.neg(),
@@ -164,9 +169,12 @@ fn vcpu_info_moves_into_a_guest_frame_once() {
     );
     assert_eq!(
         register(&mut w, frame + 1, 0),
-        Errno::EINVAL.neg(),
+        Errno::EBUSY.neg(),
         "only once"
     );
+    // -EBUSY comes before the area's own checks, -EINVAL before both.
+    assert_eq!(register(&mut w, frame + 1, 4), Errno::EBUSY.neg());
+    assert_eq!(register(&mut w, frame + 1, 5000), Errno::EINVAL.neg());
     w.d.machine.audit().unwrap();
     let mut d = w.d;
     d.machine.destroy_domain(platform::DOMID).unwrap();
@@ -753,6 +761,11 @@ fn answers_in_xens_order_where_review_found_them_different() {
         Errno::EPERM.neg()
     );
     assert_eq!(w.call(HYPERVISOR_set_debugreg, [0, 0x1000, 0, 0, 0]), 0);
+    // vcpu_op: up on the caller (already up), an NMI with an argument, the physical
+    // CPU id.
+    assert_eq!(vcpu_op(&mut w, 1, 0, 0), 0);
+    assert_eq!(vcpu_op(&mut w, 11, 0, ARG), Errno::EINVAL.neg());
+    assert_eq!(vcpu_op(&mut w, 12, 0, ARG), Errno::EINVAL.neg());
     // bind_virq of a global VIRQ (VIRQ_CONSOLE): its handler is the hardware domain.
     let mut b = [0u8; 12];
     b[..4].copy_from_slice(&2u32.to_le_bytes());

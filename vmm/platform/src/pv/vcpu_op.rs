@@ -9,8 +9,13 @@ use pvmmu::{Errno, TlbFlush};
 
 use super::{Mach, PvVcpu};
 
+/// `VCPUOP_up`.
+const VCPUOP_UP: u32 = 1;
 /// `VCPUOP_is_up`.
 const VCPUOP_IS_UP: u32 = 3;
+/// `VCPUOP_send_nmi`, `VCPUOP_get_physid`.
+const VCPUOP_SEND_NMI: u32 = 11;
+const VCPUOP_GET_PHYSID: u32 = 12;
 /// `VCPUOP_get_runstate_info`.
 const VCPUOP_GET_RUNSTATE_INFO: u32 = 4;
 /// `VCPUOP_register_runstate_memory_area`.
@@ -67,6 +72,11 @@ impl PvVcpu {
         Some(match cmd as u32 {
             // Other vCPUs are not brought up yet: only the caller is up.
             VCPUOP_IS_UP => i64::from(own),
+            // The caller is up already: nothing to do.
+            VCPUOP_UP if own => 0,
+            // An NMI takes no argument; the physical CPU is the hardware domain's.
+            VCPUOP_SEND_NMI if arg != 0 => Errno::EINVAL.neg(),
+            VCPUOP_GET_PHYSID => Errno::EINVAL.neg(),
             VCPUOP_GET_RUNSTATE_INFO if own => {
                 let r = m.kernel_view(self.caller).write(arg, &self.runstate_info());
                 r.map_or_else(|e| e.neg(), |()| 0)
@@ -100,10 +110,11 @@ impl PvVcpu {
         })
     }
 
-    /// `VCPUOP_register_vcpu_info` (Xen's `map_vcpu_info`): `vcpu_info` moves to byte
-    /// `offset` of frame `mfn` (`struct vcpu_register_vcpu_info { mfn, offset, rsvd }`).
-    /// The offset must leave room for the 64 bytes and be 8-aligned (else -ENXIO); the
-    /// frame must be the guest's and writable (-EINVAL, as a second registration is).
+    /// `VCPUOP_register_vcpu_info`: `vcpu_info` moves to byte `offset` of frame `mfn`
+    /// (`struct vcpu_register_vcpu_info { mfn, offset, rsvd }`), checked in Xen's order:
+    /// an offset beyond the frame -EINVAL, a second registration -EBUSY, an area that
+    /// does not fit or is not 8-aligned -ENXIO, a frame not the guest's -EINVAL, one
+    /// that cannot be writable -EACCES.
     /// The contents move with it, and every event is marked pending, as Xen does.
     fn register_vcpu_info<F: TlbFlush>(&mut self, m: &mut Mach<F>, arg: u64) -> i64 {
         use pvmmu_abi::shared_info::{
@@ -116,6 +127,20 @@ impl PvVcpu {
         };
         let mfn = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
         let offset = u64::from(u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()));
+        // Xen's order: the address must stay in frame `mfn` (-EINVAL), the vCPU must
+        // have none yet (-EBUSY), the area must fit in the frame, 8-aligned (-ENXIO),
+        // then the frame's own checks (the library's).
+        let gaddr = (mfn << 12).wrapping_add(offset);
+        if gaddr == u64::MAX || gaddr >> 12 != mfn || mfn >> 52 != 0 {
+            return Errno::EINVAL.neg();
+        }
+        let registered = m
+            .domain(self.caller.dom)
+            .and_then(|d| d.vcpus().get(self.caller.vcpu as usize))
+            .is_some_and(|v| v.vcpu_info_frame.is_some());
+        if registered {
+            return Errno::EBUSY.neg();
+        }
         if offset > 4096 - VCPU_INFO_SIZE as u64 || offset % 8 != 0 {
             return Errno::ENXIO.neg();
         }
