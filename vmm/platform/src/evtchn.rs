@@ -400,28 +400,45 @@ impl EventChannels {
 
     fn status<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
         // struct { domid_t dom; evtchn_port_t port; uint32_t status; uint32_t vcpu;
-        //          union { ... } u; }
-        let b = m.kernel_view(caller).read_array::<8>(arg)?;
+        //          union { ... } u; }, copied in whole and back in whole: only the
+        // union member that applies is set, the rest keeps what the guest passed.
+        let mut b = m.kernel_view(caller).read_array::<24>(arg)?;
         let dom = u16::from_le_bytes([b[0], b[1]]);
-        own_domain(m, caller, dom)?;
         let port = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
+        match own_domain(m, caller, dom) {
+            Ok(()) => {}
+            // Another domain's port: checked before the permission (its ports are
+            // not modelled: any the 2-level ABI can name counts as valid).
+            Err(Errno::EPERM) if port as usize >= EVTCHN_2L_NR_CHANNELS => {
+                return Err(Errno::EINVAL);
+            }
+            Err(e) => return Err(e),
+        }
         let p = self.port(port).ok_or(Errno::EINVAL)?;
-        let mut out = [0u8; 16];
-        let (status, u0, u1) = match p.state {
-            PortState::Free | PortState::Reserved => (STAT_CLOSED, 0, 0),
-            PortState::Unbound { remote } => (STAT_UNBOUND, u32::from(remote), 0),
+        let put = |b: &mut [u8; 24], at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        let status = match p.state {
+            PortState::Free | PortState::Reserved => STAT_CLOSED,
+            PortState::Unbound { remote } => {
+                put(&mut b, 16, &remote.to_le_bytes());
+                STAT_UNBOUND
+            }
             PortState::Interdomain {
                 remote,
                 remote_port,
-            } => (STAT_INTERDOMAIN, u32::from(remote), remote_port),
-            PortState::Virq(v) => (STAT_VIRQ, v, 0),
-            PortState::Ipi => (STAT_IPI, 0, 0),
+            } => {
+                put(&mut b, 16, &remote.to_le_bytes());
+                put(&mut b, 20, &remote_port.to_le_bytes());
+                STAT_INTERDOMAIN
+            }
+            PortState::Virq(v) => {
+                put(&mut b, 16, &v.to_le_bytes());
+                STAT_VIRQ
+            }
+            PortState::Ipi => STAT_IPI,
         };
-        out[0..4].copy_from_slice(&status.to_le_bytes());
-        out[4..8].copy_from_slice(&p.vcpu.to_le_bytes());
-        out[8..12].copy_from_slice(&u0.to_le_bytes());
-        out[12..16].copy_from_slice(&u1.to_le_bytes());
-        m.kernel_view(caller).write(arg + 8, &out)
+        put(&mut b, 8, &status.to_le_bytes());
+        put(&mut b, 12, &p.vcpu.to_le_bytes());
+        m.kernel_view(caller).write(arg, &b)
     }
 
     fn bind_vcpu<F: TlbFlush>(

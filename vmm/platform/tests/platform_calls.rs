@@ -766,6 +766,33 @@ fn answers_in_xens_order_where_review_found_them_different() {
     assert_eq!(vcpu_op(&mut w, 1, 0, 0), 0);
     assert_eq!(vcpu_op(&mut w, 11, 0, ARG), Errno::EINVAL.neg());
     assert_eq!(vcpu_op(&mut w, 12, 0, ARG), Errno::EINVAL.neg());
+    // EVTCHNOP_status: another domain's bad port is -EINVAL before -EPERM; the union
+    // bytes that do not apply keep what the guest passed (an IPI port: none apply).
+    let evtchn_op = pvmmu_abi::hypercall::HYPERVISOR_event_channel_op;
+    let mut st = [0u8; 24];
+    st[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    w.poke(ARG, &st);
+    assert_eq!(w.call(evtchn_op, [5, ARG, 0, 0, 0]), Errno::EINVAL.neg());
+    st[4..8].copy_from_slice(&5u32.to_le_bytes());
+    w.poke(ARG, &st);
+    assert_eq!(w.call(evtchn_op, [5, ARG, 0, 0, 0]), Errno::EPERM.neg());
+    let mut ipi = [0u8; 8];
+    w.poke(ARG, &ipi);
+    assert_eq!(w.call(evtchn_op, [7, ARG, 0, 0, 0]), 0);
+    ipi.copy_from_slice(&w.peek::<8>(ARG));
+    let port = u32::from_le_bytes(ipi[4..8].try_into().unwrap());
+    let mut st = [0xabu8; 24];
+    st[..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    st[4..8].copy_from_slice(&port.to_le_bytes());
+    w.poke(ARG, &st);
+    assert_eq!(w.call(evtchn_op, [5, ARG, 0, 0, 0]), 0);
+    let out = w.peek::<24>(ARG);
+    assert_eq!(
+        u32::from_le_bytes(out[8..12].try_into().unwrap()),
+        5,
+        "EVTCHNSTAT_ipi"
+    );
+    assert_eq!(out[16..24], [0xab; 8], "union untouched");
     // bind_virq of a global VIRQ (VIRQ_CONSOLE): its handler is the hardware domain.
     let mut b = [0u8; 12];
     b[..4].copy_from_slice(&2u32.to_le_bytes());
