@@ -28,10 +28,10 @@ const ROUNDS: u64 = 40;
 pub fn guest_main(si: &'static StartInfo) {
     let mut frames = Frames::new();
     let (l2, l1) = (frames.take(), frames.take());
-    // The kernel patterns' fresh L1s, first, inside the builder's initial mapping.
-    let fresh: [u64; ROUNDS as usize + 1] = core::array::from_fn(|_| frames.take());
     let data: [u64; 512] = core::array::from_fn(|_| frames.take());
     let alt: [u64; 512] = core::array::from_fn(|_| frames.take());
+    // The kernel patterns' fresh L1s: frames beyond everything touched so far.
+    let fresh: [u64; ROUNDS as usize + 1] = core::array::from_fn(|_| frames.take());
     let l1 = suite::map_range(l2, l1, 1, &data);
     for _ in 0..ROUNDS {
         rt::xen_version(0, 0);
@@ -101,11 +101,14 @@ fn ext(cmd: u32, arg: u64, what: &str) {
 fn kernel_patterns(pfns: &[u64], l2: u64, l1: u64, data: &[u64], alt: &[u64]) {
     let n = ROUNDS as usize;
     let l2 = rt::mem::pfn_to_mfn(l2);
-    // Fresh L1s, zeroed, read-only in the builder's map, pinned.
+    // Fresh L1s, pinned: frames the builder's map leaves out are untouched (zero) and
+    // mapped nowhere; one it maps is zeroed and made read-only first.
     let mut fresh = [0u64; ROUNDS as usize + 1];
     for (f, &pfn) in fresh.iter_mut().zip(pfns) {
-        suite::zero(pfn);
-        update(&[suite::make_readonly(pfn)], "read-only");
+        if pfn < rt::mem::mapped_end_pfn() {
+            suite::zero(pfn);
+            update(&[suite::make_readonly(pfn)], "read-only");
+        }
         *f = rt::mem::pfn_to_mfn(pfn);
         ext(MMUEXT_PIN_L1_TABLE, *f, "pin");
     }
