@@ -13,6 +13,7 @@ use crate::entry::Mfn;
 use crate::frame::Owner;
 use crate::guest::{GuestView, guest_range_ok};
 use crate::machine::Core;
+use crate::paging::PAGE_SIZE;
 
 /// Who issues a hypercall: a domain and one of its vCPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,6 +141,26 @@ pub(crate) struct GuestEntries<'v, 'm, 'l, M: ?Sized> {
     /// Where the bytes of every entry read are appended, when the embedder records
     /// them (traces).
     pub log: Option<&'l mut Vec<u8>>,
+    /// The array's bytes from the current entry to the end of its page.
+    pub page: PageBuf,
+}
+
+/// The bytes of a batch array read a page at a time (one translation and one copy per
+/// page of requests), with the tables that map them: a write to one of those tables
+/// (a request remapping the array itself) drops them, so later entries are read
+/// through the new mapping, as Xen reads each entry when it comes to it.
+#[derive(Debug, Default)]
+pub(crate) struct PageBuf {
+    va: u64,
+    bytes: Vec<u8>,
+    tables: [Mfn; 4],
+}
+
+impl PageBuf {
+    fn get(&self, va: u64, len: usize) -> Option<&[u8]> {
+        let off = usize::try_from(va.checked_sub(self.va)?).ok()?;
+        self.bytes.get(off..off.checked_add(len)?)
+    }
 }
 
 impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, '_, M> {
@@ -153,16 +174,38 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
             .va
             .checked_add(u64::from(i) * T::SIZE as u64)
             .ok_or(Errno::EFAULT)?;
-        self.view.read(va, buf)?;
+        if let Some(b) = self.page.get(va, T::SIZE) {
+            buf.copy_from_slice(b);
+        } else {
+            let page_end = (va | (PAGE_SIZE - 1)).wrapping_add(1);
+            let array_end = self
+                .va
+                .saturating_add(u64::from(self.count) * T::SIZE as u64);
+            let n = page_end.min(array_end).wrapping_sub(va);
+            if (T::SIZE as u64) <= n && n <= PAGE_SIZE {
+                // The rest of the array on this page, in one copy.
+                self.page.bytes.resize(n as usize, 0);
+                self.page.tables = self.view.read_in_page(va, &mut self.page.bytes)?;
+                self.page.va = va;
+                buf.copy_from_slice(&self.page.bytes[..T::SIZE]);
+            } else {
+                // An entry across a page boundary: read as it lies.
+                self.view.read(va, buf)?;
+            }
+        }
         if let Some(log) = self.log.as_deref_mut() {
             log.extend_from_slice(buf);
         }
         T::decode(buf).ok_or(Errno::EFAULT)
     }
     fn table_written(&mut self, table: Mfn) {
+        if self.page.tables.contains(&table) {
+            self.page.bytes.clear();
+        }
         self.view.table_written(table);
     }
     fn root_changed(&mut self, root: Option<Mfn>) {
+        self.page.bytes.clear();
         self.view.set_root(root);
     }
 }

@@ -113,6 +113,18 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
         Ok(c.paddr + (va - page))
     }
 
+    /// Copies `buf.len()` bytes from guest VA `va`, which must lie in one page, and
+    /// returns the tables on the path that maps it (root first): a caller keeping the
+    /// bytes knows which table writes make them stale.
+    pub(crate) fn read_in_page(&mut self, va: u64, buf: &mut [u8]) -> Result<[Mfn; 4], Errno> {
+        let pa = self.translate(va, false)?;
+        let tables = self.cache.map(|c| c.tables).ok_or(Errno::EFAULT)?;
+        self.mem
+            .read_slice(buf, GuestAddress(pa))
+            .map_err(|_| Errno::EFAULT)?;
+        Ok(tables)
+    }
+
     /// Copies `buf.len()` bytes from guest VA `va`.
     pub fn read(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let mut done = 0usize;

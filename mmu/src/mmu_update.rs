@@ -355,6 +355,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             va: reqs,
             count,
             log: reads.as_mut(),
+            page: Default::default(),
         };
         let outcome = core.mmu_update_batch(mem, caller, &mut src, foreigndom as u32);
         Ok(finish(&mut view, outcome, carried, pdone))

@@ -387,6 +387,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             va: ops,
             count,
             log: reads.as_mut(),
+            page: Default::default(),
         };
         let outcome = core.mmuext_batch(mem, caller, &mut src, Some(&mut view), foreigndom as u32);
         Ok(finish(&mut view, outcome, carried, pdone))

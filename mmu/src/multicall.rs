@@ -42,14 +42,16 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             }
             let root = self.kernel_root(caller);
             let entry: Result<MulticallEntry, Errno> = {
+                // Each entry on its own: the one before may have changed anything.
                 let mut view = GuestView::new(&self.mem, root);
                 let mut src = GuestEntries {
                     view: &mut view,
-                    va: list,
-                    count,
+                    va: list.wrapping_add(u64::from(i) * MulticallEntry::SIZE as u64),
+                    count: 1,
                     log: self.reads.as_mut(),
+                    page: Default::default(),
                 };
-                src.read(i)
+                src.read(0)
             };
             let Ok(entry) = entry else {
                 return Ok(Errno::EFAULT.neg());

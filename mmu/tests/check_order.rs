@@ -178,3 +178,64 @@ fn vm_assist_checks_the_type_before_the_command() {
     // Both valid: done.
     assert_eq!(g.m.hypercall_vm_assist(g.c, 0, 2).unwrap(), 0);
 }
+
+#[test]
+fn a_request_that_remaps_the_array_itself_is_seen_by_the_next_entry() {
+    // Xen reads each request when it comes to it: entry 0 points the array's own VA at
+    // another frame holding different requests, and entry 1 is read from there.
+    let mut g = guest();
+    let (a, b) = (g.take(), g.take());
+    let (target1, target2) = (g.take(), g.take());
+    let va = va_of(a.0);
+    let pte = g.pte_addr(va);
+    let p1 = g.pte_addr(va_of(target1.0));
+    let p2 = g.pte_addr(va_of(target2.0));
+    // Frame a: [remap va -> b, make target1 read-only]; frame b: entry 1 makes target2
+    // read-only instead.
+    let write = |g: &Guest, f: pvmmu::Mfn, i: u64, r: MmuUpdate| {
+        g.write_raw(f.addr() + i * 16, r.ptr);
+        g.write_raw(f.addr() + i * 16 + 8, r.val);
+    };
+    write(
+        &g,
+        a,
+        0,
+        MmuUpdate {
+            ptr: pte,
+            val: b.addr() | P | RW | A,
+        },
+    );
+    write(
+        &g,
+        a,
+        1,
+        MmuUpdate {
+            ptr: p1,
+            val: target1.addr() | P | A,
+        },
+    );
+    write(
+        &g,
+        b,
+        1,
+        MmuUpdate {
+            ptr: p2,
+            val: target2.addr() | P | A,
+        },
+    );
+    let rax =
+        g.m.hypercall_mmu_update(g.c, va, 2, 0, u64::from(SELF))
+            .unwrap();
+    assert_eq!(rax, 0);
+    assert_eq!(
+        g.read(p1) & RW,
+        RW,
+        "entry 1 was not read from the old page"
+    );
+    assert_eq!(
+        g.read(p2) & RW,
+        0,
+        "entry 1 was read through the new mapping"
+    );
+    g.audit();
+}
