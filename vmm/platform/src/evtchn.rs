@@ -105,6 +105,13 @@ pub struct EventChannels {
     virqs: Vec<[u32; NR_VIRQS as usize]>,
 }
 
+/// `EVTCHNOP_bind_interdomain`.
+const EVTCHNOP_BIND_INTERDOMAIN: u32 = 0;
+
+/// Ports per bucket (Xen's `EVTCHNS_PER_BUCKET` on x86-64: a page of 64-byte
+/// `struct evtchn`s); a port is valid once its bucket exists.
+const PORTS_PER_BUCKET: usize = 64;
+
 /// The highest port a domain may bind: the toolstack's `max_event_channels` less one,
 /// as xl creates a domU (1023 by default; the 2-level ABI itself has 4096).
 pub const MAX_PORT: u32 = 1023;
@@ -121,32 +128,35 @@ impl EventChannels {
     /// vCPUs' `vcpu_info` are at `vcpu_info`: only port 0 (reserved) exists.
     pub fn new(shared_info: u64, vcpu_info: Vec<u64>) -> EventChannels {
         let n = vcpu_info.len();
+        // The first bucket exists from the start: port 0 reserved, the rest free.
+        let mut ports = vec![Port::default(); PORTS_PER_BUCKET];
+        ports[0].state = PortState::Reserved;
         EventChannels {
-            ports: vec![Port {
-                state: PortState::Reserved,
-                vcpu: 0,
-            }],
+            ports,
             shared_info,
             vcpu_info,
             virqs: vec![[0; NR_VIRQS as usize]; n],
         }
     }
 
-    /// Port `port`, if allocated.
+    /// Port `port`, if it is valid (in a bucket that exists; free ports included, as
+    /// Xen's `port_is_valid`).
     pub fn port(&self, port: u32) -> Option<Port> {
         self.ports.get(port as usize).copied()
     }
 
-    /// Binds the lowest free port as `state` for `vcpu` (Xen's `get_free_port`):
-    /// -ENOSPC beyond [`MAX_PORT`].
+    /// Binds the lowest free port as `state` for `vcpu` (Xen's `get_free_port`, which
+    /// adds a bucket of ports when the ones there are taken): -ENOSPC beyond
+    /// [`MAX_PORT`].
     pub fn allocate(&mut self, state: PortState, vcpu: u32) -> Result<u32, Errno> {
         let port = match self.ports.iter().position(|p| p.state == PortState::Free) {
-            Some(p) => p,
+            Some(p) if p <= MAX_PORT as usize => p,
             None if self.ports.len() <= MAX_PORT as usize => {
-                self.ports.push(Port::default());
-                self.ports.len() - 1
+                let first = self.ports.len();
+                self.ports.resize(first + PORTS_PER_BUCKET, Port::default());
+                first
             }
-            None => return Err(Errno::ENOSPC),
+            _ => return Err(Errno::ENOSPC),
         };
         self.ports[port] = Port { state, vcpu };
         Ok(port as u32)
@@ -259,6 +269,7 @@ impl EventChannels {
         let mut effects = Effects::default();
         let r = match cmd {
             EVTCHNOP_alloc_unbound => self.alloc_unbound(m, caller, arg),
+            EVTCHNOP_BIND_INTERDOMAIN => self.bind_interdomain(m, caller, arg),
             EVTCHNOP_bind_virq => self.bind_virq(m, caller, arg),
             EVTCHNOP_bind_ipi => self.bind_ipi(m, caller, arg),
             EVTCHNOP_close => self.close(m, caller, arg),
@@ -290,6 +301,53 @@ impl EventChannels {
         };
         let port = self.allocate(PortState::Unbound { remote }, 0)?;
         m.kernel_view(caller).write_u32(arg + 4, port)
+    }
+
+    /// Xen's `evtchn_bind_interdomain`: the remote domain (-ESRCH), a free local port
+    /// (-ENOSPC), then the remote port, which must be unbound and offered to the caller
+    /// (-EINVAL). The caller can bind its own unbound ports (a loopback pair); the
+    /// backend domain offers it none of its ports.
+    fn bind_interdomain<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        // struct { domid_t remote_dom; evtchn_port_t remote_port; evtchn_port_t
+        //          local_port; }
+        let b = m.kernel_view(caller).read_array::<12>(arg)?;
+        let rdom = u16::from_le_bytes([b[0], b[1]]);
+        let rport = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
+        let rdom = if rdom == DOMID_SELF { caller.dom } else { rdom };
+        if m.domain(rdom).is_none() {
+            return Err(Errno::ESRCH);
+        }
+        if !self.ports.iter().any(|p| p.state == PortState::Free)
+            && self.ports.len() > MAX_PORT as usize
+        {
+            return Err(Errno::ENOSPC);
+        }
+        let offered = rdom == caller.dom
+            && self
+                .port(rport)
+                .is_some_and(|p| p.state == PortState::Unbound { remote: caller.dom });
+        if !offered {
+            return Err(Errno::EINVAL);
+        }
+        let lport = self.allocate(
+            PortState::Interdomain {
+                remote: caller.dom,
+                remote_port: rport,
+            },
+            0,
+        )?;
+        if let Some(p) = self.ports.get_mut(rport as usize) {
+            p.state = PortState::Interdomain {
+                remote: caller.dom,
+                remote_port: lport,
+            };
+        }
+        m.kernel_view(caller).write_u32(arg + 8, lport)
     }
 
     fn bind_virq<F: TlbFlush>(
@@ -358,6 +416,15 @@ impl EventChannels {
             PortState::Virq(virq) => {
                 if let Some(v) = self.virqs.get_mut(p.vcpu as usize) {
                     v[virq as usize] = 0;
+                }
+            }
+            // The other end of a loopback pair waits again, unbound, as Xen leaves it.
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } if remote == caller.dom && remote_port != port => {
+                if let Some(q) = self.ports.get_mut(remote_port as usize) {
+                    q.state = PortState::Unbound { remote };
                 }
             }
             _ => {}

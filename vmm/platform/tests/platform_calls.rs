@@ -793,6 +793,27 @@ fn answers_in_xens_order_where_review_found_them_different() {
         "EVTCHNSTAT_ipi"
     );
     assert_eq!(out[16..24], [0xab; 8], "union untouched");
+    // Ports of the first bucket are valid before they are allocated: unmask succeeds,
+    // status says closed, send is refused for the state; beyond the bucket, -EINVAL.
+    w.poke(ARG, &40u32.to_le_bytes());
+    assert_eq!(w.call(evtchn_op, [9, ARG, 0, 0, 0]), 0, "unmask");
+    assert_eq!(
+        w.call(evtchn_op, [4, ARG, 0, 0, 0]),
+        Errno::EINVAL.neg(),
+        "send"
+    );
+    let mut st = [0u8; 24];
+    st[..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    st[4..8].copy_from_slice(&40u32.to_le_bytes());
+    w.poke(ARG, &st);
+    assert_eq!(w.call(evtchn_op, [5, ARG, 0, 0, 0]), 0);
+    assert_eq!(
+        u32::from_le_bytes(w.peek::<24>(ARG)[8..12].try_into().unwrap()),
+        0,
+        "closed"
+    );
+    w.poke(ARG, &64u32.to_le_bytes());
+    assert_eq!(w.call(evtchn_op, [9, ARG, 0, 0, 0]), Errno::EINVAL.neg());
     // bind_virq of a global VIRQ (VIRQ_CONSOLE): its handler is the hardware domain.
     let mut b = [0u8; 12];
     b[..4].copy_from_slice(&2u32.to_le_bytes());
@@ -804,4 +825,58 @@ fn answers_in_xens_order_where_review_found_them_different() {
         ),
         Errno::EBUSY.neg()
     );
+}
+
+#[test]
+fn bind_interdomain_pairs_own_unbound_ports_as_xen_checks_them() {
+    let mut w = world();
+    let op = pvmmu_abi::hypercall::HYPERVISOR_event_channel_op;
+    // An unbound port offered to ourselves.
+    let mut a = [0u8; 8];
+    a[..2].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    a[2..4].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    w.poke(ARG, &a);
+    assert_eq!(w.call(op, [6, ARG, 0, 0, 0]), 0);
+    let unbound = u32::from_le_bytes(w.peek::<8>(ARG)[4..].try_into().unwrap());
+    let bind = |w: &mut World, dom: u16, port: u32| {
+        let mut b = [0u8; 12];
+        b[..2].copy_from_slice(&dom.to_le_bytes());
+        b[4..8].copy_from_slice(&port.to_le_bytes());
+        w.poke(ARG, &b);
+        let rc = w.call(op, [0, ARG, 0, 0, 0]);
+        (
+            rc,
+            u32::from_le_bytes(w.peek::<12>(ARG)[8..].try_into().unwrap()),
+        )
+    };
+    // A missing domain, the backend's ports (none offered to us), a port not unbound.
+    assert_eq!(bind(&mut w, 9, unbound).0, Errno::ESRCH.neg());
+    assert_eq!(
+        bind(&mut w, platform::BACKEND_DOMID, 1).0,
+        Errno::EINVAL.neg()
+    );
+    assert_eq!(
+        bind(&mut w, 0x7ff0, 1).0,
+        Errno::EINVAL.neg(),
+        "the console's port"
+    );
+    // Our own unbound port: a loopback pair; each end's send is the other's event.
+    let (rc, local) = bind(&mut w, 0x7ff0, unbound);
+    assert_eq!(rc, 0);
+    assert_ne!(local, unbound);
+    w.poke(ARG, &local.to_le_bytes());
+    assert_eq!(w.call(op, [4, ARG, 0, 0, 0]), 0);
+    let pending = |w: &World, port: u32| {
+        let word: u64 = vm_memory::Bytes::read_obj(
+            w.d.machine.memory(),
+            vm_memory::GuestAddress(w.d.boot.shared_info + 2048 + u64::from(port / 64) * 8),
+        )
+        .unwrap();
+        word >> (port % 64) & 1 == 1
+    };
+    assert!(pending(&w, unbound) && !pending(&w, local));
+    // Closing one end leaves the other unbound again: bindable once more.
+    w.poke(ARG, &local.to_le_bytes());
+    assert_eq!(w.call(op, [3, ARG, 0, 0, 0]), 0);
+    assert_eq!(bind(&mut w, 0x7ff0, unbound).0, 0);
 }
