@@ -137,7 +137,7 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
     ),
     (
         "events",
-        "event channels and timers: IPI storms delivered once each, masked ports, the upcall mask, a timer firing during a long mmu_update, -ENOSPC; console input with `console-input`",
+        "event channels and timers: IPI storms delivered once each, masked ports, the upcall mask, a timer firing during a long mmu_update, SCHEDOP_poll, -ENOSPC; console input with `console-input`",
         "Success",
         false,
     ),

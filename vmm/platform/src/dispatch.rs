@@ -71,6 +71,18 @@ pub struct Served {
     /// The vCPU blocks (`SCHEDOP_block` with no event pending): the VMM waits for an
     /// event or a timer before resuming it.
     pub block: bool,
+    /// The vCPU polls (`SCHEDOP_poll` with none of its ports pending): the VMM waits
+    /// until one of them is pending or the deadline passes.
+    pub poll: Option<Poll>,
+}
+
+/// What a vCPU blocked in `SCHEDOP_poll` waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poll {
+    /// The ports; any of them pending (masked or not) wakes it.
+    pub ports: Vec<u32>,
+    /// System time at which it wakes anyway (`None`: no timeout).
+    pub deadline: Option<u64>,
 }
 
 /// A segment base `set_segment_base` sets.
@@ -168,6 +180,7 @@ pub struct Platform<'c> {
     transfer: Transfer,
     segment_base: Option<(SegmentBase, u64)>,
     block: bool,
+    poll: Option<Poll>,
 }
 
 impl std::fmt::Debug for Platform<'_> {
@@ -198,6 +211,7 @@ impl<'c> Platform<'c> {
             transfer: Transfer::default(),
             segment_base: None,
             block: false,
+            poll: None,
         }
     }
 }
@@ -243,6 +257,7 @@ pub fn dispatch<F: TlbFlush>(
         transfer: platform.transfer,
         segment_base: platform.segment_base,
         block: platform.block,
+        poll: platform.poll,
     })
 }
 
@@ -522,15 +537,65 @@ impl Platform<'_> {
             },
             // Only the hardware domain may override vCPU pinning.
             SCHEDOP_PIN_OVERRIDE => Errno::EPERM.neg(),
+            SCHEDOP_POLL => self
+                .sched_poll(m, caller, a[1])
+                .map_or_else(Errno::neg, |()| 0),
             _ => Errno::ENOSYS.neg(),
         }
     }
 }
 
+/// `SCHEDOP_poll`, and the most ports one poll may name (Xen's limit).
+const SCHEDOP_POLL: u32 = 3;
+const POLL_MAX_PORTS: u32 = 128;
+
 /// `SCHEDOP_remote_shutdown`, `SCHEDOP_shutdown_code`, `SCHEDOP_pin_override`.
 const SCHEDOP_REMOTE_SHUTDOWN: u32 = 4;
 const SCHEDOP_SHUTDOWN_CODE: u32 = 5;
 const SCHEDOP_PIN_OVERRIDE: u32 = 7;
+
+impl Platform<'_> {
+    /// Xen's `do_poll`: `struct sched_poll { evtchn_port_t *ports; unsigned int
+    /// nr_ports; uint64_t timeout; }`. More than 128 ports -EINVAL, a list outside the
+    /// guest -EFAULT, a port beyond the ABI's -EINVAL; if one is already pending the
+    /// call returns at once, else the vCPU waits for one (or the absolute `timeout`,
+    /// when not 0). Events stay as the guest left them (unlike `SCHEDOP_block`).
+    fn sched_poll<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let b = m.kernel_view(caller).read_array::<24>(arg)?;
+        let list = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let nr = u32::from_le_bytes(b[8..12].try_into().unwrap_or_default());
+        let timeout = u64::from_le_bytes(b[16..24].try_into().unwrap_or_default());
+        if nr > POLL_MAX_PORTS {
+            return Err(Errno::EINVAL);
+        }
+        if !pvmmu::guest_range_ok(list, u64::from(nr) * 4) {
+            return Err(Errno::EFAULT);
+        }
+        let mut ports = Vec::with_capacity(nr as usize);
+        let mut view = m.kernel_view(caller);
+        for i in 0..u64::from(nr) {
+            let port = view.read_u32(list.wrapping_add(i * 4))?;
+            if port as usize >= pvmmu_abi::shared_info::EVTCHN_2L_NR_CHANNELS {
+                return Err(Errno::EINVAL);
+            }
+            if self.dom.evtchn.is_pending(m, port) {
+                return Ok(());
+            }
+            ports.push(port);
+        }
+        self.drain_ring(m);
+        self.poll = Some(Poll {
+            ports,
+            deadline: (timeout != 0).then_some(timeout),
+        });
+        Ok(())
+    }
+}
 
 fn rc(r: Result<(), Errno>) -> i64 {
     r.map_or_else(|e| e.neg(), |()| 0)

@@ -176,6 +176,11 @@ impl EventChannels {
         GuestAddress(self.shared_info + off as u64 + w * 8)
     }
 
+    /// Whether `port` is pending (masked or not), as `SCHEDOP_poll` looks at it.
+    pub fn is_pending<F: TlbFlush>(&self, m: &Mach<F>, port: u32) -> bool {
+        (port as usize) < EVTCHN_2L_NR_CHANNELS && self.test_bit(m, false, port)
+    }
+
     fn test_bit<F: TlbFlush>(&self, m: &Mach<F>, mask: bool, port: u32) -> bool {
         let w: u64 = m
             .memory()

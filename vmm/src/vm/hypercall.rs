@@ -115,6 +115,9 @@ impl Vm {
                 if served.block {
                     self.block();
                 }
+                if let Some(poll) = &served.poll {
+                    self.poll(poll);
+                }
                 // A hypercall page `out` not redirected: the guest continues after it.
                 let out_pending = entry == Entry::Page && !served.context_changed;
                 self.deliver_pending_upcall(out_pending)

@@ -166,6 +166,33 @@ impl Vm {
         self.deliver_pending_upcall(false)
     }
 
+    /// `SCHEDOP_poll`: waits until one of the polled ports is pending (with several
+    /// ports, as in Xen, any event for the vCPU wakes it too), the poll's deadline
+    /// passes, or the VM is stopped. Timers keep running meanwhile.
+    pub(super) fn poll(&mut self, poll: &platform::dispatch::Poll) {
+        let vcpu = self.vcpu.caller.vcpu;
+        loop {
+            self.service_timers();
+            let ev = &self.platform.evtchn;
+            let polled = poll.ports.iter().any(|&p| ev.is_pending(&self.machine, p));
+            let any = poll.ports.len() != 1 && ev.upcall_pending(&self.machine, vcpu);
+            let now = self.pv.system_time_ns();
+            if polled
+                || any
+                || poll.deadline.is_some_and(|d| now >= d)
+                || self.stop.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            let next = [self.pv.next_deadline(), poll.deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = next.map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)));
+            std::thread::park_timeout(wait.min(BLOCK_SLICE));
+        }
+    }
+
     /// `SCHEDOP_block`: waits until an event is pending for the vCPU (a timer firing
     /// raises one) or the VM is stopped.
     pub(super) fn block(&mut self) {

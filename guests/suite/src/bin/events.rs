@@ -3,7 +3,8 @@
 //! ports, each delivered exactly once at the send's return; masked ports (nothing
 //! delivered, one upcall at unmask); the upcall mask (events held, one upcall when the
 //! guest lets them through); a singleshot timer firing during a long `mmu_update`,
-//! delivered as that hypercall returns; port exhaustion (-ENOSPC); and, with
+//! delivered as that hypercall returns; `SCHEDOP_poll` (a pending port returns at once,
+//! a quiet one waits for the timeout); port exhaustion (-ENOSPC); and, with
 //! `console-input` on the command line, a line typed at the console read from the
 //! ring's input half.
 #![no_std]
@@ -35,6 +36,7 @@ const EVTCHNOP_UNMASK: u64 = 9;
 const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
 const VCPUOP_STOP_PERIODIC_TIMER: u64 = 7;
 const SCHEDOP_BLOCK: u64 = 1;
+const SCHEDOP_POLL: u64 = 3;
 const ENOSPC: i64 = -28;
 
 /// vcpu_info 0 in shared_info, and the event bitmaps after the 32 vcpu_infos.
@@ -166,6 +168,22 @@ fn system_time() -> u64 {
         }
         let mul = mul_shift as u32;
         return sys + ((u128::from(delta) * u128::from(mul)) >> 32) as u64;
+    }
+}
+
+/// `SCHEDOP_poll` on `ports` until `timeout` (absolute system time; 0: none).
+fn poll(ports: &[u32], timeout: u64) -> i64 {
+    let arg = [ports.as_ptr() as u64, ports.len() as u64, timeout];
+    // SAFETY: the argument and the port list live for the call.
+    unsafe {
+        rt::hypercall(
+            HYPERVISOR_sched_op,
+            SCHEDOP_POLL,
+            arg.as_ptr() as u64,
+            0,
+            0,
+            0,
+        )
     }
 }
 
@@ -360,6 +378,31 @@ pub fn guest_main(si: &'static StartInfo) {
         "past deadline fires at the call's return",
         (seen(timer) - was) as i64,
         1,
+    );
+
+    // 4b. SCHEDOP_poll: a pending (masked) port returns at once; a quiet one waits for
+    //     the timeout; too many ports or one beyond the ABI are -EINVAL.
+    let p = ipis[7];
+    let bit = 1u64 << (p % 64);
+    word(MASK).fetch_or(bit, Ordering::SeqCst);
+    send(p);
+    c.eq("poll a pending port", poll(&[p], 0), 0);
+    word(PENDING).fetch_and(!bit, Ordering::SeqCst);
+    let t0 = system_time();
+    c.eq(
+        "poll a quiet port with a timeout",
+        poll(&[p], t0 + 3_000_000),
+        0,
+    );
+    let waited = system_time() - t0;
+    c.ok("poll waited for its timeout", waited >= 3_000_000);
+    c.eq("unmask after poll", evtchn(EVTCHNOP_UNMASK, &mut [p]), 0);
+    let many = [p; 129];
+    c.eq("poll 129 ports", poll(&many, 0), -22);
+    c.eq("poll a port beyond the ABI", poll(&[5000], 0), -22);
+    rt::println!(
+        "poll: returned at once for a pending port, waited {} us for a quiet one",
+        waited / 1000
     );
 
     // 5. Ports run out: -ENOSPC, and closing one makes room again.
