@@ -248,6 +248,9 @@ fn machphys_mapping<F: TlbFlush>(m: &Mach<F>, caller: Caller, arg: u64) -> Resul
     m.kernel_view(caller).write(arg, &b)
 }
 
+/// Extents handled per step of a reservation call (bounds the memory a long list takes).
+const GROUP: u64 = 4096;
+
 /// `struct xen_memory_reservation`: `extent_start` (handle), `nr_extents`,
 /// `extent_order`, `mem_flags`, `domid`.
 const RESERVATION_SIZE: usize = 32;
@@ -280,45 +283,46 @@ fn reservation<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, op: u32, start: u64
         return start;
     }
     let dom = caller.dom;
-    // Entries read up to the first that cannot be (the batch stops there).
-    let read_list = |m: &Mach<F>| -> Vec<u64> {
-        let mut view = m.kernel_view(caller);
-        (start..nr)
-            .map_while(|i| view.read_u64(list.wrapping_add(i * 8)).ok())
-            .collect()
-    };
-    let outcome = match op {
-        XENMEM_decrease_reservation => {
-            let gmfns = read_list(m);
-            m.decrease_reservation(dom, &gmfns, order)
+    // A group of extents at a time, so a huge list costs no more memory than a group.
+    let mut at = start;
+    while at < nr {
+        let n = (nr - at).min(GROUP);
+        // The group's entries, up to the first that cannot be read (the batch stops
+        // there, after what came before).
+        let entries: Vec<u64> = if op == XENMEM_increase_reservation {
+            Vec::new()
+        } else {
+            let mut view = m.kernel_view(caller);
+            (at..at + n)
+                .map_while(|i| view.read_u64(list.wrapping_add(i * 8)).ok())
+                .collect()
+        };
+        let outcome = match op {
+            XENMEM_decrease_reservation => m.decrease_reservation(dom, &entries, order),
+            XENMEM_increase_reservation => m.increase_reservation(dom, n as usize, order),
+            _ => m.populate_physmap(dom, &entries, order),
+        };
+        let Ok(o) = outcome else {
+            return at;
+        };
+        // Each new extent's first frame goes back into the list; a write that faults
+        // ends the count there (the frame stays the domain's, as on Xen).
+        if op != XENMEM_decrease_reservation && list != 0 {
+            let mut view = m.kernel_view(caller);
+            for (i, f) in o.frames.iter().enumerate() {
+                let to = list.wrapping_add((at + i as u64) * 8);
+                if view.write(to, &f.0.to_le_bytes()).is_err() {
+                    return at + i as u64;
+                }
+            }
         }
-        XENMEM_increase_reservation => m.increase_reservation(dom, (nr - start) as usize, order),
-        _ => {
-            let gpfns = read_list(m);
-            m.populate_physmap(dom, &gpfns, order)
+        at += o.done as u64;
+        let short = op != XENMEM_increase_reservation && (entries.len() as u64) < n;
+        if o.stopped.is_some() || short || (o.done as u64) < n {
+            break;
         }
-    };
-    let Ok(o) = outcome else {
-        return start;
-    };
-    if op == XENMEM_decrease_reservation || list == 0 {
-        return start + o.done as u64;
     }
-    // Each new extent's first frame goes back into the list; a write that faults ends
-    // the count there (the frame stays the domain's, as on Xen).
-    let mut view = m.kernel_view(caller);
-    for (i, f) in o.frames.iter().enumerate() {
-        if view
-            .write(
-                list.wrapping_add((start + i as u64) * 8),
-                &f.0.to_le_bytes(),
-            )
-            .is_err()
-        {
-            return start + i as u64;
-        }
-    }
-    start + o.done as u64
+    at
 }
 
 /// `XENMEM_exchange` (Xen's `memory_exchange`): `struct xen_memory_exchange { in, out:
@@ -367,40 +371,48 @@ fn exchange<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, arg: u64) -> Result<()
     if let Err(e) = own_domain(m, caller, in_dom) {
         return fail(m, e, done);
     }
-    // Whole chunks from where a continuation left off; a list entry that cannot be read
-    // ends the batch there with -EFAULT.
-    let start = done / in_chunk * in_chunk;
-    let mut view = m.kernel_view(caller);
-    let ins: Vec<u64> = (start..in_nr)
-        .map_while(|i| view.read_u64(in_list.wrapping_add(i * 8)).ok())
-        .collect();
-    let outs: Vec<u64> = (out_from..out_nr)
-        .map_while(|i| view.read_u64(out_list.wrapping_add(i * 8)).ok())
-        .collect();
-    let whole = (ins.len() as u64 / in_chunk).min(outs.len() as u64 / out_chunk);
-    let short = whole < (in_nr - start) / in_chunk;
-    let n_in = (whole * in_chunk) as usize;
-    let n_out = (whole * out_chunk) as usize;
-    let o = m
-        .exchange(
-            caller.dom,
-            &ins[..n_in],
-            in_order,
-            &outs[..n_out],
-            out_order,
-        )
-        .map_err(|_| Errno::EINVAL)?;
-    let mut view = m.kernel_view(caller);
+    // Whole chunks from where a continuation left off, a group at a time (bounded
+    // memory); a list entry that cannot be read ends the batch there with -EFAULT.
+    let mut start = done / in_chunk * in_chunk;
+    let mut out_at = out_from;
     let mut rc = Ok(());
-    for (j, f) in o.frames.iter().enumerate() {
-        let at = out_list.wrapping_add((out_from + j as u64) * 8);
-        if view.write(at, &f.0.to_le_bytes()).is_err() {
-            rc = Err(Errno::EFAULT);
+    let mut stopped = None;
+    while start < in_nr {
+        let chunks = ((in_nr - start) / in_chunk).min(GROUP);
+        let mut view = m.kernel_view(caller);
+        let ins: Vec<u64> = (start..start + chunks * in_chunk)
+            .map_while(|i| view.read_u64(in_list.wrapping_add(i * 8)).ok())
+            .collect();
+        let outs: Vec<u64> = (out_at..out_at + chunks * out_chunk)
+            .map_while(|i| view.read_u64(out_list.wrapping_add(i * 8)).ok())
+            .collect();
+        let whole = (ins.len() as u64 / in_chunk).min(outs.len() as u64 / out_chunk);
+        let n_in = (whole * in_chunk) as usize;
+        let n_out = (whole * out_chunk) as usize;
+        let o = m
+            .exchange(
+                caller.dom,
+                &ins[..n_in],
+                in_order,
+                &outs[..n_out],
+                out_order,
+            )
+            .map_err(|_| Errno::EINVAL)?;
+        let mut view = m.kernel_view(caller);
+        for (j, f) in o.frames.iter().enumerate() {
+            let at = out_list.wrapping_add((out_at + j as u64) * 8);
+            if view.write(at, &f.0.to_le_bytes()).is_err() {
+                rc = Err(Errno::EFAULT);
+            }
+        }
+        start += o.exchanged as u64;
+        out_at += o.frames.len() as u64;
+        stopped = o.stopped.or((whole < chunks).then_some(Errno::EFAULT));
+        if stopped.is_some() {
+            break;
         }
     }
-    let exchanged = start + o.exchanged as u64;
-    let stopped = o.stopped.or(short.then_some(Errno::EFAULT));
-    let total = if stopped.is_none() { in_nr } else { exchanged };
+    let total = if stopped.is_none() { in_nr } else { start };
     write_done(m, total)?;
     match stopped {
         Some(e) => Err(e),
