@@ -164,6 +164,10 @@ impl Vm {
         &mut self,
         out_pending: bool,
     ) -> Result<Option<GuestExit>, VmError> {
+        // Nothing to deliver (the common case): nothing to read either.
+        if !self.pv.upcall_due(&self.machine) {
+            return Ok(None);
+        }
         let mut regs = self.vcpu.regs();
         let (cs, ss) = if self.nonflat_segments {
             let s = self.vcpu.sregs()?;

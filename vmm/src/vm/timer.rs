@@ -4,7 +4,7 @@
 //! has seen it); the vCPU thread expires the timers, raises the VIRQ, and delivers the
 //! upcall where it interrupted the guest. `SCHEDOP_block` waits here for an event, the
 //! next deadline or console input, without spinning; console input is moved into the
-//! guest's console ring whenever timers are serviced.
+//! guest's console ring at kicks and while the vCPU waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,8 +125,6 @@ impl Vm {
     /// expire here, at the next exit).
     pub(super) fn service_timers(&mut self) {
         let vcpu = self.vcpu.caller.vcpu;
-        let mut console = super::SerialSink(self.serial.clone());
-        self.platform.feed_console(&self.machine, &mut console);
         let now = self.pv.system_time_ns();
         if self.pv.expire_timers(now) {
             self.platform
@@ -139,10 +137,19 @@ impl Vm {
         }
     }
 
+    /// Moves console input into the guest's console ring (at kicks and while blocked:
+    /// not on every hypercall's return; the guest's own console notifications and
+    /// yields feed it too).
+    fn feed_console(&mut self) {
+        let mut console = super::SerialSink(self.serial.clone());
+        self.platform.feed_console(&self.machine, &mut console);
+    }
+
     /// After the timer thread kicked the vCPU out of the guest: services the timers and
     /// delivers a pending upcall where the guest was interrupted, if it was running its
     /// own code (not the hypervisor's stubs).
     pub(super) fn timer_kick(&mut self) -> Result<Option<GuestExit>, VmError> {
+        self.feed_console();
         self.service_timers();
         let sregs = self.vcpu.sregs()?;
         let rip = self.vcpu.regs().rip;
@@ -172,6 +179,7 @@ impl Vm {
     pub(super) fn poll(&mut self, poll: &platform::dispatch::Poll) {
         let vcpu = self.vcpu.caller.vcpu;
         loop {
+            self.feed_console();
             self.service_timers();
             let ev = &self.platform.evtchn;
             let polled = poll.ports.iter().any(|&p| ev.is_pending(&self.machine, p));
@@ -198,6 +206,7 @@ impl Vm {
     pub(super) fn block(&mut self) {
         let vcpu = self.vcpu.caller.vcpu;
         loop {
+            self.feed_console();
             self.service_timers();
             if self.platform.evtchn.upcall_pending(&self.machine, vcpu)
                 || self.stop.load(Ordering::Relaxed)

@@ -71,6 +71,18 @@ impl PvVcpu {
         m: &mut Mach<F>,
         ctx: &mut GuestContext,
     ) -> Option<Result<Transfer, Crash>> {
+        if !self.upcall_due(m) {
+            return None;
+        }
+        // The frame's "vector" only names the event in a crash report.
+        let handler = self.callbacks.event;
+        Some(self.bounce(m, ctx, EVENT_VECTOR, handler, true, None))
+    }
+
+    /// Whether an upcall would be delivered now: one is pending, upcalls are not
+    /// masked and an event callback is registered (cheap: the embedder asks before it
+    /// builds the interrupted context).
+    pub fn upcall_due<F: TlbFlush>(&self, m: &Mach<F>) -> bool {
         use pvmmu_abi::shared_info::VCPU_INFO_UPCALL_PENDING_OFFSET;
         let pending: u8 = m
             .memory()
@@ -78,12 +90,7 @@ impl PvVcpu {
                 self.vcpu_info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64,
             ))
             .unwrap_or(0);
-        let handler = self.callbacks.event;
-        if pending == 0 || self.upcall_mask(m) != 0 || handler == 0 {
-            return None;
-        }
-        // The frame's "vector" only names the event in a crash report.
-        Some(self.bounce(m, ctx, EVENT_VECTOR, handler, true, None))
+        pending != 0 && self.upcall_mask(m) == 0 && self.callbacks.event != 0
     }
 
     /// A software interrupt `int $vector` at `ctx.rip` (an instruction of `len` bytes),
