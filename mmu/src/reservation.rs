@@ -29,12 +29,15 @@ use crate::machine::{Machine, MachineError};
 /// Largest extent order a domU may ask for (Xen's `CONFIG_DOMU_MAX_ORDER`).
 pub const DOMU_MAX_ORDER: u32 = 9;
 
-/// How a reservation batch ended: extents done, and the error that stopped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a reservation batch or an exchange ended: extents done, the frames obtained, and
+/// the error that stopped it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReservationOutcome {
-    /// Extents completed (what Xen's `memory_op` returns).
+    /// Extents completed (what Xen's `memory_op` returns); for an exchange, the input
+    /// extents exchanged (Xen's `nr_exchanged`).
     pub done: usize,
-    /// First frame of each extent obtained (increase and populate), in order.
+    /// First frame of each extent obtained (increase, populate, and an exchange's
+    /// output extents), in order.
     pub frames: Vec<Mfn>,
     /// Why it stopped early, if it did.
     pub stopped: Option<Errno>,
@@ -88,11 +91,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         if !self.core.domains.contains_key(&dom) {
             return Err(MachineError::NoDomain(dom));
         }
-        let mut out = ReservationOutcome {
-            done: 0,
-            frames: Vec::new(),
-            stopped: None,
-        };
+        let mut out = ReservationOutcome::default();
         if order > DOMU_MAX_ORDER {
             return Ok(out);
         }
@@ -184,11 +183,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             .get(&dom)
             .ok_or(MachineError::NoDomain(dom))?;
         let max = d.max_pages;
-        let mut out = ReservationOutcome {
-            done: 0,
-            frames: Vec::new(),
-            stopped: None,
-        };
+        let mut out = ReservationOutcome::default();
         if order > DOMU_MAX_ORDER {
             return Ok(out);
         }
@@ -204,12 +199,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 out.stopped = Some(Errno::ENOMEM);
                 break;
             };
-            for f in first..first + size {
-                // No TLB may still translate a frame handed out again (Xen's TLB-flush
-                // filter on allocation).
-                self.core.flush_before_type_change(Mfn(f));
-                let _ = self.core.frames.allocate(Mfn(f), dom);
-            }
+            self.give_block(dom, first, size);
             tot += size;
             from = first + size;
             each(self, (i, Mfn(first)));
@@ -217,6 +207,16 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             out.done += 1;
         }
         Ok(out)
+    }
+
+    /// Gives the free block of `size` frames from `first` to `dom`, each with its
+    /// allocation reference, once no TLB may still translate it (Xen's TLB-flush filter
+    /// on allocation).
+    fn give_block(&mut self, dom: u16, first: u64, size: u64) {
+        for f in first..first + size {
+            self.core.flush_before_type_change(Mfn(f));
+            let _ = self.core.frames.allocate(Mfn(f), dom);
+        }
     }
 
     /// The lowest free, naturally aligned block of `size` frames at or above `from`.
@@ -240,17 +240,6 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     }
 }
 
-/// How a `XENMEM_exchange` ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExchangeOutcome {
-    /// Input extents exchanged (Xen's `nr_exchanged`).
-    pub exchanged: usize,
-    /// First frame of each output extent assigned, in order.
-    pub frames: Vec<Mfn>,
-    /// Why it stopped early, if it did.
-    pub stopped: Option<Errno>,
-}
-
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// `XENMEM_exchange` for domain `dom` (Xen's `memory_exchange`, the lists already
     /// read): the input extents of `2^in_order` frames at `in_gmfns` are traded, chunk
@@ -272,7 +261,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// m.assign_frames(d, (0x10..0x20).map(Mfn))?;
     /// // Four single frames for one naturally aligned 4-frame extent at pfn 0x100.
     /// let o = m.exchange(d, &[0x11, 0x13, 0x15, 0x17], 0, &[0x100], 2)?;
-    /// assert_eq!((o.exchanged, o.stopped), (4, None));
+    /// assert_eq!((o.done, o.stopped), (4, None));
     /// assert_eq!(o.frames[0].0 % 4, 0);
     /// assert_eq!(m.frames().m2p(Mfn(o.frames[0].0 + 3)), Some(0x103));
     /// assert_eq!(m.frames().get(Mfn(0x11)).unwrap().count, 0, "the inputs are free");
@@ -286,15 +275,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         in_order: u32,
         out_gpfns: &[u64],
         out_order: u32,
-    ) -> Result<ExchangeOutcome, MachineError> {
+    ) -> Result<ReservationOutcome, MachineError> {
         if !self.core.domains.contains_key(&dom) {
             return Err(MachineError::NoDomain(dom));
         }
-        let mut out = ExchangeOutcome {
-            exchanged: 0,
-            frames: Vec::new(),
-            stopped: None,
-        };
+        let mut out = ReservationOutcome::default();
         if in_order > DOMU_MAX_ORDER || out_order > DOMU_MAX_ORDER {
             out.stopped = Some(Errno::EPERM);
             return Ok(out);
@@ -352,14 +337,13 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             }
             for (j, &b) in blocks.iter().enumerate() {
                 let gpfn = out_gpfns.get(i * out_chunk + j).copied().unwrap_or(0);
+                self.give_block(dom, b, size);
                 for k in 0..size {
-                    self.core.flush_before_type_change(Mfn(b + k));
-                    let _ = self.core.frames.allocate(Mfn(b + k), dom);
                     self.set_m2p(Mfn(b + k), gpfn.wrapping_add(k));
                 }
                 out.frames.push(Mfn(b));
             }
-            out.exchanged = (i + 1) * in_chunk;
+            out.done = (i + 1) * in_chunk;
         }
         Ok(out)
     }

@@ -164,11 +164,7 @@ fn exchange_trades_whole_chunks_of_frames_nobody_references() {
     ] {
         let counts = g.counts();
         let o = g.m.exchange(1, &bad, 0, &[0x900], 1).unwrap();
-        assert_eq!(
-            (o.exchanged, o.stopped),
-            (0, Some(Errno::EINVAL)),
-            "{bad:x?}"
-        );
+        assert_eq!((o.done, o.stopped), (0, Some(Errno::EINVAL)), "{bad:x?}");
         assert_eq!(g.counts(), counts);
     }
     // Orders beyond 9: -EPERM before anything.
@@ -185,7 +181,7 @@ fn exchange_trades_whole_chunks_of_frames_nobody_references() {
             1,
         )
         .unwrap();
-    assert_eq!((o.exchanged, o.stopped), (2, Some(Errno::EINVAL)));
+    assert_eq!((o.done, o.stopped), (2, Some(Errno::EINVAL)));
     assert_eq!(o.frames.len(), 1);
     assert_eq!(g.info(ins[0]).count, 0, "exchanged inputs are free");
     assert!(
@@ -198,7 +194,7 @@ fn exchange_trades_whole_chunks_of_frames_nobody_references() {
     let pair = g.m.populate_physmap(1, &[0x700], 1).unwrap().frames[0];
     let tot = g.m.tot_pages(1);
     let o = g.m.exchange(1, &[pair.0], 1, &[0x800, 0x801], 0).unwrap();
-    assert_eq!((o.exchanged, o.stopped, o.frames.len()), (1, None, 2));
+    assert_eq!((o.done, o.stopped, o.frames.len()), (1, None, 2));
     assert_eq!(g.m.tot_pages(1), tot);
     g.audit();
     let dom = g.c.dom;

@@ -149,17 +149,22 @@ impl EventChannels {
     /// adds a bucket of ports when the ones there are taken): -ENOSPC beyond
     /// [`MAX_PORT`].
     pub fn allocate(&mut self, state: PortState, vcpu: u32) -> Result<u32, Errno> {
-        let port = match self.ports.iter().position(|p| p.state == PortState::Free) {
-            Some(p) if p <= MAX_PORT as usize => p,
-            None if self.ports.len() <= MAX_PORT as usize => {
-                let first = self.ports.len();
-                self.ports.resize(first + PORTS_PER_BUCKET, Port::default());
-                first
-            }
-            _ => return Err(Errno::ENOSPC),
-        };
+        let port = self.free_port()?;
+        if port == self.ports.len() {
+            self.ports.resize(port + PORTS_PER_BUCKET, Port::default());
+        }
         self.ports[port] = Port { state, vcpu };
         Ok(port as u32)
+    }
+
+    /// The port [`EventChannels::allocate`] would take: the lowest free one, or the
+    /// first of a new bucket; -ENOSPC beyond [`MAX_PORT`].
+    fn free_port(&self) -> Result<usize, Errno> {
+        match self.ports.iter().position(|p| p.state == PortState::Free) {
+            Some(p) if p <= MAX_PORT as usize => Ok(p),
+            None if self.ports.len() <= MAX_PORT as usize => Ok(self.ports.len()),
+            _ => Err(Errno::ENOSPC),
+        }
     }
 
     fn nr_vcpus(&self) -> u32 {
@@ -327,11 +332,7 @@ impl EventChannels {
         if m.domain(rdom).is_none() {
             return Err(Errno::ESRCH);
         }
-        if !self.ports.iter().any(|p| p.state == PortState::Free)
-            && self.ports.len() > MAX_PORT as usize
-        {
-            return Err(Errno::ENOSPC);
-        }
+        self.free_port()?;
         let offered = rdom == caller.dom
             && self
                 .port(rport)

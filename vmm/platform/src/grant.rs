@@ -22,9 +22,10 @@ use pvmmu_abi::grant::{
     GNTST_bad_handle, GNTST_bad_virt_addr, GNTST_general_error, GNTST_no_space, GNTST_okay,
     GNTST_permission_denied, GNTTAB_NR_RESERVED_ENTRIES, GNTTABOP_get_status_frames,
     GNTTABOP_get_version, GNTTABOP_map_grant_ref, GNTTABOP_query_size, GNTTABOP_set_version,
-    GNTTABOP_setup_table, GNTTABOP_unmap_and_replace, GNTTABOP_unmap_grant_ref, GTF_reading,
-    GTF_readonly, GTF_sub_page, GTF_writing, GnttabGetStatusFrames, GnttabGetVersion,
-    GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable, GnttabUnmap,
+    GNTTABOP_setup_table, GNTTABOP_unmap_and_replace, GNTTABOP_unmap_grant_ref, GTF_permit_access,
+    GTF_reading, GTF_readonly, GTF_sub_page, GTF_transitive, GTF_type_mask, GTF_writing,
+    GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize, GnttabSetupTable,
+    GnttabUnmap,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -46,11 +47,8 @@ pub const fn status_frames(n: u32) -> u32 {
     (n * 256).div_ceil(2048)
 }
 
-/// `GTF_type_mask`, `GTF_permit_access`, `GTF_transitive`, `GTF_reading | GTF_writing`.
-const GTF_TYPE_MASK: u16 = 3;
-const GTF_PERMIT_ACCESS: u16 = 1;
-const GTF_TRANSITIVE: u16 = 3;
-const GTF_IN_USE: u16 = (1 << 3) | (1 << 4);
+/// The status bits the hypervisor sets while a grant is in use.
+const GTF_IN_USE: u16 = GTF_reading | GTF_writing;
 
 /// Pin count increments of an active entry (Xen's `GNTPIN_*`): host read, host
 /// write, device read, device write, one byte each.
@@ -384,9 +382,9 @@ impl GrantTable {
                 for i in 0..GNTTAB_NR_RESERVED_ENTRIES {
                     let hdr: u64 = read(m, self.frame(0), i * 16);
                     let frame: u64 = read(m, self.frame(0), i * 16 + 8);
-                    match hdr as u16 & GTF_TYPE_MASK {
-                        GTF_PERMIT_ACCESS if frame >> 32 != 0 => return Err(Errno::ERANGE),
-                        GTF_TRANSITIVE => return Err(Errno::ERANGE),
+                    match hdr as u16 & GTF_type_mask {
+                        GTF_permit_access if frame >> 32 != 0 => return Err(Errno::ERANGE),
+                        GTF_transitive => return Err(Errno::ERANGE),
                         _ => {}
                     }
                 }
@@ -394,7 +392,7 @@ impl GrantTable {
                     let hdr: u64 = read(m, self.frame(0), i * 16);
                     let frame: u64 = read(m, self.frame(0), i * 16 + 8);
                     let status: u16 = read(m, self.status_frame(0), i * 2);
-                    if hdr as u16 & GTF_TYPE_MASK == GTF_PERMIT_ACCESS {
+                    if hdr as u16 & GTF_type_mask == GTF_permit_access {
                         *r = (hdr as u16 | status, (hdr >> 16) as u16, frame);
                     }
                 }
@@ -487,7 +485,7 @@ impl GrantTable {
         let h = self.header_addr(r);
         let flags: u16 = mem.read_obj(h).unwrap_or(0);
         let domid: u16 = mem.read_obj(GuestAddress(h.0 + 2)).unwrap_or(0);
-        let grants = flags & (GTF_TYPE_MASK | GTF_sub_page) == GTF_PERMIT_ACCESS;
+        let grants = flags & (GTF_type_mask | GTF_sub_page) == GTF_permit_access;
         if !pinned && (!grants || domid != mapper) {
             log::debug!("grant ref {r}: flags {flags:#x} dom {domid}, not for d{mapper}");
             return Err(GNTST_general_error);

@@ -248,6 +248,18 @@ fn machphys_mapping<F: TlbFlush>(m: &Mach<F>, caller: Caller, arg: u64) -> Resul
     m.kernel_view(caller).write(arg, &b)
 }
 
+/// Entries `range` of the guest's list of 64-bit frame numbers at `list`, up to the
+/// first that cannot be read.
+fn read_list<M: vm_memory::GuestMemory>(
+    view: &mut pvmmu::GuestView<'_, M>,
+    list: u64,
+    range: std::ops::Range<u64>,
+) -> Vec<u64> {
+    range
+        .map_while(|i| view.read_u64(list.wrapping_add(i * 8)).ok())
+        .collect()
+}
+
 /// Extents handled per step of a reservation call (bounds the memory a long list takes).
 const GROUP: u64 = 4096;
 
@@ -292,10 +304,7 @@ fn reservation<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, op: u32, start: u64
         let entries: Vec<u64> = if op == XENMEM_increase_reservation {
             Vec::new()
         } else {
-            let mut view = m.kernel_view(caller);
-            (at..at + n)
-                .map_while(|i| view.read_u64(list.wrapping_add(i * 8)).ok())
-                .collect()
+            read_list(&mut m.kernel_view(caller), list, at..at + n)
         };
         let outcome = match op {
             XENMEM_decrease_reservation => m.decrease_reservation(dom, &entries, order),
@@ -380,12 +389,8 @@ fn exchange<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, arg: u64) -> Result<()
     while start < in_nr {
         let chunks = ((in_nr - start) / in_chunk).min(GROUP);
         let mut view = m.kernel_view(caller);
-        let ins: Vec<u64> = (start..start + chunks * in_chunk)
-            .map_while(|i| view.read_u64(in_list.wrapping_add(i * 8)).ok())
-            .collect();
-        let outs: Vec<u64> = (out_at..out_at + chunks * out_chunk)
-            .map_while(|i| view.read_u64(out_list.wrapping_add(i * 8)).ok())
-            .collect();
+        let ins = read_list(&mut view, in_list, start..start + chunks * in_chunk);
+        let outs = read_list(&mut view, out_list, out_at..out_at + chunks * out_chunk);
         let whole = (ins.len() as u64 / in_chunk).min(outs.len() as u64 / out_chunk);
         let n_in = (whole * in_chunk) as usize;
         let n_out = (whole * out_chunk) as usize;
@@ -405,7 +410,7 @@ fn exchange<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, arg: u64) -> Result<()
                 rc = Err(Errno::EFAULT);
             }
         }
-        start += o.exchanged as u64;
+        start += o.done as u64;
         out_at += o.frames.len() as u64;
         stopped = o.stopped.or((whole < chunks).then_some(Errno::EFAULT));
         if stopped.is_some() {
