@@ -9,14 +9,13 @@
 #![allow(non_upper_case_globals)]
 
 use pvmmu::{Caller, Errno, TlbFlush};
-use pvmmu_abi::DOMID_SELF;
 use pvmmu_abi::shared_info::{
     EVTCHN_2L_NR_CHANNELS, SHARED_INFO_EVTCHN_MASK_OFFSET, SHARED_INFO_EVTCHN_PENDING_OFFSET,
     VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_UPCALL_PENDING_OFFSET,
 };
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::named::own_domain;
+use crate::named::{own_domain, resolve};
 
 /// The machine event channels live in.
 type Mach<F> = pvmmu::Machine<vm_memory::GuestMemoryMmap<()>, F>;
@@ -304,11 +303,7 @@ impl EventChannels {
         let dom = u16::from_le_bytes([b[0], b[1]]);
         let remote = u16::from_le_bytes([b[2], b[3]]);
         own_domain(m, caller, dom)?;
-        let remote = if remote == DOMID_SELF {
-            caller.dom
-        } else {
-            remote
-        };
+        let remote = resolve(caller, remote);
         let port = self.allocate(PortState::Unbound { remote }, 0)?;
         m.kernel_view(caller).write_u32(arg + 4, port)
     }
@@ -328,7 +323,7 @@ impl EventChannels {
         let b = m.kernel_view(caller).read_array::<12>(arg)?;
         let rdom = u16::from_le_bytes([b[0], b[1]]);
         let rport = u32::from_le_bytes(b[4..8].try_into().unwrap_or_default());
-        let rdom = if rdom == DOMID_SELF { caller.dom } else { rdom };
+        let rdom = resolve(caller, rdom);
         if m.domain(rdom).is_none() {
             return Err(Errno::ESRCH);
         }
