@@ -88,6 +88,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     (
+        "mmio_xsave",
+        "runs xsave64 into the mapped MMIO test device: where the host cannot emulate it, the domain crashes naming the instruction (never a VMM error)",
+        "Crash",
+        true,
+    ),
+    (
         "pt_write_noassist",
         "stores to its own read-only L1 without writable page tables: the VMM reports the fault",
         "Fault",

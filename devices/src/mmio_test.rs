@@ -9,8 +9,10 @@
 
 use crate::MmioDevice;
 
-/// Guest-physical base address where the VMM places the device.
-pub const MMIO_TEST_BASE: u64 = 0xd000_0000;
+/// Guest-physical base address where the VMM places the device: 4 GiB, the first
+/// address above the largest guest RAM the VMM builds (RAM starts at 0), so no memory
+/// size can put RAM under it.
+pub const MMIO_TEST_BASE: u64 = 0x1_0000_0000;
 /// Size of the device's window.
 pub const MMIO_TEST_SIZE: u64 = 0x1000;
 /// The ID register value ("PVMMUDEV").

@@ -291,6 +291,20 @@ fn reg_value(regs: &kvm_regs, sregs: &kvm_sregs, r: Register) -> Option<u64> {
     })
 }
 
+/// The selector held in segment register `r`.
+fn selector(sregs: &kvm_sregs, r: Register) -> Option<u64> {
+    let seg = match r {
+        Register::ES => &sregs.es,
+        Register::CS => &sregs.cs,
+        Register::SS => &sregs.ss,
+        Register::DS => &sregs.ds,
+        Register::FS => &sregs.fs,
+        Register::GS => &sregs.gs,
+        _ => return None,
+    };
+    Some(u64::from(seg.selector))
+}
+
 /// A write fault the VMM emulated: what to change in the guest before resuming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Emulated {
@@ -347,16 +361,58 @@ pub fn try_ptwr(
         return Err(NotEmulated::NotAWrite);
     }
     let bytes = fetch(m.memory(), m.kernel_root(caller), frame.rip);
-    let mut dec = Decoder::with_ip(64, &bytes, frame.rip, DecoderOptions::NONE);
+    let plan = plan_store(&bytes, frame.rip, regs, sregs, &mut |addr, buf| {
+        m.kernel_view(caller).read(addr, buf)
+    })?;
+    let result = m.ptwr_write(caller, cr2, plan.write)?;
+    on_write(&plan.write, &result);
+    let outcome = result.map_err(NotEmulated::Refused)?;
+    Ok(plan.complete(outcome, regs))
+}
+
+/// A store to a page-table entry, decoded: the write to ask the library for and what
+/// the instruction does to registers and flags with each result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StorePlan {
+    write: PtwrWrite,
+    len: u64,
+    size: usize,
+    /// For XCHG: the register operand and the old entry it receives.
+    xchg: Option<(Register, u64)>,
+    /// Read-modify-write forms: the flags they set.
+    rmw_cf: Option<bool>,
+    rmw_zf: Option<bool>,
+}
+
+/// Reads `buf.len()` bytes of guest memory at a guest virtual address.
+type ReadEntry<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), pvmmu::Errno> + 'a;
+
+/// Decodes the store at `rip` (`bytes`) against the registers; `read_old` reads the
+/// current entry for the read-modify-write forms.
+fn plan_store(
+    bytes: &[u8],
+    rip: u64,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    read_old: &mut ReadEntry<'_>,
+) -> Result<StorePlan, NotEmulated> {
+    let mut dec = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
     let ins: Instruction = dec.decode();
     if ins.is_invalid() || ins.op_count() < 2 || ins.op_kind(0) != OpKind::Memory {
-        return Err(NotEmulated::NotAStore(frame.rip));
+        return Err(NotEmulated::NotAStore(rip));
     }
     let size = ins.memory_size().size();
+    if !(1..=8).contains(&size) {
+        return Err(NotEmulated::Operand("store size"));
+    }
     let addr = ins
         .virtual_address(0, 0, |r, _, _| reg_value(regs, sregs, r))
         .ok_or(NotEmulated::Operand("store address"))?;
     let src = match ins.op_kind(1) {
+        // `mov m16, Sreg` stores the selector (the address above used segment bases).
+        OpKind::Register if ins.op_register(1).is_segment_register() => {
+            selector(sregs, ins.op_register(1)).ok_or(NotEmulated::Operand("source register"))?
+        }
         OpKind::Register => reg_value(regs, sregs, ins.op_register(1))
             .ok_or(NotEmulated::Operand("source register"))?,
         OpKind::Immediate8
@@ -374,89 +430,102 @@ pub fn try_ptwr(
     } else {
         (1u64 << (size * 8)) - 1
     };
-    let read_old = || -> Result<u64, NotEmulated> {
+    let mut old = || -> Result<u64, NotEmulated> {
         let mut b = [0u8; 8];
-        m.kernel_view(caller)
-            .read(addr, &mut b[..size])
-            .map_err(NotEmulated::OldEntry)?;
+        read_old(addr, &mut b[..size]).map_err(NotEmulated::OldEntry)?;
         Ok(u64::from_le_bytes(b))
     };
     // Read-modify-write forms (Linux clears and tests PTE bits with `lock and` and
     // `lock btr`): the new value from the old, written as a compare-and-exchange with
     // the old value, so nothing in between is lost; CF for the bit tests, ZF for the
     // logic operations.
-    let mut rmw_cf = None;
-    let mut rmw_zf = None;
-    let (value, cmpxchg, old) = match ins.mnemonic() {
-        Mnemonic::Mov => (src, None, None),
-        Mnemonic::Xchg => (src, None, Some(read_old()?)),
-        Mnemonic::Cmpxchg => (src, Some(regs.rax), None),
+    let mut plan = StorePlan {
+        write: PtwrWrite {
+            addr,
+            size: size as u8,
+            value: 0,
+            cmpxchg: None,
+        },
+        len: ins.len() as u64,
+        size,
+        xchg: None,
+        rmw_cf: None,
+        rmw_zf: None,
+    };
+    let (value, cmpxchg) = match ins.mnemonic() {
+        Mnemonic::Mov => (src, None),
+        Mnemonic::Xchg => {
+            plan.xchg = Some((ins.op_register(1), old()?));
+            (src, None)
+        }
+        Mnemonic::Cmpxchg => (src, Some(regs.rax)),
         Mnemonic::And | Mnemonic::Or | Mnemonic::Xor => {
-            let o = read_old()?;
+            let o = old()?;
             let v = match ins.mnemonic() {
                 Mnemonic::And => o & src,
                 Mnemonic::Or => o | src,
                 _ => o ^ src,
             } & mask;
-            rmw_zf = Some(v == 0);
-            (v, Some(o), None)
+            plan.rmw_zf = Some(v == 0);
+            (v, Some(o))
         }
         Mnemonic::Btr | Mnemonic::Bts if ins.op_kind(1) != OpKind::Register => {
-            let o = read_old()?;
+            let o = old()?;
             let bit = src & (size as u64 * 8 - 1);
-            rmw_cf = Some(o >> bit & 1 != 0);
+            plan.rmw_cf = Some(o >> bit & 1 != 0);
             let v = if ins.mnemonic() == Mnemonic::Btr {
                 o & !(1 << bit)
             } else {
                 o | (1 << bit)
             };
-            (v, Some(o), None)
+            (v, Some(o))
         }
         other => return Err(NotEmulated::Mnemonic(other)),
     };
-    let rmw = rmw_cf.is_some() || rmw_zf.is_some();
-    let write = PtwrWrite {
-        addr,
-        size: size as u8,
-        value: value & mask,
-        cmpxchg: cmpxchg.map(|c| c & mask),
-    };
-    let result = m.ptwr_write(caller, cr2, write)?;
-    on_write(&write, &result);
-    let outcome = result.map_err(NotEmulated::Refused)?;
-    let mut em = Emulated {
-        len: ins.len() as u64,
-        rax: None,
-        xchg: None,
-        zf: None,
-        cf: None,
-    };
-    match outcome {
-        PtwrOutcome::Written if rmw => {
-            em.zf = rmw_zf;
-            em.cf = rmw_cf;
-        }
-        // The entry changed under a read-modify-write (another writer): the
-        // instruction runs again.
-        PtwrOutcome::Mismatch { .. } if rmw => em.len = 0,
-        PtwrOutcome::Written => {
-            if let Some(o) = old {
-                em.xchg = Some((ins.op_register(1), o));
+    plan.write.value = value & mask;
+    plan.write.cmpxchg = cmpxchg.map(|c| c & mask);
+    Ok(plan)
+}
+
+impl StorePlan {
+    /// What the instruction leaves in registers and flags, given the library's result.
+    fn complete(&self, outcome: PtwrOutcome, regs: &kvm_regs) -> Emulated {
+        let rmw = self.rmw_cf.is_some() || self.rmw_zf.is_some();
+        let mut em = Emulated {
+            len: self.len,
+            rax: None,
+            xchg: None,
+            zf: None,
+            cf: None,
+        };
+        match outcome {
+            PtwrOutcome::Written if rmw => {
+                em.zf = self.rmw_zf;
+                em.cf = self.rmw_cf;
             }
-            if cmpxchg.is_some() {
-                em.zf = Some(true);
+            // The entry changed under a read-modify-write (another writer): the
+            // instruction runs again.
+            PtwrOutcome::Mismatch { .. } if rmw => em.len = 0,
+            PtwrOutcome::Written => {
+                em.xchg = self.xchg;
+                if self.write.cmpxchg.is_some() {
+                    em.zf = Some(true);
+                }
+            }
+            PtwrOutcome::Mismatch { current } => {
+                em.zf = Some(false);
+                // A failed CMPXCHG loads the accumulator: a 32-bit load zero-extends
+                // into RAX, 8- and 16-bit loads keep the rest of it.
+                let mask = (1u64 << (self.size.min(4) * 8)) - 1;
+                em.rax = Some(if self.size >= 4 {
+                    current
+                } else {
+                    (regs.rax & !mask) | (current & mask)
+                });
             }
         }
-        PtwrOutcome::Mismatch { current } => {
-            em.zf = Some(false);
-            em.rax = Some(if size >= 8 {
-                current
-            } else {
-                (regs.rax & !mask) | current
-            });
-        }
+        em
     }
-    Ok(em)
 }
 
 /// Applies an XCHG result to the register file.
@@ -531,5 +600,87 @@ mod tests {
         assert_eq!(sel(&[0x0f, 0xa1], false, &regs), Some(0x7000));
         // mov %ds,%eax stores one.
         assert_eq!(sel(&[0x8c, 0xd8], false, &regs), None);
+    }
+
+    fn plan(bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs, old: u64) -> StorePlan {
+        plan_store(bytes, 0x1000, regs, sregs, &mut |_, buf| {
+            let n = buf.len();
+            buf.copy_from_slice(&old.to_le_bytes()[..n]);
+            Ok(())
+        })
+        .expect("an emulated store")
+    }
+
+    #[test]
+    fn a_segment_register_source_stores_its_selector() {
+        let regs = kvm_regs {
+            rax: 0x5000,
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs::default();
+        sregs.ss.selector = 0xe02b;
+        sregs.ds.selector = 0x0023;
+        sregs.fs.selector = 0x0063;
+        sregs.fs.base = 0x7777_0000;
+        // mov %ss,(%rax): two bytes, the selector.
+        let p = plan(&[0x8c, 0x10], &regs, &sregs, 0);
+        assert_eq!((p.write.addr, p.write.size), (0x5000, 2));
+        assert_eq!(p.write.value, 0xe02b);
+        // mov %ds,(%rax) and mov %fs,(%rax): the selector, not the base.
+        assert_eq!(plan(&[0x8c, 0x18], &regs, &sregs, 0).write.value, 0x23);
+        assert_eq!(plan(&[0x8c, 0x20], &regs, &sregs, 0).write.value, 0x63);
+        // A general register source is unchanged: mov %eax,(%rax).
+        assert_eq!(plan(&[0x89, 0x00], &regs, &sregs, 0).write.value, 0x5000);
+    }
+
+    #[test]
+    fn a_failed_cmpxchg_loads_the_accumulator_as_the_hardware_does() {
+        let regs = kvm_regs {
+            rax: 0xaaaa_bbbb_cccc_dddd,
+            rcx: 0x1234,
+            rdx: 0x5000,
+            ..Default::default()
+        };
+        let sregs = kvm_sregs::default();
+        let miss = |bytes: &[u8], current: u64| {
+            plan(bytes, &regs, &sregs, 0)
+                .complete(PtwrOutcome::Mismatch { current }, &regs)
+                .rax
+        };
+        // cmpxchg %ecx,(%rdx): EAX loaded, RAX's top half zeroed.
+        assert_eq!(miss(&[0x0f, 0xb1, 0x0a], 0x1111_2222), Some(0x1111_2222));
+        // cmpxchg %rcx,(%rdx): all of RAX.
+        assert_eq!(
+            miss(&[0x48, 0x0f, 0xb1, 0x0a], 0x1_1111_2222),
+            Some(0x1_1111_2222)
+        );
+        // cmpxchg %cx,(%rdx) and cmpxchg %cl,(%rdx): AX and AL, the rest kept.
+        assert_eq!(
+            miss(&[0x66, 0x0f, 0xb1, 0x0a], 0x4242),
+            Some(0xaaaa_bbbb_cccc_4242)
+        );
+        assert_eq!(miss(&[0x0f, 0xb0, 0x0a], 0x42), Some(0xaaaa_bbbb_cccc_dd42));
+        // A successful one leaves RAX alone and sets ZF.
+        let hit = plan(&[0x0f, 0xb1, 0x0a], &regs, &sregs, 0);
+        assert_eq!(hit.write.cmpxchg, Some(0xcccc_dddd));
+        let em = hit.complete(PtwrOutcome::Written, &regs);
+        assert_eq!((em.rax, em.zf), (None, Some(true)));
+    }
+
+    #[test]
+    fn read_modify_write_forms_compare_against_the_old_entry() {
+        let regs = kvm_regs {
+            rdx: 0x5000,
+            ..Default::default()
+        };
+        let sregs = kvm_sregs::default();
+        // lock btrq $1,(%rdx) on an entry with RW set: CF=1, RW cleared.
+        let p = plan(&[0xf0, 0x48, 0x0f, 0xba, 0x32, 0x01], &regs, &sregs, 0x1003);
+        assert_eq!((p.write.value, p.write.cmpxchg), (0x1001, Some(0x1003)));
+        let em = p.complete(PtwrOutcome::Written, &regs);
+        assert_eq!(em.cf, Some(true));
+        // Changed under it: the instruction runs again.
+        let em = p.complete(PtwrOutcome::Mismatch { current: 0 }, &regs);
+        assert_eq!(em.len, 0);
     }
 }

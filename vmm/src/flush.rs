@@ -22,8 +22,14 @@ use vm_memory::MmapRegion;
 const MAX_MPROTECT_RUNS: usize = 16;
 /// Memslot used for the dummy page.
 const DUMMY_SLOT: u32 = 1;
-/// Guest-physical address of the dummy page (outside RAM and every device).
-pub const DUMMY_GPA: u64 = 0xf000_0000;
+/// Guest-physical address of the dummy page: above the largest guest RAM (4 GiB) and
+/// past the MMIO test device, so it overlaps neither whatever `--memory` is.
+pub const DUMMY_GPA: u64 = 0x1_0010_0000;
+
+const _: () = assert!(
+    DUMMY_GPA >= devices::mmio_test::MMIO_TEST_BASE + devices::mmio_test::MMIO_TEST_SIZE
+        && DUMMY_GPA >= *platform::domain::MEMORY_MIB.end() << 20
+);
 /// Size of the dummy memslot.
 const DUMMY_SIZE: u64 = 4096;
 

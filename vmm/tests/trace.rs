@@ -175,3 +175,38 @@ fn a_domain_with_an_initrd_is_traced_with_it_and_replays() {
     assert!(stdout.contains("every result identical"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_instruction_kvm_cannot_emulate_crashes_the_domain_and_the_trace_still_ends() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-trace-xsave-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("mmio_xsave.trc");
+    let out = Command::new(pvmmu_binary())
+        .args(["run", "--guest", "mmio_xsave", "--trace"])
+        .arg(&path)
+        .output()
+        .expect("pvmmu run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A guest crash (exit 2) naming the instruction, not a VMM error (exit 1).
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the domain crashed: the host cannot emulate the instruction at 0x"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("audit failed"), "{stderr}");
+    // The trace has its end record: it parses whole and replays to the same results.
+    let (header, records) = trace::read_file(&path).expect("a complete trace");
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r, Record::Hypercall { nr: 1, .. })),
+        "the mapping of the device is recorded"
+    );
+    let report = platform::replay::replay(&header, &records).expect("replay");
+    assert_eq!(report.divergence, None);
+    assert!(report.audit.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,7 +18,7 @@ const A: u64 = 0x20;
 const RANGE_VA: u64 = 1 << 30;
 const PAGES: u64 = 16;
 /// The MMIO test device (guest-physical address, as the VMM places it).
-const MMIO_GPA: u64 = 0xd000_0000;
+const MMIO_GPA: u64 = 0x1_0000_0000;
 const MMIO_VA: u64 = RANGE_VA + PAGES * 4096;
 
 struct Frames {

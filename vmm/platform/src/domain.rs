@@ -28,6 +28,9 @@ pub const BACKEND_DOMID: u16 = 0;
 /// Smallest and largest guest memory, in MiB.
 pub const MEMORY_MIB: std::ops::RangeInclusive<u64> = 16..=4096;
 
+// RAM (from 0) ends at or below the MMIO test device whatever the size.
+const _: () = assert!(*MEMORY_MIB.end() << 20 <= MMIO_TEST_BASE);
+
 /// The PV MMU over the VMM's guest memory with flush hook `F`.
 pub type Mach<F> = Machine<GuestMemoryMmap<()>, F>;
 

@@ -26,7 +26,7 @@ use devices::serial::{COM1_LEN, COM1_PORT};
 use devices::{ExitPort, MmioTestDevice, SerialConsole};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
-use log::warn;
+use log::{error, warn};
 use platform::builder::BootInfo;
 use platform::cpuid::CpuidPolicy;
 use platform::dispatch::{Console, DomainState, HypercallStats};
@@ -465,6 +465,14 @@ impl Vm {
                     return Err(VmError::FailEntry { reason, cpu });
                 }
                 Ok(VcpuExit::Intr) => self.timer_kick()?,
+                // The guest ran something the host must emulate and cannot: the
+                // guest's doing, so the domain ends (crashed) rather than the VMM.
+                Ok(VcpuExit::InternalError) => {
+                    let suberror = self.internal_suberror();
+                    let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    warn!("KVM internal error {suberror} at {rip:#x}: crashing the domain");
+                    Some(GuestExit::Crash(Crash::Unemulated { rip, suberror }))
+                }
                 Ok(other) => return Err(VmError::UnhandledExit(format!("{other:?}"))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.timer_kick()?
@@ -477,15 +485,9 @@ impl Vm {
         }
     }
 
-    /// Runs to the end and tears the domain down, auditing before and after.
-    pub fn run_to_end(mut self, stop: &AtomicBool) -> Result<RunReport, VmError> {
-        let exit = self.run(stop)?;
-        if let Some(t) = self.tracer.take() {
-            t.finish()?;
-        }
-        self.stats.mmu = self.machine.stats();
-        let audit = self
-            .machine
+    /// Audits the domain, tears it down and audits what is left.
+    fn audit_and_teardown(&mut self) -> Result<(), AuditFailure> {
+        self.machine
             .audit()
             .map_err(AuditFailure::Run)
             .and_then(|()| {
@@ -493,7 +495,34 @@ impl Vm {
                     .destroy_domain(DOMID)
                     .map_err(AuditFailure::Teardown)
             })
-            .and_then(|()| self.machine.audit().map_err(AuditFailure::AfterTeardown));
+            .and_then(|()| self.machine.audit().map_err(AuditFailure::AfterTeardown))
+    }
+
+    /// KVM's `internal.suberror` after an internal-error exit.
+    fn internal_suberror(&mut self) -> u32 {
+        let run = self.vcpu.fd.get_kvm_run();
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
+        // `internal` member of the exit union; it is plain integers.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+
+    /// Runs to the end and tears the domain down, auditing before and after. The trace
+    /// is ended and the domain audited and torn down however the run ends, a VMM error
+    /// included (the error is returned after, with the audit's verdict logged).
+    pub fn run_to_end(mut self, stop: &AtomicBool) -> Result<RunReport, VmError> {
+        let ran = self.run(stop);
+        let traced = self.tracer.take().map_or(Ok(()), |t| t.finish());
+        let exit = match ran {
+            Ok(exit) => exit,
+            Err(e) => {
+                let audit = self.audit_and_teardown();
+                error!("the run failed ({e}); audit after it: {audit:?}");
+                return Err(e);
+            }
+        };
+        traced?;
+        self.stats.mmu = self.machine.stats();
+        let audit = self.audit_and_teardown();
         self.stats.flush = self.machine.flusher().stats;
         self.stats.hypercalls = self.platform.stats.clone();
         self.stats.wall = self.started.elapsed();

@@ -8,7 +8,7 @@ use rt::{mem, peek, poke};
 use suite::{A, Check, Frames, P, RW};
 
 const R: u64 = 1 << 30;
-const DEVICE: u64 = 0xd000_0000;
+const DEVICE: u64 = 0x1_0000_0000;
 const ID: u64 = u64::from_le_bytes(*b"PVMMUDEV");
 
 #[unsafe(no_mangle)]

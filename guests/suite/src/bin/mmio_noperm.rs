@@ -5,7 +5,7 @@
 use rt::abi::{DOMID_IO, Errno, MmuUpdate, StartInfo};
 use suite::{A, Check, Frames, P, RW, SELF, err};
 
-const DEVICE: u64 = 0xd000_0000;
+const DEVICE: u64 = 0x1_0000_0000;
 
 #[unsafe(no_mangle)]
 pub fn guest_main(_si: &'static StartInfo) {

@@ -44,7 +44,7 @@ const D: u64 = 1 << 6;
 const PAT: u64 = 1 << 7;
 const GUEST_KERNEL: u64 = 1 << 52;
 /// The VMM's MMIO test device (guest-physical address).
-const MMIO_TEST_BASE: u64 = 0xd000_0000;
+const MMIO_TEST_BASE: u64 = 0x1_0000_0000;
 /// Data frames at most.
 const MAX_POOL: usize = 720;
 /// Local mismatches after which the run stops (so a systematic failure doesn't flood).

@@ -175,6 +175,19 @@ pub enum Crash {
     /// `iret` to user mode without user page tables.
     #[error("iret: switching to user mode with no user page tables")]
     NoUserRoot,
+    /// An instruction the host had to emulate and could not (KVM's internal-error exit,
+    /// e.g. `fxsave64` or `xsave64` into a mapped MMIO page). On Xen the hardware runs
+    /// it against the device; here nothing can complete it, so the domain ends as one
+    /// that cannot continue, with the instruction named.
+    #[error(
+        "the host cannot emulate the instruction at {rip:#x} (KVM internal error, suberror {suberror})"
+    )]
+    Unemulated {
+        /// Where the instruction is.
+        rip: u64,
+        /// KVM's `internal.suberror` (1: emulation failure).
+        suberror: u32,
+    },
 }
 
 impl Crash {
@@ -186,6 +199,7 @@ impl Crash {
             Crash::StackFault { .. } => 3,
             Crash::IretFrame { .. } => 4,
             Crash::NoUserRoot => 5,
+            Crash::Unemulated { .. } => 6,
         }
     }
 
@@ -199,6 +213,10 @@ impl Crash {
             2 => Crash::BadStack { vector: 0, rsp: 0 },
             3 => Crash::StackFault { vector: 0, rsp: 0 },
             4 => Crash::IretFrame { rsp: 0 },
+            6 => Crash::Unemulated {
+                rip: 0,
+                suberror: 0,
+            },
             _ => Crash::NoUserRoot,
         }
     }
