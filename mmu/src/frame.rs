@@ -373,9 +373,19 @@ impl FrameTable {
     #[doc(hidden)]
     /// Test hook: overwrite a frame's counts (to reach overflow limits in tests).
     pub fn set_counts_for_test(&mut self, mfn: Mfn, count: u64, type_count: u64) {
-        if let Some(p) = self.get_mut(mfn) {
+        self.edit_for_test(mfn, |p| {
             p.count = count;
             p.type_count = type_count;
+        });
+    }
+
+    #[doc(hidden)]
+    /// Test hook: change a frame's bookkeeping behind the rules' back (to break an
+    /// invariant on purpose and check that [`Machine::audit`](crate::Machine::audit)
+    /// reports it).
+    pub fn edit_for_test(&mut self, mfn: Mfn, edit: impl FnOnce(&mut PageInfo)) {
+        if let Some(p) = self.get_mut(mfn) {
+            edit(p);
         }
     }
 }
