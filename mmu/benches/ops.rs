@@ -12,108 +12,17 @@
 //! - `update_va_mapping`: one `update_va_mapping` call moving one VA between two frames.
 
 use std::hint::black_box;
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pvmmu::{
-    Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, Pte, PteFlags, RecordingFlush,
-    VaRange, Visit, Walker,
-};
 use pvmmu_abi::mmu::{
     MMU_NORMAL_PT_UPDATE, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_UNPIN_TABLE,
 };
-use pvmmu_abi::{DOMID_SELF, MmuUpdate, MmuextOp};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use pvmmu_abi::{MmuUpdate, MmuextOp};
 
-/// Machine frames (16 MiB).
-const FRAMES: u64 = 4096;
-/// Hypervisor frames the reserved L4 slots point at.
-const XEN_FRAME: u64 = 0x10;
-/// The domain's frames: page tables from `DOM_FIRST` on, data frames at `DATA_FIRST..`.
-const DOM_FIRST: u64 = 0x100;
-const DOM_END: u64 = FRAMES;
-const DATA_FIRST: u64 = 0x800;
-const DATA_FRAMES: u64 = 256;
-/// The mapped range: 1 GiB at VA 1 GiB (L4 slot 0, L3 slot 1).
-const BASE: u64 = 1 << 30;
-const SIZE: u64 = 1 << 30;
-const PAGES: u64 = SIZE >> 12;
-const DOM: u16 = 1;
-const SELF: u32 = DOMID_SELF as u32;
-const BATCH: usize = 512;
-
-struct Fixture {
-    m: Machine<GuestMemoryMmap<()>, RecordingFlush>,
-    c: Caller,
-    l4: Mfn,
-    l1_tables: Vec<Mfn>,
-}
-
-/// The data frame that page `page` of the range maps initially.
-fn data_frame(page: u64) -> u64 {
-    DATA_FIRST + page % DATA_FRAMES
-}
-
-/// A machine with domain 1 and its (unpinned, unvalidated) 1 GiB tree.
-fn fixture() -> Fixture {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)])
-        .expect("memory");
-    let mut slots = [0u64; 16];
-    slots[0] = (XEN_FRAME << 12) | 0x5; // read-only M2P
-    slots[4] = ((XEN_FRAME + 1) << 12) | 0x3;
-    let config = MachineConfig {
-        xen_l4_slots: slots,
-        ..MachineConfig::default()
-    };
-    let mut m = Machine::with_flusher(mem, config, RecordingFlush::default()).expect("machine");
-    m.create_domain(DomainConfig::new(DOM)).expect("domain");
-    m.assign_frames(DOM, (DOM_FIRST..DOM_END).map(Mfn))
-        .expect("frames");
-    m.reserve_xen_frames((XEN_FRAME..XEN_FRAME + 4).map(Mfn))
-        .expect("xen frames");
-    for f in DOM_FIRST..DOM_END {
-        m.set_m2p(Mfn(f), f - DOM_FIRST);
-    }
-    let l4 = Mfn(DOM_FIRST);
-    let mut next = DOM_FIRST + 1;
-    let mut alloc = |_: Level| {
-        next += 1;
-        (next <= DATA_FIRST).then_some(Mfn(next - 1))
-    };
-    let mut l1_tables = Vec::new();
-    let range = VaRange::new(BASE, SIZE).expect("range");
-    // The page-table frames are not mapped at all, so never writable.
-    let r = Walker::new(m.memory()).apply_to_page_range(l4, range, &mut alloc, |v| {
-        if let Visit::Ptes(b) = v {
-            l1_tables.push(b.table());
-            for i in 0..b.len() {
-                let page = (b.va(i) - BASE) >> 12;
-                let flags = PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED;
-                b.set(i, Pte::new(Mfn(data_frame(page)), flags));
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    assert!(r.expect("build tree").is_continue());
-    assert_eq!(l1_tables.len(), 512);
-    Fixture {
-        m,
-        c: Caller::new(DOM, 0),
-        l4,
-        l1_tables,
-    }
-}
-
-impl Fixture {
-    fn ext(&mut self, cmd: u32, mfn: Mfn) {
-        let o = self
-            .m
-            .mmuext_op(self.c, &[MmuextOp::new(cmd, mfn.0, 0)], SELF)
-            .expect("mmuext_op");
-        assert_eq!(o.result, Ok(()), "mmuext {cmd}");
-    }
-}
+#[path = "common/ops.rs"]
+mod fixture;
+use fixture::*;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("ops");

@@ -16,57 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pvmmu::{EntryVisit, Level, Mfn, Pte, PteFlags, VaRange, Visit, Walker};
+use pvmmu::{EntryVisit, Level, Pte, Visit, Walker};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+#[path = "common/walk.rs"]
+mod fixture;
+use fixture::*;
 use x86_64::structures::paging::mapper::{Translate, TranslateResult};
 use x86_64::structures::paging::{
     Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, Size4KiB,
 };
-
-const BASE: u64 = 1 << 30;
-const SIZE: u64 = 1 << 30;
-const PAGES: u64 = SIZE >> 12;
-const ROOT: Mfn = Mfn(0);
-const TOGGLE: u64 = PteFlags::AVAIL0.bits();
-
-struct Fixture {
-    mem: GuestMemoryMmap<()>,
-    range: VaRange,
-    l1_tables: Vec<Mfn>,
-}
-
-fn fixture() -> Fixture {
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("guest memory");
-    let range = VaRange::new(BASE, SIZE).expect("range");
-    let mut next = 1;
-    let mut alloc = |_: Level| {
-        next += 1;
-        Some(Mfn(next - 1))
-    };
-    let mut l1_tables = vec![];
-    let _complete = Walker::new(&mem)
-        .apply_to_page_range(ROOT, range, &mut alloc, |v| {
-            if let Visit::Ptes(b) = v {
-                l1_tables.push(b.table());
-                for i in 0..b.len() {
-                    let frame = Mfn(0x10_0000 + (b.va(i) >> 12));
-                    b.set(
-                        i,
-                        Pte::new(frame, PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED),
-                    );
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        })
-        .expect("build page tables");
-    assert_eq!(l1_tables.len(), 512);
-    Fixture {
-        mem,
-        range,
-        l1_tables,
-    }
-}
 
 fn naive_leaf(mem: &GuestMemoryMmap<()>, va: u64) -> GuestAddress {
     let mut table = ROOT.0 << 12;
@@ -88,6 +47,32 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
 
     g.bench_function(BenchmarkId::new("batched", "read"), |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            let _ = walker.apply_to_existing_page_range(ROOT, fx.range, |v| {
+                if let Visit::Ptes(batch) = v {
+                    let s =
+                        batch.with_values(|v| v.iter().fold(0u64, |s, e| s.wrapping_add(e.raw())));
+                    sum = sum.wrapping_add(s);
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            black_box(sum)
+        })
+    });
+    g.bench_function(BenchmarkId::new("batched_fold", "read"), |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            let _ = walker.apply_to_existing_page_range(ROOT, fx.range, |v| {
+                if let Visit::Ptes(batch) = v {
+                    sum = batch.fold(sum, |s, _, e| s.wrapping_add(e.raw()));
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            black_box(sum)
+        })
+    });
+    g.bench_function(BenchmarkId::new("batched_iter", "read"), |b| {
         b.iter(|| {
             let mut sum = 0u64;
             let _ = walker.apply_to_existing_page_range(ROOT, fx.range, |v| {

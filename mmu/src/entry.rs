@@ -101,6 +101,7 @@ pub const PTE_AD_MASK: u64 = PteFlags::ACCESSED.bits() | PteFlags::DIRTY.bits();
 /// assert!(!pte.is_superpage(Level::L2));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(transparent)]
 pub struct Pte(pub u64);
 
 impl Pte {

@@ -263,26 +263,32 @@ pub struct PteSlot<'s, 'p> {
 
 impl PteSlot<'_, '_> {
     /// The VA the entry maps.
+    #[inline]
     pub fn va(&self) -> u64 {
         self.batch.va(self.index)
     }
     /// The entry's level.
+    #[inline]
     pub fn level(&self) -> Level {
         self.batch.level()
     }
     /// Reads the entry.
+    #[inline]
     pub fn get(&self) -> Pte {
         self.batch.get(self.index)
     }
     /// Writes the entry.
+    #[inline]
     pub fn set(&mut self, pte: Pte) {
         self.batch.set(self.index, pte)
     }
     /// Compare-exchange on the entry (see [`PteBatch::compare_exchange`]).
+    #[inline]
     pub fn compare_exchange(&mut self, current: Pte, new: Pte) -> Result<Pte, Pte> {
         self.batch.compare_exchange(self.index, current, new)
     }
     /// The guest-physical address of the entry itself.
+    #[inline]
     pub fn entry_addr(&self) -> u64 {
         self.batch.entry_addr(self.index)
     }
@@ -345,7 +351,7 @@ where
 
         let entries = page.entries();
         let mut hole: Option<u64> = None;
-        for (i, entry) in entries.iter().enumerate().take(i1 + 1).skip(i0) {
+        for (i, entry) in (i0..=i1).zip(&entries[i0..=i1]) {
             let entry_linear = table_linear + ((i as u64) << level.shift());
             let sub_first = first.max(entry_linear);
             let sub_last = last.min(entry_linear + (level.entry_span() - 1));
