@@ -1,6 +1,22 @@
 //! `pvmmu bench`: guest launch to shutdown for the demo guest, and end-to-end cost of
-//! mmu_update batches of 1, 8, 64 and 512 L1 remaps from a guest, next to the library's
-//! own cost and the exit cost, all from the same run.
+//! mmu_update batches of 1, 8, 64 and 512 L1 remaps from a guest, each followed by the
+//! TLB flush a kernel makes (and the host-side invalidation it causes), next to the
+//! VMM's own cost and the exit cost, all from the same run.
+//!
+//! The formula for a batch round (one `mmu_update` of N remaps, one `mmuext_op`
+//! `TLB_FLUSH_LOCAL`), per update:
+//!
+//! ```text
+//! end to end      = interval between consecutive batches / N   (measured)
+//! bound           = (served(batch) + served(flush) + 2 * exit) / N
+//! exit            = null-hypercall interval - served(null hypercall)
+//! ```
+//!
+//! `served` is the time the VMM spends on a hypercall from its exit to its return
+//! (library, request reading, host invalidation); `exit` is what a hypercall costs
+//! outside it (KVM's exit and re-entry, the guest's side of the call), counted once per
+//! hypercall; what the bound leaves out is the guest's own work between calls (filling
+//! the request array).
 
 use std::sync::atomic::AtomicBool;
 
@@ -10,15 +26,20 @@ use crate::vm::{GuestExit, HypercallTiming, Vm, VmConfig, VmError};
 /// Batch sizes the bench guest issues.
 pub const SIZES: [u64; 4] = [1, 8, 64, 512];
 
-/// Results for one batch size.
+/// Results for one batch size (all per update, ns).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchFigures {
     /// Entries per mmu_update.
     pub size: u64,
-    /// End to end (guest issue to next issue) per update, ns.
+    /// End to end: interval between consecutive batch rounds (the batch and its
+    /// flush, two hypercalls) divided by the batch size.
     pub end_to_end_ns: f64,
-    /// Time inside the library per update, ns.
+    /// The `mmu_update`'s time in the VMM (the library and reading the requests).
     pub library_ns: f64,
+    /// The flush's time in the VMM, host-side invalidation included.
+    pub flush_ns: f64,
+    /// Host-side invalidation within the round.
+    pub invalidation_ns: f64,
 }
 
 /// All figures of one `pvmmu bench`.
@@ -28,6 +49,8 @@ pub struct BenchReport {
     pub launch_ms: f64,
     /// One hypercall round trip (null hypercall), median, ns.
     pub exit_ns: f64,
+    /// The same less the VMM's serving of it: the exit itself, median, ns.
+    pub pure_exit_ns: f64,
     /// An exception delivered to the guest's handler and returned from with `iret`,
     /// median, ns.
     pub bounce_ns: f64,
@@ -157,12 +180,17 @@ impl std::io::Write for Captured {
 }
 
 impl BenchReport {
-    /// The issue's target: at batch 512, end to end within 1.5x of library cost plus
-    /// the exit cost divided by 512. Returns (ratio, met).
+    /// The bound of a batch round per update: what the VMM served (batch and flush)
+    /// plus one exit per hypercall (two), divided by the batch size (see the module
+    /// documentation).
+    pub fn bound_ns(&self, b: &BatchFigures) -> f64 {
+        b.library_ns + b.flush_ns + 2.0 * self.pure_exit_ns / b.size as f64
+    }
+
+    /// At batch 512: end to end over the bound, and whether that is within 1.5x.
     pub fn target_512(&self) -> Option<(f64, bool)> {
         let b = self.batches.iter().find(|b| b.size == 512)?;
-        let bound = b.library_ns + self.exit_ns / 512.0;
-        let ratio = b.end_to_end_ns / bound;
+        let ratio = b.end_to_end_ns / self.bound_ns(b);
         Some((ratio, ratio <= 1.5))
     }
 
@@ -172,6 +200,7 @@ impl BenchReport {
         serde_json::json!({
             "launch_ms": self.launch_ms,
             "exit_ns": self.exit_ns,
+            "pure_exit_ns": self.pure_exit_ns,
             "bounce_round_trip_ns": self.bounce_ns,
             "guest_ticks": self.ticks.map(|t| serde_json::json!({
                 "exit": t.exit, "probe": t.probe, "bounce": t.bounce,
@@ -181,6 +210,9 @@ impl BenchReport {
                 "size": b.size,
                 "end_to_end_ns_per_update": b.end_to_end_ns,
                 "library_ns_per_update": b.library_ns,
+                "flush_ns_per_update": b.flush_ns,
+                "host_invalidation_ns_per_update": b.invalidation_ns,
+                "bound_ns_per_update": self.bound_ns(b),
             })).collect::<Vec<_>>(),
             "target_512": { "ratio": ratio, "met": met },
             "kernel_patterns": self.patterns.iter().map(|p| serde_json::json!({
@@ -261,7 +293,7 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
         return Err(BenchError::Guest("bench", r.exit));
     }
     let t = &r.timings;
-    let (exit_gaps, _) = series(t, pvmmu_abi::hypercall::HYPERVISOR_xen_version, None);
+    let (exit_gaps, exit_served) = series(t, pvmmu_abi::hypercall::HYPERVISOR_xen_version, None);
     // Consecutive `iret`s: each gap is one exception, its delivery and the return.
     let (bounce_gaps, _) = series(t, pvmmu_abi::hypercall::HYPERVISOR_iret, None);
     // The batch rounds come before the kernel patterns' first marker.
@@ -269,25 +301,16 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
         .iter()
         .position(|h| h.nr == pvmmu_abi::hypercall::HYPERVISOR_xen_version && h.count == MARKER)
         .unwrap_or(t.len());
+    let rounds = &t[..first_mark];
     let batches = SIZES
         .iter()
-        .map(|&size| {
-            let rounds = &t[..first_mark];
-            let (gaps, served) = series(
-                rounds,
-                pvmmu_abi::hypercall::HYPERVISOR_mmu_update,
-                Some(size),
-            );
-            BatchFigures {
-                size,
-                end_to_end_ns: median(gaps) / size as f64,
-                library_ns: median(served) / size as f64,
-            }
-        })
+        .map(|&size| batch_figures(rounds, size))
         .collect();
+    let exit_ns = median(exit_gaps);
     Ok(BenchReport {
         launch_ms: median(walls),
-        exit_ns: median(exit_gaps),
+        exit_ns,
+        pure_exit_ns: exit_ns - median(exit_served),
         bounce_ns: median(bounce_gaps),
         batches,
         ticks: console
@@ -299,6 +322,39 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
     })
 }
 
+/// The figures of the rounds of batch size `size`: each round is an `mmu_update` of
+/// `size` requests and the `mmuext_op` (flush) right after it.
+fn batch_figures(t: &[HypercallTiming], size: u64) -> BatchFigures {
+    let mmu_update = pvmmu_abi::hypercall::HYPERVISOR_mmu_update;
+    let starts: Vec<usize> = (0..t.len())
+        .filter(|&i| t[i].nr == mmu_update && t[i].count == size)
+        .collect();
+    let mut gaps = Vec::new();
+    let (mut batch, mut flush, mut inval) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, &i) in starts.iter().enumerate() {
+        if let Some(&next) = starts.get(k + 1) {
+            gaps.push((t[next].at - t[i].at).as_nanos() as f64);
+        }
+        batch.push(t[i].served.as_nanos() as f64);
+        let f = t
+            .get(i + 1)
+            .filter(|h| h.nr == pvmmu_abi::hypercall::HYPERVISOR_mmuext_op);
+        flush.push(f.map_or(0.0, |h| h.served.as_nanos() as f64));
+        inval.push(
+            (t[i].invalidation + f.map_or(std::time::Duration::ZERO, |h| h.invalidation)).as_nanos()
+                as f64,
+        );
+    }
+    let n = size as f64;
+    BatchFigures {
+        size,
+        end_to_end_ns: median(gaps) / n,
+        library_ns: median(batch) / n,
+        flush_ns: median(flush) / n,
+        invalidation_ns: median(inval) / n,
+    }
+}
+
 /// A human-readable table.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
@@ -306,14 +362,23 @@ pub fn table(r: &BenchReport) -> String {
         r.launch_ms,
         r.exit_ns / 1e3
     );
-    s.push_str("batch | end to end ns/update | library ns/update | exit cost / batch ns\n");
+    s.push_str(&format!(
+        "batch rounds: one mmu_update of N L1 remaps + the TLB flush a kernel makes after it\n\
+         bound = (served(batch) + served(flush) + 2 x exit) / N, exit = {:.1} us (the round trip less its serving)\n",
+        r.pure_exit_ns / 1e3
+    ));
+    s.push_str(
+        "batch | end to end ns/update | bound ns/update | library ns/update | flush ns/update | host inval ns/update\n",
+    );
     for b in &r.batches {
         s.push_str(&format!(
-            "{:>5} | {:>19.1} | {:>17.1} | {:>20.1}\n",
+            "{:>5} | {:>19.1} | {:>15.1} | {:>17.1} | {:>15.1} | {:>20.1}\n",
             b.size,
             b.end_to_end_ns,
+            r.bound_ns(b),
             b.library_ns,
-            r.exit_ns / b.size as f64
+            b.flush_ns,
+            b.invalidation_ns,
         ));
     }
     s.push_str(&format!(
@@ -353,7 +418,7 @@ pub fn table(r: &BenchReport) -> String {
     }
     if let Some((ratio, met)) = r.target_512() {
         s.push_str(&format!(
-            "\nbatch 512: end to end = {ratio:.2}x (library + exit/512); target <= 1.5x: {}\n",
+            "\nbatch 512: end to end = {ratio:.2}x the bound; target <= 1.5x: {}\n",
             if met { "met" } else { "missed" }
         ));
     }

@@ -1,5 +1,6 @@
 //! The `pvmmu bench` guest: rounds of null hypercalls (the exit cost), then rounds of
-//! mmu_update batches of 1, 8, 64 and 512 validated L1 remaps, then rounds of an
+//! mmu_update batches of 1, 8, 64 and 512 validated L1 remaps, each followed by the
+//! local TLB flush a kernel makes after moving present mappings, then rounds of an
 //! exception (`ud2`) delivered to the guest's handler and returned from with `iret`.
 //! With `probe=ADDR` on its command line it also times, with its own TSC, a null
 //! hypercall, a call of the hypervisor's ring-0 probe at ADDR (an `int3` whose exception
@@ -13,7 +14,9 @@
 #![no_std]
 #![no_main]
 
-use rt::abi::mmu::{MMUEXT_INVLPG_LOCAL, MMUEXT_PIN_L1_TABLE, MMUEXT_UNPIN_TABLE};
+use rt::abi::mmu::{
+    MMUEXT_INVLPG_LOCAL, MMUEXT_PIN_L1_TABLE, MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_UNPIN_TABLE,
+};
 use rt::abi::{DOMID_SELF, MmuUpdate, StartInfo};
 use suite::{A, Frames, P, RW};
 
@@ -51,6 +54,9 @@ pub fn guest_main(si: &'static StartInfo) {
                 rt::println!("bench: batch of {size}: rc {rc} done {done}");
                 rt::finish(Some("bench batch"));
             }
+            // What a kernel does after moving present mappings: flush, so that no
+            // stale translation of the old frames survives (the host invalidates them).
+            ext(MMUEXT_TLB_FLUSH_LOCAL, 0, "flush after a batch");
         }
     }
     kernel_patterns(&fresh, l2, l1, &data, &alt);
