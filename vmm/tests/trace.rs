@@ -210,3 +210,105 @@ fn an_instruction_kvm_cannot_emulate_crashes_the_domain_and_the_trace_still_ends
     assert!(report.audit.is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_page_record_that_rewrites_a_live_page_table_is_named_as_corrupt() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-trace-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("demo.trc");
+    record("demo", &path);
+    let (header, records) = trace::read_file(&path).expect("parse");
+    let index = records
+        .iter()
+        .position(|r| matches!(r, Record::Pages(_)))
+        .expect("a page record");
+    // Add to it a page that rewrites the domain's root L4 (pinned from the start) with
+    // entry 5 pointing at the root itself, read-write: an L4 self-map no guest may
+    // store directly.
+    let d =
+        platform::Domain::create(&header.spec(), pvmmu::RecordingFlush::default()).expect("domain");
+    let root = d
+        .machine
+        .kernel_root(pvmmu::Caller::new(platform::DOMID, 0))
+        .expect("root");
+    let mut page = vec![0u8; 4096];
+    use vm_memory::Bytes;
+    d.machine
+        .memory()
+        .read_slice(&mut page, vm_memory::GuestAddress(root.addr()))
+        .expect("read root");
+    page[40..48].copy_from_slice(&((root.0 << 12) | 0x67).to_le_bytes());
+    let mut tampered = records.clone();
+    if let Record::Pages(pages) = &mut tampered[index] {
+        pages.push((root.0, page));
+    }
+    let report = platform::replay::replay(&header, &tampered).expect("replay");
+    let d = report.divergence.expect("the corrupt record is named");
+    assert_eq!(d.index, index);
+    assert!(d.what.contains("live l4 table"), "{}", d.what);
+    assert!(d.what.contains("corrupt record"), "{}", d.what);
+    assert!(d.recorded.contains("entry 5 ="), "{}", d.recorded);
+    // The untampered trace still replays clean: A/D-only changes are accepted.
+    let clean = platform::replay::replay(&header, &records).expect("replay");
+    assert_eq!(clean.divergence, None);
+    assert!(clean.audit.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn random_damage_to_page_records_is_named_or_harmless_never_an_unexplained_audit_failure() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pvmmu-trace-damage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("demo.trc");
+    record("demo", &path);
+    let (header, records) = trace::read_file(&path).expect("parse");
+    let pages: Vec<(usize, usize)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            Record::Pages(p) => Some((i, p.len())),
+            _ => None,
+        })
+        .collect();
+    assert!(!pages.is_empty());
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let (mut named, mut harmless) = (0, 0);
+    for _ in 0..40 {
+        let mut damaged = records.clone();
+        // 20 random bytes of page contents changed.
+        for _ in 0..20 {
+            let (ri, n) = pages[next(pages.len())];
+            if let Record::Pages(p) = &mut damaged[ri] {
+                let page = &mut p[next(n)].1;
+                let at = next(page.len());
+                page[at] ^= 1 << next(8);
+            }
+        }
+        let report = platform::replay::replay(&header, &damaged).expect("replay");
+        match report.divergence {
+            Some(_) => named += 1,
+            None => {
+                assert!(
+                    report.audit.is_ok(),
+                    "damage replayed without a named record but the audit failed: {:?}",
+                    report.audit
+                );
+                harmless += 1;
+            }
+        }
+    }
+    assert_eq!(named + harmless, 40);
+    let _ = std::fs::remove_dir_all(&dir);
+}

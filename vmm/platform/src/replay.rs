@@ -69,11 +69,15 @@ pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, 
         divergence: None,
         audit: Ok(()),
     };
-    for (index, r) in records.iter().enumerate() {
+    'records: for (index, r) in records.iter().enumerate() {
         report.records += 1;
         match r {
             Record::Pages(pages) => {
                 for (pfn, bytes) in pages {
+                    if let Some(d) = table_overwrite(&m, index, *pfn, bytes) {
+                        report.divergence = Some(d);
+                        break 'records;
+                    }
                     let at = pfn.checked_mul(PAGE).unwrap_or(u64::MAX);
                     m.memory()
                         .write_slice(bytes, GuestAddress(at))
@@ -148,6 +152,56 @@ pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, 
     }
     report.audit = m.audit();
     Ok(report)
+}
+
+/// A page record may carry a frame that is a live page table at that point only with
+/// the Accessed/Dirty bits of its present entries changed (the CPU's walker sets them;
+/// dirty logging then records the page): any other change is one no guest can make (it
+/// writes tables only through hypercalls and emulated writes, both recorded as such),
+/// so the record is corrupt. Returns the divergence naming it.
+fn table_overwrite<M: vm_memory::GuestMemory, F: pvmmu::TlbFlush>(
+    m: &pvmmu::Machine<M, F>,
+    index: usize,
+    pfn: u64,
+    bytes: &[u8],
+) -> Option<Divergence> {
+    let p = m.frames().get(pvmmu::Mfn(pfn))?;
+    if !(p.validated && p.is_live_page_table()) {
+        return None;
+    }
+    let level = p.ty.level()?;
+    let current = pvmmu::visit_table(m.memory(), pvmmu::Mfn(pfn), level, |b| b.snapshot()).ok()?;
+    const AD: u64 = pvmmu::PTE_AD_MASK;
+    let changed = current
+        .iter()
+        .zip(bytes.chunks_exact(8))
+        .enumerate()
+        .find_map(|(i, (old, new))| {
+            let new = u64::from_le_bytes(new.try_into().ok()?);
+            let old = old.raw();
+            let ad_only = old & 1 != 0 && (old ^ new) & !AD == 0;
+            (old != new && !ad_only).then_some((i, old, new))
+        });
+    let whole = bytes.len() == PAGE as usize;
+    if changed.is_none() && whole {
+        return None;
+    }
+    let (i, old, new) = changed.unwrap_or((bytes.len() / 8, 0, 0));
+    Some(Divergence {
+        index,
+        what: format!(
+            "a page record writing frame {pfn:#x}, a live {} table: a guest changes its tables only through hypercalls and emulated writes (corrupt record)",
+            p.ty
+        ),
+        recorded: if whole {
+            format!("entry {i} = {new:#x}")
+        } else {
+            format!("{} bytes for a 4096-byte page", bytes.len())
+        },
+        replayed: format!(
+            "entry {i} = {old:#x} (only its A/D bits may change behind the hypervisor)"
+        ),
+    })
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> usize {
