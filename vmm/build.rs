@@ -40,6 +40,12 @@ const GUESTS: &[(&str, &str, &str, bool)] = &[
     ),
     ("spin", "spins forever (stop it with SIGINT)", "Runs", true),
     (
+        "chaos",
+        "a hostile guest: seeded random and adversarial hypercalls of every number, wild pointers, huge counts, self-referencing batches, faults and traps (--cmdline seed=N steps=N)",
+        "Hostile",
+        true,
+    ),
+    (
         "hog",
         "one multicall of 16.7 million entries (stop it with SIGINT)",
         "Runs",
