@@ -1,0 +1,13 @@
+#!/bin/bash -eu
+# Run by the OSS-Fuzz / ClusterFuzzLite builder: builds every cargo-fuzz target of
+# mmu/fuzz with the sanitizer the builder asks for (cargo fuzz reads $SANITIZER through
+# the builder's RUSTFLAGS), and ships each with its seed corpus (mmu/fuzz/corpus/<t>,
+# which also holds the regression inputs `cargo test` replays).
+cd "$SRC/pvmmu/mmu/fuzz"
+cargo fuzz build -O
+for target in $(cargo fuzz list); do
+    cp "target/x86_64-unknown-linux-gnu/release/$target" "$OUT/"
+    if [ -d "corpus/$target" ]; then
+        (cd "corpus/$target" && zip -q -r "$OUT/${target}_seed_corpus.zip" .)
+    fi
+done
