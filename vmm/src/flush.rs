@@ -19,7 +19,7 @@ use vm_memory::MmapRegion;
 
 /// Above this many separate runs of stale frames, one memslot cycle is cheaper than the
 /// `mprotect` calls (about 8.5 us each against 100-190 us for the cycle).
-const MAX_MPROTECT_RUNS: usize = 16;
+pub const MAX_MPROTECT_RUNS: usize = 16;
 /// Memslot used for the dummy page.
 const DUMMY_SLOT: u32 = 1;
 /// Guest-physical address of the dummy page: above the largest guest RAM (4 GiB) and
@@ -51,6 +51,47 @@ pub struct FlushStats {
     pub time: std::time::Duration,
 }
 
+/// How the VMM invalidates KVM's view of guest page tables after it changed them
+/// host-side. Every policy is correct; they differ in cost. The forced ones exist so
+/// that each path the automatic choice can take is tested on its own (and so that a
+/// host whose costs differ can be measured both ways).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InvalidationPolicy {
+    /// By need, cheapest first: nothing for upgrades and new tables hooked in; for leaf
+    /// changes an `mprotect` round trip per contiguous run of old target frames, or one
+    /// memslot cycle beyond [`MAX_MPROTECT_RUNS`] runs; a memslot cycle when a present
+    /// non-leaf entry was removed, repointed or lost rights.
+    #[default]
+    Auto,
+    /// Leaf changes always by `mprotect` runs, however many (non-leaf revocations still
+    /// cycle the memslot: protecting frames cannot reach a whole subtree).
+    Mprotect,
+    /// Every invalidation that needs anything is a memslot cycle.
+    Memslot,
+}
+
+impl std::str::FromStr for InvalidationPolicy {
+    type Err = String;
+
+    /// `auto`, `mprotect` or `memslot`.
+    ///
+    /// ```
+    /// use vmm::flush::InvalidationPolicy;
+    /// assert_eq!("memslot".parse(), Ok(InvalidationPolicy::Memslot));
+    /// assert!("sometimes".parse::<InvalidationPolicy>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(InvalidationPolicy::Auto),
+            "mprotect" => Ok(InvalidationPolicy::Mprotect),
+            "memslot" => Ok(InvalidationPolicy::Memslot),
+            other => Err(format!(
+                "unknown invalidation policy {other:?} (auto, mprotect, memslot)"
+            )),
+        }
+    }
+}
+
 /// The host-side invalidation for one VM.
 pub struct KvmFlush {
     vm: Arc<VmFd>,
@@ -58,6 +99,8 @@ pub struct KvmFlush {
     host_base: u64,
     ram_frames: u64,
     dummy: MmapRegion<()>,
+    /// How to invalidate.
+    pub policy: InvalidationPolicy,
     /// Counters.
     pub stats: FlushStats,
 }
@@ -80,6 +123,7 @@ impl KvmFlush {
             host_base,
             ram_frames,
             dummy,
+            policy: InvalidationPolicy::Auto,
             stats: FlushStats::default(),
         };
         f.set_dummy(DUMMY_SIZE).map_err(std::io::Error::from)?;
@@ -161,7 +205,12 @@ impl KvmFlush {
             .filter(|m| m.0 < self.ram_frames)
             .collect();
         let runs = runs(&ram);
-        if runs.len() > MAX_MPROTECT_RUNS {
+        let cycle = match self.policy {
+            InvalidationPolicy::Auto => runs.len() > MAX_MPROTECT_RUNS,
+            InvalidationPolicy::Mprotect => false,
+            InvalidationPolicy::Memslot => !runs.is_empty(),
+        };
+        if cycle {
             self.memslot_cycle();
         } else {
             for (first, n) in runs {

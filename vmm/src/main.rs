@@ -82,6 +82,11 @@ enum Cmd {
         /// this trace file, for `pvmmu replay`.
         #[arg(long, value_name = "FILE")]
         trace: Option<PathBuf>,
+        /// How the VMM makes KVM drop translations it changed host-side: `auto` (by
+        /// need, cheapest first), or forced `mprotect` (leaf changes always by
+        /// protecting the old frames) or `memslot` (every invalidation a memslot cycle).
+        #[arg(long, default_value = "auto", value_name = "POLICY")]
+        invalidation: vmm::flush::InvalidationPolicy,
     },
     /// Build a guest's domain (without running it) and print its initial page tables,
     /// ptdump style.
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
         initrd: None,
         stats: false,
         trace: None,
+        invalidation: vmm::flush::InvalidationPolicy::Auto,
     });
     let result = match cmd {
         Cmd::Run {
@@ -173,6 +179,7 @@ fn main() -> ExitCode {
             initrd,
             stats,
             trace,
+            invalidation,
         } => domain(guest).and_then(|mut spec| {
             spec.vcpus = vcpus;
             spec.cmdline = cmdline;
@@ -181,8 +188,14 @@ fn main() -> ExitCode {
                     .map_err(|e| format!("pvmmu: cannot read {}: {e}", path.display()))?;
                 spec.initrd = Some(data);
             }
-            let report = run(VmConfig::new(spec), &RunOptions { trace })
-                .map_err(|e| format!("pvmmu: {e}"))?;
+            let report = run(
+                VmConfig::new(spec),
+                &RunOptions {
+                    trace,
+                    invalidation,
+                },
+            )
+            .map_err(|e| format!("pvmmu: {e}"))?;
             if stats {
                 print_stats(&report);
             }

@@ -40,6 +40,8 @@ pub enum RunError {
 pub struct RunOptions {
     /// Record a trace into this file.
     pub trace: Option<PathBuf>,
+    /// How host-side invalidation is done.
+    pub invalidation: crate::flush::InvalidationPolicy,
 }
 
 /// Feeds stdin into the console UART (whose input the PV console ring also takes), and
@@ -134,6 +136,7 @@ pub fn run(cfg: VmConfig, opts: &RunOptions) -> Result<RunReport, RunError> {
         .map_err(std::io::Error::from)?;
     let signals = signal_fd()?;
     let mut vm = Vm::new(cfg)?;
+    vm.set_invalidation(opts.invalidation);
     if let Some(path) = &opts.trace {
         vm.start_trace(path)?;
     }

@@ -498,6 +498,11 @@ impl Vm {
             .and_then(|()| self.machine.audit().map_err(AuditFailure::AfterTeardown))
     }
 
+    /// Chooses how host-side invalidation is done (default: by need).
+    pub fn set_invalidation(&mut self, policy: crate::flush::InvalidationPolicy) {
+        self.machine.flusher().policy = policy;
+    }
+
     /// KVM's `internal.suberror` after an internal-error exit.
     fn internal_suberror(&mut self) -> u32 {
         let run = self.vcpu.fd.get_kvm_run();
