@@ -89,9 +89,9 @@ impl Refusal {
 pub(crate) trait Entries<T> {
     fn count(&self) -> u32;
     fn read(&mut self, i: u32) -> Result<T, Errno>;
-    /// An entry of page table `table` was written: cached translations through it are
-    /// stale.
-    fn table_written(&mut self, _table: Mfn) {}
+    /// The page-table entry at machine address `addr` was written: cached translations
+    /// through it (and bytes read from its frame) are stale.
+    fn entry_written(&mut self, _addr: u64) {}
     /// The vCPU's kernel root changed.
     fn root_changed(&mut self, _root: Option<Mfn>) {}
 }
@@ -146,14 +146,17 @@ pub(crate) struct GuestEntries<'v, 'm, 'l, M: ?Sized> {
 }
 
 /// The bytes of a batch array read a page at a time (one translation and one copy per
-/// page of requests), with the tables that map them: a write to one of those tables
-/// (a request remapping the array itself) drops them, so later entries are read
-/// through the new mapping, as Xen reads each entry when it comes to it.
+/// page of requests), with the four entries that map them and the frame they came
+/// from: a write to one of those entries (a request remapping the array itself), or
+/// into that frame (an array kept in a page table, rewritten by its own requests),
+/// drops them, so later entries are read as they are then, as Xen reads each entry
+/// when it comes to it. A write to any other entry of the same tables keeps them.
 #[derive(Debug, Default)]
 pub(crate) struct PageBuf {
     va: u64,
     bytes: Vec<u8>,
-    tables: [Mfn; 4],
+    entries: [u64; 4],
+    frame: Mfn,
 }
 
 impl PageBuf {
@@ -185,7 +188,8 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
             if (T::SIZE as u64) <= n && n <= PAGE_SIZE {
                 // The rest of the array on this page, in one copy.
                 self.page.bytes.resize(n as usize, 0);
-                self.page.tables = self.view.read_in_page(va, &mut self.page.bytes)?;
+                (self.page.entries, self.page.frame) =
+                    self.view.read_in_page(va, &mut self.page.bytes)?;
                 self.page.va = va;
                 buf.copy_from_slice(&self.page.bytes[..T::SIZE]);
             } else {
@@ -198,11 +202,12 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
         }
         T::decode(buf).ok_or(Errno::EFAULT)
     }
-    fn table_written(&mut self, table: Mfn) {
-        if self.page.tables.contains(&table) {
+    fn entry_written(&mut self, addr: u64) {
+        let addr = addr & !7;
+        if self.page.entries.contains(&addr) || Mfn::containing(addr) == self.page.frame {
             self.page.bytes.clear();
         }
-        self.view.table_written(table);
+        self.view.entry_written(addr);
     }
     fn root_changed(&mut self, root: Option<Mfn>) {
         self.page.bytes.clear();

@@ -10,6 +10,7 @@ use pvmmu_abi::layout::is_guest_va;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::entry::{Mfn, PteFlags};
+use crate::paging::Level;
 use crate::paging::PAGE_SIZE;
 use crate::range::VaRange;
 use crate::walk::{Visit, Walker};
@@ -30,6 +31,8 @@ struct Cached {
     paddr: u64,
     writable: bool,
     tables: [Mfn; 4],
+    /// Machine addresses of the four entries on the path (L4e first).
+    entries: [u64; 4],
 }
 
 /// A view of one vCPU's guest-virtual memory through its kernel root, with a one-page
@@ -54,6 +57,14 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
     /// Tells the view that an entry of the table `table` changed.
     pub fn table_written(&mut self, table: Mfn) {
         if self.cache.is_some_and(|c| c.tables.contains(&table)) {
+            self.cache = None;
+        }
+    }
+
+    /// Tells the view that the entry at machine address `addr` changed: the cached
+    /// translation goes only if that entry is on its path.
+    pub fn entry_written(&mut self, addr: u64) {
+        if self.cache.is_some_and(|c| c.entries.contains(&(addr & !7))) {
             self.cache = None;
         }
     }
@@ -91,11 +102,18 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
                             tables[k + 1] = e.mfn();
                         }
                         tables[3] = b.table();
+                        let levels = [Level::L4, Level::L3, Level::L2];
+                        let mut entries = [0u64; 4];
+                        for (k, level) in levels.into_iter().enumerate() {
+                            entries[k] = tables[k].addr() + level.index(va) as u64 * 8;
+                        }
+                        entries[3] = b.entry_addr(0);
                         found = Some(Cached {
                             page,
                             paddr: pte.addr(),
                             writable,
                             tables,
+                            entries,
                         });
                     }
                 }
@@ -114,15 +132,21 @@ impl<'m, M: GuestMemory + ?Sized> GuestView<'m, M> {
     }
 
     /// Copies `buf.len()` bytes from guest VA `va`, which must lie in one page, and
-    /// returns the tables on the path that maps it (root first): a caller keeping the
-    /// bytes knows which table writes make them stale.
-    pub(crate) fn read_in_page(&mut self, va: u64, buf: &mut [u8]) -> Result<[Mfn; 4], Errno> {
+    /// returns the machine addresses of the four entries on the path that maps it
+    /// (L4e first) and the frame the bytes came from: a caller keeping the bytes knows
+    /// which entry writes make them stale (one of those entries, or any entry of the
+    /// frame itself when the bytes lie in a page table).
+    pub(crate) fn read_in_page(
+        &mut self,
+        va: u64,
+        buf: &mut [u8],
+    ) -> Result<([u64; 4], Mfn), Errno> {
         let pa = self.translate(va, false)?;
-        let tables = self.cache.map(|c| c.tables).ok_or(Errno::EFAULT)?;
+        let entries = self.cache.map(|c| c.entries).ok_or(Errno::EFAULT)?;
         self.mem
             .read_slice(buf, GuestAddress(pa))
             .map_err(|_| Errno::EFAULT)?;
-        Ok(tables)
+        Ok((entries, Mfn::containing(pa)))
     }
 
     /// Copies `buf.len()` bytes from guest VA `va`.

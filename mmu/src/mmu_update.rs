@@ -266,7 +266,7 @@ impl<F: TlbFlush> Core<F> {
                             how,
                             (pt_owner, pg_owner),
                         )?;
-                        entries.table_written(Mfn::containing(ptr));
+                        entries.entry_written(ptr);
                         if level.is_some_and(|l| l != Level::L1) {
                             non_leaf = true;
                         }

@@ -239,3 +239,59 @@ fn a_request_that_remaps_the_array_itself_is_seen_by_the_next_entry() {
     );
     g.audit();
 }
+
+#[test]
+fn a_request_array_kept_in_a_page_table_is_read_after_its_own_requests_rewrite_it() {
+    // The array lies in a pinned L1 table (readable through the kernel's read-only
+    // mapping of it). Request 0 rewrites the word that is
+    // request 1's `ptr`; Xen reads request 1 when it comes to it, so the new `ptr` is
+    // used (a copy of the page taken before request 0 would still hold the old one).
+    let mut g = guest();
+    // A fresh pinned L1 (zeroed, mapped read-only by another L1 of the kernel map).
+    let last = g.table_frame();
+    let pin = g.ext(pvmmu_abi::mmu::MMUEXT_PIN_L1_TABLE, last.0, 0);
+    assert_eq!(pin.result, Ok(()));
+    let base = 100;
+    for i in base..base + 12 {
+        assert_eq!(g.read(Guest::slot(last, i)), 0, "entry {i} free");
+    }
+    let target = g.take();
+    let p1 = g.pte_addr(va_of(target.0));
+    let mapped = g.read(p1);
+    // Entries base..base+4 (not present as PTEs): request 0 = (entry base+2 of
+    // `last`, p1), request 1 = (entry base+10 of `last`, 0x7770).
+    let words = [
+        Guest::slot(last, base + 2),
+        p1,
+        Guest::slot(last, base + 10),
+        0x7770,
+    ];
+    for (i, w) in words.iter().enumerate() {
+        g.write_raw(Guest::slot(last, base + i), *w);
+    }
+    let va = va_of(last.0) + base as u64 * 8;
+    let rax =
+        g.m.hypercall_mmu_update(g.c, va, 2, 0, u64::from(SELF))
+            .unwrap();
+    assert_eq!(rax, 0);
+    assert_eq!(g.read(Guest::slot(last, base + 2)), p1, "request 0 applied");
+    assert_eq!(
+        g.read(p1),
+        0x7770,
+        "request 1 was read after request 0 rewrote it (it unmapped the target)"
+    );
+    assert_eq!(
+        g.read(Guest::slot(last, base + 10)),
+        0,
+        "not the stale request 1"
+    );
+    assert_ne!(mapped, 0x7770);
+    for i in base..base + 4 {
+        g.write_raw(Guest::slot(last, i), 0);
+    }
+    g.audit();
+    assert_eq!(
+        g.ext(pvmmu_abi::mmu::MMUEXT_UNPIN_TABLE, last.0, 0).result,
+        Ok(())
+    );
+}
