@@ -115,6 +115,11 @@ pub struct Domain {
     pub(crate) newly_stale: Vec<Mfn>,
     /// Whether a present non-leaf entry was revoked since the last flush request.
     pub(crate) non_leaf_revoked: bool,
+    /// Machine addresses of the entries whose change revoked something since the last
+    /// flush request (see [`crate::FlushRequest::revoked_entries`]).
+    pub(crate) revoked_entries: Vec<u64>,
+    /// Whether some revocation since the last request came with no entry address.
+    pub(crate) revoked_entries_unknown: bool,
     /// Its grant mappings (see [`crate::grant`]).
     pub(crate) maptrack: crate::maptrack::Maptrack,
     /// The PIRQ EOI bitmap frame (see [`crate::area`]): a general and a writable type
@@ -140,6 +145,8 @@ impl Domain {
             non_leaf_pending: false,
             newly_stale: Vec::new(),
             non_leaf_revoked: false,
+            revoked_entries: Vec::new(),
+            revoked_entries_unknown: false,
             maptrack: crate::maptrack::Maptrack::default(),
             pirq_eoi_frame: None,
             max_pages: None,

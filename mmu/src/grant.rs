@@ -145,7 +145,7 @@ impl<F: TlbFlush> Core<F> {
             old
         })
         .ok()?;
-        self.note_stale(d, old, new);
+        self.note_stale(d, old, new, Some(table.addr() + idx as u64 * 8));
         Some(old)
     }
 

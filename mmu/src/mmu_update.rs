@@ -65,7 +65,7 @@ impl<F: TlbFlush> Core<F> {
                 let s = store(b, idx, new, how);
                 if s == Stored::Done {
                     self.put_page_from_l1e(old, pt_owner);
-                    self.note_stale(pt_owner, old, new);
+                    self.note_stale(pt_owner, old, new, Some(table.addr() + idx as u64 * 8));
                 }
                 return Ok(s);
             }
@@ -76,7 +76,7 @@ impl<F: TlbFlush> Core<F> {
             if fast_path && old & 1 != 0 && !needs_full_path(old, nl) {
                 let s = store(b, idx, nl, how);
                 if s == Stored::Done {
-                    self.note_stale(pt_owner, old, nl);
+                    self.note_stale(pt_owner, old, nl, Some(table.addr() + idx as u64 * 8));
                 }
                 return Ok(s);
             }
@@ -86,7 +86,7 @@ impl<F: TlbFlush> Core<F> {
             match s {
                 Stored::Done => {
                     self.put_page_from_l1e(old, pt_owner);
-                    self.note_stale(pt_owner, old, nl);
+                    self.note_stale(pt_owner, old, nl, Some(table.addr() + idx as u64 * 8));
                 }
                 Stored::Mismatch(_) => self.put_page_from_l1e(nl, pt_owner),
             }
@@ -132,10 +132,8 @@ impl<F: TlbFlush> Core<F> {
             Ok((old, nl))
         });
         let (old, stored) = r.map_err(|_| Errno::EINVAL)??;
-        if crate::flush::stale::revokes(old, stored)
-            && let Some(dom) = self.domains.get_mut(&d)
-        {
-            dom.non_leaf_revoked = true;
+        if crate::flush::stale::revokes(old, stored) {
+            self.note_non_leaf_revoked(d, table.addr() + idx as u64 * 8);
         }
         Ok(())
     }

@@ -93,10 +93,8 @@ impl<F: TlbFlush> Core<F> {
             }
             _ => false,
         });
-        if zapped.unwrap_or(false)
-            && let Some(dom) = self.domains.get_mut(&d)
-        {
-            dom.non_leaf_revoked = true;
+        if zapped.unwrap_or(false) {
+            self.note_non_leaf_revoked(d, mfn.addr() + slot as u64 * 8);
         }
         self.replace_root(caller, which, Some(mfn));
         if which == Root::Kernel {

@@ -454,7 +454,7 @@ impl<F: TlbFlush> Core<F> {
                 self.release_entry(mem, level, e, mfn);
                 if level == Level::L1 {
                     // The table is unreachable now, but TLBs may still hold its entries.
-                    self.note_stale(d, e, 0);
+                    self.note_stale(d, e, 0, None);
                 }
             }
         });

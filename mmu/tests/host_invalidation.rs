@@ -26,6 +26,11 @@ fn a_stale_frame_is_newly_stale_in_one_request_only() {
     assert_eq!(fl.len(), 1);
     assert_eq!(fl[0].stale, vec![victim]);
     assert_eq!(fl[0].newly_stale, vec![victim]);
+    assert_eq!(
+        fl[0].revoked_entries,
+        Some(vec![g.pte_addr(va)]),
+        "the entry named"
+    );
     // ...but a second request reports nothing new to invalidate.
     let l4 = g.l4;
     g.ext(MMUEXT_NEW_BASEPTR, l4.0, 0);
@@ -36,6 +41,7 @@ fn a_stale_frame_is_newly_stale_in_one_request_only() {
         fl[0].newly_stale.is_empty(),
         "already invalidated host-side"
     );
+    assert_eq!(fl[0].revoked_entries, Some(vec![]));
     // Mapped again and downgraded again: new once more.
     let o = g.update(&[(g.pte_addr(va), victim.addr() | P | RW | A)]);
     assert_eq!(o.result, Ok(()));
@@ -62,16 +68,21 @@ fn upgrades_are_not_newly_stale() {
     flushes(&mut g);
     assert_eq!(g.update(&[(ptr, f.addr() | P | RW | A)]).result, Ok(()));
     g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
-    assert!(
-        flushes(&mut g)[0].newly_stale.is_empty(),
-        "RO to RW revokes nothing"
-    );
+    let fl = flushes(&mut g);
+    assert!(fl[0].newly_stale.is_empty(), "RO to RW revokes nothing");
+    assert_eq!(fl[0].revoked_entries, Some(vec![]));
     // Clearing the next entry revokes; making it present again does not.
     assert_eq!(g.update(&[(ptr + 8, 0)]).result, Ok(()));
     let other = g.take();
     assert_eq!(g.update(&[(ptr + 8, other.addr() | P | A)]).result, Ok(()));
     g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
-    assert_eq!(flushes(&mut g)[0].newly_stale, vec![next]);
+    let fl = flushes(&mut g);
+    assert_eq!(fl[0].newly_stale, vec![next]);
+    assert_eq!(
+        fl[0].revoked_entries,
+        Some(vec![ptr + 8]),
+        "the cleared entry, once"
+    );
     g.audit();
 }
 
@@ -99,6 +110,7 @@ fn hooking_in_a_table_revokes_nothing_but_replacing_or_removing_one_does() {
     assert_eq!(fl.len(), 1);
     assert!(fl[0].non_leaf, "a non-leaf change: the guest's caches go");
     assert!(!fl[0].non_leaf_revoked, "nothing cached could be wrong");
+    assert_eq!(fl[0].revoked_entries, Some(vec![]));
     // A flag change that adds nothing lost: no revocation either.
     assert_eq!(
         g.update(&[(slot, l1a.addr() | P | RW | A | D)]).result,
@@ -109,6 +121,11 @@ fn hooking_in_a_table_revokes_nothing_but_replacing_or_removing_one_does() {
     assert_eq!(g.update(&[(slot, l1b.addr() | P | RW | A)]).result, Ok(()));
     let fl = flushes(&mut g);
     assert!(fl[0].non_leaf && fl[0].non_leaf_revoked);
+    assert_eq!(
+        fl[0].revoked_entries,
+        Some(vec![slot]),
+        "the L2 entry replaced"
+    );
     // Write access removed: revoked.
     assert_eq!(g.update(&[(slot, l1b.addr() | P | A)]).result, Ok(()));
     assert!(flushes(&mut g)[0].non_leaf_revoked);

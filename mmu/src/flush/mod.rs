@@ -93,6 +93,15 @@ pub struct FlushRequest {
     /// table (a non-present entry becoming present) does not count: no cache holds
     /// non-present entries.
     pub non_leaf_revoked: bool,
+    /// The machine addresses of the page-table entries whose change, since the
+    /// domain's previous request, revoked something a TLB or paging-structure cache may
+    /// hold (leaf and non-leaf alike; sorted, each once), or `None` when some such
+    /// change has no single entry to name. An embedder whose host tracks guest writes
+    /// to page tables (a shadow MMU) can invalidate exactly these entries by having
+    /// the guest rewrite them, instead of zapping frames or everything
+    /// ([`FlushRequest::newly_stale`], [`FlushRequest::non_leaf_revoked`] describe the
+    /// same changes by their targets).
+    pub revoked_entries: Option<Vec<u64>>,
     /// The operation that asked for it.
     pub reason: FlushReason,
 }

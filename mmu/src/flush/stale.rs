@@ -31,11 +31,16 @@ pub(crate) fn revokes(old: u64, new: u64) -> bool {
 /// still translate with rights since removed, whether a non-leaf entry changed, and the
 /// hand-over to the embedder.
 impl<F: TlbFlush> Core<F> {
-    /// Records that the TLBs of domain `d` (whose tables held `old`) may still hold a
-    /// translation that `new` removed or downgraded.
-    pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64) {
+    /// Records that the TLBs of domain `d` (whose tables held `old`, in the entry at
+    /// machine address `entry`) may still hold a translation that `new` removed or
+    /// downgraded. `entry` is `None` for an entry no cache can reach any more (one of a
+    /// table being de-validated: its unhooking was recorded where it happened).
+    pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64, entry: Option<u64>) {
         if !revokes(old, new) {
             return;
+        }
+        if let (Some(at), Some(dom)) = (entry, self.domains.get_mut(&d)) {
+            dom.revoked_entries.push(at);
         }
         let mfn = Pte(old).mfn();
         let Some(p) = self.frames.get_mut(mfn) else {
@@ -53,6 +58,15 @@ impl<F: TlbFlush> Core<F> {
             }
         } else if self.stale_foreign.insert((d, mfn.0)) {
             p.stale_foreign = p.stale_foreign.saturating_add(1);
+        }
+    }
+
+    /// Records that a present non-leaf entry of domain `d`, at machine address `entry`,
+    /// was removed, repointed or lost rights.
+    pub(crate) fn note_non_leaf_revoked(&mut self, d: Owner, entry: u64) {
+        if let Some(dom) = self.domains.get_mut(&d) {
+            dom.non_leaf_revoked = true;
+            dom.revoked_entries.push(entry);
         }
     }
 
@@ -80,15 +94,20 @@ impl<F: TlbFlush> Core<F> {
                 .map(|(_, m)| Mfn(*m)),
         );
         let non_leaf = self.domains.get(&d).is_some_and(|x| x.non_leaf_pending);
-        let (mut newly_stale, non_leaf_revoked) = match self.domains.get_mut(&d) {
-            Some(dom) => (
-                std::mem::take(&mut dom.newly_stale),
-                std::mem::take(&mut dom.non_leaf_revoked),
-            ),
-            None => (Vec::new(), false),
-        };
+        let (mut newly_stale, non_leaf_revoked, mut entries, unknown) =
+            match self.domains.get_mut(&d) {
+                Some(dom) => (
+                    std::mem::take(&mut dom.newly_stale),
+                    std::mem::take(&mut dom.non_leaf_revoked),
+                    std::mem::take(&mut dom.revoked_entries),
+                    std::mem::take(&mut dom.revoked_entries_unknown),
+                ),
+                None => (Vec::new(), false, Vec::new(), false),
+            };
         newly_stale.sort_unstable();
         newly_stale.dedup();
+        entries.sort_unstable();
+        entries.dedup();
         if full {
             if let Some(dom) = self.domains.get_mut(&d) {
                 dom.non_leaf_pending = false;
@@ -117,6 +136,7 @@ impl<F: TlbFlush> Core<F> {
             non_leaf,
             newly_stale,
             non_leaf_revoked,
+            revoked_entries: (!unknown).then_some(entries),
             reason,
         };
         self.stats.flushes += 1;
