@@ -270,12 +270,17 @@ pub enum BenchError {
 }
 
 /// Runs the benchmark.
-pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
+pub fn run(
+    launches: usize,
+    policy: crate::flush::InvalidationPolicy,
+) -> Result<BenchReport, BenchError> {
     let stop = AtomicBool::new(false);
     let demo = guests::find("demo").ok_or(BenchError::NoGuest("demo"))?;
     let mut walls = Vec::new();
     for _ in 0..launches.max(1) {
-        let r = Vm::new(quiet_config(demo.image))?.run_to_end(&stop)?;
+        let mut vm = Vm::new(quiet_config(demo.image))?;
+        vm.set_invalidation(policy);
+        let r = vm.run_to_end(&stop)?;
         if r.exit != GuestExit::Shutdown(0) {
             return Err(BenchError::Guest("demo", r.exit));
         }
@@ -287,6 +292,7 @@ pub fn run(launches: usize) -> Result<BenchReport, BenchError> {
     config.domain.cmdline = format!("probe={:#x}", platform::layout::PROBE_VA);
     config.console_out = Box::new(console.clone());
     let mut vm = Vm::new(config)?;
+    vm.set_invalidation(policy);
     vm.timings = Some(Vec::with_capacity(4096));
     let r = vm.run_to_end(&stop)?;
     if r.exit != GuestExit::Shutdown(0) {
@@ -438,6 +444,8 @@ pub struct LinuxBench {
     pub memory_mib: u64,
     /// The first console line containing this marks `/init` running.
     pub init_marker: String,
+    /// How host-side invalidation is done.
+    pub invalidation: crate::flush::InvalidationPolicy,
 }
 
 /// Figures of one Linux boot.
@@ -506,7 +514,9 @@ pub fn linux(b: &LinuxBench) -> Result<LinuxFigures, BenchError> {
         },
         console_out: Box::new(console.clone()),
     };
-    let r = Vm::new(config)?.run_to_end(&AtomicBool::new(false))?;
+    let mut vm = Vm::new(config)?;
+    vm.set_invalidation(b.invalidation);
+    let r = vm.run_to_end(&AtomicBool::new(false))?;
     let to_end = start.elapsed();
     let to_init = console.lines.lock().ok().and_then(|g| {
         g.1.iter()
@@ -549,13 +559,15 @@ impl LinuxFigures {
         ));
         let inv = &self.invalidation;
         s.push_str(&format!(
-            "host-side invalidation: {:.3} s = {:.1}% of the run ({} mprotect runs, {} memslot cycles, {} requests needing nothing of {})\n",
+            "host-side invalidation: {:.3} s = {:.1}% of the run ({} mprotect runs, {} memslot cycles, {} requests needing nothing of {}; {} returns through the guest's rewrite of {} entries)\n",
             secs(inv.time),
             100.0 * secs(inv.time) / secs(self.to_end),
             inv.mprotects,
             inv.memslot_cycles,
             inv.nothing,
-            inv.requests
+            inv.requests,
+            inv.rewrites,
+            inv.rewritten_entries
         ));
         s.push_str(&format!("\nexits: {}\n", self.exits));
         for (r, n) in &self.exit_reasons {
@@ -580,6 +592,8 @@ impl LinuxFigures {
             "invalidation_s": self.invalidation.time.as_secs_f64(),
             "mprotect_runs": self.invalidation.mprotects,
             "memslot_cycles": self.invalidation.memslot_cycles,
+            "rewrite_returns": self.invalidation.rewrites,
+            "rewritten_entries": self.invalidation.rewritten_entries,
         })
     }
 }

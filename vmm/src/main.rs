@@ -138,6 +138,9 @@ enum Cmd {
         /// The first console line containing this text marks /init running.
         #[arg(long, default_value = "init:", requires = "kernel")]
         init_marker: String,
+        /// How the VMM invalidates translations it changed host-side (as `run`).
+        #[arg(long, default_value = "auto", value_name = "POLICY")]
+        invalidation: vmm::flush::InvalidationPolicy,
     },
 }
 
@@ -227,6 +230,7 @@ fn main() -> ExitCode {
             cmdline,
             memory,
             init_marker,
+            invalidation,
             ..
         } => linux_bench(
             &kernel,
@@ -235,8 +239,14 @@ fn main() -> ExitCode {
             memory,
             init_marker,
             json,
+            invalidation,
         ),
-        Cmd::Bench { json, launches, .. } => match vmm::bench::run(launches) {
+        Cmd::Bench {
+            json,
+            launches,
+            invalidation,
+            ..
+        } => match vmm::bench::run(launches, invalidation) {
             Ok(r) if json => {
                 println!("{}", r.to_json());
                 Ok(code::POWEROFF)
@@ -265,6 +275,7 @@ fn linux_bench(
     memory_mib: u64,
     init_marker: String,
     json: bool,
+    invalidation: vmm::flush::InvalidationPolicy,
 ) -> Result<u8, String> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| format!("pvmmu bench: cannot read {}: {e}", p.display()))
@@ -277,6 +288,7 @@ fn linux_bench(
         cmdline,
         memory_mib,
         init_marker,
+        invalidation,
     };
     let f = vmm::bench::linux(&b).map_err(|e| format!("pvmmu bench: {e}"))?;
     if json {
@@ -360,8 +372,13 @@ fn print_stats(r: &RunReport) {
         s.mmu.validated, s.mmu.applied, s.mmu.rejected, s.ptwr
     );
     eprintln!(
-        "flushes: {} requested; host-side: {} mprotect runs, {} memslot cycles, {} needing nothing",
-        s.flush.requests, s.flush.mprotects, s.flush.memslot_cycles, s.flush.nothing
+        "flushes: {} requested; host-side: {} mprotect runs, {} memslot cycles, {} needing nothing; guest rewrites: {} returns, {} entries",
+        s.flush.requests,
+        s.flush.mprotects,
+        s.flush.memslot_cycles,
+        s.flush.nothing,
+        s.flush.rewrites,
+        s.flush.rewritten_entries
     );
 }
 

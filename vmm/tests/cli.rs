@@ -442,7 +442,8 @@ fn bench_with_a_kernel_reports_its_boot() {
     let to_end = v["to_end_s"].as_f64().expect("end");
     assert!(to_init > 0.0 && to_init <= to_end, "{v}");
     assert_eq!(v["exit"], "Shutdown(0)");
-    // The demo's own work: its batched mmu_updates, and a memslot cycle per replace.
+    // The demo's own work: its batched mmu_updates, and the guest's rewrite of each
+    // replaced non-leaf entry (no memslot cycle).
     assert!(
         v["hypercalls"]["mmu_update"].as_u64().unwrap_or(0) >= 5,
         "{v}"
@@ -451,7 +452,8 @@ fn bench_with_a_kernel_reports_its_boot() {
         v["exit_reasons"]["hypercall"].as_u64().unwrap_or(0) > 0,
         "{v}"
     );
-    assert_eq!(v["memslot_cycles"], 2, "{v}");
+    assert_eq!(v["memslot_cycles"], 0, "{v}");
+    assert!(v["rewrite_returns"].as_u64().unwrap_or(0) >= 2, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -49,6 +49,8 @@ pub struct HvArea {
     pub zero_frame: Mfn,
     /// Guest-physical address of the reserved GDT page.
     pub reserved_gdt_gpa: u64,
+    /// Guest-physical address of the rewrite list ([`STORE_LIST_VA`]).
+    pub store_list_gpa: u64,
 }
 
 /// The guest part of the GDT area, for one vCPU: pages `0..14` map `frames` (the guest's
@@ -233,17 +235,52 @@ fn stub(v: u8) -> [u8; STUB_SIZE as usize] {
 const BP_ENTRY: u64 = 0x200;
 
 /// The #BP entry: an `int3` at [`PROBE_VA`] (its saved RIP is the byte after) returns
-/// at once; any other goes the way of every stub (vector 3 to the fault port).
+/// at once; one at [`STORE_VA`] rewrites the entries of the list at [`STORE_LIST_VA`],
+/// flushes the TLB and returns (to the list's resume address when it has one); any
+/// other goes the way of every stub (vector 3 to the fault port).
 fn bp_entry() -> Vec<u8> {
+    const CMP_SAVED_RIP: [u8; 5] = [0x48, 0x39, 0x44, 0x24, 0x08]; // cmp [rsp + 8], rax
     let mut code = vec![0x50, 0x48, 0xb8]; // push rax; mov rax, imm64
     code.extend_from_slice(&(PROBE_VA + 1).to_le_bytes());
+    code.extend_from_slice(&CMP_SAVED_RIP);
+    let je_probe = code.len();
+    code.extend_from_slice(&[0x74, 0]); // je probe
+    code.extend_from_slice(&[0x48, 0xb8]); // mov rax, imm64
+    code.extend_from_slice(&(STORE_VA + 1).to_le_bytes());
+    code.extend_from_slice(&CMP_SAVED_RIP);
+    let je_store = code.len();
+    code.extend_from_slice(&[0x74, 0]); // je store
+    code.push(0x58); // pop rax
+    code.extend_from_slice(&stub(3)); // vector 3 to the fault port (ends with iretq)
+    let probe = code.len();
+    code.extend_from_slice(&[0x58, 0x48, 0xcf]); // pop rax; iretq
+    let store = code.len();
+    code.extend_from_slice(&[0x51, 0x52, 0x48, 0xba]); // push rcx; push rdx; mov rdx, imm64
+    code.extend_from_slice(&STORE_LIST_VA.to_le_bytes());
     code.extend_from_slice(&[
-        0x48, 0x39, 0x44, 0x24, 0x08, // cmp [rsp + 8], rax
-        0x58, // pop rax
-        0x75, 0x02, // jne +2
+        0x48, 0x8b, 0x0a, // mov rcx, [rdx]              (the count)
+        0x48, 0x85, 0xc9, // test rcx, rcx
+        0x74, 0x41, // jz done
+        0x48, 0x8b, 0x44, 0xca, 0x08, // loop: mov rax, [rdx + rcx * 8 + 8]
+        0xf0, 0x48, 0x83, 0x08, 0x00, // lock or qword [rax], 0
+        0x48, 0xff, 0xc9, // dec rcx
+        0x75, 0xf1, // jnz loop
+        0x48, 0xc7, 0x02, 0, 0, 0, 0, // mov qword [rdx], 0
+        0x48, 0x8b, 0x42, 0x08, // mov rax, [rdx + 8]          (where to resume)
+        0x48, 0x85, 0xc0, // test rax, rax
+        0x74, 0x0d, // jz flush
+        0x48, 0x89, 0x44, 0x24, 0x18, // mov [rsp + 24], rax    (the frame's RIP)
+        0x48, 0xc7, 0x42, 0x08, 0, 0, 0, 0, // mov qword [rdx + 8], 0
+        0x0f, 0x20, 0xe0, // flush: mov rax, cr4
+        0x48, 0x35, 0x80, 0, 0, 0, // xor rax, PGE
+        0x0f, 0x22, 0xe0, // mov cr4, rax                (flushes the TLB, globals too)
+        0x48, 0x35, 0x80, 0, 0, 0, // xor rax, PGE
+        0x0f, 0x22, 0xe0, // mov cr4, rax
+        0x5a, 0x59, 0x58, // done: pop rdx; pop rcx; pop rax
         0x48, 0xcf, // iretq
     ]);
-    code.extend_from_slice(&stub(3));
+    code[je_probe + 1] = (probe - (je_probe + 2)) as u8;
+    code[je_store + 1] = (store - (je_store + 2)) as u8;
     code
 }
 
@@ -254,7 +291,9 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     // + tables: hv L3/L2/L1 (3) + for the M2P and its alias each L3/L2 (2) + L1s.
     // + the syscall stub's L2 and L1 (its L3 is the M2P alias's).
     let tables = 3 + 2 * (2 + m2p_frames.div_ceil(512)) + 2;
-    let needed = 11 + tables + m2p_frames;
+    // The direct map: one L2 (of 2 MiB pages) per GiB of RAM.
+    let direct_l2s = (ram_frames * PAGE).div_ceil(1 << 30);
+    let needed = 12 + tables + direct_l2s + m2p_frames;
     if needed * 4 > ram_frames {
         return Err(HvAreaError::TooSmall(needed));
     }
@@ -274,6 +313,8 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         take(1),
     );
     let syscall_stub = take(1);
+    let store_list = take(1);
+    let direct = take(direct_l2s);
     let m2p = take(m2p_frames);
     let table_frames = take(tables);
     let zero_page = [0u8; PAGE as usize];
@@ -335,6 +376,8 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     stub_bytes[..4].copy_from_slice(&[0xe6, SYSCALL_PORT as u8, 0x0f, 0x0b]);
     let probe = (PROBE_VA - SYSCALL_STUB_VA) as usize;
     stub_bytes[probe..probe + 2].copy_from_slice(&[0xcc, 0xc3]); // int3; ret
+    let store = (STORE_VA - SYSCALL_STUB_VA) as usize;
+    stub_bytes[store..store + 2].copy_from_slice(&[0xcc, 0xc3]); // int3; ret
     mem.write_slice(&stub_bytes, GuestAddress(syscall_stub * PAGE))?;
 
     // Page tables: the supervisor-only area and the user-readable read-only M2P.
@@ -358,6 +401,7 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
             (STUBS_VA, stubs, PteFlags::PRESENT | PteFlags::ACCESSED),
         ])
         .chain((0..3).map(|i| (TSS_VA + i * PAGE, tss + i, sup)))
+        .chain([(STORE_LIST_VA, store_list, sup)])
         .chain((0..2).map(|i| (STACK_VA + i * PAGE, stack + i, sup)))
         .collect();
     for (va, frame, flags) in area {
@@ -396,6 +440,33 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         }
         ControlFlow::<()>::Continue(())
     })?;
+    // The direct map: L3 entries 1.. of the area's L3 point at L2s of 2 MiB pages
+    // covering RAM (supervisor, writable, never executable).
+    let hv_l3 = Pte(mem.read_obj(GuestAddress(l4 * PAGE + HV_SLOT as u64 * 8))?).mfn();
+    let first_l3 = (DIRECT_MAP_VA >> 30) & 511;
+    let big = PteFlags::PRESENT
+        | PteFlags::RW
+        | PteFlags::ACCESSED
+        | PteFlags::DIRTY
+        | PteFlags::PSE
+        | PteFlags::NX;
+    for k in 0..direct_l2s {
+        let l2 = direct + k;
+        let link = Pte::new(
+            Mfn(l2),
+            PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED,
+        );
+        mem.write_obj(link.raw(), GuestAddress(hv_l3.addr() + (first_l3 + k) * 8))?;
+        let mut page = vec![0u8; PAGE as usize];
+        for i in 0..512u64 {
+            let at = (k << 30) + (i << 21);
+            if at < ram_frames * PAGE {
+                let e = Pte::new(Mfn(at >> 12), big);
+                page[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&e.raw().to_le_bytes());
+            }
+        }
+        mem.write_slice(&page, GuestAddress(l2 * PAGE))?;
+    }
     let mut l4_slots = [0u64; 16];
     for (k, slot) in l4_slots.iter_mut().enumerate() {
         *slot = mem.read_obj(GuestAddress(l4 * PAGE + (256 + k as u64) * 8))?;
@@ -408,6 +479,7 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         root,
         zero_frame: Mfn(zero),
         reserved_gdt_gpa: gdt * PAGE,
+        store_list_gpa: store_list * PAGE,
     })
 }
 
@@ -467,6 +539,28 @@ mod tests {
         assert_eq!(48 + 5 + u64::from(rel), BP_ENTRY);
         let imm: u64 = mem.read_obj(GuestAddress(stubs + BP_ENTRY + 3)).unwrap();
         assert_eq!(imm, PROBE_VA + 1);
+        // Then the rewrite trampoline's: `int3; ret` beside the probe, its list page
+        // supervisor read-write, and every RAM frame reachable through the direct map.
+        let imm: u64 = mem.read_obj(GuestAddress(stubs + BP_ENTRY + 20)).unwrap();
+        assert_eq!(imm, STORE_VA + 1);
+        let store = w.translate(l4, STORE_VA).unwrap().unwrap();
+        let code: [u8; 2] = mem.read_obj(GuestAddress(store.paddr)).unwrap();
+        assert_eq!(code, [0xcc, 0xc3]);
+        let list = w.translate(l4, STORE_LIST_VA).unwrap().unwrap();
+        assert_eq!(list.paddr, a.store_list_gpa);
+        assert!(!list.user() && list.writable());
+        for frame in [0, 1, 0x200, 0x201, frames - 1] {
+            let t = w
+                .translate(l4, DIRECT_MAP_VA + frame * PAGE + 0x18)
+                .unwrap()
+                .unwrap();
+            assert_eq!(t.paddr, frame * PAGE + 0x18, "frame {frame:#x}");
+            assert!(!t.user() && t.writable());
+        }
+        assert_eq!(
+            w.translate(l4, DIRECT_MAP_VA + frames * PAGE).unwrap(),
+            None
+        );
         let byte: u8 = mem.read_obj(GuestAddress(tss + 0x68 + 0x3f8 / 8)).unwrap();
         assert_eq!(byte, 0xff);
     }

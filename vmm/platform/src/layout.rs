@@ -60,6 +60,27 @@ pub const SYSCALL_STUB_VA: u64 = M2P_ALIAS_VA + (256 << 30);
 /// exception round trip through ring 0 on this host (`pvmmu bench` measures it).
 pub const PROBE_VA: u64 = SYSCALL_STUB_VA + 0x10;
 
+/// The entry rewrite trampoline, in the syscall stub's page: `int3; ret`. The VMM
+/// returns from a hypercall through it when page-table entries it changed host-side
+/// must be invalidated by the guest's own rewrite (see [`STORE_LIST_VA`]): its #BP is
+/// handled in ring 0, without an exit, and `ret` then returns from the hypercall.
+pub const STORE_VA: u64 = SYSCALL_STUB_VA + 0x20;
+
+/// The rewrite list (supervisor read-write): word 0 the count, word 1 where to resume
+/// (0: after the trampoline's `int3`, where its `ret` returns from a hypercall-page
+/// call; else that address, for a `syscall` hypercall), words 2..count+2 the
+/// [`DIRECT_MAP_VA`] addresses of the page-table entries the ring-0 #BP handler
+/// rewrites with their own value (`lock or $0`), which a shadow MMU traps and turns
+/// into an exact invalidation of each entry; the handler then flushes the vCPU's TLB
+/// (CR4.PGE toggled) and clears the count and the resume address.
+pub const STORE_LIST_VA: u64 = HV_BASE + 0x3_0000;
+/// Most entries one pass of the list rewrites.
+pub const STORE_LIST_MAX: usize = 510;
+
+/// A supervisor read-write map of all guest RAM (2 MiB pages, up to 4 GiB), for the
+/// ring-0 rewrite of page-table entries: machine address `a` is at `DIRECT_MAP_VA + a`.
+pub const DIRECT_MAP_VA: u64 = HV_BASE + (1 << 30);
+
 /// Xen's PAT MSR value: WB, WT, UC-, UC, WC, WP, UC, UC.
 pub const XEN_PAT: u64 = 0x0000_0501_0007_0406;
 

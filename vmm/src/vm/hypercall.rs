@@ -38,6 +38,9 @@ impl Vm {
         }
         let mut console = SerialSink(self.serial.clone());
         let caller = self.vcpu.caller;
+        // A plain return through the hypercall page can go through the rewrite
+        // trampoline (decided once the call is served).
+        self.machine.flusher().rewrite_possible = true;
         let context = call_context(&regs, regs.rip, regs.rflags);
         let mut ctx = context;
         let served = dispatch::dispatch(
@@ -70,6 +73,7 @@ impl Vm {
         }
         match served.outcome {
             Outcome::Return(v) => {
+                let mut syscall_return = None;
                 if served.context_changed {
                     // `iret`: the guest continues where the frame says (RIP differs
                     // from the `out`, so KVM does not complete it by skipping).
@@ -87,6 +91,7 @@ impl Vm {
                     regs.rip = regs.rcx;
                     regs.rflags = regs.r11 | platform::pv::rflags::IF;
                     self.vcpu.set_regs(regs);
+                    syscall_return = Some(regs.rcx);
                 } else {
                     self.vcpu.set_rax(v as u64);
                 }
@@ -120,11 +125,56 @@ impl Vm {
                 }
                 // A hypercall page `out` not redirected: the guest continues after it.
                 let out_pending = entry == Entry::Page && !served.context_changed;
+                if self.machine.flusher().rewrite_pending() {
+                    // Entries changed host-side wait for the guest's own rewrite: on
+                    // the way back, before any guest code (an upcall handler would run
+                    // first: then host-side invalidation instead).
+                    let resume = if out_pending { Some(0) } else { syscall_return };
+                    if let Some(resume) = resume
+                        && !self.pv.upcall_due(&self.machine)
+                    {
+                        return self.return_through_rewrite(resume);
+                    }
+                    self.machine.flusher().rewrite_impossible();
+                }
+                self.machine.flusher().rewrite_possible = false;
                 self.deliver_pending_upcall(out_pending)
             }
-            Outcome::Shutdown(reason) => Ok(Some(GuestExit::Shutdown(reason))),
-            Outcome::Crash(c) => Ok(Some(GuestExit::Crash(c))),
+            Outcome::Shutdown(reason) => {
+                self.machine.flusher().take_rewrite();
+                Ok(Some(GuestExit::Shutdown(reason)))
+            }
+            Outcome::Crash(c) => {
+                self.machine.flusher().take_rewrite();
+                Ok(Some(GuestExit::Crash(c)))
+            }
         }
+    }
+
+    /// Returns from the hypercall through the rewrite trampoline: the entries to
+    /// rewrite go into the ring-0 list, and the guest resumes at the trampoline's
+    /// `int3` (whose ring-0 handler rewrites them and flushes the TLB), then at
+    /// `resume` (a `syscall` hypercall's return address), or, with `resume` 0, at the
+    /// trampoline's `ret`, the one the hypercall page's stub would have made. RAX (and
+    /// the rest of the return) is already set.
+    fn return_through_rewrite(&mut self, resume: u64) -> Result<Option<GuestExit>, VmError> {
+        use platform::layout::{DIRECT_MAP_VA, STORE_VA};
+        use vm_memory::Bytes;
+        let entries = self.machine.flusher().take_rewrite();
+        let mut list = Vec::with_capacity((entries.len() + 2) * 8);
+        list.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        list.extend_from_slice(&resume.to_le_bytes());
+        for a in &entries {
+            list.extend_from_slice(&(DIRECT_MAP_VA + (a & !7)).to_le_bytes());
+        }
+        self.machine
+            .memory()
+            .write_slice(&list, vm_memory::GuestAddress(self.hv.store_list_gpa))?;
+        self.machine.flusher().note_rewrite(entries.len());
+        let mut regs = self.vcpu.regs();
+        regs.rip = STORE_VA;
+        self.vcpu.set_regs(regs);
+        Ok(None)
     }
 
     /// A system call from guest user mode (a `syscall`, or a call through the hypercall
