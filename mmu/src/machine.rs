@@ -125,6 +125,9 @@ pub(crate) struct Core<F> {
     pub(crate) stale_foreign: std::collections::HashSet<(u16, u64)>,
     /// Set by the embedder to stop long batches between entries.
     pub(crate) interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The domain whose rights an FD of DOMID_IO stands for in the batch being served
+    /// (Xen's `current->domain` in `get_page_from_l1e`): the caller of `mmu_update`.
+    pub(crate) io_caller: Option<u16>,
 }
 
 impl<M: GuestMemory> Machine<M, NoFlush> {
@@ -164,6 +167,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 stats: Stats::default(),
                 stale_foreign: std::collections::HashSet::new(),
                 interrupt: None,
+                io_caller: None,
             },
             reads: None,
         })

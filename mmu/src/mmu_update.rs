@@ -233,6 +233,20 @@ impl<F: TlbFlush> Core<F> {
         foreigndom: u32,
     ) -> Result<BatchOutcome, Refusal> {
         let (pt_owner, pg_owner) = self.mmu_update_owners(caller.dom, foreigndom)?;
+        self.io_caller = Some(caller.dom);
+        let r = self.mmu_update_entries(mem, caller, entries, pt_owner, pg_owner);
+        self.io_caller = None;
+        r
+    }
+
+    fn mmu_update_entries<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        caller: Caller,
+        entries: &mut dyn Entries<MmuUpdate>,
+        pt_owner: Owner,
+        pg_owner: Owner,
+    ) -> Result<BatchOutcome, Refusal> {
         let mut cache = None;
         let mut non_leaf = false;
         let mut done = 0;

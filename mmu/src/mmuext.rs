@@ -69,6 +69,11 @@ impl<F: TlbFlush> Core<F> {
             self.flush(d, vcpus, FlushScope::AllNonGlobal, FlushReason::BasePtr);
             return Ok(());
         }
+        if which == Root::User && old.map_or(0, |o| o.0) == mfn.0 {
+            // Xen's NEW_USER_BASEPTR returns at once for the current user root: no
+            // references taken or dropped, and the RO-M2P slot is not zapped again.
+            return Ok(());
+        }
         if which == Root::User && mfn.0 == 0 {
             self.replace_root(caller, which, None);
             if let Some(o) = old {

@@ -10,7 +10,7 @@
 //! call.
 
 use pvmmu_abi::Errno;
-use pvmmu_abi::domid::{DOMID_INVALID, DOMID_IO};
+use pvmmu_abi::domid::{DOMID_INVALID, DOMID_IO, DOMID_XEN};
 use pvmmu_abi::pte::{
     L1_DISALLOW_MASK_RELEASE, L2_DISALLOW_MASK, L3_DISALLOW_MASK, L4_DISALLOW_MASK, PAGE_PAT,
     PAGE_PCD, PAGE_PWT, PAGE_RW, PAT_IDX_UC, PAT_IDX_UCM, PAT_IDX_WC, adjust_guest_l1e,
@@ -23,6 +23,9 @@ use crate::entry::{Mfn, Pte};
 use crate::flush::TlbFlush;
 use crate::frame::{Owner, PageType};
 use crate::machine::{Core, FIRST_XEN_L4_SLOT, XEN_L4_SLOTS};
+
+/// The cache-attribute bits of an L1 entry (PAT, PCD, PWT): all clear is write-back.
+const CACHE_ATTR_BITS: u64 = PAGE_PAT | PAGE_PCD | PAGE_PWT;
 use crate::paging::Level;
 use crate::table::visit_table;
 
@@ -97,6 +100,7 @@ impl<F: TlbFlush> Core<F> {
             && pg_owner != DOMID_IO
             && p.count > 0
             && p.count + 1 < crate::frame::COUNT_MASK - 1
+            && !(p.shared && l1e & CACHE_ATTR_BITS != 0)
         {
             if l1e & PAGE_RW == 0 {
                 p.count += 1;
@@ -131,9 +135,10 @@ impl<F: TlbFlush> Core<F> {
             if mfn.0 == (crate::entry::PTE_ADDR_MASK >> 12) {
                 return Err(Errno::EINVAL);
             }
-            // I/O memory: DOMID_IO as FD means "with the caller's permissions".
+            // I/O memory: DOMID_IO as FD means "with the caller's permissions" (the
+            // caller of mmu_update, who may be another domain than the table's owner).
             let pg = if pg_owner == DOMID_IO {
-                l1e_owner
+                self.io_caller.unwrap_or(l1e_owner)
             } else {
                 pg_owner
             };
@@ -174,6 +179,22 @@ impl<F: TlbFlush> Core<F> {
                 self.frames.put_page(mfn);
                 return Err(Errno::EBUSY);
             }
+        }
+        // The hypervisor's own pages (shared with the guest, or its reserved frames)
+        // keep write-back caching: another attribute is -EACCES, after the references
+        // are taken, and those are given back (Xen's "Attempt to change cache
+        // attributes of Xen heap page").
+        if l1e & CACHE_ATTR_BITS != 0
+            && self
+                .frames
+                .get(mfn)
+                .is_some_and(|p| p.shared || p.owner == DOMID_XEN)
+        {
+            if l1e & PAGE_RW != 0 {
+                self.frames.drop_type(mfn);
+            }
+            self.frames.put_page(mfn);
+            return Err(Errno::EACCES);
         }
         Ok(0)
     }

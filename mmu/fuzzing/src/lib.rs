@@ -10,9 +10,10 @@
 //!
 //! After every operation the oracles run: no panic, `audit()` clean (which includes "no
 //! frame with a page-table type mapped writable" and "reserved L4 slots intact"), the
-//! first entry of every page-table update and pin/unpin agrees with an independent
-//! reference model of Xen's rules where it can answer without validating a new subtree,
-//! and after teardown every frame is free, untyped, with count 0.
+//! outcome (errno and `done` count of every batch, RAX, ptwr outcome) equals the
+//! prediction of an independent reference model of Xen's PV MMU ([`xen_model`]), whose
+//! own frame table, roots and memory then agree with the library's, and after teardown
+//! every frame is free, untyped, with count 0.
 //!
 //! ```
 //! // Any bytes are a valid input; the harness panics only if an oracle fails.
@@ -20,9 +21,9 @@
 //! pvmmu_fuzzing::mmu_ops(b"arbitrary bytes decode to operations");
 //! ```
 
-pub mod model;
 pub mod ops;
 pub mod vmm_calls;
+pub mod xen_model;
 
-pub use ops::mmu_ops;
+pub use ops::{mmu_ops, mmu_ops_judged};
 pub use vmm_calls::vmm_hypercall;

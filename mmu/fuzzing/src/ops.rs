@@ -4,13 +4,16 @@ use std::ops::ControlFlow;
 
 use arbitrary::{Arbitrary, Unstructured};
 use pvmmu::{
-    BatchOutcome, Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, PageType, Pte,
-    PtwrWrite, VaRange, Visit, Walker,
+    Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, PageType, Pte, PtwrWrite,
+    RecordingFlush, VaRange, Visit, Walker,
 };
 use pvmmu_abi::{MmuUpdate, MmuextOp};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::model::{self, HarnessMachine};
+use crate::xen_model::{self, ModelOp, Outcome, XenModel};
+
+/// The harness's machine (recorded flushes).
+pub type HarnessMachine = Machine<GuestMemoryMmap<()>, RecordingFlush>;
 
 /// Machine frames (4 MiB of RAM).
 pub const FRAMES: u64 = 1024;
@@ -108,18 +111,26 @@ pub enum Fd {
 /// One mmu_update request.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub struct Req {
-    slot: Slot,
-    cmd: u8,
-    val: Val,
+    /// The entry.
+    pub slot: Slot,
+    /// The command selector (0..=9 normal, 10 machphys, 11 preserve-A/D, 12
+    /// no-translate, 13..=15 invalid).
+    pub cmd: u8,
+    /// The value.
+    pub val: Val,
 }
 
 /// One mmuext operation.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub struct Ext {
-    cmd: u8,
-    frame: FrameSel,
-    va: u16,
-    arg2: FrameSel,
+    /// The command (modulo 22).
+    pub cmd: u8,
+    /// The frame argument.
+    pub frame: FrameSel,
+    /// Selects the VA argument (one of the domain's first 64 pages).
+    pub va: u16,
+    /// The second frame argument (COPY_PAGE's source).
+    pub arg2: FrameSel,
 }
 
 /// One operation of a sequence.
@@ -139,11 +150,42 @@ pub enum Op {
     Teardown(Dom),
 }
 
-/// The machine and what the harness knows about it.
+/// The machine, the reference model following it, and what the harness knows.
 pub struct Fixture {
     /// The machine.
     pub m: HarnessMachine,
+    /// The independent reference model of the same machine.
+    pub model: XenModel,
     alive: [bool; 2],
+    /// Operations issued and judged so far.
+    pub judged: Judged,
+}
+
+/// How much of a run the reference model judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Operations decoded from the input (the first 64), issued or not (a dead
+    /// domain's operations are not issued).
+    pub decoded: u64,
+    /// Operations issued to the library.
+    pub ops: u64,
+    /// Operations whose outcome and bookkeeping the model predicted and checked.
+    pub ops_judged: u64,
+    /// Batch entries (mmu_update requests, mmuext operations) issued.
+    pub entries: u64,
+    /// Batch entries whose result the model predicted: those of judged batches (the
+    /// model predicts the `done` count and errno, so also which entries never ran).
+    pub entries_judged: u64,
+}
+
+impl std::ops::AddAssign for Judged {
+    fn add_assign(&mut self, o: Judged) {
+        self.decoded += o.decoded;
+        self.ops += o.ops;
+        self.ops_judged += o.ops_judged;
+        self.entries += o.entries;
+        self.entries_judged += o.entries_judged;
+    }
 }
 
 fn template() -> [u64; 16] {
@@ -153,8 +195,9 @@ fn template() -> [u64; 16] {
     t
 }
 
-/// Maps the domain's frames at KBASE (tables read-only), pins the L4, installs it.
-fn build_tree(m: &mut HarnessMachine, dom: u16, (first, end): (u64, u64)) {
+/// Maps the domain's frames at KBASE (tables read-only) with the walker, writing
+/// guest memory only: the harness pins and installs the L4 through checked operations.
+fn build_tree(m: &mut HarnessMachine, (first, end): (u64, u64)) {
     let l4 = Mfn(first);
     let mut next = first + 1;
     let mut tables = vec![l4];
@@ -176,24 +219,13 @@ fn build_tree(m: &mut HarnessMachine, dom: u16, (first, end): (u64, u64)) {
         }
         ControlFlow::<()>::Continue(())
     });
-    let c = Caller::new(dom, 0);
-    for cmd in [
-        pvmmu_abi::mmu::MMUEXT_PIN_L4_TABLE,
-        pvmmu_abi::mmu::MMUEXT_NEW_BASEPTR,
-    ] {
-        let o = m.mmuext_op(
-            c,
-            &[MmuextOp::new(cmd, l4.0, 0)],
-            pvmmu_abi::DOMID_SELF.into(),
-        );
-        assert_eq!(o.map(|o| o.result), Ok(Ok(())), "fixture: {cmd}");
-    }
-    m.flusher().take();
 }
 
 impl Fixture {
     /// Domain 1 (2 vCPUs, I/O memory at MMIO) and domain 2 (privileged), each with a
-    /// pinned, installed tree mapping its frames.
+    /// pinned, installed tree mapping its frames. The model is built from the same
+    /// description (domains, frames, the memory the walker wrote) and judges the pins
+    /// and base-pointer switches of the setup like any other operation.
     pub fn new() -> Fixture {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)])
             .expect("memory");
@@ -201,21 +233,55 @@ impl Fixture {
             xen_l4_slots: template(),
             ..MachineConfig::default()
         };
-        let mut m =
-            Machine::with_flusher(mem, config, pvmmu::RecordingFlush::default()).expect("machine");
-        m.create_domain(DomainConfig::new(1).vcpus(2).iomem(MMIO..=MMIO + 3))
-            .expect("dom1");
-        m.create_domain(DomainConfig::new(2).privileged(true))
-            .expect("dom2");
-        m.assign_frames(1, (D1.0..D1.1).map(Mfn)).expect("frames");
-        m.assign_frames(2, (D2.0..D2.1).map(Mfn)).expect("frames");
-        m.reserve_xen_frames((XEN.0..XEN.1).map(Mfn)).expect("xen");
-        build_tree(&mut m, 1, D1);
-        build_tree(&mut m, 2, D2);
-        Fixture {
-            m,
-            alive: [true, true],
+        let mut model = XenModel::new(FRAMES as usize, &config);
+        let mut m = Machine::with_flusher(mem, config, RecordingFlush::default()).expect("machine");
+        let doms = [
+            DomainConfig::new(1).vcpus(2).iomem(MMIO..=MMIO + 3),
+            DomainConfig::new(2).privileged(true),
+        ];
+        for cfg in &doms {
+            m.create_domain(cfg.clone()).expect("domain");
+            model.create_domain(cfg);
         }
+        for (id, (first, end)) in [(1, D1), (2, D2), (pvmmu_abi::DOMID_XEN, XEN)] {
+            if id == pvmmu_abi::DOMID_XEN {
+                m.reserve_xen_frames((first..end).map(Mfn)).expect("xen");
+            } else {
+                m.assign_frames(id, (first..end).map(Mfn)).expect("frames");
+            }
+            assert!(
+                model.assign_frames(id, (first..end).map(Mfn)),
+                "model frames"
+            );
+        }
+        build_tree(&mut m, D1);
+        build_tree(&mut m, D2);
+        model.load_memory(m.memory()).expect("model memory");
+        let mut f = Fixture {
+            m,
+            model,
+            alive: [true, true],
+            judged: Judged::default(),
+        };
+        for (dom, (first, _)) in [(1, D1), (2, D2)] {
+            for cmd in [
+                pvmmu_abi::mmu::MMUEXT_PIN_L4_TABLE,
+                pvmmu_abi::mmu::MMUEXT_NEW_BASEPTR,
+            ] {
+                let op = ModelOp::Mmuext {
+                    caller: Caller::new(dom, 0),
+                    ops: vec![MmuextOp::new(cmd, first, 0)],
+                    foreigndom: pvmmu_abi::DOMID_SELF.into(),
+                };
+                let o = xen_model::check(&mut f.model, &mut f.m, &op);
+                assert!(
+                    matches!(&o, Ok(Outcome::Batch(b)) if b.done == 1 && b.result.is_ok()),
+                    "fixture: {cmd}: {o:?}"
+                );
+            }
+        }
+        f.m.flusher().take();
+        f
     }
 
     fn tables(&self, dom: u16) -> Vec<Mfn> {
@@ -288,19 +354,15 @@ impl Fixture {
         }
     }
 
-    fn read(&self, addr: u64) -> Option<u64> {
-        use vm_memory::Bytes;
-        self.m.memory().read_obj(GuestAddress(addr)).ok()
-    }
-
-    /// Runs one operation and checks the oracles.
-    pub fn apply(&mut self, op: &Op) {
-        let alive = |d: Dom, a: &[bool; 2]| a[usize::from(d.id() - 1)];
-        match op {
-            Op::MmuUpdate(d, reqs, fd) if alive(*d, &self.alive) => {
-                let c = Caller::new(d.id(), 0);
-                let fdv = Self::fd(*d, *fd);
-                let reqs: Vec<MmuUpdate> = reqs
+    /// Decodes `op` into the operation the library and the model receive (`None`: not
+    /// issued, e.g. a dead domain's, or a ptwr write when there is no L1 table).
+    pub fn decode(&self, op: &Op) -> Option<ModelOp> {
+        let alive = |d: &Dom| self.alive[usize::from(d.id() - 1)];
+        Some(match op {
+            Op::MmuUpdate(d, reqs, fd) if alive(d) => ModelOp::MmuUpdate {
+                caller: Caller::new(d.id(), 0),
+                foreigndom: Self::fd(*d, *fd),
+                reqs: reqs
                     .iter()
                     .take(64)
                     .map(|r| {
@@ -316,17 +378,12 @@ impl Fixture {
                             val: self.val(*d, r.val),
                         }
                     })
-                    .collect();
-                let predicted = reqs.first().and_then(|r| self.predict_l1(d.id(), fdv, r));
-                let o = self.m.mmu_update(c, &reqs, fdv).expect("caller exists");
-                if let Some(p) = predicted {
-                    let actual = first_result(&o);
-                    assert_eq!(actual, p, "reference model disagrees on {:#x?}", reqs[0]);
-                }
-            }
-            Op::Mmuext(d, ops, fd) if alive(*d, &self.alive) => {
-                let c = Caller::new(d.id(), 0);
-                let ops: Vec<MmuextOp> = ops
+                    .collect(),
+            },
+            Op::Mmuext(d, ops, fd) if alive(d) => ModelOp::Mmuext {
+                caller: Caller::new(d.id(), 0),
+                foreigndom: Self::fd(*d, *fd),
+                ops: ops
                     .iter()
                     .take(16)
                     .map(|e| {
@@ -342,31 +399,18 @@ impl Fixture {
                         };
                         MmuextOp::new(cmd, a1, a2)
                     })
-                    .collect();
-                let fdv = Self::fd(*d, *fd);
-                let predicted = ops.first().and_then(|o| self.predict_ext(d.id(), fdv, o));
-                let o = self.m.mmuext_op(c, &ops, fdv).expect("caller exists");
-                if let Some(p) = predicted {
-                    assert_eq!(
-                        first_result(&o),
-                        p,
-                        "reference model disagrees on {:#x?}",
-                        ops[0]
-                    );
+                    .collect(),
+            },
+            Op::Uvm(d, vcpu, page, v, flags) if alive(d) => {
+                let (first, end) = d.frames();
+                ModelOp::UpdateVaMapping {
+                    caller: Caller::new(d.id(), u32::from(*vcpu && d.id() == 1)),
+                    va: KBASE + ((first + u64::from(*page) % (end - first)) << 12),
+                    val: self.val(*d, *v),
+                    flags: u64::from(*flags),
                 }
             }
-            Op::Uvm(d, vcpu, page, v, flags) if alive(*d, &self.alive) => {
-                let c = Caller::new(d.id(), u32::from(*vcpu && d.id() == 1));
-                let (first, end) = d.frames();
-                let va = KBASE + ((first + u64::from(*page) % (end - first)) << 12);
-                let val = self.val(*d, *v);
-                let _ = self
-                    .m
-                    .hypercall_update_va_mapping(c, va, val, u64::from(*flags))
-                    .expect("caller");
-            }
-            Op::Ptwr(d, t, i, v, size, cmp) if alive(*d, &self.alive) => {
-                let c = Caller::new(d.id(), 0);
+            Op::Ptwr(d, t, i, v, size, cmp) if alive(d) => {
                 let tables: Vec<Mfn> = self
                     .tables(d.id())
                     .into_iter()
@@ -377,75 +421,73 @@ impl Fixture {
                             .is_some_and(|p| p.ty == PageType::L1)
                     })
                     .collect();
-                let Some(table) = tables.get(usize::from(*t) % tables.len().max(1)) else {
-                    return;
-                };
+                let table = tables.get(usize::from(*t) % tables.len().max(1))?;
                 let size = [1u8, 2, 4, 8][usize::from(size % 4)];
                 let addr = KBASE + (table.0 << 12) + (u64::from(i % 512) * 8);
-                let w = PtwrWrite {
-                    addr,
-                    size,
-                    value: self.val(*d, *v),
-                    cmpxchg: cmp.map(|x| self.val(*d, x)),
-                };
-                let _ = self.m.ptwr_write(c, addr, w).expect("caller");
+                ModelOp::Ptwr {
+                    caller: Caller::new(d.id(), 0),
+                    fault_va: addr,
+                    write: PtwrWrite {
+                        addr,
+                        size,
+                        value: self.val(*d, *v),
+                        cmpxchg: cmp.map(|x| self.val(*d, x)),
+                    },
+                }
             }
-            Op::VmAssist(d, enable, ty) if alive(*d, &self.alive) => {
-                let _ = self.m.hypercall_vm_assist(
-                    Caller::new(d.id(), 0),
-                    u64::from(!enable),
-                    u64::from(ty % 40),
-                );
-            }
-            Op::Teardown(d) if alive(*d, &self.alive) => {
-                let _ = self.m.destroy_domain(d.id());
-                self.alive[usize::from(d.id() - 1)] = false;
-            }
-            _ => return,
+            Op::VmAssist(d, enable, ty) if alive(d) => ModelOp::VmAssist {
+                caller: Caller::new(d.id(), 0),
+                cmd: u64::from(!enable),
+                ty: u64::from(ty % 40),
+            },
+            Op::Teardown(d) if alive(d) => ModelOp::Teardown { dom: d.id() },
+            _ => return None,
+        })
+    }
+
+    /// Runs one operation and checks the oracles: the model's prediction of its
+    /// outcome, the model's bookkeeping afterwards, and the audit. Returns the outcome
+    /// (`None`: the operation was not issued); `Err` describes the first oracle that
+    /// failed.
+    pub fn try_apply(&mut self, op: &Op) -> Result<Option<Outcome>, String> {
+        let Some(mop) = self.decode(op) else {
+            return Ok(None);
+        };
+        let entries = match &mop {
+            ModelOp::MmuUpdate { reqs, .. } => reqs.len() as u64,
+            ModelOp::Mmuext { ops, .. } => ops.len() as u64,
+            _ => 0,
+        };
+        self.judged.ops += 1;
+        self.judged.entries += entries;
+        let outcome = xen_model::check(&mut self.model, &mut self.m, &mop)?;
+        self.judged.ops_judged += 1;
+        self.judged.entries_judged += entries;
+        if let ModelOp::Teardown { dom } = mop {
+            self.alive[usize::from(dom - 1)] = false;
         }
-        if let Err(e) = self.m.audit() {
-            panic!("audit failed after {op:?}: {e}");
+        self.m
+            .audit()
+            .map_err(|e| format!("audit failed after {op:?}: {e}"))?;
+        Ok(Some(outcome))
+    }
+
+    /// Runs one operation and checks the oracles; panics if one fails.
+    pub fn apply(&mut self, op: &Op) {
+        if let Err(e) = self.try_apply(op) {
+            panic!("{e}");
         }
     }
 
-    /// The reference model's answer for a page-table update request, when it applies.
-    fn predict_l1(&self, pt: u16, fd: u32, r: &MmuUpdate) -> Option<Result<(), pvmmu::Errno>> {
-        if fd != u32::from(pvmmu_abi::DOMID_SELF) || r.ptr & 7 != 0 {
-            return None;
-        }
-        let table = Mfn(r.ptr >> 12);
-        let p = self.m.frames().get(table)?;
-        if p.owner != pt || !p.validated || p.type_count == 0 {
-            return None;
-        }
-        let old = self.read(r.ptr)?;
-        let index = ((r.ptr & 0xfff) >> 3) as usize;
-        match p.ty {
-            PageType::L1 => Some(model::l1_update(&self.m, pt, pt, old, r.val)),
-            PageType::L2 => model::upper_update(&self.m, pt, 2, index, old, r.val),
-            PageType::L3 => model::upper_update(&self.m, pt, 3, index, old, r.val),
-            PageType::L4 => model::upper_update(&self.m, pt, 4, index, old, r.val),
-            _ => None,
-        }
-    }
-
-    /// The reference model's answer for an mmuext pin/unpin, when it applies.
-    fn predict_ext(&self, d: u16, fd: u32, op: &MmuextOp) -> Option<Result<(), pvmmu::Errno>> {
-        if fd != u32::from(pvmmu_abi::DOMID_SELF) {
-            return None;
-        }
-        match op.cmd {
-            0..=3 => model::pin(&self.m, d, op.cmd as u8 + 1, Mfn(op.arg1)),
-            4 => Some(model::unpin(&self.m, d, Mfn(op.arg1))),
-            _ => None,
-        }
-    }
-
-    /// Tears everything down and checks every frame came back.
-    pub fn finish(mut self) {
+    /// Tears everything down (checked against the model) and checks every frame came
+    /// back.
+    pub fn finish(mut self) -> Judged {
         for id in [1u16, 2] {
             if self.alive[usize::from(id - 1)] {
-                let _ = self.m.destroy_domain(id);
+                let op = ModelOp::Teardown { dom: id };
+                if let Err(e) = xen_model::check(&mut self.model, &mut self.m, &op) {
+                    panic!("{e}");
+                }
             }
         }
         for (mfn, p) in self.m.frames().iter() {
@@ -460,6 +502,7 @@ impl Fixture {
         if let Err(e) = self.m.audit() {
             panic!("audit failed after teardown: {e}");
         }
+        self.judged
     }
 }
 
@@ -469,19 +512,21 @@ impl Default for Fixture {
     }
 }
 
-fn first_result(o: &BatchOutcome) -> Result<(), pvmmu::Errno> {
-    if o.done > 0 { Ok(()) } else { o.result }
-}
-
 /// The harness: decode `data` into operations, run them, check the oracles, tear down.
 pub fn mmu_ops(data: &[u8]) {
+    let _ = mmu_ops_judged(data);
+}
+
+/// [`mmu_ops`], returning how much the reference model judged.
+pub fn mmu_ops_judged(data: &[u8]) -> Judged {
     let mut u = Unstructured::new(data);
     let Ok(ops) = Vec::<Op>::arbitrary(&mut u) else {
-        return;
+        return Judged::default();
     };
     let mut f = Fixture::new();
     for op in ops.iter().take(64) {
+        f.judged.decoded += 1;
         f.apply(op);
     }
-    f.finish();
+    f.finish()
 }
