@@ -273,7 +273,7 @@ impl<'p> PteBatch<'p> {
     /// Rewrites every entry of the batch with `f(index, old)`: the bulk form of
     /// [`PteBatch::get`] + [`PteBatch::set`]. On x86-64 two entries are read with one
     /// aligned 16-byte load and written back with one 16-byte store (see
-    /// [`load_entries`] for why no entry can tear), with `f` in between, so the loop
+    /// [`PteSnapshot`] for why no entry can tear), with `f` in between, so the loop
     /// keeps `f`'s state in registers. As with `get` then `set`, an A/D bit a hardware
     /// walker sets between the read and the store of an entry (or of its neighbour in
     /// the pair) is overwritten: use [`PteBatch::set_preserving_ad`] where that
@@ -298,7 +298,7 @@ impl<'p> PteBatch<'p> {
 
     /// Folds over the entry values of the batch: `f(acc, index, value)` for each entry
     /// in order, two entries per aligned 16-byte load on x86-64 (see
-    /// [`load_entries`]), nothing copied. The accumulator stays in registers, but
+    /// [`PteSnapshot`]), nothing copied. The accumulator stays in registers, but
     /// each step waits for the previous one; a reduction the compiler could
     /// vectorise is faster over [`PteBatch::with_values`].
     ///
@@ -341,7 +341,7 @@ impl<'p> PteBatch<'p> {
     /// volatile) load as a possible write to memory, so a loop that calls it cannot
     /// keep state it reaches through references in registers or be vectorised; a
     /// loop over a snapshot is a plain loop over plain memory. On x86-64 the copy is
-    /// made with aligned 16-byte loads, two entries at a time (see [`load_entries`]
+    /// made with aligned 16-byte loads, two entries at a time (see [`PteSnapshot`]
     /// for why no entry can tear). [`PteBatch::with_values`] does the same without
     /// moving the 4 KiB copy.
     ///
@@ -412,6 +412,25 @@ struct Aligned<T>(T);
 
 /// The values of a batch's entries at the moment they were read
 /// ([`PteBatch::snapshot`]): plain memory, up to 512 entries.
+///
+///
+/// # Why bulk access may use vector loads
+///
+/// This and [`PteBatch::rewrite`], [`PteBatch::fold`] and [`PteBatch::with_values`]
+/// read (and `rewrite` writes) two entries per aligned 16-byte access on x86-64: the entries are shared with
+/// agents outside the Rust abstract machine (the guest's vCPUs, the CPU's page walker
+/// setting A/D bits), in memory that is no Rust allocation (the VMM's mapping of guest
+/// RAM), so, as everywhere in pvmmu and vm-memory, they are only accessed with atomic
+/// or volatile operations, never through plain references. What must hold is that
+/// no entry is seen half old and half new. x86-64 reads a naturally aligned quadword
+/// in one access (Intel SDM vol. 3A, "Guaranteed Atomic Operations"; AMD APM vol. 2,
+/// "Memory Access Atomicity"); an aligned 16-byte SSE load is either one access
+/// (processors with AVX guarantee it for `movdqa`-class loads) or split into its two
+/// aligned quadwords, each read in one access. So an aligned 16-byte load of two
+/// entries yields two untorn entries, which is all a relaxed 8-byte atomic load per
+/// entry promises; neither implies any order between entries. The stores of
+/// `rewrite` rest on the same guarantee for writes. Elsewhere, and for an
+/// entry at an odd index, the copy is one relaxed atomic load per entry.
 #[derive(Clone)]
 pub struct PteSnapshot {
     /// `entries[..len]` are initialised.
@@ -452,7 +471,7 @@ impl std::fmt::Debug for PteSnapshot {
 
 /// A run of entries split for bulk access: an entry at an odd index first (one
 /// relaxed atomic), then 16-byte aligned pairs, read and written on x86-64 with one
-/// volatile 16-byte access each (see [`load_entries`] for why no entry can tear), then
+/// volatile 16-byte access each (see [`PteSnapshot`] for why no entry can tear), then
 /// an odd last entry. Elsewhere a pair is two relaxed atomics.
 struct Pairs<'a> {
     head: Option<&'a AtomicU64>,
@@ -528,22 +547,7 @@ fn store_pair(pair: &[AtomicU64; 2], new: [Pte; 2]) {
 }
 
 /// Copies `src.len()` entries of guest memory into `dst`, each entry an untorn 8-byte
-/// value.
-///
-/// Why this may read guest memory with vector loads: the entries are shared with
-/// agents outside the Rust abstract machine (the guest's vCPUs, the CPU's page walker
-/// setting A/D bits), in memory that is no Rust allocation (the VMM's mapping of guest
-/// RAM), so, as everywhere in pvmmu and vm-memory, they are only accessed with atomic
-/// or volatile operations, never through plain references. What must hold is that
-/// no entry is seen half old and half new. x86-64 reads a naturally aligned quadword
-/// in one access (Intel SDM vol. 3A, "Guaranteed Atomic Operations"; AMD APM vol. 2,
-/// "Memory Access Atomicity"); an aligned 16-byte SSE load is either one access
-/// (processors with AVX guarantee it for `movdqa`-class loads) or split into its two
-/// aligned quadwords, each read in one access. So an aligned 16-byte load of two
-/// entries yields two untorn entries, which is all a relaxed 8-byte atomic load per
-/// entry promises; neither implies any order between entries. The stores of
-/// [`PteBatch::rewrite`] rest on the same guarantee for writes. Elsewhere, and for an
-/// entry at an odd index, the copy is one relaxed atomic load per entry.
+/// value (see [`PteSnapshot`] for why the vector loads cannot tear one).
 #[inline]
 fn load_entries(src: &[AtomicU64], dst: &mut [MaybeUninit<Pte>]) {
     debug_assert_eq!(src.len(), dst.len());
