@@ -119,7 +119,8 @@ pub use domain::{Domain, DomainConfig, Vcpu};
 pub use dump::DumpRange;
 pub use entry::{Mfn, PTE_AD_MASK, PTE_ADDR_MASK, Pte, PteFlags};
 pub use flush::{
-    FlushReason, FlushRequest, FlushScope, NoFlush, RecordingFlush, TlbFlush, VcpuSet,
+    FlushReason, FlushRequest, FlushScope, NEWLY_STALE_MAX, NoFlush, RecordingFlush, TlbFlush,
+    VcpuSet,
 };
 pub use frame::{FrameTable, PageInfo, PageType};
 pub use guest::{GuestView, guest_range_ok};

@@ -136,3 +136,30 @@ fn hooking_in_a_table_revokes_nothing_but_replacing_or_removing_one_does() {
     assert!(!flushes(&mut g)[0].non_leaf_revoked);
     g.audit();
 }
+
+#[test]
+fn a_guest_that_never_flushes_cannot_grow_the_lists_without_bound() {
+    let mut g = guest();
+    let a = g.take();
+    let b = g.take();
+    let ptr = g.pte_addr(va_of(a.0));
+    // Remap one entry back and forth, far more often than the cap, with no flush.
+    for k in 0..(pvmmu::NEWLY_STALE_MAX as u64 + 100) {
+        let to = if k % 2 == 0 { b } else { a };
+        assert_eq!(g.update(&[(ptr, to.addr() | P | RW | A)]).result, Ok(()));
+    }
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    let fl = flushes(&mut g);
+    assert_eq!(fl.len(), 1);
+    // Past the cap: "everything", with no list of entries to rewrite.
+    assert!(fl[0].newly_stale.len() <= pvmmu::NEWLY_STALE_MAX);
+    assert!(fl[0].non_leaf_revoked, "invalidate everything");
+    assert_eq!(fl[0].revoked_entries, None);
+    // And the next request starts afresh.
+    assert_eq!(g.update(&[(ptr, 0)]).result, Ok(()));
+    g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
+    let fl = flushes(&mut g);
+    assert!(!fl[0].non_leaf_revoked);
+    assert_eq!(fl[0].revoked_entries, Some(vec![ptr]));
+    g.audit();
+}

@@ -10,6 +10,8 @@ use crate::entry::Mfn;
 
 pub(crate) mod stale;
 
+pub use stale::NEWLY_STALE_MAX;
+
 /// A set of vCPUs of one domain (up to 64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct VcpuSet(pub u64);
@@ -87,6 +89,10 @@ pub struct FlushRequest {
     /// The frames of [`FlushRequest::stale`] that became stale since the domain's
     /// previous request (each reported once, sorted): what an invalidation that reaches
     /// every vCPU at once (a host-side one, e.g. a shadow-MMU zap) still has to cover.
+    /// At most [`NEWLY_STALE_MAX`] frames are listed: a domain that changes more entries
+    /// between two requests gets `non_leaf_revoked` set instead (invalidate everything)
+    /// and no [`FlushRequest::revoked_entries`], so a guest that never flushes cannot
+    /// make the lists grow without bound.
     pub newly_stale: Vec<Mfn>,
     /// Whether, since the domain's previous request, a present L2..L4 entry was removed,
     /// repointed or lost rights (see [`FlushRequest::newly_stale`]). Hooking in a new

@@ -9,6 +9,10 @@ use crate::entry::{Mfn, Pte};
 use crate::frame::Owner;
 use crate::machine::Core;
 
+/// Most frames (and entries) a domain's next flush request lists as newly stale; past
+/// it the request asks for everything instead (see [`FlushRequest::newly_stale`]).
+pub const NEWLY_STALE_MAX: usize = 4096;
+
 /// Whether replacing entry `old` by `new` revokes something a TLB or paging-structure
 /// cache may hold from `old`: `old` was present and `new` is not, maps another frame, or
 /// lost write or user access or gained NX. (A non-present entry is never cached, so
@@ -33,22 +37,38 @@ pub(crate) fn revokes(old: u64, new: u64) -> bool {
 impl<F: TlbFlush> Core<F> {
     /// Records that the TLBs of domain `d` (whose tables held `old`, in the entry at
     /// machine address `entry`) may still hold a translation that `new` removed or
-    /// downgraded. `entry` is `None` for an entry no cache can reach any more (one of a
-    /// table being de-validated: its unhooking was recorded where it happened).
+    /// downgraded. `entry` is `None` for an entry of a table being de-validated: no
+    /// walk can reach it any more (its type count reached 0, so no entry and no root
+    /// holds it, and its unhooking was recorded where it happened), so host-side
+    /// invalidation has nothing to do for it; only the guest-TLB view (`stale`, for
+    /// the flush before a type change) records the frame.
     pub(crate) fn note_stale(&mut self, d: Owner, old: u64, new: u64, entry: Option<u64>) {
         if !revokes(old, new) {
             return;
         }
-        if let (Some(at), Some(dom)) = (entry, self.domains.get_mut(&d)) {
-            dom.revoked_entries.push(at);
-        }
         let mfn = Pte(old).mfn();
+        let ram = self.frames.get(mfn).is_some();
+        if let (Some(at), Some(dom)) = (entry, self.domains.get_mut(&d)) {
+            // A guest that changes entries and never flushes must not grow these
+            // lists without bound: past the cap they are given up for "everything"
+            // (`non_leaf_revoked`, and no entry list).
+            if dom.newly_stale.len() >= NEWLY_STALE_MAX {
+                dom.non_leaf_revoked = true;
+                dom.revoked_entries_unknown = true;
+                dom.revoked_entries = Vec::new();
+            } else {
+                // The entry is named even for I/O memory (no frame to protect there).
+                if !dom.revoked_entries_unknown {
+                    dom.revoked_entries.push(at);
+                }
+                if ram {
+                    dom.newly_stale.push(mfn);
+                }
+            }
+        }
         let Some(p) = self.frames.get_mut(mfn) else {
             return; // I/O memory: not RAM
         };
-        if let Some(dom) = self.domains.get_mut(&d) {
-            dom.newly_stale.push(mfn);
-        }
         if p.owner == d {
             if !p.stale {
                 p.stale = true;
@@ -66,7 +86,12 @@ impl<F: TlbFlush> Core<F> {
     pub(crate) fn note_non_leaf_revoked(&mut self, d: Owner, entry: u64) {
         if let Some(dom) = self.domains.get_mut(&d) {
             dom.non_leaf_revoked = true;
-            dom.revoked_entries.push(entry);
+            if dom.revoked_entries.len() >= NEWLY_STALE_MAX {
+                dom.revoked_entries_unknown = true;
+                dom.revoked_entries = Vec::new();
+            } else if !dom.revoked_entries_unknown {
+                dom.revoked_entries.push(entry);
+            }
         }
     }
 
