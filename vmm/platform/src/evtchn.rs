@@ -2,7 +2,8 @@
 //! event_2l.c): ports, their states (unbound, interdomain, VIRQ, IPI), and the pending
 //! and mask bitmaps in `shared_info` with the per-vCPU selector and upcall flag in
 //! `vcpu_info`. `EVTCHNOP_alloc_unbound`, `bind_virq`, `bind_ipi`, `close`, `send`,
-//! `status`, `bind_vcpu` and `unmask` are served with Xen's checks and errno; the
+//! `status`, `bind_vcpu`, `unmask`, `bind_pirq` (a domU has no PIRQ to bind), `reset` and
+//! `set_priority` (none in the 2-level ABI) are served with Xen's checks and errno; the
 //! hypervisor raises VIRQs with [`EventChannels::raise_virq`]. Delivering the upcall is
 //! the vCPU's (`PvVcpu::deliver_upcall`).
 
@@ -36,6 +37,18 @@ pub const EVTCHNOP_bind_ipi: u32 = 7;
 pub const EVTCHNOP_bind_vcpu: u32 = 8;
 /// See [`EVTCHNOP_bind_virq`].
 pub const EVTCHNOP_unmask: u32 = 9;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_bind_pirq: u32 = 2;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_reset: u32 = 10;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_set_priority: u32 = 13;
+/// See [`EVTCHNOP_bind_virq`].
+pub const EVTCHNOP_reset_cont: u32 = 14;
+
+/// PIRQs of a PV domU: Xen gives it `nr_static_irqs + extra_domU_irqs`, the host's
+/// IO-APIC GSIs (24 with one IO-APIC, taken here) plus 32 by default.
+pub const NR_PIRQS: u32 = 24 + 32;
 
 /// Number of VIRQs.
 pub const NR_VIRQS: u32 = 24;
@@ -286,6 +299,11 @@ impl EventChannels {
             EVTCHNOP_status => self.status(m, caller, arg),
             EVTCHNOP_bind_vcpu => self.bind_vcpu(m, caller, arg),
             EVTCHNOP_unmask => self.unmask(m, caller, arg),
+            EVTCHNOP_bind_pirq => self.bind_pirq(m, caller, arg),
+            EVTCHNOP_reset | EVTCHNOP_reset_cont => {
+                self.reset(m, caller, arg, cmd == EVTCHNOP_reset_cont)
+            }
+            EVTCHNOP_set_priority => self.set_priority(m, caller, arg),
             _ => return None,
         };
         log::debug!("event_channel_op {cmd}: {r:?} {effects:?}");
@@ -409,11 +427,81 @@ impl EventChannels {
         }
     }
 
+    /// `EVTCHNOP_bind_pirq` (Xen's `evtchn_bind_pirq`): a PIRQ beyond the domain's is
+    /// -EINVAL; any other is -EPERM, a domU holding no IRQ permission (no device is
+    /// passed through).
+    fn bind_pirq<F: TlbFlush>(&self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
+        // struct { uint32_t pirq; uint32_t flags; evtchn_port_t port; }
+        let b = m.kernel_view(caller).read_array::<12>(arg)?;
+        let pirq = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if pirq >= NR_PIRQS {
+            return Err(Errno::EINVAL);
+        }
+        Err(Errno::EPERM)
+    }
+
+    /// `EVTCHNOP_set_priority`: -EINVAL for a port that is not valid, else -ENOSYS
+    /// (the 2-level ABI has no priorities).
+    fn set_priority<F: TlbFlush>(
+        &self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        // struct { evtchn_port_t port; uint32_t priority; }
+        let b = m.kernel_view(caller).read_array::<8>(arg)?;
+        let port = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if (port as usize) < self.ports.len() {
+            Err(Errno::ENOSYS)
+        } else {
+            Err(Errno::EINVAL)
+        }
+    }
+
+    /// `EVTCHNOP_reset` / `EVTCHNOP_reset_cont` of the domain named in `struct
+    /// evtchn_reset { domid_t dom; }`: an unknown domain -ESRCH, another one -EPERM (a
+    /// domU controls none); its own: every port closed, as Xen's `evtchn_reset` does
+    /// (`reset_cont` with no reset under way is -EBUSY).
+    fn reset<F: TlbFlush>(
+        &mut self,
+        m: &Mach<F>,
+        caller: Caller,
+        arg: u64,
+        resuming: bool,
+    ) -> Result<(), Errno> {
+        let b = m.kernel_view(caller).read_array::<2>(arg)?;
+        crate::named::own_domain(m, caller, u16::from_le_bytes(b))?;
+        if resuming {
+            // A reset runs to completion in one call here: none is ever under way.
+            return Err(Errno::EBUSY);
+        }
+        for port in 1..self.ports.len() as u32 {
+            if !matches!(
+                self.ports[port as usize].state,
+                PortState::Free | PortState::Reserved
+            ) {
+                self.close_port(m, caller, port);
+            }
+        }
+        Ok(())
+    }
+
     fn close<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, arg: u64) -> Result<(), Errno> {
         let port = self.port_arg(m, caller, arg)?;
+        if matches!(
+            self.ports[port as usize].state,
+            PortState::Free | PortState::Reserved
+        ) {
+            return Err(Errno::EINVAL);
+        }
+        self.close_port(m, caller, port);
+        Ok(())
+    }
+
+    /// Closes a port in use (Xen's `evtchn_close`).
+    fn close_port<F: TlbFlush>(&mut self, m: &Mach<F>, caller: Caller, port: u32) {
         let p = self.ports[port as usize];
         match p.state {
-            PortState::Free | PortState::Reserved => return Err(Errno::EINVAL),
             PortState::Virq(virq) => {
                 if let Some(v) = self.virqs.get_mut(p.vcpu as usize) {
                     v[virq as usize] = 0;
@@ -432,7 +520,6 @@ impl EventChannels {
         }
         self.change_bit(m, false, port, false);
         self.ports[port as usize] = Port::default();
-        Ok(())
     }
 
     fn send<F: TlbFlush>(

@@ -4,6 +4,7 @@
 
 use platform::dispatch::{self, DomainState, Outcome};
 use platform::elf::minimal_image;
+use platform::evtchn::NR_PIRQS;
 use platform::pv::{GuestContext, PvVcpu};
 use platform::{Domain, DomainSpec, NullConsole};
 use pvmmu::{Errno, GuestView, NoFlush};
@@ -284,6 +285,68 @@ fn event_channels_bind_notify_and_close_as_xen() {
     assert_eq!(evtchn(&mut w, 8, &u32s(&[timer, 0])), Errno::EINVAL.neg());
     assert_eq!(evtchn(&mut w, 8, &u32s(&[unbound, 0])), 0);
     assert_eq!(evtchn(&mut w, 8, &u32s(&[unbound, 3])), Errno::ENOENT.neg());
+}
+
+#[test]
+fn pirqs_priorities_and_reset_as_xen_answers_a_domu() {
+    let mut w = world();
+    // bind_pirq: beyond the domain's PIRQs -EINVAL, any other -EPERM (no IRQ
+    // permission); the range check comes first.
+    assert_eq!(
+        evtchn(&mut w, 2, &u32s(&[NR_PIRQS, 0, 0])),
+        Errno::EINVAL.neg()
+    );
+    assert_eq!(
+        evtchn(&mut w, 2, &u32s(&[u32::MAX, 0, 0])),
+        Errno::EINVAL.neg()
+    );
+    assert_eq!(
+        evtchn(&mut w, 2, &u32s(&[NR_PIRQS - 1, 0, 0])),
+        Errno::EPERM.neg()
+    );
+    assert_eq!(evtchn(&mut w, 2, &u32s(&[9, 0, 0])), Errno::EPERM.neg());
+    // set_priority: a port that is not valid -EINVAL, a valid one -ENOSYS (2-level).
+    assert_eq!(evtchn(&mut w, 13, &u32s(&[1, 3])), Errno::ENOSYS.neg());
+    assert_eq!(
+        evtchn(&mut w, 13, &u32s(&[60, 3])),
+        Errno::ENOSYS.neg(),
+        "valid, free"
+    );
+    assert_eq!(evtchn(&mut w, 13, &u32s(&[4096, 3])), Errno::EINVAL.neg());
+    // An unreadable argument is -EFAULT for each.
+    for cmd in [2u64, 10, 13, 14] {
+        let rc = w.call(
+            pvmmu_abi::hypercall::HYPERVISOR_event_channel_op,
+            [cmd, 0x0000_8000_0000_0000, 0, 0, 0],
+        );
+        assert_eq!(rc, Errno::EFAULT.neg(), "cmd {cmd}");
+    }
+    // Bind an IPI and a loopback pair, then reset: every port closed.
+    assert_eq!(evtchn(&mut w, 7, &u32s(&[0, 0])), 0);
+    let ipi = u32::from_le_bytes(w.peek::<8>(ARG)[4..].try_into().unwrap());
+    assert_eq!(evtchn(&mut w, 6, &u32s(&[0x7ff0_7ff0, 0])), 0);
+    let unbound = u32::from_le_bytes(w.peek::<8>(ARG)[4..].try_into().unwrap());
+    let mut arg = vec![0xf0, 0x7f, 0, 0];
+    arg.extend(u32s(&[unbound, 0]));
+    assert_eq!(evtchn(&mut w, 0, &arg), 0, "bind_interdomain to ourselves");
+    // reset of another domain: unknown -ESRCH, domain 0 -EPERM; reset_cont with no
+    // reset under way -EBUSY; nothing closed by any of these.
+    assert_eq!(evtchn(&mut w, 10, &[5, 0]), Errno::ESRCH.neg());
+    assert_eq!(evtchn(&mut w, 10, &[0, 0]), Errno::EPERM.neg());
+    assert_eq!(evtchn(&mut w, 14, &[0xf0, 0x7f]), Errno::EBUSY.neg());
+    assert_ne!(status(&mut w, ipi).1[0], 0);
+    assert_eq!(evtchn(&mut w, 10, &[0xf0, 0x7f]), 0, "reset DOMID_SELF");
+    for port in [1, 2, ipi, unbound, unbound + 1] {
+        assert_eq!(
+            status(&mut w, port),
+            (0, [0, 0, 0, 0]),
+            "port {port} closed"
+        );
+    }
+    // The ports are free for use again.
+    assert_eq!(evtchn(&mut w, 7, &u32s(&[0, 0])), 0);
+    let again = u32::from_le_bytes(w.peek::<8>(ARG)[4..].try_into().unwrap());
+    assert_eq!(again, 1, "the lowest free port");
 }
 
 #[test]
