@@ -195,3 +195,40 @@ impl<F: TlbFlush> Core<F> {
             .map_or(VcpuSet(0), |dom| VcpuSet::first(dom.vcpus.len() as u32))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::revokes;
+
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    const US: u64 = 4;
+    const A: u64 = 0x20;
+    const NX: u64 = 1 << 63;
+    const F1: u64 = 0x1000;
+    const F2: u64 = 0x2000;
+
+    #[test]
+    fn revocation_is_exactly_a_lost_right_or_a_different_frame() {
+        // Nothing cached from a non-present entry.
+        assert!(!revokes(0, F1 | P | RW | US));
+        assert!(!revokes(F1 | RW, F2 | P));
+        // Removed, or another frame.
+        assert!(revokes(F1 | P, 0));
+        assert!(revokes(F1 | P, F2 | P));
+        // Rights lost: write, user; NX gained.
+        assert!(revokes(F1 | P | RW, F1 | P));
+        assert!(revokes(F1 | P | US, F1 | P));
+        assert!(revokes(F1 | P, F1 | P | NX));
+        // Nothing lost: the same rights, or more, or other bits.
+        assert!(!revokes(F1 | P, F1 | P));
+        assert!(!revokes(F1 | P, F1 | P | A));
+        assert!(!revokes(F1 | P | RW, F1 | P | RW | A));
+        assert!(!revokes(F1 | P, F1 | P | RW | US));
+        assert!(!revokes(F1 | P | US, F1 | P | US | RW));
+        assert!(!revokes(F1 | P | NX, F1 | P));
+        assert!(!revokes(F1 | P | NX, F1 | P | NX | A));
+        // Read-only stays read-only, user-less stays user-less: nothing lost.
+        assert!(!revokes(F1 | P | A, F1 | P));
+    }
+}
