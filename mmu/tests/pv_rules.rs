@@ -1095,6 +1095,128 @@ fn ptwr_emulates_valid_writes_to_own_l1_tables_only() {
     g.audit();
 }
 
+#[test]
+fn ptwr_writes_any_entry_of_the_faulting_page_and_any_aligned_part_of_it() {
+    let mut g = guest();
+    let c = g.c;
+    g.m.hypercall_vm_assist(c, 0, u64::from(VMASST_TYPE_writable_pagetables))
+        .unwrap();
+    let target_va = va_of(0x300);
+    let ptr = g.pte_addr(target_va);
+    let l1 = Mfn::containing(ptr);
+    let pt_va = va_of(l1.0) + (ptr & 0xfff);
+    // The fault VA is the page; the write may land on another entry of it.
+    let next = ptr + 8;
+    let before = g.read(next);
+    let r =
+        g.m.ptwr_write(
+            c,
+            pt_va,
+            PtwrWrite {
+                addr: pt_va + 8,
+                size: 8,
+                value: before & !RW,
+                cmpxchg: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Ok(PtwrOutcome::Written));
+    assert_eq!(
+        g.read(next),
+        before & !RW,
+        "the neighbouring entry, read-only now"
+    );
+    // A 4-byte write of the high half sets NX there, and leaves the low half alone.
+    let cur = g.read(ptr);
+    let r =
+        g.m.ptwr_write(
+            c,
+            pt_va,
+            PtwrWrite {
+                addr: pt_va + 4,
+                size: 4,
+                value: (cur >> 32) | 0x8000_0000,
+                cmpxchg: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Ok(PtwrOutcome::Written));
+    assert_eq!(g.read(ptr), cur | NX);
+    // A 4-byte CMPXCHG of the high half against a stale value fails and reports the
+    // high half as it is; the counters see one write applied, one refused.
+    let (applied, rejected) = (g.m.stats().applied, g.m.stats().rejected);
+    let r =
+        g.m.ptwr_write(
+            c,
+            pt_va,
+            PtwrWrite {
+                addr: pt_va + 4,
+                size: 4,
+                value: 0,
+                cmpxchg: Some(0x1234),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        Ok(PtwrOutcome::Mismatch {
+            current: (cur | NX) >> 32
+        })
+    );
+    let r =
+        g.m.ptwr_write(
+            c,
+            pt_va,
+            PtwrWrite {
+                addr: pt_va + 4,
+                size: 4,
+                value: (cur >> 32) | 0x8000_0000,
+                cmpxchg: Some(((cur | NX) >> 32) as u64),
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Ok(PtwrOutcome::Written));
+    let l4 = g.l4;
+    let r =
+        g.m.ptwr_write(
+            c,
+            pt_va,
+            PtwrWrite {
+                addr: pt_va,
+                size: 8,
+                value: (l4.0 << 12) | P | RW,
+                cmpxchg: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Err(PtwrRefusal::Refused(Errno::EBUSY)));
+    assert_eq!(g.m.stats().applied, applied + 1);
+    assert_eq!(g.m.stats().rejected, rejected + 1);
+    g.audit();
+    // A not-present entry that still names an L1 table in its address bits does not
+    // make the page it would map a page table: nothing is written through it.
+    let f = g.take();
+    let va = va_of(f.0);
+    let p = g.pte_addr(va);
+    assert_eq!(g.update(&[(p, l1.addr())]).result, Ok(()));
+    unchanged(&mut g, |g| {
+        let r =
+            g.m.ptwr_write(
+                c,
+                va,
+                PtwrWrite {
+                    addr: va,
+                    size: 8,
+                    value: 0,
+                    cmpxchg: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(r, Err(PtwrRefusal::NotL1Table));
+    });
+    g.audit();
+}
+
 // ---------------------------------------------------------------- audit and teardown
 
 #[test]
