@@ -1171,7 +1171,7 @@ fn ptwr_writes_any_entry_of_the_faulting_page_and_any_aligned_part_of_it() {
                 addr: pt_va + 4,
                 size: 4,
                 value: (cur >> 32) | 0x8000_0000,
-                cmpxchg: Some(((cur | NX) >> 32) as u64),
+                cmpxchg: Some((cur | NX) >> 32),
             },
         )
         .unwrap();
