@@ -177,12 +177,20 @@ fn a_full_flush_forgets_only_its_own_domains_stale_foreign_frames() {
     let o = g.update_fd(&[(slot, theirs.addr() | P | A)], 2);
     assert_eq!(o.result, Ok(()));
     assert_eq!(g.update(&[(slot, 0)]).result, Ok(()));
-    assert_eq!(g.info(theirs).stale_foreign, 1, "domain 1 may hold it stale");
+    assert_eq!(
+        g.info(theirs).stale_foreign,
+        1,
+        "domain 1 may hold it stale"
+    );
     // A flush that is not full keeps it; a full one by domain 1 forgets it.
     g.ext(MMUEXT_TLB_FLUSH_LOCAL, 0, 0);
     assert_eq!(g.info(theirs).stale_foreign, 1);
     g.ext(MMUEXT_TLB_FLUSH_ALL, 0, 0);
-    assert_eq!(g.info(theirs).stale_foreign, 0, "forgotten by its own full flush");
+    assert_eq!(
+        g.info(theirs).stale_foreign,
+        0,
+        "forgotten by its own full flush"
+    );
     // Every request was counted.
     assert_eq!(g.m.stats().flushes, flushes_before + 2);
     assert_eq!(flushes(&mut g).len(), 2);
@@ -196,13 +204,15 @@ fn another_domains_full_flush_does_not_forget_them() {
     let theirs = Mfn(DOM2_FIRST + 4);
     let mine = g.take();
     let slot = g.pte_addr(va_of(mine.0));
-    assert_eq!(g.update_fd(&[(slot, theirs.addr() | P | A)], 2).result, Ok(()));
+    assert_eq!(
+        g.update_fd(&[(slot, theirs.addr() | P | A)], 2).result,
+        Ok(())
+    );
     assert_eq!(g.update(&[(slot, 0)]).result, Ok(()));
     assert_eq!(g.info(theirs).stale_foreign, 1);
     // Domain 2 flushes all its TLBs: domain 1's may still hold the frame.
-    let o = g
-        .m
-        .mmuext_op(
+    let o =
+        g.m.mmuext_op(
             pvmmu::Caller::new(2, 0),
             &[pvmmu_abi::MmuextOp::new(MMUEXT_TLB_FLUSH_ALL, 0, 0)],
             SELF,
