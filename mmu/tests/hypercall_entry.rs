@@ -185,3 +185,80 @@ fn recorded_reads_are_the_entries_the_library_read() {
     assert!(r.reads.is_empty());
     g.audit();
 }
+
+#[test]
+fn a_stop_request_ends_a_guest_multicall_after_its_first_entry() {
+    // The embedder's stop flag is checked between entries, never before the first: the
+    // first entry runs and gets its result, the call returns -EINTR, and the entries
+    // after it keep theirs.
+    let mut g = guest();
+    let list = g.take();
+    let mut calls = Vec::new();
+    for k in 0..3u64 {
+        let e = MulticallEntry {
+            op: 17,
+            result: 0x77,
+            args: [k, 0, 0, 0, 0, 0],
+        };
+        calls.extend(e.to_bytes());
+    }
+    write(&g, list, &calls);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    g.m.set_interrupt(Some(stop.clone()));
+    let mut served = 0;
+    let mut handler = |_: &mut M, _: Caller, _: u64, _: [u64; 5]| {
+        served += 1;
+        5
+    };
+    let c = g.c;
+    let r =
+        g.m.hypercall(
+            c,
+            HYPERVISOR_multicall,
+            [va_of(list.0), 3, 0, 0, 0],
+            &mut handler,
+        )
+        .unwrap();
+    assert_eq!(r.rax, Errno::EINTR.neg());
+    assert_eq!(served, 1, "the first entry ran");
+    let result = |i: u64| g.read(list.addr() + i * 64 + 8);
+    assert_eq!((result(0), result(1), result(2)), (5, 0x77, 0x77));
+    // Without the stop, every entry runs.
+    stop.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut served = 0;
+    let mut handler = |_: &mut M, _: Caller, _: u64, _: [u64; 5]| {
+        served += 1;
+        6
+    };
+    let r =
+        g.m.hypercall(
+            c,
+            HYPERVISOR_multicall,
+            [va_of(list.0), 3, 0, 0, 0],
+            &mut handler,
+        )
+        .unwrap();
+    assert_eq!((r.rax, served), (0, 3));
+}
+
+#[test]
+fn a_stop_request_ends_an_embedders_multicall_after_its_first_entry() {
+    let mut g = guest();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    g.m.set_interrupt(Some(stop));
+    let mut calls = [MulticallEntry {
+        op: 17,
+        result: 0x77,
+        args: [0; 6],
+    }; 3];
+    let mut served = 0;
+    let mut handler = |_: &mut M, _: Caller, _: u64, _: [u64; 5]| {
+        served += 1;
+        5
+    };
+    let c = g.c;
+    let rax = g.m.multicall(c, &mut calls, &mut handler).unwrap();
+    assert_eq!(rax, Errno::EINTR.neg());
+    assert_eq!(served, 1, "the first entry ran");
+    assert_eq!(calls.map(|e| e.result), [5, 0x77, 0x77]);
+}
