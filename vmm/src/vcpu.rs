@@ -86,7 +86,7 @@ impl Vcpu {
             .as_slice()
             .iter()
             .any(|e| e.function == 1 && e.ecx & CPUID_XSAVE != 0);
-        let sregs = regs::pv_sregs(fd.get_sregs()?, boot.l4.addr(), xsave)?;
+        let sregs = regs::pv_sregs(fd.get_sregs()?, caller.vcpu, boot.l4.addr(), xsave)?;
         fd.set_sregs(&sregs)?;
         // The special registers come with every exit (no ioctl on the exception path);
         // the copy starts as loaded.
@@ -226,8 +226,8 @@ impl Vcpu {
         if sregs.cs.dpl == 3 {
             return Ok(());
         }
-        sregs.cs = regs::gdt_segment(FLAT_RING3_CS64)?;
-        sregs.ss = regs::gdt_segment(FLAT_RING3_SS64)?;
+        sregs.cs = regs::gdt_segment(self.caller.vcpu, FLAT_RING3_CS64)?;
+        sregs.ss = regs::gdt_segment(self.caller.vcpu, FLAT_RING3_SS64)?;
         self.put_sregs(&sregs)?;
         Ok(())
     }

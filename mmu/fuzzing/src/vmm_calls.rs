@@ -86,7 +86,7 @@ fn replay_checked(header: &TraceHeader, records: &[Record]) {
         return;
     };
     let mut pv = d.pv_vcpu(0);
-    let mut dom = DomainState::new(&d.boot);
+    let mut dom = DomainState::new(&d.boot, 1);
     let Domain { machine: mut m, .. } = d;
     for r in records.iter().take(4096) {
         match r {
@@ -148,7 +148,7 @@ fn run(data: &[u8]) -> Option<(TraceHeader, Vec<Record>)> {
     let spec = DomainSpec::new(image().to_vec(), MEMORY_MIB);
     let d = Domain::create(&spec, RecordingFlush::default()).expect("the harness domain builds");
     let mut pv = d.pv_vcpu(0);
-    let mut dom = DomainState::new(&d.boot);
+    let mut dom = DomainState::new(&d.boot, 1);
     let Domain {
         machine: mut m,
         boot,

@@ -120,6 +120,8 @@ pub struct DomainState {
     pub xenstore: Xenstore,
     /// `memory_op`'s view of the domain.
     pub memory: MemoryOps,
+    /// The vCPUs: which are initialised and up.
+    pub vcpus: Vec<crate::vcpus::VcpuSlot>,
 }
 
 impl DomainState {
@@ -139,9 +141,14 @@ impl DomainState {
         n
     }
 
-    /// The state of a domain built with `boot`: the console ring and the console and
-    /// store event channels.
-    pub fn new(boot: &crate::builder::BootInfo) -> DomainState {
+    /// Whether vCPU `vcpu` is up (runs).
+    pub fn is_up(&self, vcpu: u32) -> bool {
+        self.vcpus.get(vcpu as usize).is_some_and(|v| v.up)
+    }
+
+    /// The state of a domain built with `boot`, of `vcpus` vCPUs: the console ring, the
+    /// console and store event channels, vCPU 0 up.
+    pub fn new(boot: &crate::builder::BootInfo, vcpus: u32) -> DomainState {
         use crate::builder::{CONSOLE_EVTCHN, STORE_EVTCHN};
         DomainState {
             stats: HypercallStats::default(),
@@ -149,7 +156,7 @@ impl DomainState {
             evtchn: {
                 // The toolstack's ports, bound by the VMM's backends in domain 0's
                 // place: the console's and the store's.
-                let mut e = EventChannels::new(boot.shared_info, vec![boot.shared_info]);
+                let mut e = EventChannels::new(boot.shared_info, vcpu_infos(boot, vcpus));
                 for port in [CONSOLE_EVTCHN, STORE_EVTCHN] {
                     let state = PortState::Interdomain {
                         remote: 0,
@@ -162,8 +169,25 @@ impl DomainState {
             grant: GrantTable::new(boot.grant_first),
             xenstore: Xenstore::new(boot.store_ring, crate::domain::DOMID, boot.nr_pages * 4),
             memory: MemoryOps::new(boot),
+            vcpus: crate::vcpus::at_creation(vcpus),
         }
     }
+}
+
+/// Where each vCPU's `vcpu_info` is at creation: in `shared_info` for the first
+/// `XEN_LEGACY_MAX_VCPUS` (32); none (0, Xen's dummy) for the others until they
+/// register one.
+fn vcpu_infos(boot: &crate::builder::BootInfo, vcpus: u32) -> Vec<u64> {
+    use pvmmu_abi::shared_info::{VCPU_INFO_SIZE, XEN_LEGACY_MAX_VCPUS};
+    (0..u64::from(vcpus))
+        .map(|v| {
+            if v < XEN_LEGACY_MAX_VCPUS as u64 {
+                boot.shared_info + v * VCPU_INFO_SIZE as u64
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// The platform's hypercalls for one domain: its console, and a shutdown request noted

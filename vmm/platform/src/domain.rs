@@ -144,7 +144,7 @@ impl<F: TlbFlush> Domain<F> {
     ) -> Result<Domain<F>, DomainError> {
         let image = spec.check()?;
         let frames = spec.frames();
-        let hv = hvarea::build(&mem, frames)?;
+        let hv = hvarea::build(&mem, frames, spec.vcpus)?;
         let config = MachineConfig {
             xen_l4_slots: hv.l4_slots,
             ro_mmio: Vec::new(),

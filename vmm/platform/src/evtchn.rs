@@ -115,6 +115,9 @@ pub struct EventChannels {
     pub vcpu_info: Vec<u64>,
     /// `virq_to_evtchn` per vCPU.
     virqs: Vec<[u32; NR_VIRQS as usize]>,
+    /// vCPUs whose upcall became pending since [`EventChannels::take_kicks`] (bit `v`:
+    /// vCPU `v`): the embedder kicks them (Xen's `vcpu_kick`).
+    kicks: std::cell::Cell<u64>,
 }
 
 /// `EVTCHNOP_bind_interdomain`.
@@ -148,6 +151,7 @@ impl EventChannels {
             shared_info,
             vcpu_info,
             virqs: vec![[0; NR_VIRQS as usize]; n],
+            kicks: std::cell::Cell::new(0),
         }
     }
 
@@ -221,7 +225,7 @@ impl EventChannels {
     /// Marks selector bit `sel` of `vcpu` and its upcall pending (Xen's
     /// `vcpu_mark_events_pending` after the selector test-and-set).
     fn mark_pending<F: TlbFlush>(&self, m: &Mach<F>, vcpu: u32, sel: u32) {
-        let Some(&info) = self.vcpu_info.get(vcpu as usize) else {
+        let Some(&info) = self.vcpu_info.get(vcpu as usize).filter(|&&i| i != 0) else {
             return;
         };
         let at = GuestAddress(info + VCPU_INFO_PENDING_SEL_OFFSET as u64);
@@ -230,10 +234,24 @@ impl EventChannels {
             return;
         }
         let _ = m.memory().write_obj(w | (1 << sel), at);
-        let _ = m.memory().write_obj(
-            1u8,
-            GuestAddress(info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64),
-        );
+        let pending = GuestAddress(info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64);
+        if m.memory().read_obj::<u8>(pending).unwrap_or(0) == 0 {
+            let _ = m.memory().write_obj(1u8, pending);
+            if vcpu < 64 {
+                self.kicks.set(self.kicks.get() | 1 << vcpu);
+            }
+        }
+    }
+
+    /// The vCPUs whose upcall became pending since the last call (bit `v`: vCPU `v`),
+    /// which the embedder must kick out of the guest (or wake) so that they see it.
+    ///
+    /// ```
+    /// let e = platform::evtchn::EventChannels::default();
+    /// assert_eq!(e.take_kicks(), 0);
+    /// ```
+    pub fn take_kicks(&self) -> u64 {
+        self.kicks.replace(0)
     }
 
     /// Xen's `evtchn_2l_set_pending`: the port's pending bit, and if it is not masked,
@@ -272,10 +290,11 @@ impl EventChannels {
     /// Whether `vcpu` has an upcall pending (`vcpu_info.evtchn_upcall_pending`).
     pub fn upcall_pending<F: TlbFlush>(&self, m: &Mach<F>, vcpu: u32) -> bool {
         self.vcpu_info.get(vcpu as usize).is_some_and(|&info| {
-            m.memory()
-                .read_obj::<u8>(GuestAddress(info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64))
-                .unwrap_or(0)
-                != 0
+            info != 0
+                && m.memory()
+                    .read_obj::<u8>(GuestAddress(info + VCPU_INFO_UPCALL_PENDING_OFFSET as u64))
+                    .unwrap_or(0)
+                    != 0
         })
     }
 

@@ -30,6 +30,9 @@ pub enum HvAreaError {
     /// The page-table walk failed.
     #[error("building the hypervisor page tables: {0}")]
     Walk(#[from] pvmmu::WalkError),
+    /// The area was built for fewer vCPUs.
+    #[error("the hypervisor area has no vCPU {0}")]
+    NoVcpu(u32),
 }
 
 /// What the VMM needs to know about the built area.
@@ -41,34 +44,51 @@ pub struct HvArea {
     pub l4_slots: [u64; 16],
     /// Guest-physical address of the M2P (contiguous, 8 bytes per frame).
     pub m2p_gpa: u64,
-    /// Guest-physical address of the ring-0 stack's lowest page.
-    pub stack_gpa: u64,
     /// A root (L4) holding the area's slots, to walk its tables with.
     pub root: Mfn,
     /// The zero page that backs the guest part of the GDT until a guest `set_gdt`.
     pub zero_frame: Mfn,
-    /// Guest-physical address of the reserved GDT page.
+    /// Each vCPU's own pages.
+    pub vcpus: Vec<HvVcpu>,
+}
+
+/// Where one vCPU's own pages of the area are in guest-physical memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HvVcpu {
+    /// Its ring-0 stack's lowest page ([`stack_va`]).
+    pub stack_gpa: u64,
+    /// Its reserved GDT page.
     pub reserved_gdt_gpa: u64,
-    /// Guest-physical address of the rewrite list ([`STORE_LIST_VA`]).
+    /// Its rewrite list ([`store_list_va`]).
     pub store_list_gpa: u64,
 }
 
-/// The guest part of the GDT area, for one vCPU: pages `0..14` map `frames` (the guest's
+impl HvArea {
+    /// vCPU `v`'s pages.
+    pub fn vcpu(&self, v: u32) -> Result<&HvVcpu, HvAreaError> {
+        self.vcpus.get(v as usize).ok_or(HvAreaError::NoVcpu(v))
+    }
+}
+
+/// The guest part of vCPU `vcpu`'s GDT area: pages `0..14` map `frames` (the guest's
 /// GDT, supervisor read-write as Xen maps it) and the zero page after them. Returns the
 /// frames the pages mapped before, whose translations are now stale.
 pub fn map_guest_gdt(
     mem: &GuestMemoryMmap<()>,
     area: &HvArea,
+    vcpu: u32,
     frames: &[Mfn],
 ) -> Result<Vec<Mfn>, HvAreaError> {
-    let range = VaRange::new(GDT_VA, GDT_RESERVED_PAGE * PAGE).map_err(pvmmu::WalkError::from)?;
+    area.vcpu(vcpu)?;
+    let base = gdt_va(vcpu);
+    let range = VaRange::new(base, GDT_RESERVED_PAGE * PAGE).map_err(pvmmu::WalkError::from)?;
     let mut old = Vec::new();
     let flags =
         PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;
     let _ = Walker::new(mem).apply_to_existing_page_range(area.root, range, |v| {
         if let Visit::Ptes(b) = v {
             for i in 0..b.len() {
-                let page = ((b.va(i) - GDT_VA) / PAGE) as usize;
+                let page = ((b.va(i) - base) / PAGE) as usize;
                 let target = frames.get(page).copied().unwrap_or(area.zero_frame);
                 let prev = b.get(i);
                 if prev.is_present() && prev.mfn() != target {
@@ -110,24 +130,27 @@ fn descriptor(base: u64, limit: u32, access: u8, flags: u8) -> u64 {
         | ((base >> 24 & 0xff) << 56)
 }
 
-/// The LDT window for one vCPU: page `i` maps `mapped[i]` (supervisor read-write, as Xen
+/// vCPU `vcpu`'s LDT window: page `i` maps `mapped[i]` (supervisor read-write, as Xen
 /// maps a filled LDT page: the CPU sets descriptors' accessed bits) or nothing. Returns
 /// the frames the window mapped before and no longer does (their translations are
 /// now stale).
 pub fn map_ldt_window(
     mem: &GuestMemoryMmap<()>,
     area: &HvArea,
+    vcpu: u32,
     mapped: &[Option<Mfn>; pvmmu::LDT_PAGES],
 ) -> Result<Vec<Mfn>, HvAreaError> {
+    area.vcpu(vcpu)?;
+    let base = ldt_va(vcpu);
     let range =
-        VaRange::new(LDT_VA, pvmmu::LDT_PAGES as u64 * PAGE).map_err(pvmmu::WalkError::from)?;
+        VaRange::new(base, pvmmu::LDT_PAGES as u64 * PAGE).map_err(pvmmu::WalkError::from)?;
     let mut old = Vec::new();
     let flags =
         PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;
     let _ = Walker::new(mem).apply_to_existing_page_range(area.root, range, |v| {
         if let Visit::Ptes(b) = v {
             for i in 0..b.len() {
-                let page = ((b.va(i) - LDT_VA) / PAGE) as usize;
+                let page = ((b.va(i) - base) / PAGE) as usize;
                 let target = mapped.get(page).copied().flatten();
                 let prev = b.get(i);
                 if prev.is_present() && Some(prev.mfn()) != target {
@@ -141,62 +164,67 @@ pub fn map_ldt_window(
     Ok(old)
 }
 
-/// The LDT register's descriptor for an LDT of `limit_bytes` (none when 0): written into
-/// the reserved GDT page, so that a reload of the register from its selector agrees with
-/// what the VMM loads. Returns the (low, high) descriptor words.
+/// vCPU `vcpu`'s LDT register descriptor for an LDT of `limit_bytes` (none when 0):
+/// written into its reserved GDT page, so that a reload of the register from its
+/// selector agrees with what the VMM loads. Returns the (low, high) descriptor words.
 pub fn set_ldt_descriptor(
     mem: &GuestMemoryMmap<()>,
     area: &HvArea,
+    vcpu: u32,
     limit_bytes: u32,
 ) -> Result<(u64, u64), HvAreaError> {
-    let (lo, hi) = ldt_descriptor(limit_bytes);
-    let at = area.reserved_gdt_gpa + u64::from(LDT_SEL) - FIRST_RESERVED_GDT_ENTRY as u64 * 8;
+    let (lo, hi) = ldt_descriptor(vcpu, limit_bytes);
+    let at = area.vcpu(vcpu)?.reserved_gdt_gpa + u64::from(LDT_SEL)
+        - FIRST_RESERVED_GDT_ENTRY as u64 * 8;
     mem.write_obj(lo, GuestAddress(at))?;
     mem.write_obj(hi, GuestAddress(at + 8))?;
     Ok((lo, hi))
 }
 
-/// The 16-byte LDT descriptor (system type 2) for the window with `limit_bytes` of
-/// descriptors; all zero (not present) for none.
+/// The 16-byte LDT descriptor (system type 2) for vCPU `vcpu`'s window with
+/// `limit_bytes` of descriptors; all zero (not present) for none.
 ///
 /// ```
-/// let (lo, hi) = platform::hvarea::ldt_descriptor(24);
+/// let (lo, hi) = platform::hvarea::ldt_descriptor(0, 24);
 /// assert_eq!(lo & 0xffff, 23, "limit");
 /// assert_eq!((lo >> 40) & 0xff, 0x82, "present LDT");
-/// assert_eq!(platform::hvarea::ldt_descriptor(0), (0, 0));
+/// assert_eq!(hi, platform::layout::ldt_va(0) >> 32);
+/// assert_eq!(platform::hvarea::ldt_descriptor(1, 0), (0, 0));
 /// ```
-pub fn ldt_descriptor(limit_bytes: u32) -> (u64, u64) {
+pub fn ldt_descriptor(vcpu: u32, limit_bytes: u32) -> (u64, u64) {
     if limit_bytes == 0 {
         return (0, 0);
     }
-    (descriptor(LDT_VA, limit_bytes - 1, 0x82, 0), LDT_VA >> 32)
+    let base = ldt_va(vcpu);
+    (descriptor(base, limit_bytes - 1, 0x82, 0), base >> 32)
 }
 
 /// First descriptor of the reserved GDT page (Xen's `FIRST_RESERVED_GDT_ENTRY`).
 pub const FIRST_RESERVED_GDT_ENTRY: usize = GDT_RESERVED_PAGE as usize * 512;
 
-/// The descriptors of the reserved GDT page, as (index within the page, raw 8 bytes):
-/// the hypervisor's ring-0 code and data, Xen's flat ring-3 selectors, and the 16-byte
-/// TSS descriptor (busy). The GDT page and the vCPU's segment registers are both made
-/// from this one table.
-pub fn reserved_gdt() -> [(usize, u64); 7] {
+/// The descriptors of vCPU `vcpu`'s reserved GDT page, as (index within the page, raw
+/// 8 bytes): the hypervisor's ring-0 code and data, Xen's flat ring-3 selectors, and the
+/// 16-byte descriptor of the vCPU's own TSS (busy). The GDT page and the vCPU's segment
+/// registers are both made from this one table.
+pub fn reserved_gdt(vcpu: u32) -> [(usize, u64); 7] {
+    let tss = tss_va(vcpu);
     [
-        (1, descriptor(0, 0xfffff, 0x9b, 0xa)), // 0xe008 ring-0 CS64
-        (2, descriptor(0, 0xfffff, 0x93, 0xc)), // 0xe010 ring-0 DS
-        (4, descriptor(0, 0xfffff, 0xfb, 0xc)), // 0xe023 FLAT_RING3_CS32
-        (5, descriptor(0, 0xfffff, 0xf3, 0xc)), // 0xe02b FLAT_RING3_DS / SS
-        (6, descriptor(0, 0xfffff, 0xfb, 0xa)), // 0xe033 FLAT_RING3_CS64
-        (8, descriptor(TSS_VA, TSS_LIMIT, 0x8b, 0)), // 0xe040 TSS (busy), low half
-        (9, TSS_VA >> 32),                      // its high half
+        (1, descriptor(0, 0xfffff, 0x9b, 0xa)),   // 0xe008 ring-0 CS64
+        (2, descriptor(0, 0xfffff, 0x93, 0xc)),   // 0xe010 ring-0 DS
+        (4, descriptor(0, 0xfffff, 0xfb, 0xc)),   // 0xe023 FLAT_RING3_CS32
+        (5, descriptor(0, 0xfffff, 0xf3, 0xc)),   // 0xe02b FLAT_RING3_DS / SS
+        (6, descriptor(0, 0xfffff, 0xfb, 0xa)),   // 0xe033 FLAT_RING3_CS64
+        (8, descriptor(tss, TSS_LIMIT, 0x8b, 0)), // 0xe040 TSS (busy), low half
+        (9, tss >> 32),                           // its high half
     ]
 }
 
-/// The raw eight bytes at `selector`'s slot of the reserved GDT page (for a 16-byte
-/// system descriptor, `selector + 8` names its upper half); `None` outside the page or
-/// for an empty slot.
-pub fn gdt_descriptor(selector: u16) -> Option<u64> {
+/// The raw eight bytes at `selector`'s slot of vCPU `vcpu`'s reserved GDT page (for a
+/// 16-byte system descriptor, `selector + 8` names its upper half); `None` outside the
+/// page or for an empty slot.
+pub fn gdt_descriptor(vcpu: u32, selector: u16) -> Option<u64> {
     let index = usize::from(selector >> 3).checked_sub(FIRST_RESERVED_GDT_ENTRY)?;
-    reserved_gdt()
+    reserved_gdt(vcpu)
         .iter()
         .find(|(k, _)| *k == index)
         .map(|(_, v)| *v)
@@ -235,9 +263,10 @@ fn stub(v: u8) -> [u8; STUB_SIZE as usize] {
 const BP_ENTRY: u64 = 0x200;
 
 /// The #BP entry: an `int3` at [`PROBE_VA`] (its saved RIP is the byte after) returns
-/// at once; one at [`STORE_VA`] rewrites the entries of the list at [`STORE_LIST_VA`],
-/// flushes the TLB and returns (to the list's resume address when it has one); any
-/// other goes the way of every stub (vector 3 to the fault port).
+/// at once; one at [`STORE_VA`] rewrites the entries of the vCPU's list (at
+/// [`store_list_va`], found as the top of the ring-0 stack it runs on), flushes the TLB
+/// and returns (to the list's resume address when it has one); any other goes the way
+/// of every stub (vector 3 to the fault port).
 fn bp_entry() -> Vec<u8> {
     const CMP_SAVED_RIP: [u8; 5] = [0x48, 0x39, 0x44, 0x24, 0x08]; // cmp [rsp + 8], rax
     let mut code = vec![0x50, 0x48, 0xb8]; // push rax; mov rax, imm64
@@ -255,8 +284,11 @@ fn bp_entry() -> Vec<u8> {
     let probe = code.len();
     code.extend_from_slice(&[0x58, 0x48, 0xcf]); // pop rax; iretq
     let store = code.len();
-    code.extend_from_slice(&[0x51, 0x52, 0x48, 0xba]); // push rcx; push rdx; mov rdx, imm64
-    code.extend_from_slice(&STORE_LIST_VA.to_le_bytes());
+    code.extend_from_slice(&[0x51, 0x52]); // push rcx; push rdx
+    code.extend_from_slice(&[0x48, 0x89, 0xe2]); // mov rdx, rsp
+    code.extend_from_slice(&[0x48, 0x81, 0xca]); // or rdx, STACK_SIZE - 1
+    code.extend_from_slice(&((STACK_SIZE - 1) as u32).to_le_bytes());
+    code.extend_from_slice(&[0x48, 0xff, 0xc2]); // inc rdx: the stack's top, the list
     code.extend_from_slice(&[
         0x48, 0x8b, 0x0a, // mov rcx, [rdx]              (the count)
         0x48, 0x85, 0xc9, // test rcx, rcx
@@ -284,16 +316,30 @@ fn bp_entry() -> Vec<u8> {
     code
 }
 
-/// Builds the area in the top frames of `mem` (which has `ram_frames` frames).
-pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAreaError> {
+/// Frames of each vCPU's own pages: reserved GDT page (1), TSS (3), stack (2), rewrite
+/// list (1).
+const VCPU_FRAMES: u64 = 7;
+
+/// Builds the area for `vcpus` vCPUs in the top frames of `mem` (which has
+/// `ram_frames` frames).
+pub fn build(
+    mem: &GuestMemoryMmap<()>,
+    ram_frames: u64,
+    vcpus: u32,
+) -> Result<HvArea, HvAreaError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(HvAreaError::NoVcpu(vcpus));
+    }
     let m2p_frames = (ram_frames * 8).div_ceil(PAGE);
-    // gdt(1) + zero(1) + idt(1) + tss(3) + stubs(1) + stack(2) + scratch L4 (1)
-    // + tables: hv L3/L2/L1 (3) + for the M2P and its alias each L3/L2 (2) + L1s.
-    // + the syscall stub's L2 and L1 (its L3 is the M2P alias's).
-    let tables = 3 + 2 * (2 + m2p_frames.div_ceil(512)) + 2;
+    // zero(1) + idt(1) + stubs(1) + scratch L4 (1) + syscall stub (1) + per vCPU
+    // + tables: hv L3/L2 (2) and the L1s of the vCPU blocks (2 MiB each) + for the M2P
+    // and its alias each L3/L2 (2) + L1s + the syscall stub's L2 and L1 (its L3 is the
+    // M2P alias's).
+    let block_l1s = (u64::from(vcpus) * VCPU_STRIDE).div_ceil(1 << 21);
+    let tables = 2 + block_l1s + 2 * (2 + m2p_frames.div_ceil(512)) + 2;
     // The direct map: one L2 (of 2 MiB pages) per GiB of RAM.
     let direct_l2s = (ram_frames * PAGE).div_ceil(1 << 30);
-    let needed = 12 + tables + direct_l2s + m2p_frames;
+    let needed = 5 + VCPU_FRAMES * u64::from(vcpus) + tables + direct_l2s + m2p_frames;
     if needed * 4 > ram_frames {
         return Err(HvAreaError::TooSmall(needed));
     }
@@ -303,17 +349,12 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         next += n;
         next - n
     };
-    let (gdt, zero, idt, tss, stubs, stack, l4) = (
-        take(1),
-        take(1),
-        take(1),
-        take(3),
-        take(1),
-        take(2),
-        take(1),
-    );
+    let (zero, idt, stubs, l4) = (take(1), take(1), take(1), take(1));
     let syscall_stub = take(1);
-    let store_list = take(1);
+    // Per vCPU: reserved GDT page, TSS (3), stack (2), rewrite list.
+    let own: Vec<(u64, u64, u64, u64)> = (0..vcpus)
+        .map(|_| (take(1), take(3), take(2), take(1)))
+        .collect();
     let direct = take(direct_l2s);
     let m2p = take(m2p_frames);
     let table_frames = take(tables);
@@ -322,12 +363,26 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         mem.write_slice(&zero_page, GuestAddress(f * PAGE))?;
     }
 
-    // GDT reserved page.
-    let mut page = vec![0u8; PAGE as usize];
-    for (index, v) in reserved_gdt() {
-        page[index * 8..index * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    // Each vCPU's reserved GDT page and TSS: RSP0, the I/O bitmap at 0x68 with only the
+    // hypercall and syscall ports open.
+    for (v, &(gdt, tss, _, _)) in (0..vcpus).zip(&own) {
+        let mut page = vec![0u8; PAGE as usize];
+        for (index, d) in reserved_gdt(v) {
+            page[index * 8..index * 8 + 8].copy_from_slice(&d.to_le_bytes());
+        }
+        mem.write_slice(&page, GuestAddress(gdt * PAGE))?;
+        let mut t = vec![0u8; 3 * PAGE as usize];
+        t[4..12].copy_from_slice(&stack_top(v).to_le_bytes());
+        t[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+        for b in &mut t[0x68..0x68 + 8192 + 1] {
+            *b = 0xff;
+        }
+        for port in [HYPERCALL_PORT, SYSCALL_PORT] {
+            let port = usize::from(port);
+            t[0x68 + port / 8] &= !(1 << (port % 8));
+        }
+        mem.write_slice(&t, GuestAddress(tss * PAGE))?;
     }
-    mem.write_slice(&page, GuestAddress(gdt * PAGE))?;
 
     // IDT: 32 interrupt gates, DPL0, to the stubs.
     let mut idt_page = vec![0u8; PAGE as usize];
@@ -358,19 +413,6 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     mem.write_slice(&idt_page, GuestAddress(idt * PAGE))?;
     mem.write_slice(&stub_page, GuestAddress(stubs * PAGE))?;
 
-    // TSS: RSP0, the I/O bitmap at 0x68 with only the hypercall port open.
-    let mut t = vec![0u8; 3 * PAGE as usize];
-    t[4..12].copy_from_slice(&STACK_TOP.to_le_bytes());
-    t[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
-    for b in &mut t[0x68..0x68 + 8192 + 1] {
-        *b = 0xff;
-    }
-    for port in [HYPERCALL_PORT, SYSCALL_PORT] {
-        let port = usize::from(port);
-        t[0x68 + port / 8] &= !(1 << (port % 8));
-    }
-    mem.write_slice(&t, GuestAddress(tss * PAGE))?;
-
     // The syscall stub: `out %al, $SYSCALL_PORT; ud2` (the VMM never lets it go on).
     let mut stub_bytes = vec![0xccu8; PAGE as usize];
     stub_bytes[..4].copy_from_slice(&[0xe6, SYSCALL_PORT as u8, 0x0f, 0x0b]);
@@ -391,19 +433,19 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
     // Supervisor data: writable, never executable.
     let sup =
         PteFlags::PRESENT | PteFlags::RW | PteFlags::ACCESSED | PteFlags::DIRTY | PteFlags::NX;
-    let area: Vec<(u64, u64, PteFlags)> = (0..16)
-        .map(|i| {
+    let mut area: Vec<(u64, u64, PteFlags)> = vec![
+        (IDT_VA, idt, sup),
+        (STUBS_VA, stubs, PteFlags::PRESENT | PteFlags::ACCESSED),
+    ];
+    for (v, &(gdt, tss, stack, list)) in (0..vcpus).zip(&own) {
+        area.extend((0..16).map(|i| {
             let f = if i == GDT_RESERVED_PAGE { gdt } else { zero };
-            (GDT_VA + i * PAGE, f, sup)
-        })
-        .chain([
-            (IDT_VA, idt, sup),
-            (STUBS_VA, stubs, PteFlags::PRESENT | PteFlags::ACCESSED),
-        ])
-        .chain((0..3).map(|i| (TSS_VA + i * PAGE, tss + i, sup)))
-        .chain([(STORE_LIST_VA, store_list, sup)])
-        .chain((0..2).map(|i| (STACK_VA + i * PAGE, stack + i, sup)))
-        .collect();
+            (gdt_va(v) + i * PAGE, f, sup)
+        }));
+        area.extend((0..3).map(|i| (tss_va(v) + i * PAGE, tss + i, sup)));
+        area.extend((0..2).map(|i| (stack_va(v) + i * PAGE, stack + i, sup)));
+        area.push((store_list_va(v), list, sup));
+    }
     for (va, frame, flags) in area {
         let _ = walker.apply_to_page_range(root, VaRange::page(va), &mut alloc, |v| {
             if let Visit::Ptes(b) = v {
@@ -412,12 +454,14 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
             ControlFlow::<()>::Continue(())
         })?;
     }
-    // The LDT window: its table exists, its pages are filled on demand.
-    let ldt_range =
-        VaRange::new(LDT_VA, pvmmu::LDT_PAGES as u64 * PAGE).map_err(pvmmu::WalkError::from)?;
-    let _ = walker.apply_to_page_range(root, ldt_range, &mut alloc, |_| {
-        ControlFlow::<()>::Continue(())
-    })?;
+    // The LDT windows: their tables exist, their pages are filled on demand.
+    for v in 0..vcpus {
+        let ldt_range = VaRange::new(ldt_va(v), pvmmu::LDT_PAGES as u64 * PAGE)
+            .map_err(pvmmu::WalkError::from)?;
+        let _ = walker.apply_to_page_range(root, ldt_range, &mut alloc, |_| {
+            ControlFlow::<()>::Continue(())
+        })?;
+    }
     alloc.link = PteFlags::PRESENT | PteFlags::USER | PteFlags::ACCESSED;
     for base in [RO_MPT_VIRT_START, M2P_ALIAS_VA] {
         let m2p_range = VaRange::new(base, m2p_frames * PAGE).map_err(pvmmu::WalkError::from)?;
@@ -475,11 +519,16 @@ pub fn build(mem: &GuestMemoryMmap<()>, ram_frames: u64) -> Result<HvArea, HvAre
         first_frame: first,
         l4_slots,
         m2p_gpa: m2p * PAGE,
-        stack_gpa: stack * PAGE,
         root,
         zero_frame: Mfn(zero),
-        reserved_gdt_gpa: gdt * PAGE,
-        store_list_gpa: store_list * PAGE,
+        vcpus: own
+            .iter()
+            .map(|&(gdt, _, stack, list)| HvVcpu {
+                stack_gpa: stack * PAGE,
+                reserved_gdt_gpa: gdt * PAGE,
+                store_list_gpa: list * PAGE,
+            })
+            .collect(),
     })
 }
 
@@ -493,7 +542,7 @@ mod tests {
         let mem =
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (frames * PAGE) as usize)])
                 .unwrap();
-        let a = build(&mem, frames).unwrap();
+        let a = build(&mem, frames, 2).unwrap();
         assert!(a.first_frame > frames - 64);
         // Put the template into a scratch L4 and translate through it.
         let l4 = Mfn(1);
@@ -502,9 +551,35 @@ mod tests {
                 .unwrap();
         }
         let w = Walker::new(&mem);
-        let t = w.translate(l4, STACK_TOP - 8).unwrap().unwrap();
-        assert_eq!(t.paddr, a.stack_gpa + 0x2000 - 8);
-        assert!(!t.user() && t.writable());
+        for v in 0..2 {
+            let own = a.vcpu(v).unwrap();
+            let t = w.translate(l4, stack_top(v) - 8).unwrap().unwrap();
+            assert_eq!(t.paddr, own.stack_gpa + 0x2000 - 8);
+            assert!(!t.user() && t.writable());
+            // RSP0 of the vCPU's own TSS is the top of its own stack; its GDT's TSS
+            // descriptor names that TSS.
+            let tss = w.translate(l4, tss_va(v)).unwrap().unwrap().paddr;
+            let rsp0: u64 = mem.read_obj(GuestAddress(tss + 4)).unwrap();
+            assert_eq!(rsp0, stack_top(v));
+            let gdt = w
+                .translate(l4, gdt_va(v) + GDT_RESERVED_PAGE * PAGE)
+                .unwrap()
+                .unwrap();
+            assert_eq!(gdt.paddr, own.reserved_gdt_gpa);
+            let d: u64 = mem
+                .read_obj(GuestAddress(
+                    own.reserved_gdt_gpa + u64::from(TSS_SEL) % PAGE,
+                ))
+                .unwrap();
+            assert_eq!(d, gdt_descriptor(v, TSS_SEL).unwrap());
+            let base = (d >> 16 & 0xff_ffff) | (d >> 56 & 0xff) << 24;
+            assert_eq!(base, tss_va(v) & 0xffff_ffff);
+            // The rewrite list is the page above the stack.
+            let list = w.translate(l4, store_list_va(v)).unwrap().unwrap();
+            assert_eq!(list.paddr, own.store_list_gpa);
+            assert!(!list.user() && list.writable());
+        }
+        assert!(a.vcpu(2).is_err());
         let m = w
             .translate(l4, RO_MPT_VIRT_START + 8 * 100)
             .unwrap()
@@ -516,7 +591,7 @@ mod tests {
         assert_eq!(a.l4_slots[HV_SLOT - 256] & PteFlags::USER.bits(), 0);
         // The I/O bitmap opens the hypercall and syscall ports only (0xf1 and 0xf2 share
         // a byte).
-        let tss = w.translate(l4, TSS_VA).unwrap().unwrap().paddr;
+        let tss = w.translate(l4, tss_va(0)).unwrap().unwrap().paddr;
         let byte: u8 = mem
             .read_obj(GuestAddress(tss + 0x68 + u64::from(HYPERCALL_PORT) / 8))
             .unwrap();
@@ -546,9 +621,6 @@ mod tests {
         let store = w.translate(l4, STORE_VA).unwrap().unwrap();
         let code: [u8; 2] = mem.read_obj(GuestAddress(store.paddr)).unwrap();
         assert_eq!(code, [0xcc, 0xc3]);
-        let list = w.translate(l4, STORE_LIST_VA).unwrap().unwrap();
-        assert_eq!(list.paddr, a.store_list_gpa);
-        assert!(!list.user() && list.writable());
         for frame in [0, 1, 0x200, 0x201, frames - 1] {
             let t = w
                 .translate(l4, DIRECT_MAP_VA + frame * PAGE + 0x18)
@@ -568,13 +640,20 @@ mod tests {
     #[test]
     fn descriptors_by_selector() {
         use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
-        assert_eq!(gdt_descriptor(FLAT_RING3_CS64), Some(0x00af_fb00_0000_ffff));
-        assert_eq!(gdt_descriptor(FLAT_RING3_SS64), Some(0x00cf_f300_0000_ffff));
-        let lo = gdt_descriptor(TSS_SEL).unwrap();
-        assert_eq!(gdt_descriptor(TSS_SEL + 8), Some(TSS_VA >> 32));
+        assert_eq!(
+            gdt_descriptor(0, FLAT_RING3_CS64),
+            Some(0x00af_fb00_0000_ffff)
+        );
+        assert_eq!(
+            gdt_descriptor(0, FLAT_RING3_SS64),
+            Some(0x00cf_f300_0000_ffff)
+        );
+        let lo = gdt_descriptor(0, TSS_SEL).unwrap();
+        assert_eq!(gdt_descriptor(0, TSS_SEL + 8), Some(tss_va(0) >> 32));
+        assert_ne!(gdt_descriptor(1, TSS_SEL), Some(lo));
         assert_eq!(lo >> 40 & 0xff, 0x8b);
-        assert_eq!(gdt_descriptor(0x08), None);
-        assert_eq!(gdt_descriptor(0xe018), None);
+        assert_eq!(gdt_descriptor(0, 0x08), None);
+        assert_eq!(gdt_descriptor(0, 0xe018), None);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod pv;
 pub mod replay;
 pub mod ring;
 pub mod trace;
+pub mod vcpus;
 pub mod xenstore;
 
 pub use console::{Console, NullConsole};

@@ -60,7 +60,7 @@ pub struct ReplayReport {
 pub fn replay(header: &TraceHeader, records: &[Record]) -> Result<ReplayReport, ReplayError> {
     let d = Domain::create(&header.spec(), RecordingFlush::default())?;
     let mut pv: Vec<PvVcpu> = (0..header.vcpus.max(1)).map(|v| d.pv_vcpu(v)).collect();
-    let mut dom = DomainState::new(&d.boot);
+    let mut dom = DomainState::new(&d.boot, header.vcpus.max(1));
     let Domain { machine: mut m, .. } = d;
     m.record_reads(true);
     let mut report = ReplayReport {

@@ -23,7 +23,7 @@ struct World {
 
 fn world() -> World {
     let d = Domain::create(&DomainSpec::new(minimal_image(&[0xf4]), 16), NoFlush).expect("domain");
-    let state = DomainState::new(&d.boot);
+    let state = DomainState::new(&d.boot, 1);
     let pv = d.pv_vcpu(0);
     World { d, state, pv }
 }

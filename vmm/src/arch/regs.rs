@@ -9,7 +9,7 @@
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use platform::builder::BootInfo;
 use platform::hvarea::gdt_descriptor;
-use platform::layout::{GDT_VA, IDT_VA, TSS_SEL};
+use platform::layout::{IDT_VA, TSS_SEL, gdt_va};
 use platform::pv::cr4;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
@@ -64,10 +64,11 @@ pub fn segment_from_descriptor(selector: u16, lo: u64, hi: u64) -> kvm_segment {
     }
 }
 
-/// The segment register for `selector` from the hypervisor area's GDT.
-pub fn gdt_segment(selector: u16) -> Result<kvm_segment, NoDescriptor> {
-    let lo = gdt_descriptor(selector).ok_or(NoDescriptor(selector))?;
-    let hi = gdt_descriptor(selector + 8).unwrap_or(0);
+/// The segment register for `selector` from vCPU `vcpu`'s reserved GDT page in the
+/// hypervisor area.
+pub fn gdt_segment(vcpu: u32, selector: u16) -> Result<kvm_segment, NoDescriptor> {
+    let lo = gdt_descriptor(vcpu, selector).ok_or(NoDescriptor(selector))?;
+    let hi = gdt_descriptor(vcpu, selector + 8).unwrap_or(0);
     Ok(segment_from_descriptor(selector, lo, hi))
 }
 
@@ -87,22 +88,28 @@ pub fn no_ldt() -> kvm_segment {
     }
 }
 
-/// The PV vCPU's special registers on top of KVM's reset state `base`: Xen's flat
-/// 64-bit ring-3 CS and SS, null data segments, the hypervisor area's GDT, IDT and TSS,
-/// long mode with paging on `cr3`, and CR4.OSXSAVE when `xsave`.
-pub fn pv_sregs(base: kvm_sregs, cr3: u64, xsave: bool) -> Result<kvm_sregs, NoDescriptor> {
+/// PV vCPU `vcpu`'s special registers on top of KVM's reset state `base`: Xen's flat
+/// 64-bit ring-3 CS and SS, null data segments, the vCPU's GDT and TSS and the shared
+/// IDT in the hypervisor area, long mode with paging on `cr3`, and CR4.OSXSAVE when
+/// `xsave`.
+pub fn pv_sregs(
+    base: kvm_sregs,
+    vcpu: u32,
+    cr3: u64,
+    xsave: bool,
+) -> Result<kvm_sregs, NoDescriptor> {
     let mut s = base;
-    s.cs = gdt_segment(FLAT_RING3_CS64)?;
-    s.ss = gdt_segment(FLAT_RING3_SS64)?;
+    s.cs = gdt_segment(vcpu, FLAT_RING3_CS64)?;
+    s.ss = gdt_segment(vcpu, FLAT_RING3_SS64)?;
     (s.ds, s.es, s.fs, s.gs) = (
         null_segment(),
         null_segment(),
         null_segment(),
         null_segment(),
     );
-    s.tr = gdt_segment(TSS_SEL)?;
+    s.tr = gdt_segment(vcpu, TSS_SEL)?;
     s.ldt = no_ldt();
-    s.gdt.base = GDT_VA;
+    s.gdt.base = gdt_va(vcpu);
     s.gdt.limit = 0xffff;
     s.idt.base = IDT_VA;
     s.idt.limit = IDT_ENTRIES * 16 - 1;
@@ -136,30 +143,34 @@ mod tests {
 
     #[test]
     fn segments_match_the_measured_settings() {
-        let cs = gdt_segment(FLAT_RING3_CS64).unwrap();
+        let cs = gdt_segment(0, FLAT_RING3_CS64).unwrap();
         assert_eq!(
             (cs.type_, cs.s, cs.dpl, cs.present, cs.l, cs.db, cs.g),
             (0xb, 1, 3, 1, 1, 0, 1)
         );
         assert_eq!((cs.base, cs.limit), (0, 0xffff_ffff));
-        let ss = gdt_segment(FLAT_RING3_SS64).unwrap();
+        let ss = gdt_segment(0, FLAT_RING3_SS64).unwrap();
         assert_eq!(
             (ss.type_, ss.s, ss.dpl, ss.l, ss.db, ss.g),
             (0x3, 1, 3, 0, 1, 1)
         );
-        let tr = gdt_segment(TSS_SEL).unwrap();
+        let tr = gdt_segment(0, TSS_SEL).unwrap();
         assert_eq!(
             (tr.type_, tr.s, tr.dpl, tr.present, tr.g),
             (0xb, 0, 0, 1, 0)
         );
-        assert_eq!(tr.base, platform::layout::TSS_VA);
+        assert_eq!(tr.base, platform::layout::tss_va(0));
+        assert_eq!(
+            gdt_segment(3, TSS_SEL).unwrap().base,
+            platform::layout::tss_va(3)
+        );
         assert_eq!(tr.limit, platform::layout::TSS_LIMIT);
-        assert_eq!(gdt_segment(0x10), Err(NoDescriptor(0x10)));
+        assert_eq!(gdt_segment(0, 0x10), Err(NoDescriptor(0x10)));
     }
 
     #[test]
     fn sregs_enter_long_mode_at_cpl3() {
-        let s = pv_sregs(kvm_sregs::default(), 0x5000, true).unwrap();
+        let s = pv_sregs(kvm_sregs::default(), 0, 0x5000, true).unwrap();
         assert_eq!((s.cr0, s.cr3, s.efer), (CR0, 0x5000, EFER));
         assert_eq!(s.cr4, CR4 | cr4::OSXSAVE);
         assert_eq!(s.cs.selector & 3, 3);

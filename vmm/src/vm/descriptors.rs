@@ -5,14 +5,14 @@
 use log::debug;
 use platform::domain::DomainError;
 use platform::hvarea;
-use platform::layout::LDT_VA;
+use platform::layout::ldt_va;
 use platform::pv::segments;
 use pvmmu::{LDT_PAGES, LdtFault};
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
 use crate::arch::regs::segment_from_descriptor;
 
-use super::{Vm, VmError};
+use super::{Exit, VmError};
 
 /// Bytes in the LDT window.
 const LDT_WINDOW: u64 = LDT_PAGES as u64 * 4096;
@@ -28,28 +28,30 @@ pub(super) enum LdtOutcome {
     GeneralProtection(u32),
 }
 
-impl Vm {
+impl Exit<'_> {
     /// Carries the library's descriptor-table changes into the CPU's view: a new GDT is
     /// mapped into the GDT area; a changed LDT (or LDT window) is mapped into the
     /// window and the LDT register reloaded. Translations of frames no longer mapped
     /// there are invalidated.
     pub(super) fn sync_descriptor_tables(&mut self) -> Result<(), VmError> {
-        let caller = self.vcpu.caller;
-        if let Some((frames, _)) = self.machine.take_gdt_change(caller) {
-            let stale = hvarea::map_guest_gdt(self.machine.memory(), &self.hv, &frames)
-                .map_err(DomainError::from)?;
-            self.machine.flusher().invalidate(&stale);
-        }
-        if let Some(ldt) = self.machine.take_ldt_change(caller) {
-            let mem = self.machine.memory();
+        let caller = self.cpu.vcpu.caller;
+        if let Some((frames, _)) = self.c.machine.take_gdt_change(caller) {
             let stale =
-                hvarea::map_ldt_window(mem, &self.hv, &ldt.mapped).map_err(DomainError::from)?;
-            let (lo, hi) = hvarea::set_ldt_descriptor(mem, &self.hv, ldt.limit_bytes())
+                hvarea::map_guest_gdt(self.c.machine.memory(), &self.c.hv, caller.vcpu, &frames)
+                    .map_err(DomainError::from)?;
+            self.c.machine.flusher().invalidate(&stale);
+        }
+        if let Some(ldt) = self.c.machine.take_ldt_change(caller) {
+            let mem = self.c.machine.memory();
+            let stale = hvarea::map_ldt_window(mem, &self.c.hv, caller.vcpu, &ldt.mapped)
                 .map_err(DomainError::from)?;
-            self.machine.flusher().invalidate(&stale);
-            if (lo, hi) != self.ldt_loaded {
-                self.vcpu.load_ldt(lo, hi)?;
-                self.ldt_loaded = (lo, hi);
+            let (lo, hi) =
+                hvarea::set_ldt_descriptor(mem, &self.c.hv, caller.vcpu, ldt.limit_bytes())
+                    .map_err(DomainError::from)?;
+            self.c.machine.flusher().invalidate(&stale);
+            if (lo, hi) != self.cpu.ldt_loaded {
+                self.cpu.vcpu.load_ldt(lo, hi)?;
+                self.cpu.ldt_loaded = (lo, hi);
             }
         }
         Ok(())
@@ -61,18 +63,18 @@ impl Vm {
     /// common case.
     pub(super) fn load_code_and_stack(&mut self, cs: u16, ss: u16) -> Result<(), VmError> {
         let flat = (cs, ss) == (FLAT_RING3_CS64, FLAT_RING3_SS64);
-        if flat && !self.nonflat_segments {
+        if flat && !self.cpu.nonflat_segments {
             return Ok(());
         }
-        let caller = self.vcpu.caller;
+        let caller = self.cpu.vcpu.caller;
         let mut segment = |sel: u16| {
-            let (lo, hi) = segments::descriptor(&mut self.machine, caller, sel).unwrap_or((0, 0));
+            let (lo, hi) = segments::descriptor(&mut self.c.machine, caller, sel).unwrap_or((0, 0));
             segment_from_descriptor(sel, lo, hi)
         };
         let (cs_seg, ss_seg) = (segment(cs), segment(ss));
         debug!("loading CS {cs:#x} and SS {ss:#x}");
-        self.vcpu.load_code_and_stack(cs_seg, ss_seg)?;
-        self.nonflat_segments = !flat;
+        self.cpu.vcpu.load_code_and_stack(cs_seg, ss_seg)?;
+        self.cpu.nonflat_segments = !flat;
         // Reading an LDT descriptor may have filled a window page.
         self.sync_descriptor_tables()
     }
@@ -82,12 +84,13 @@ impl Vm {
     /// allows it, else the fault goes to the guest as Xen passes it on. `None` when
     /// `cr2` is not in the window.
     pub(super) fn ldt_fault(&mut self, cr2: u64) -> Result<Option<LdtOutcome>, VmError> {
-        if !(LDT_VA..LDT_VA + LDT_WINDOW).contains(&cr2) {
+        let caller = self.cpu.vcpu.caller;
+        let window = ldt_va(caller.vcpu);
+        if !(window..window + LDT_WINDOW).contains(&cr2) {
             return Ok(None);
         }
-        let offset = (cr2 - LDT_VA) as u32;
-        let caller = self.vcpu.caller;
-        let outcome = match self.machine.map_ldt_page(caller, offset)? {
+        let offset = (cr2 - window) as u32;
+        let outcome = match self.c.machine.map_ldt_page(caller, offset)? {
             Ok(mfn) => {
                 debug!("LDT page {} filled with frame {mfn}", offset / 4096);
                 self.sync_descriptor_tables()?;
@@ -96,7 +99,7 @@ impl Vm {
             Err(why) => {
                 debug!("LDT page {} not filled: {why}", offset / 4096);
                 let va = match why {
-                    LdtFault::Limit { .. } => self.machine.ldt(caller).base + u64::from(offset),
+                    LdtFault::Limit { .. } => self.c.machine.ldt(caller).base + u64::from(offset),
                     _ => why.fault_va().unwrap_or_default(),
                 };
                 if pvmmu_abi::layout::is_canonical(va) {

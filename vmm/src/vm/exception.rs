@@ -4,32 +4,34 @@
 //! kernel's handler; with no handler, a fault report.
 
 use log::debug;
-use platform::domain::describe_path;
-use platform::layout::STACK_VA;
+use platform::domain::{DomainError, describe_path};
+use platform::layout::stack_va;
 use platform::pv::Crash;
 use platform::trace::{Record, ptwr_code};
 use pvmmu_abi::layout::RO_MPT_VIRT_START;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::descriptors::LdtOutcome;
-use super::{GuestExit, Vm, VmError};
+use super::{Exit, GuestExit, VmError};
 use crate::arch::msr;
 use crate::emulate;
 use crate::fault::{ExceptionFrame, FaultReport, vector_name};
 
-impl Vm {
+impl Exit<'_> {
     /// An exception exit. First what the hypervisor itself decides (writable page
     /// tables, M2P reads at Xen's address, the forced-emulation CPUID, privileged
     /// instructions), then delivery to the guest kernel's handler; with no handler, a
     /// fault report.
     pub(super) fn exception(&mut self) -> Result<Option<GuestExit>, VmError> {
-        let mut regs = self.vcpu.regs();
-        let sregs = self.vcpu.sregs()?;
-        let mem = self.machine.memory();
-        let ef = ExceptionFrame::read(mem, STACK_VA, self.hv.stack_gpa, regs.rsp)?;
+        let mut regs = self.cpu.vcpu.regs();
+        let sregs = self.cpu.vcpu.sregs()?;
+        let mem = self.c.machine.memory();
+        let me = self.cpu.vcpu.caller.vcpu;
+        let stack_gpa = self.c.hv.vcpu(me).map_err(DomainError::from)?.stack_gpa;
+        let ef = ExceptionFrame::read(mem, stack_va(me), stack_gpa, regs.rsp)?;
         let frame = ef.frame;
         let reason = format!("exception {}", vector_name(frame.vector));
-        *self.stats.exit_reasons.entry(reason).or_default() += 1;
+        *self.c.stats.exit_reasons.entry(reason).or_default() += 1;
         debug!(
             "exception {} ({}) error {:#x} at {:#x} (CS {:#x}), CR2 {:#x}",
             frame.vector,
@@ -39,7 +41,7 @@ impl Vm {
             frame.cs,
             sregs.cr2
         );
-        let caller = self.vcpu.caller;
+        let caller = self.cpu.vcpu.caller;
         // The guest's registers: the stub's own RSP is not the guest's.
         let mut gregs = regs;
         gregs.rsp = frame.rsp;
@@ -62,8 +64,8 @@ impl Vm {
             }
         }
         if redirect.is_none() && frame.is_ptwr_candidate() {
-            if let Some(t) = self.tracer.as_mut() {
-                t.pages(self.machine.memory())?;
+            if let Some(t) = self.c.tracer.as_mut() {
+                t.pages(self.c.machine.memory())?;
             }
             let mut seen = None;
             let mut on_write =
@@ -71,7 +73,7 @@ impl Vm {
                     seen = Some((*w, ptwr_code(r)));
                 };
             let result = emulate::try_ptwr(
-                &mut self.machine,
+                &mut self.c.machine,
                 caller,
                 &frame,
                 sregs.cr2,
@@ -79,7 +81,7 @@ impl Vm {
                 &sregs,
                 &mut on_write,
             );
-            if let (Some(t), Some((write, outcome))) = (self.tracer.as_mut(), seen) {
+            if let (Some(t), Some((write, outcome))) = (self.c.tracer.as_mut(), seen) {
                 t.record(&Record::Ptwr {
                     vcpu: caller.vcpu,
                     fault_va: sregs.cr2,
@@ -89,8 +91,8 @@ impl Vm {
             }
             match result {
                 Ok(em) => {
-                    self.stats.ptwr += 1;
-                    let mem = self.machine.memory();
+                    self.c.stats.ptwr += 1;
+                    let mem = self.c.machine.memory();
                     ef.set_rip(mem, frame.rip + em.len)?;
                     if em.zf.is_some() || em.cf.is_some() {
                         ef.set_flags(mem, em.zf, em.cf)?;
@@ -101,7 +103,7 @@ impl Vm {
                     if let Some((r, v)) = em.xchg {
                         emulate::set_reg(&mut regs, r, v);
                     }
-                    self.vcpu.set_regs(regs);
+                    self.cpu.vcpu.set_regs(regs);
                     // A dropped mapping of a descriptor page empties LDT windows.
                     self.sync_descriptor_tables()?;
                     debug!("emulated a page-table write at {:#x}", frame.rip);
@@ -112,12 +114,12 @@ impl Vm {
         }
         // The faulting instruction, read once for whatever below decodes it (through the
         // root the vCPU runs on).
-        let m2p_len = self.machine.frames().len() as u64 * 8;
+        let m2p_len = self.c.machine.frames().len() as u64 * 8;
         let in_m2p = (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&sregs.cr2);
         let bytes = if redirect.is_some() {
             Vec::new()
         } else if matches!(frame.vector, 6 | 12 | 13) || (frame.vector == 14 && in_m2p) {
-            emulate::fetch(self.machine.memory(), self.current_root(), frame.rip)
+            emulate::fetch(self.c.machine.memory(), self.current_root(), frame.rip)
         } else {
             Vec::new()
         };
@@ -127,9 +129,9 @@ impl Vm {
             if let Some(rsp) = new_rsp {
                 ctx.rsp = rsp;
             }
-            ef.set_context(self.machine.memory(), &ctx)?;
-            self.nonflat_segments = !ctx.has_flat_segments();
-            self.vcpu.set_regs(regs);
+            ef.set_context(self.c.machine.memory(), &ctx)?;
+            self.cpu.nonflat_segments = !ctx.has_flat_segments();
+            self.cpu.vcpu.set_regs(regs);
             return Ok(None);
         }
         // A page fault whose cause the tables no longer show (a flush the hardware had
@@ -138,15 +140,16 @@ impl Vm {
         // the guest.
         if frame.vector == 14 && redirect.is_none() {
             let key = (frame.rip, sregs.cr2);
-            if self.last_spurious != Some(key) && self.fault_is_spurious(frame.error, sregs.cr2) {
+            if self.cpu.last_spurious != Some(key) && self.fault_is_spurious(frame.error, sregs.cr2)
+            {
                 debug!(
                     "spurious page fault at {:#x} for {:#x}: retried",
                     frame.rip, sregs.cr2
                 );
-                self.last_spurious = Some(key);
+                self.cpu.last_spurious = Some(key);
                 return Ok(None);
             }
-            self.last_spurious = None;
+            self.cpu.last_spurious = None;
         }
         // Deliver it to the guest kernel, as Xen does. A software interrupt `int $n`
         // arrives as #GP(n*8+2) from a gate the guest may not use (hardware KVM) or as
@@ -183,26 +186,28 @@ impl Vm {
         };
         let delivered = match softint {
             Some((n, len)) => self
+                .cpu
                 .pv
-                .software_interrupt(&mut self.machine, &mut ctx, n, len),
+                .software_interrupt(&mut self.c.machine, &mut ctx, n, len),
             None => {
                 if vector == 1 {
                     // What hardware recorded goes into the guest's DR6, and hardware's
                     // DR6 is reset for the next #DB.
-                    let hw = self.vcpu.fd.get_debug_regs()?;
-                    self.pv.merge_dr6(hw.dr6);
+                    let hw = self.cpu.vcpu.fd.get_debug_regs()?;
+                    self.cpu.pv.merge_dr6(hw.dr6);
                     self.load_debugregs()?;
                 }
                 let error = emulate_error_code(vector, raw_error);
                 let cr2 = (vector == 14).then_some(cr2);
-                self.pv
-                    .inject_exception(&mut self.machine, &mut ctx, vector, error, cr2)
+                self.cpu
+                    .pv
+                    .inject_exception(&mut self.c.machine, &mut ctx, vector, error, cr2)
             }
         };
         match delivered {
             Ok(t) => {
-                ef.set_context(self.machine.memory(), &ctx)?;
-                self.nonflat_segments = !ctx.has_flat_segments();
+                ef.set_context(self.c.machine.memory(), &ctx)?;
+                self.cpu.nonflat_segments = !ctx.has_flat_segments();
                 self.transfer(t)?;
                 debug!(
                     "delivered {} to the guest handler at {:#x}",
@@ -213,8 +218,8 @@ impl Vm {
             }
             Err(Crash::NoHandler { .. }) => {
                 let path = describe_path(
-                    self.machine.memory(),
-                    self.machine.kernel_root(caller),
+                    self.c.machine.memory(),
+                    self.c.machine.kernel_root(caller),
                     sregs.cr2,
                 );
                 Ok(Some(GuestExit::Fault(Box::new(FaultReport {
@@ -243,7 +248,7 @@ impl Vm {
         regs: &mut kvm_bindings::kvm_regs,
         operands: &kvm_bindings::kvm_regs,
     ) -> Result<Option<(u64, Option<u64>)>, VmError> {
-        let caller = self.vcpu.caller;
+        let caller = self.cpu.vcpu.caller;
         if bytes.is_empty() || !matches!(frame.vector, 6 | 13 | 14) {
             return Ok(None);
         }
@@ -251,7 +256,7 @@ impl Vm {
             let Some(len) = emulate::forced_cpuid(bytes) else {
                 return Ok(None);
             };
-            let [a, b, c, d] = self.cpuid.query(regs.rax as u32, regs.rcx as u32);
+            let [a, b, c, d] = self.c.cpuid.query(regs.rax as u32, regs.rcx as u32);
             (regs.rax, regs.rbx, regs.rcx, regs.rdx) =
                 (u64::from(a), u64::from(b), u64::from(c), u64::from(d));
             debug!("forced-emulation cpuid at {:#x}", frame.rip);
@@ -262,54 +267,55 @@ impl Vm {
         };
         if frame.vector == 13 {
             let len = ins.len() as u64;
-            let kernel = self.pv.in_kernel(&self.machine);
+            let kernel = self.cpu.pv.in_kernel(&self.c.machine);
             let value = match emulate::privileged_op(&ins) {
                 // Control registers, from guest kernel mode only (user mode gets the #GP).
                 Some(emulate::PrivilegedOp::ReadCr { cr, dst }) if kernel => {
                     let v = match cr {
-                        0 => self.pv.cr0(),
-                        2 => self.pv.cr2,
-                        3 => self.machine.kernel_root(caller).map_or(0, |r| r.addr()),
-                        _ => self.pv.cr4,
+                        0 => self.cpu.pv.cr0(),
+                        2 => self.cpu.pv.cr2,
+                        3 => self.c.machine.kernel_root(caller).map_or(0, |r| r.addr()),
+                        _ => self.cpu.pv.cr4,
                     };
                     (dst, v)
                 }
                 Some(emulate::PrivilegedOp::WriteCr { cr: 4, src }) if kernel => {
                     let v = emulate::gpr(operands, src).unwrap_or(0);
-                    let fsgsbase = self.cpuid.query(7, 0)[1] & 1 != 0;
-                    self.pv.cr4 = platform::pv::cr4::fixup(v, fsgsbase);
+                    let fsgsbase = self.c.cpuid.query(7, 0)[1] & 1 != 0;
+                    self.cpu.pv.cr4 = platform::pv::cr4::fixup(v, fsgsbase);
                     // The guest's FSGSBASE choice is the hardware's.
-                    self.vcpu
-                        .set_fsgsbase(self.pv.cr4 & platform::pv::cr4::FSGSBASE != 0)?;
+                    self.cpu
+                        .vcpu
+                        .set_fsgsbase(self.cpu.pv.cr4 & platform::pv::cr4::FSGSBASE != 0)?;
                     return Ok(Some((len, None)));
                 }
                 // With the I/O privilege the guest asked for: `cli`/`sti` do nothing
                 // (Xen does not track them), port reads from ports a domU does not own
                 // give all ones and writes are dropped, as Xen's emulation does.
                 Some(emulate::PrivilegedOp::InterruptFlag | emulate::PrivilegedOp::Out)
-                    if self.pv.iopl_ok(&self.machine) =>
+                    if self.cpu.pv.iopl_ok(&self.c.machine) =>
                 {
                     return Ok(Some((len, None)));
                 }
-                Some(emulate::PrivilegedOp::In { dst }) if self.pv.iopl_ok(&self.machine) => {
+                Some(emulate::PrivilegedOp::In { dst }) if self.cpu.pv.iopl_ok(&self.c.machine) => {
                     (dst, u64::MAX)
                 }
                 Some(emulate::PrivilegedOp::ReadDr { dr, dst }) if kernel => {
-                    match self.pv.get_debugreg(dr) {
+                    match self.cpu.pv.get_debugreg(dr) {
                         Some(v) => (dst, v),
                         None => return Ok(None),
                     }
                 }
                 Some(emulate::PrivilegedOp::WriteDr { dr, src }) if kernel => {
                     let v = emulate::gpr(operands, src).unwrap_or(0);
-                    if self.pv.set_debugreg(dr, v).is_err() {
+                    if self.cpu.pv.set_debugreg(dr, v).is_err() {
                         return Ok(None);
                     }
                     self.load_debugregs()?;
                     return Ok(Some((len, None)));
                 }
                 Some(emulate::PrivilegedOp::Clts) if kernel => {
-                    self.pv.fpu_taskswitch(false);
+                    self.cpu.pv.fpu_taskswitch(false);
                     self.load_cr0_ts()?;
                     return Ok(Some((len, None)));
                 }
@@ -347,8 +353,9 @@ impl Vm {
         };
         let mut b = [0u8; 8];
         let n = size.min(8);
-        let at = self.hv.m2p_gpa + (cr2 - RO_MPT_VIRT_START);
+        let at = self.c.hv.m2p_gpa + (cr2 - RO_MPT_VIRT_START);
         if self
+            .c
             .machine
             .memory()
             .read_slice(&mut b[..n], GuestAddress(at))
@@ -373,17 +380,18 @@ impl Vm {
         regs: &kvm_bindings::kvm_regs,
         sregs: &kvm_bindings::kvm_sregs,
     ) -> Option<u32> {
-        let caller = self.vcpu.caller;
+        let caller = self.cpu.vcpu.caller;
         let v = self
+            .c
             .machine
             .domain(caller.dom)?
             .vcpus()
             .get(caller.vcpu as usize)?;
         let (gdt_ents, ldt_ents) = (v.gdt_ents, v.ldt_ents);
-        let mut view = pvmmu::GuestView::new(self.machine.memory(), self.current_root());
+        let mut view = pvmmu::GuestView::new(self.c.machine.memory(), self.current_root());
         let mut read = |va: u64| view.read_array::<2>(va).ok().map(u16::from_le_bytes);
         let sel =
-            emulate::loaded_selector(bytes, rip, self.cpuid.is_amd(), regs, sregs, &mut read)?;
+            emulate::loaded_selector(bytes, rip, self.c.cpuid.is_amd(), regs, sregs, &mut read)?;
         platform::pv::selector::beyond_table_error(sel, gdt_ents, ldt_ents)
     }
 
@@ -400,7 +408,7 @@ impl Vm {
         let Some(root) = self.current_root() else {
             return false;
         };
-        let Ok(Some(t)) = pvmmu::Walker::new(self.machine.memory()).translate(root, va) else {
+        let Ok(Some(t)) = pvmmu::Walker::new(self.c.machine.memory()).translate(root, va) else {
             return false;
         };
         let f = t.flags;
@@ -411,17 +419,17 @@ impl Vm {
 
     /// Loads the guest's CR0.TS into the vCPU when it changed.
     pub(super) fn load_cr0_ts(&mut self) -> Result<(), VmError> {
-        if !self.pv.cr0_dirty {
+        if !self.cpu.pv.cr0_dirty {
             return Ok(());
         }
-        self.pv.cr0_dirty = false;
-        self.vcpu.set_cr0_ts(self.pv.cr0_ts)?;
+        self.cpu.pv.cr0_dirty = false;
+        self.cpu.vcpu.set_cr0_ts(self.cpu.pv.cr0_ts)?;
         Ok(())
     }
 
     /// Loads the guest's debug registers into the vCPU when they changed.
     pub(super) fn load_debugregs(&mut self) -> Result<(), VmError> {
-        let d = &mut self.pv.debug;
+        let d = &mut self.cpu.pv.debug;
         if !d.dirty {
             return Ok(());
         }
@@ -432,7 +440,7 @@ impl Vm {
             dr7: d.dr7,
             ..Default::default()
         };
-        self.vcpu.fd.set_debug_regs(&regs)?;
+        self.cpu.vcpu.fd.set_debug_regs(&regs)?;
         Ok(())
     }
 
@@ -442,7 +450,7 @@ impl Vm {
     fn read_msr(&mut self, index: u32) -> Result<Option<u64>, VmError> {
         Ok(match index {
             msr::FS_BASE | msr::GS_BASE | msr::SHADOW_GS_BASE => {
-                let (fs, gs, shadow) = self.vcpu.segment_bases()?;
+                let (fs, gs, shadow) = self.cpu.vcpu.segment_bases()?;
                 Some(match index {
                     msr::FS_BASE => fs,
                     msr::GS_BASE => gs,
@@ -452,7 +460,7 @@ impl Vm {
             msr::EFER => Some(crate::arch::regs::EFER),
             msr::PAT => Some(platform::layout::XEN_PAT),
             msr::APIC_BASE => {
-                let bsp = if self.vcpu.caller.vcpu == 0 {
+                let bsp = if self.cpu.vcpu.caller.vcpu == 0 {
                     1 << 8
                 } else {
                     0
@@ -462,12 +470,12 @@ impl Vm {
             msr::PERF_CAPABILITIES => Some(0),
             // Xen's virtual machine-check architecture for PV (vmce): two banks, no
             // error ever logged; MCi_CTL reads all ones.
-            msr::MCG_CAP => Some(if self.cpuid.is_amd() {
+            msr::MCG_CAP => Some(if self.c.cpuid.is_amd() {
                 msr::GUEST_MC_BANKS
             } else {
                 msr::MCG_TES_P | msr::MCG_SER_P | msr::GUEST_MC_BANKS
             }),
-            msr::MCG_STATUS => Some(self.vmce[0]),
+            msr::MCG_STATUS => Some(self.cpu.vmce[0]),
             msr::MCG_CTL => Some(0),
             msr::MC_BANKS_FIRST..=msr::MC_BANKS_LAST => {
                 Some(match (index - msr::MC_BANKS_FIRST) % 4 {
@@ -475,14 +483,14 @@ impl Vm {
                     r => {
                         let bank = (index - msr::MC_BANKS_FIRST) / 4;
                         if bank < msr::GUEST_MC_BANKS as u32 {
-                            self.vmce[1 + bank as usize * 3 + r as usize - 1]
+                            self.cpu.vmce[1 + bank as usize * 3 + r as usize - 1]
                         } else {
                             0
                         }
                     }
                 })
             }
-            _ if self.pv.trap(13).address == 0 && index >> 16 != 0x4000 => Some(0),
+            _ if self.cpu.pv.trap(13).address == 0 && index >> 16 != 0x4000 => Some(0),
             _ => None,
         })
     }
@@ -497,7 +505,7 @@ impl Vm {
             // Writing EFER back unchanged is allowed (Linux does); changing it is not.
             msr::EFER => return Ok(value == crate::arch::regs::EFER),
             msr::MCG_STATUS => {
-                self.vmce[0] = value;
+                self.cpu.vmce[0] = value;
                 return Ok(true);
             }
             msr::MCG_CTL => return Ok(true),
@@ -507,7 +515,7 @@ impl Vm {
                     (index - msr::MC_BANKS_FIRST) % 4,
                 );
                 if r != 0 && bank < msr::GUEST_MC_BANKS as u32 {
-                    self.vmce[1 + bank as usize * 3 + r as usize - 1] = value;
+                    self.cpu.vmce[1 + bank as usize * 3 + r as usize - 1] = value;
                 }
                 return Ok(true);
             }
@@ -516,7 +524,7 @@ impl Vm {
         if !pvmmu_abi::layout::is_canonical(value) {
             return Ok(false);
         }
-        self.vcpu.set_segment_base(which, value)?;
+        self.cpu.vcpu.set_segment_base(which, value)?;
         Ok(true)
     }
 }

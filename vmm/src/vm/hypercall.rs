@@ -10,49 +10,49 @@ use platform::pv::{GuestContext, Transfer};
 use platform::trace::Record;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
-use super::{Entry, GuestExit, HypercallTiming, SerialSink, Vm, VmError};
+use super::{Entry, Exit, GuestExit, HypercallTiming, SerialSink, VmError, Wait};
 use crate::arch::regs::hypercall_args;
 
-impl Vm {
+impl Exit<'_> {
     /// A `syscall` or hypercall-page exit. From guest kernel mode it is a hypercall:
     /// dispatch, trace, result, CR3. From guest user mode it is a system call for the
     /// guest kernel, as Xen treats a `syscall` there (the hypercall page's too).
     pub(super) fn hypercall(&mut self, entry: Entry) -> Result<Option<GuestExit>, VmError> {
         let arrived = Instant::now();
-        let invalidated = self.machine.flusher().stats.time;
-        let mut regs = self.vcpu.regs();
-        if entry == Entry::Syscall && self.syscall_ring0 != Some(false) {
+        let invalidated = self.c.machine.flusher().stats.time;
+        let mut regs = self.cpu.vcpu.regs();
+        if entry == Entry::Syscall && self.cpu.syscall_ring0 != Some(false) {
             // Where `syscall` entered ring 0 (hardware KVM), go back to CPL3 first.
-            let ring0 = self.vcpu.sregs()?.cs.dpl == 0;
-            self.syscall_ring0 = Some(ring0);
+            let ring0 = self.cpu.vcpu.sregs()?.cs.dpl == 0;
+            self.cpu.syscall_ring0 = Some(ring0);
             if ring0 {
-                self.vcpu.leave_ring0()?;
+                self.cpu.vcpu.leave_ring0()?;
             }
         }
-        if !self.pv.in_kernel(&self.machine) {
+        if !self.cpu.pv.in_kernel(&self.c.machine) {
             return self.user_syscall(entry, regs);
         }
         let (nr, args) = (regs.rax, hypercall_args(&regs));
-        if let Some(t) = self.tracer.as_mut() {
-            t.pages(self.machine.memory())?;
+        if let Some(t) = self.c.tracer.as_mut() {
+            t.pages(self.c.machine.memory())?;
         }
-        let mut console = SerialSink(self.serial.clone());
-        let caller = self.vcpu.caller;
+        let mut console = SerialSink(self.s.serial.clone());
+        let caller = self.cpu.vcpu.caller;
         // A plain return through the hypercall page can go through the rewrite
         // trampoline (decided once the call is served).
-        self.machine.flusher().rewrite_possible = true;
+        self.c.machine.flusher().rewrite_possible = true;
         let context = call_context(&regs, regs.rip, regs.rflags);
         let mut ctx = context;
         let served = dispatch::dispatch(
-            &mut self.machine,
+            &mut self.c.machine,
             &mut console,
-            &mut self.platform,
-            &mut self.pv,
+            &mut self.c.platform,
+            &mut self.cpu.pv,
             &mut ctx,
             nr,
             args,
         )?;
-        if let Some(t) = self.tracer.as_mut() {
+        if let Some(t) = self.c.tracer.as_mut() {
             t.record(&Record::Hypercall {
                 vcpu: caller.vcpu,
                 nr,
@@ -62,13 +62,13 @@ impl Vm {
                 context,
             })?;
         }
-        if let Some(t) = self.timings.as_mut() {
+        if let Some(t) = self.c.timings.as_mut() {
             t.push(HypercallTiming {
                 nr,
                 count: args[1],
-                at: arrived - self.started,
+                at: arrived - self.s.started,
                 served: arrived.elapsed(),
-                invalidation: self.machine.flusher().stats.time - invalidated,
+                invalidation: self.c.machine.flusher().stats.time - invalidated,
             });
         }
         match served.outcome {
@@ -83,17 +83,17 @@ impl Vm {
                     regs.rflags = ctx.rflags;
                     regs.rcx = ctx.rcx;
                     regs.r11 = ctx.r11;
-                    self.vcpu.set_regs(regs);
+                    self.cpu.vcpu.set_regs(regs);
                     self.load_code_and_stack(ctx.cs as u16, ctx.ss as u16)?;
                 } else if entry == Entry::Syscall {
                     // Back after the `syscall`, as Xen's return to the guest does.
                     regs.rax = v as u64;
                     regs.rip = regs.rcx;
                     regs.rflags = regs.r11 | platform::pv::rflags::IF;
-                    self.vcpu.set_regs(regs);
+                    self.cpu.vcpu.set_regs(regs);
                     syscall_return = Some(regs.rcx);
                 } else {
-                    self.vcpu.set_rax(v as u64);
+                    self.cpu.vcpu.set_rax(v as u64);
                 }
                 self.transfer(served.transfer)?;
                 self.load_debugregs()?;
@@ -107,45 +107,51 @@ impl Vm {
                         S::GsKernel => B::Gs,
                         S::GsUser => B::ShadowGs,
                     };
-                    self.vcpu.set_segment_base(which, base)?;
+                    self.cpu.vcpu.set_segment_base(which, base)?;
                 }
                 self.sync_descriptor_tables()?;
                 if let Some(roots) = served.roots
-                    && self.pv.in_kernel(&self.machine)
+                    && self.cpu.pv.in_kernel(&self.c.machine)
                 {
-                    self.vcpu.load_root(roots.kernel)?;
+                    self.cpu.vcpu.load_root(roots.kernel)?;
                 }
                 // The call may have set a timer; one may be due.
                 self.service_timers();
-                if served.block {
-                    self.block();
-                }
-                if let Some(poll) = &served.poll {
-                    self.poll(poll);
-                }
                 // A hypercall page `out` not redirected: the guest continues after it.
                 let out_pending = entry == Entry::Page && !served.context_changed;
-                if self.machine.flusher().rewrite_pending() {
+                // A wait happens after the exit, without the domain lock; the upcall
+                // that ends it is delivered then.
+                if served.block {
+                    self.cpu.wait = Some(Wait::Block(out_pending));
+                } else if let Some(poll) = served.poll {
+                    self.cpu.wait = Some(Wait::Poll(poll, out_pending));
+                }
+                if self.c.machine.flusher().rewrite_pending() {
                     // Entries changed host-side wait for the guest's own rewrite: on
                     // the way back, before any guest code (an upcall handler would run
                     // first: then host-side invalidation instead).
                     let resume = if out_pending { Some(0) } else { syscall_return };
                     if let Some(resume) = resume
-                        && !self.pv.upcall_due(&self.machine)
+                        && self.cpu.wait.is_none()
+                        && !self.cpu.pv.upcall_due(&self.c.machine)
                     {
                         return self.return_through_rewrite(resume);
                     }
-                    self.machine.flusher().rewrite_impossible();
+                    self.c.machine.flusher().rewrite_impossible();
                 }
-                self.machine.flusher().rewrite_possible = false;
+                self.c.machine.flusher().rewrite_possible = false;
+                if self.cpu.wait.is_some() {
+                    // The wait delivers it.
+                    return Ok(None);
+                }
                 self.deliver_pending_upcall(out_pending)
             }
             Outcome::Shutdown(reason) => {
-                self.machine.flusher().take_rewrite();
+                self.c.machine.flusher().take_rewrite();
                 Ok(Some(GuestExit::Shutdown(reason)))
             }
             Outcome::Crash(c) => {
-                self.machine.flusher().take_rewrite();
+                self.c.machine.flusher().take_rewrite();
                 Ok(Some(GuestExit::Crash(c)))
             }
         }
@@ -160,20 +166,27 @@ impl Vm {
     fn return_through_rewrite(&mut self, resume: u64) -> Result<Option<GuestExit>, VmError> {
         use platform::layout::{DIRECT_MAP_VA, STORE_VA};
         use vm_memory::Bytes;
-        let entries = self.machine.flusher().take_rewrite();
+        let entries = self.c.machine.flusher().take_rewrite();
         let mut list = Vec::with_capacity((entries.len() + 2) * 8);
         list.extend_from_slice(&(entries.len() as u64).to_le_bytes());
         list.extend_from_slice(&resume.to_le_bytes());
         for a in &entries {
             list.extend_from_slice(&(DIRECT_MAP_VA + (a & !7)).to_le_bytes());
         }
-        self.machine
+        let at = self
+            .c
+            .hv
+            .vcpu(self.cpu.vcpu.caller.vcpu)
+            .map_err(platform::domain::DomainError::from)?
+            .store_list_gpa;
+        self.c
+            .machine
             .memory()
-            .write_slice(&list, vm_memory::GuestAddress(self.hv.store_list_gpa))?;
-        self.machine.flusher().note_rewrite(entries.len());
-        let mut regs = self.vcpu.regs();
+            .write_slice(&list, vm_memory::GuestAddress(at))?;
+        self.c.machine.flusher().note_rewrite(entries.len());
+        let mut regs = self.cpu.vcpu.regs();
         regs.rip = STORE_VA;
-        self.vcpu.set_regs(regs);
+        self.cpu.vcpu.set_regs(regs);
         Ok(None)
     }
 
@@ -192,12 +205,12 @@ impl Vm {
             regs.r11 = regs.rflags;
         }
         let mut ctx = call_context(&regs, regs.rcx, regs.r11);
-        match self.pv.user_syscall(&mut self.machine, &mut ctx, 2) {
+        match self.cpu.pv.user_syscall(&mut self.c.machine, &mut ctx, 2) {
             Ok(t) => {
                 regs.rip = ctx.rip;
                 regs.rsp = ctx.rsp;
                 regs.rflags = ctx.rflags | platform::pv::rflags::IF;
-                self.vcpu.set_regs(regs);
+                self.cpu.vcpu.set_regs(regs);
                 self.load_code_and_stack(ctx.cs as u16, ctx.ss as u16)?;
                 self.transfer(t)?;
                 Ok(None)
@@ -215,12 +228,12 @@ impl Vm {
         out_pending: bool,
     ) -> Result<Option<GuestExit>, VmError> {
         // Nothing to deliver (the common case): nothing to read either.
-        if !self.pv.upcall_due(&self.machine) {
+        if !self.cpu.pv.upcall_due(&self.c.machine) {
             return Ok(None);
         }
-        let mut regs = self.vcpu.regs();
-        let (cs, ss) = if self.nonflat_segments {
-            let s = self.vcpu.sregs()?;
+        let mut regs = self.cpu.vcpu.regs();
+        let (cs, ss) = if self.cpu.nonflat_segments {
+            let s = self.cpu.vcpu.sregs()?;
             (u64::from(s.cs.selector), u64::from(s.ss.selector))
         } else {
             (u64::from(FLAT_RING3_CS64), u64::from(FLAT_RING3_SS64))
@@ -238,13 +251,13 @@ impl Vm {
             rcx: regs.rcx,
             r11: regs.r11,
         };
-        match self.pv.deliver_upcall(&mut self.machine, &mut ctx) {
+        match self.cpu.pv.deliver_upcall(&mut self.c.machine, &mut ctx) {
             None => Ok(None),
             Some(Ok(t)) => {
                 regs.rip = ctx.rip;
                 regs.rsp = ctx.rsp;
                 regs.rflags = ctx.rflags;
-                self.vcpu.set_regs(regs);
+                self.cpu.vcpu.set_regs(regs);
                 self.load_code_and_stack(ctx.cs as u16, ctx.ss as u16)?;
                 self.transfer(t)?;
                 Ok(None)
@@ -258,7 +271,7 @@ impl Vm {
     /// KVM-PVM reports RIP already past it. Told apart by the bytes at RIP (the `out`
     /// is followed by a `ret`, never by another `out`).
     pub(super) fn after_out(&self, rip: u64) -> u64 {
-        let mut view = pvmmu::GuestView::new(self.machine.memory(), self.current_root());
+        let mut view = pvmmu::GuestView::new(self.c.machine.memory(), self.current_root());
         let mut b = [0u8; 2];
         let at_out = view.read(rip, &mut b).is_ok()
             && b[0] == 0xe6
@@ -269,7 +282,7 @@ impl Vm {
     /// Carries out a kernel/user mode switch: CR3 to the new mode's root, GS swapped.
     pub(super) fn transfer(&mut self, t: Transfer) -> Result<(), VmError> {
         if t.mode_switched {
-            self.vcpu.switch_mode(self.current_root())?;
+            self.cpu.vcpu.switch_mode(self.current_root())?;
         }
         Ok(())
     }

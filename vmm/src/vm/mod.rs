@@ -35,7 +35,7 @@ use platform::hvarea::HvArea;
 use platform::layout::{FAULT_PORT, HYPERCALL_PORT, PAGE, SYSCALL_PORT};
 use platform::pv::{Crash, PvVcpu};
 use platform::trace::TraceHeader;
-use pvmmu::{AuditError, Caller, MachineError};
+use pvmmu::{AuditError, MachineError};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::bus::{BusOverlap, MmioBus, PioBus};
@@ -47,6 +47,7 @@ use crate::vcpu::{Vcpu, VcpuError};
 mod descriptors;
 mod exception;
 mod hypercall;
+mod smp;
 mod timer;
 
 /// The RAM memslot.
@@ -225,30 +226,102 @@ impl Console for SerialSink {
     }
 }
 
-/// A prepared VM, ready to run its first vCPU.
-pub struct Vm {
-    vm: Arc<VmFd>,
-    ram: RamSlot,
-    header: TraceHeader,
-    tracer: Option<Tracer>,
-    vcpu: Vcpu,
-    pv: PvVcpu,
-    platform: DomainState,
-    cpuid: CpuidPolicy,
+/// The VM's vCPUs share this, behind one lock (the domain lock: exits of different
+/// vCPUs are served one at a time, while the vCPUs run guest code in parallel).
+pub(crate) struct Core {
     machine: Vmm,
+    platform: DomainState,
     hv: HvArea,
     boot: BootInfo,
-    /// The console UART (shared with the stdin reader).
-    pub serial: Arc<Mutex<SerialConsole>>,
+    cpuid: CpuidPolicy,
+    tracer: Option<Tracer>,
+    stats: RunStats,
+    timings: Option<Vec<HypercallTiming>>,
+    /// vCPUs brought up whose threads are still to be started.
+    to_start: Vec<u32>,
+}
+
+/// What every vCPU thread of a VM reaches without the domain lock.
+pub(crate) struct Shared {
+    kvm: Kvm,
+    vm: Arc<VmFd>,
+    ram: RamSlot,
+    core: Mutex<Core>,
+    serial: Arc<Mutex<SerialConsole>>,
     exit_port: Arc<Mutex<ExitPort>>,
     pio: PioBus,
     mmio: MmioBus,
     started: Instant,
-    stats: RunStats,
-    /// Hypercall timings, when recording (for `pvmmu bench`).
-    pub timings: Option<Vec<HypercallTiming>>,
+    header: TraceHeader,
     /// Set from outside to stop the guest; also stops long batched hypercalls.
     stop: Arc<AtomicBool>,
+    /// How the domain ended, once one vCPU ended it (the first one wins).
+    end: Mutex<Option<Result<GuestExit, VmError>>>,
+    /// Set together with `end`: every vCPU thread leaves.
+    ended: AtomicBool,
+    /// Each started vCPU's thread, to kick it out of KVM_RUN or a wait.
+    threads: Mutex<Vec<Option<VcpuThread>>>,
+}
+
+/// A started vCPU thread.
+#[derive(Default)]
+struct VcpuThread {
+    /// The thread, to wake it from a wait.
+    thread: Option<std::thread::Thread>,
+    /// Its timer thread, which kicks it out of KVM_RUN (until it has seen the kick).
+    kicker: Option<timer::Kicker>,
+    /// Its end, for the secondary vCPUs (vCPU 0 runs on the caller's thread).
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shared {
+    /// Locks the domain. A vCPU thread that panicked while holding it has ended the
+    /// run already; the others carry on to their own end.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the domain with `how`, unless it has ended already, and kicks every vCPU
+    /// so that it notices.
+    fn end(&self, how: Result<GuestExit, VmError>) {
+        if let Ok(mut e) = self.end.lock()
+            && e.is_none()
+        {
+            *e = Some(how);
+        }
+        self.ended.store(true, Ordering::SeqCst);
+        self.kick(u64::MAX);
+    }
+
+    /// Kicks the vCPUs in `mask` (bit `v`: vCPU `v`) out of KVM_RUN, or out of a wait
+    /// (Xen's `vcpu_kick`): the vCPU's timer thread signals it until it has taken an
+    /// exit, so a kick that arrives just before KVM_RUN is not lost.
+    fn kick(&self, mask: u64) {
+        let Ok(threads) = self.threads.lock() else {
+            return;
+        };
+        for (v, t) in threads.iter().enumerate() {
+            if let Some(t) = t
+                && v < 64
+                && mask & (1 << v) != 0
+            {
+                if let Some(k) = &t.kicker {
+                    k.kick();
+                }
+                if let Some(t) = &t.thread {
+                    t.unpark();
+                }
+            }
+        }
+    }
+}
+
+/// One vCPU, as its own thread holds it.
+pub(crate) struct Cpu {
+    vcpu: Vcpu,
+    pv: PvVcpu,
     /// Whether `syscall` enters ring 0 on this host (found at the first one).
     syscall_ring0: Option<bool>,
     /// The last page fault retried as spurious (RIP, CR2): a second one in a row goes
@@ -262,6 +335,37 @@ pub struct Vm {
     timer: Option<timer::TimerKick>,
     /// Xen's virtual MCA state: MCG_STATUS, then STATUS/ADDR/MISC of the two banks.
     vmce: [u64; 7],
+    /// What the vCPU waits for after the exit being served (outside the domain lock).
+    wait: Option<Wait>,
+    /// EFAULT returns of KVM_RUN in a row.
+    fault_retries: u32,
+}
+
+/// What a vCPU waits for between two runs, and whether it exited on the hypercall
+/// page's `out` and continues after it (see [`Exit::after_out`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Wait {
+    /// `SCHEDOP_block`: an event.
+    Block(bool),
+    /// `SCHEDOP_poll`.
+    Poll(platform::dispatch::Poll, bool),
+}
+
+/// One exit being served: the vCPU that took it, with the domain locked.
+pub(crate) struct Exit<'a> {
+    s: &'a Shared,
+    c: &'a mut Core,
+    cpu: &'a mut Cpu,
+}
+
+/// A prepared VM, ready to run its first vCPU.
+pub struct Vm {
+    shared: Arc<Shared>,
+    boot_cpu: Cpu,
+    /// The console UART (shared with the stdin reader).
+    pub serial: Arc<Mutex<SerialConsole>>,
+    /// Hypercall timings, when recording (for `pvmmu bench`).
+    pub timings: Option<Vec<HypercallTiming>>,
 }
 
 /// How a hypercall reached the VMM.
@@ -276,8 +380,27 @@ pub(crate) enum Entry {
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
-            .field("boot", &self.boot)
+            .field("boot", &self.shared.lock().boot)
             .finish_non_exhaustive()
+    }
+}
+
+impl Cpu {
+    /// vCPU `v` with PV state `pv`, its KVM vCPU created in long mode at CPL3.
+    fn new(kvm: &Kvm, vm: &VmFd, boot: &BootInfo, pv: PvVcpu) -> Result<Cpu, VmError> {
+        let vcpu = Vcpu::new(kvm, vm, pv.caller(), boot)?;
+        Ok(Cpu {
+            vcpu,
+            pv,
+            syscall_ring0: None,
+            last_spurious: None,
+            ldt_loaded: (0, 0),
+            nonflat_segments: false,
+            timer: None,
+            vmce: [0; 7],
+            wait: None,
+            fault_retries: 0,
+        })
     }
 }
 
@@ -309,17 +432,16 @@ impl Vm {
         let flusher = KvmFlush::new(vm.clone(), host, spec.frames()).map_err(VmError::Flush)?;
         let domain = Domain::build(&spec, mem, flusher)?;
         let pv = domain.pv_vcpu(0);
-        let platform = DomainState::new(&domain.boot);
+        let platform = DomainState::new(&domain.boot, spec.vcpus);
         let Domain { machine, hv, boot } = domain;
-        let vcpu = Vcpu::new(&kvm, &vm, Caller::new(DOMID, 0), &boot)?;
+        let mut cpu = Cpu::new(&kvm, &vm, &boot, pv)?;
         // Time: the wallclock at system time 0, and vCPU 0's pvclock.
-        let mut pv = pv;
         let unix_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         PvVcpu::set_wallclock(&machine, boot.shared_info, unix_ns);
-        let (tsc, tsc_khz) = vcpu.tsc()?;
-        pv.update_time(&machine, tsc, tsc_khz);
+        let (tsc, tsc_khz) = cpu.vcpu.tsc()?;
+        cpu.pv.update_time(&machine, tsc, tsc_khz);
         let cpuid = CpuidPolicy::new(
             &crate::vcpu::host_cpuid(&kvm)?,
             pvmmu_abi::version::XEN_VERSION_VALUE,
@@ -333,182 +455,114 @@ impl Vm {
         let mut mmio = MmioBus::default();
         let test_device = Arc::new(Mutex::new(MmioTestDevice::default()));
         mmio.insert(MMIO_TEST_BASE, MMIO_TEST_SIZE, test_device)?;
-        let mut v = Vm {
-            vm,
-            ram,
-            header: TraceHeader::new(&spec),
-            tracer: None,
-            vcpu,
-            pv,
-            platform,
-            cpuid,
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut machine = machine;
+        machine.set_interrupt(Some(stop.clone()));
+        // The builder's NEW_BASEPTR is already in CR3.
+        let _ = machine.take_root_change(cpu.vcpu.caller);
+        let core = Core {
             machine,
+            platform,
             hv,
             boot,
-            serial,
+            cpuid,
+            tracer: None,
+            stats: RunStats::default(),
+            timings: None,
+            to_start: Vec::new(),
+        };
+        let vcpus = spec.vcpus as usize;
+        let shared = Arc::new(Shared {
+            kvm,
+            vm,
+            ram,
+            core: Mutex::new(core),
+            serial: serial.clone(),
             exit_port,
             pio,
             mmio,
             started,
-            stats: RunStats::default(),
+            header: TraceHeader::new(&spec),
+            stop,
+            end: Mutex::new(None),
+            ended: AtomicBool::new(false),
+            threads: Mutex::new((0..vcpus).map(|_| None).collect()),
+        });
+        Ok(Vm {
+            shared,
+            boot_cpu: cpu,
+            serial,
             timings: None,
-            stop: Arc::new(AtomicBool::new(false)),
-            syscall_ring0: None,
-            last_spurious: None,
-            ldt_loaded: (0, 0),
-            nonflat_segments: false,
-            timer: None,
-            vmce: [0; 7],
-        };
-        v.machine.set_interrupt(Some(v.stop.clone()));
-        // The builder's NEW_BASEPTR is already in CR3.
-        let _ = v.machine.take_root_change(v.vcpu.caller);
-        Ok(v)
+        })
     }
 
     /// Starts recording a hypercall trace into `path` (see [`platform::trace`]): turns on
     /// KVM's dirty log for guest RAM so the guest's own writes are captured too, and
     /// the library's recording of the batch entries it reads.
     pub fn start_trace(&mut self, path: &std::path::Path) -> Result<(), VmError> {
-        self.tracer = Some(Tracer::start(
-            self.vm.clone(),
-            self.ram,
+        let mut core = self.shared.lock();
+        core.tracer = Some(Tracer::start(
+            self.shared.vm.clone(),
+            self.shared.ram,
             path,
-            &self.header,
+            &self.shared.header,
         )?);
-        self.machine.record_reads(true);
+        core.machine.record_reads(true);
         Ok(())
     }
 
-    /// The PV MMU (for tests).
-    pub fn machine(&self) -> &Vmm {
-        &self.machine
-    }
-
-    /// The root the vCPU runs on: the kernel's in guest kernel mode, the user's in user
-    /// mode.
-    fn current_root(&self) -> Option<pvmmu::Mfn> {
-        let caller = self.vcpu.caller;
-        if self.pv.in_kernel(&self.machine) {
-            self.machine.kernel_root(caller)
-        } else {
-            self.machine.user_root(caller)
-        }
-    }
-
-    /// The flag that stops this VM: setting it (and kicking the vCPU thread out of
+    /// The flag that stops this VM: setting it (and kicking the vCPU threads out of
     /// KVM_RUN) ends `run` with [`GuestExit::Stopped`], even in the middle of a long
     /// batched hypercall.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
-    }
-
-    /// Runs the vCPU until the guest shuts down, faults, or `stop` or the VM's own stop
-    /// flag is set. Every exit is routed here.
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<GuestExit, VmError> {
-        if self.timer.is_none() {
-            self.timer = Some(timer::TimerKick::start(self.pv.epoch()).map_err(VmError::Timer)?);
-        }
-        if let Some(k) = &self.timer {
-            k.attach();
-        }
-        self.service_timers();
-        loop {
-            if stop.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed) {
-                return Ok(GuestExit::Stopped);
-            }
-            self.stats.exits += 1;
-            let ran = self.vcpu.fd.run();
-            let reason = match &ran {
-                Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => "hypercall",
-                Ok(VcpuExit::IoOut(SYSCALL_PORT, _)) => "syscall hypercall",
-                Ok(VcpuExit::IoOut(FAULT_PORT, _)) => "exception",
-                Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => "port I/O",
-                Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => "MMIO",
-                Ok(VcpuExit::Intr) => "kick",
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => "kick",
-                _ => "other",
-            };
-            if reason != "exception" {
-                *self.stats.exit_reasons.entry(reason.into()).or_default() += 1;
-            }
-            let exit = match ran {
-                Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => self.hypercall(Entry::Page)?,
-                Ok(VcpuExit::IoOut(SYSCALL_PORT, _)) => self.hypercall(Entry::Syscall)?,
-                Ok(VcpuExit::IoOut(FAULT_PORT, _)) => self.exception()?,
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    self.pio.write(port, data);
-                    self.exit_port
-                        .lock()
-                        .ok()
-                        .and_then(|p| p.code())
-                        .map(GuestExit::ExitPort)
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    self.pio.read(port, data);
-                    None
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    self.mmio.read(addr, data);
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio.write(addr, data);
-                    None
-                }
-                Ok(VcpuExit::Shutdown) => {
-                    let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                    Some(GuestExit::TripleFault { rip })
-                }
-                Ok(VcpuExit::Hlt) => return Err(VmError::Hlt),
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    return Err(VmError::FailEntry { reason, cpu });
-                }
-                Ok(VcpuExit::Intr) => self.timer_kick()?,
-                // The guest ran something the host must emulate and cannot: the
-                // guest's doing, so the domain ends (crashed) rather than the VMM.
-                Ok(VcpuExit::InternalError) => {
-                    let suberror = self.internal_suberror();
-                    let rip = self.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                    warn!("KVM internal error {suberror} at {rip:#x}: crashing the domain");
-                    Some(GuestExit::Crash(Crash::Unemulated { rip, suberror }))
-                }
-                Ok(other) => return Err(VmError::UnhandledExit(format!("{other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.timer_kick()?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(exit) = exit {
-                return Ok(exit);
-            }
-        }
-    }
-
-    /// Audits the domain, tears it down and audits what is left.
-    fn audit_and_teardown(&mut self) -> Result<(), AuditFailure> {
-        self.machine
-            .audit()
-            .map_err(AuditFailure::Run)
-            .and_then(|()| {
-                self.machine
-                    .destroy_domain(DOMID)
-                    .map_err(AuditFailure::Teardown)
-            })
-            .and_then(|()| self.machine.audit().map_err(AuditFailure::AfterTeardown))
+        self.shared.stop.clone()
     }
 
     /// Chooses how host-side invalidation is done (default: by need).
     pub fn set_invalidation(&mut self, policy: crate::flush::InvalidationPolicy) {
-        self.machine.flusher().policy = policy;
+        self.shared.lock().machine.flusher().policy = policy;
     }
 
-    /// KVM's `internal.suberror` after an internal-error exit.
-    fn internal_suberror(&mut self) -> u32 {
-        let run = self.vcpu.fd.get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
-        // `internal` member of the exit union; it is plain integers.
-        unsafe { run.__bindgen_anon_1.internal.suberror }
+    /// Runs the guest until it shuts down, faults or crashes, or `stop` or the VM's own
+    /// stop flag is set: vCPU 0 on the calling thread, every other vCPU the guest
+    /// brings up on a thread of its own. Returns once every vCPU thread has ended.
+    fn run(&mut self, stop: &AtomicBool) -> Result<GuestExit, VmError> {
+        if let Some(t) = self.timings.take() {
+            self.shared.lock().timings = Some(t);
+        }
+        let shared = self.shared.clone();
+        let r = run_vcpu(&shared, &mut self.boot_cpu, stop);
+        if !shared.ended.load(Ordering::SeqCst) {
+            shared.end(r);
+        }
+        // The other vCPUs leave at the kick `end` gave them.
+        let joins: Vec<_> = shared
+            .threads
+            .lock()
+            .map(|mut t| {
+                t.iter_mut()
+                    .filter_map(|t| t.as_mut()?.join.take())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for j in joins {
+            let _ = j.join();
+        }
+        let how = shared.end.lock().ok().and_then(|mut e| e.take());
+        how.unwrap_or(Ok(GuestExit::Stopped))
+    }
+
+    /// Audits the domain, tears it down and audits what is left.
+    fn audit_and_teardown(core: &mut Core) -> Result<(), AuditFailure> {
+        core.machine
+            .audit()
+            .map_err(AuditFailure::Run)
+            .and_then(|()| {
+                core.machine
+                    .destroy_domain(DOMID)
+                    .map_err(AuditFailure::Teardown)
+            })
+            .and_then(|()| core.machine.audit().map_err(AuditFailure::AfterTeardown))
     }
 
     /// Runs to the end and tears the domain down, auditing before and after. The trace
@@ -516,29 +570,290 @@ impl Vm {
     /// included (the error is returned after, with the audit's verdict logged).
     pub fn run_to_end(mut self, stop: &AtomicBool) -> Result<RunReport, VmError> {
         let ran = self.run(stop);
-        let traced = self.tracer.take().map_or(Ok(()), |t| t.finish());
+        let mut core = self.shared.lock();
+        let traced = core.tracer.take().map_or(Ok(()), |t| t.finish());
         let exit = match ran {
             Ok(exit) => exit,
             Err(e) => {
-                let audit = self.audit_and_teardown();
+                let audit = Vm::audit_and_teardown(&mut core);
                 error!("the run failed ({e}); audit after it: {audit:?}");
                 return Err(e);
             }
         };
         traced?;
-        self.stats.mmu = self.machine.stats();
-        let audit = self.audit_and_teardown();
-        self.stats.flush = self.machine.flusher().stats;
-        self.stats.hypercalls = self.platform.stats.clone();
-        self.stats.wall = self.started.elapsed();
+        core.stats.mmu = core.machine.stats();
+        let audit = Vm::audit_and_teardown(&mut core);
+        core.stats.flush = core.machine.flusher().stats;
+        core.stats.hypercalls = core.platform.stats.clone();
+        core.stats.wall = self.shared.started.elapsed();
         if let Err(e) = &audit {
             warn!("audit: {e}");
         }
         Ok(RunReport {
             exit,
-            stats: self.stats,
+            stats: std::mem::take(&mut core.stats),
             audit,
-            timings: self.timings.unwrap_or_default(),
+            timings: core.timings.take().unwrap_or_default(),
         })
     }
+}
+
+/// Records the calling thread as vCPU `v`'s, kicked through `kicker`.
+fn register_thread(shared: &Shared, v: u32, kicker: timer::Kicker) {
+    if let Ok(mut t) = shared.threads.lock()
+        && let Some(slot) = t.get_mut(v as usize)
+    {
+        let slot = slot.get_or_insert_with(VcpuThread::default);
+        slot.thread = Some(std::thread::current());
+        slot.kicker = Some(kicker);
+    }
+}
+
+/// Starts the threads of the vCPUs brought up since the last call.
+fn start_vcpus(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<(), VmError> {
+    let starting = std::mem::take(&mut shared.lock().to_start);
+    for v in starting {
+        let s = shared.clone();
+        let stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{v}"))
+            .spawn(move || {
+                let cpu = {
+                    let mut core = s.lock();
+                    let start = core
+                        .platform
+                        .vcpus
+                        .get_mut(v as usize)
+                        .and_then(|slot| slot.start.take());
+                    match start {
+                        Some(start) => secondary_cpu(&s, &mut core, *start),
+                        None => Err(VmError::UnhandledExit(format!(
+                            "vCPU {v} brought up with no context"
+                        ))),
+                    }
+                };
+                let r = cpu.and_then(|mut cpu| run_vcpu(&s, &mut cpu, &stop));
+                // A secondary vCPU's own end ends the domain; `Stopped` means it left
+                // because the domain ended or was stopped.
+                if !matches!(r, Ok(GuestExit::Stopped)) {
+                    s.end(r);
+                }
+            })
+            .map_err(VmError::Timer)?;
+        if let Ok(mut t) = shared.threads.lock()
+            && let Some(slot) = t.get_mut(v as usize)
+        {
+            slot.get_or_insert_with(VcpuThread::default).join = Some(handle);
+        }
+    }
+    Ok(())
+}
+
+/// The KVM vCPU and PV state of a secondary vCPU, from the context `VCPUOP_initialise`
+/// gave it.
+fn secondary_cpu(
+    shared: &Shared,
+    core: &mut Core,
+    start: platform::vcpus::StartContext,
+) -> Result<Cpu, VmError> {
+    let mut cpu = Cpu::new(&shared.kvm, &shared.vm, &core.boot, start.pv)?;
+    let mut x = Exit {
+        s: shared,
+        c: core,
+        cpu: &mut cpu,
+    };
+    x.load_start_context(&start.regs)?;
+    Ok(cpu)
+}
+
+/// Runs one vCPU until the domain ends or is stopped: every exit routed, the domain
+/// locked while one is served.
+fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<GuestExit, VmError> {
+    let me = cpu.vcpu.caller.vcpu;
+    if cpu.timer.is_none() {
+        cpu.timer = Some(timer::TimerKick::start(cpu.pv.epoch(), me).map_err(VmError::Timer)?);
+    }
+    if let Some(k) = &cpu.timer {
+        k.attach();
+        register_thread(shared, me, k.kicker());
+    }
+    {
+        let mut core = shared.lock();
+        Exit {
+            s: shared,
+            c: &mut core,
+            cpu,
+        }
+        .service_timers();
+    }
+    let stop_arc = shared.stop.clone();
+    loop {
+        if stop.load(Ordering::Relaxed)
+            || shared.stop.load(Ordering::Relaxed)
+            || shared.ended.load(Ordering::SeqCst)
+        {
+            return Ok(GuestExit::Stopped);
+        }
+        if !shared.lock().platform.is_up(me) {
+            timer::wait_until_up(shared, cpu, stop);
+            continue;
+        }
+        let event = run_once(shared, cpu);
+        let (exit, kicks) = {
+            let mut core = shared.lock();
+            let mut x = Exit {
+                s: shared,
+                c: &mut core,
+                cpu,
+            };
+            let exit = x.route(event);
+            (exit, core.platform.evtchn.take_kicks())
+        };
+        shared.kick(kicks & !(1u64 << me.min(63)));
+        start_vcpus(shared, &stop_arc)?;
+        if let Some(exit) = exit? {
+            return Ok(exit);
+        }
+        if let Some(w) = cpu.wait.take()
+            && let Some(exit) = timer::wait(shared, cpu, &w, stop)?
+        {
+            return Ok(exit);
+        }
+    }
+}
+
+impl Exit<'_> {
+    /// The root the vCPU runs on: the kernel's in guest kernel mode, the user's in user
+    /// mode.
+    fn current_root(&self) -> Option<pvmmu::Mfn> {
+        let caller = self.cpu.vcpu.caller;
+        if self.cpu.pv.in_kernel(&self.c.machine) {
+            self.c.machine.kernel_root(caller)
+        } else {
+            self.c.machine.user_root(caller)
+        }
+    }
+
+    /// Routes one KVM_RUN exit.
+    fn route(&mut self, event: Event) -> Result<Option<GuestExit>, VmError> {
+        self.c.stats.exits += 1;
+        let reason = match &event {
+            Event::Hypercall(Entry::Page) => "hypercall",
+            Event::Hypercall(Entry::Syscall) => "syscall hypercall",
+            Event::Exception => "exception",
+            Event::Device(what, _) => what,
+            Event::Kick => "kick",
+            Event::Fault => "memory fault",
+            _ => "other",
+        };
+        if reason != "exception" {
+            *self.c.stats.exit_reasons.entry(reason.into()).or_default() += 1;
+        }
+        match event {
+            Event::Hypercall(entry) => self.hypercall(entry),
+            Event::Exception => self.exception(),
+            Event::Device(_, exit_code) => Ok(exit_code.map(GuestExit::ExitPort)),
+            Event::Shutdown => {
+                let rip = self.cpu.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                Ok(Some(GuestExit::TripleFault { rip }))
+            }
+            Event::Hlt => Err(VmError::Hlt),
+            Event::FailEntry(reason, cpu) => Err(VmError::FailEntry { reason, cpu }),
+            Event::Kick => self.timer_kick(),
+            // Another vCPU's host-side invalidation had the frame protected for a
+            // moment (it held the domain lock, now taken): run again.
+            Event::Fault => Ok(None),
+            // The guest ran something the host must emulate and cannot: the
+            // guest's doing, so the domain ends (crashed) rather than the VMM.
+            Event::Internal => {
+                let suberror = self.internal_suberror();
+                let rip = self.cpu.vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                warn!("KVM internal error {suberror} at {rip:#x}: crashing the domain");
+                Ok(Some(GuestExit::Crash(Crash::Unemulated { rip, suberror })))
+            }
+            Event::Other(what) => Err(VmError::UnhandledExit(what)),
+            Event::Error(e) => Err(e.into()),
+        }
+    }
+
+    /// KVM's `internal.suberror` after an internal-error exit.
+    fn internal_suberror(&mut self) -> u32 {
+        let run = self.cpu.vcpu.fd.get_kvm_run();
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
+        // `internal` member of the exit union; it is plain integers.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+}
+
+/// A KVM_RUN exit, with the device accesses already done (they need no domain lock).
+#[derive(Debug)]
+enum Event {
+    /// A hypercall (or a guest system call).
+    Hypercall(Entry),
+    /// A ring-0 stub reported an exception.
+    Exception,
+    /// Port I/O or MMIO served by a device (the reason name); a code written to the
+    /// exit port.
+    Device(&'static str, Option<u8>),
+    /// A triple fault.
+    Shutdown,
+    /// HLT.
+    Hlt,
+    /// VM entry failed (hardware reason, host CPU).
+    FailEntry(u64, u32),
+    /// A signal kicked the vCPU out.
+    Kick,
+    /// KVM could not fault a page in (EFAULT): another vCPU's host-side invalidation had
+    /// it protected.
+    Fault,
+    /// KVM could not emulate something.
+    Internal,
+    /// Any other exit.
+    Other(String),
+    /// KVM_RUN failed.
+    Error(kvm_ioctls::Error),
+}
+
+/// Most EFAULT returns of KVM_RUN in a row taken for another vCPU's invalidation.
+const MAX_FAULT_RETRIES: u32 = 1000;
+
+/// Runs the vCPU once and serves the device accesses of the exit.
+fn run_once(shared: &Shared, cpu: &mut Cpu) -> Event {
+    let ran = cpu.vcpu.fd.run();
+    let event = match ran {
+        Ok(VcpuExit::IoOut(HYPERCALL_PORT, _)) => Event::Hypercall(Entry::Page),
+        Ok(VcpuExit::IoOut(SYSCALL_PORT, _)) => Event::Hypercall(Entry::Syscall),
+        Ok(VcpuExit::IoOut(FAULT_PORT, _)) => Event::Exception,
+        Ok(VcpuExit::IoOut(port, data)) => {
+            shared.pio.write(port, data);
+            let code = shared.exit_port.lock().ok().and_then(|p| p.code());
+            Event::Device("port I/O", code)
+        }
+        Ok(VcpuExit::IoIn(port, data)) => {
+            shared.pio.read(port, data);
+            Event::Device("port I/O", None)
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            shared.mmio.read(addr, data);
+            Event::Device("MMIO", None)
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            shared.mmio.write(addr, data);
+            Event::Device("MMIO", None)
+        }
+        Ok(VcpuExit::Shutdown) => Event::Shutdown,
+        Ok(VcpuExit::Hlt) => Event::Hlt,
+        Ok(VcpuExit::FailEntry(reason, c)) => Event::FailEntry(reason, c),
+        Ok(VcpuExit::Intr) => Event::Kick,
+        Ok(VcpuExit::InternalError) => Event::Internal,
+        Ok(other) => Event::Other(format!("{other:?}")),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Event::Kick,
+        Err(e) if e.errno() == libc::EFAULT && cpu.fault_retries < MAX_FAULT_RETRIES => {
+            cpu.fault_retries += 1;
+            return Event::Fault;
+        }
+        Err(e) => Event::Error(e),
+    };
+    cpu.fault_retries = 0;
+    event
 }

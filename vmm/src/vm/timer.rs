@@ -1,10 +1,13 @@
-//! Time passing for the guest: the vCPU's timers (`platform::pv::timer`) fire VIRQ_TIMER
-//! at their deadlines. A helper thread sleeps until the next deadline and kicks the vCPU
-//! thread out of KVM_RUN with a signal (again every millisecond until the vCPU thread
-//! has seen it); the vCPU thread expires the timers, raises the VIRQ, and delivers the
-//! upcall where it interrupted the guest. `SCHEDOP_block` waits here for an event, the
-//! next deadline or console input, without spinning; console input is moved into the
-//! guest's console ring at kicks and while the vCPU waits.
+//! Time passing for the guest, and vCPUs waking each other: each vCPU's timers
+//! (`platform::pv::timer`) fire VIRQ_TIMER at their deadlines. A helper thread per vCPU
+//! sleeps until the next deadline and kicks the vCPU thread out of KVM_RUN with a signal
+//! (again every millisecond until the vCPU thread has seen it); the vCPU thread expires
+//! the timers, raises the VIRQ, and delivers the upcall where it interrupted the guest.
+//! A kick from another vCPU (an event for this one) sets the deadline to now.
+//! `SCHEDOP_block` and `SCHEDOP_poll` wait here, without the domain lock, for an event,
+//! the next deadline or console input, without spinning; so does a vCPU that is down.
+//! Console input is moved into the guest's console ring at kicks and while a vCPU
+//! waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use platform::evtchn::VIRQ_TIMER;
 use platform::layout::HV_BASE;
 
-use super::{GuestExit, Vm, VmError};
+use super::{Cpu, Exit, GuestExit, Shared, VmError, Wait};
 
 /// No deadline.
 const NONE: u64 = u64::MAX;
@@ -23,7 +26,7 @@ const BLOCK_SLICE: Duration = Duration::from_millis(50);
 
 /// What the vCPU thread and the timer thread share.
 #[derive(Debug)]
-struct Shared {
+struct TimerShared {
     /// The next deadline, in ns since `epoch` ([`NONE`]: none).
     deadline: AtomicU64,
     /// The vCPU thread (`pthread_t`), once it runs.
@@ -37,8 +40,24 @@ struct Shared {
 /// The timer thread of one vCPU.
 #[derive(Debug)]
 pub(super) struct TimerKick {
-    shared: Arc<Shared>,
+    shared: Arc<TimerShared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A handle that kicks one vCPU (through its timer thread).
+#[derive(Debug, Clone)]
+pub(super) struct Kicker {
+    shared: Arc<TimerShared>,
+    thread: std::thread::Thread,
+}
+
+impl Kicker {
+    /// Kicks the vCPU out of KVM_RUN at once, and again every millisecond until it has
+    /// taken an exit and seen it.
+    pub(super) fn kick(&self) {
+        self.shared.deadline.store(0, Ordering::SeqCst);
+        self.thread.unpark();
+    }
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing).
@@ -49,11 +68,11 @@ fn kick_signal() -> libc::c_int {
 extern "C" fn ignore(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl TimerKick {
-    /// Starts the timer thread for a vCPU whose system time 0 is `epoch`.
-    pub(super) fn start(epoch: Instant) -> std::io::Result<TimerKick> {
+    /// Starts the timer thread for vCPU `vcpu`, whose system time 0 is `epoch`.
+    pub(super) fn start(epoch: Instant, vcpu: u32) -> std::io::Result<TimerKick> {
         vmm_sys_util::signal::register_signal_handler(kick_signal(), ignore)
             .map_err(std::io::Error::from)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(TimerShared {
             deadline: AtomicU64::new(NONE),
             thread: AtomicU64::new(0),
             quit: AtomicBool::new(false),
@@ -61,12 +80,23 @@ impl TimerKick {
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
-            .name("vcpu0-timer".into())
+            .name(format!("vcpu{vcpu}-timer"))
             .spawn(move || timer_thread(&s))?;
         Ok(TimerKick {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// The handle other threads kick the vCPU with.
+    pub(super) fn kicker(&self) -> Kicker {
+        Kicker {
+            shared: self.shared.clone(),
+            thread: self
+                .thread
+                .as_ref()
+                .map_or_else(std::thread::current, |t| t.thread().clone()),
+        }
     }
 
     /// Records the calling thread as the vCPU thread to kick.
@@ -97,7 +127,7 @@ impl Drop for TimerKick {
     }
 }
 
-fn timer_thread(s: &Shared) {
+fn timer_thread(s: &TimerShared) {
     while !s.quit.load(Ordering::SeqCst) {
         let d = s.deadline.load(Ordering::SeqCst);
         let now = u64::try_from(s.epoch.elapsed().as_nanos()).unwrap_or(NONE);
@@ -118,31 +148,32 @@ fn timer_thread(s: &Shared) {
     }
 }
 
-impl Vm {
+impl Exit<'_> {
     /// Expires the vCPU's due timers (raising VIRQ_TIMER) and tells the timer thread
     /// the next deadline. While the guest has not bound VIRQ_TIMER a timer firing
     /// changes nothing it can see, so the vCPU is not kicked for it (the timers still
     /// expire here, at the next exit).
     pub(super) fn service_timers(&mut self) {
-        let vcpu = self.vcpu.caller.vcpu;
-        let now = self.pv.system_time_ns();
-        if self.pv.expire_timers(now) {
-            self.platform
+        let vcpu = self.cpu.vcpu.caller.vcpu;
+        let now = self.cpu.pv.system_time_ns();
+        if self.cpu.pv.expire_timers(now) {
+            self.c
+                .platform
                 .evtchn
-                .raise_virq(&self.machine, vcpu, VIRQ_TIMER);
+                .raise_virq(&self.c.machine, vcpu, VIRQ_TIMER);
         }
-        if let Some(k) = &self.timer {
-            let bound = self.platform.evtchn.virq_bound(vcpu, VIRQ_TIMER);
-            k.set_deadline(self.pv.next_deadline().filter(|_| bound));
+        if let Some(k) = &self.cpu.timer {
+            let bound = self.c.platform.evtchn.virq_bound(vcpu, VIRQ_TIMER);
+            k.set_deadline(self.cpu.pv.next_deadline().filter(|_| bound));
         }
     }
 
     /// Moves console input into the guest's console ring (at kicks and while blocked:
     /// not on every hypercall's return; the guest's own console notifications and
     /// yields feed it too).
-    fn feed_console(&mut self) {
-        let mut console = super::SerialSink(self.serial.clone());
-        self.platform.feed_console(&self.machine, &mut console);
+    pub(super) fn feed_console(&mut self) {
+        let mut console = super::SerialSink(self.s.serial.clone());
+        self.c.platform.feed_console(&self.c.machine, &mut console);
     }
 
     /// After the timer thread kicked the vCPU out of the guest: services the timers and
@@ -151,8 +182,8 @@ impl Vm {
     pub(super) fn timer_kick(&mut self) -> Result<Option<GuestExit>, VmError> {
         self.feed_console();
         self.service_timers();
-        let sregs = self.vcpu.sregs()?;
-        let rip = self.vcpu.regs().rip;
+        let sregs = self.cpu.vcpu.sregs()?;
+        let rip = self.cpu.vcpu.regs().rip;
         // Not inside the hypervisor's ring-0 stubs or its syscall stub (L4 slots 260
         // and 257).
         let hv = HV_BASE..HV_BASE + (1 << 39);
@@ -162,7 +193,7 @@ impl Vm {
         }
         // An exception KVM has yet to inject (the kick can come between a guest fault
         // and its delivery to the ring-0 stub) must find the guest as it faulted.
-        let events = self.vcpu.fd.get_vcpu_events()?;
+        let events = self.cpu.vcpu.fd.get_vcpu_events()?;
         if events.exception.injected != 0
             || events.exception.pending != 0
             || events.interrupt.injected != 0
@@ -172,54 +203,86 @@ impl Vm {
         }
         self.deliver_pending_upcall(false)
     }
+}
 
-    /// `SCHEDOP_poll`: waits until one of the polled ports is pending (with several
-    /// ports, as in Xen, any event for the vCPU wakes it too), the poll's deadline
-    /// passes, or the VM is stopped. Timers keep running meanwhile.
-    pub(super) fn poll(&mut self, poll: &platform::dispatch::Poll) {
-        let vcpu = self.vcpu.caller.vcpu;
-        loop {
-            self.feed_console();
-            self.service_timers();
-            let ev = &self.platform.evtchn;
-            let polled = poll.ports.iter().any(|&p| ev.is_pending(&self.machine, p));
-            let any = poll.ports.len() != 1 && ev.upcall_pending(&self.machine, vcpu);
-            let now = self.pv.system_time_ns();
-            if polled
-                || any
-                || poll.deadline.is_some_and(|d| now >= d)
-                || self.stop.load(Ordering::Relaxed)
-            {
-                return;
+/// Whether the vCPU should stop waiting because the VM is ending.
+fn leaving(shared: &Shared, stop: &AtomicBool) -> bool {
+    stop.load(Ordering::Relaxed)
+        || shared.stop.load(Ordering::Relaxed)
+        || shared.ended.load(Ordering::SeqCst)
+}
+
+/// Waits out `SCHEDOP_block` (until an event is pending for the vCPU: a timer firing
+/// raises one) or `SCHEDOP_poll` (until one of the polled ports is pending, or with
+/// several ports, as in Xen, any event for the vCPU; or the poll's deadline passes),
+/// or until the VM is ending. Timers keep running meanwhile; the domain is locked only
+/// to look. A pending upcall is delivered at the end, where the guest continues.
+pub(super) fn wait(
+    shared: &Shared,
+    cpu: &mut Cpu,
+    what: &Wait,
+    stop: &AtomicBool,
+) -> Result<Option<GuestExit>, VmError> {
+    let vcpu = cpu.vcpu.caller.vcpu;
+    loop {
+        let next = {
+            let mut core = shared.lock();
+            let mut x = Exit {
+                s: shared,
+                c: &mut core,
+                cpu,
+            };
+            x.feed_console();
+            x.service_timers();
+            let ev = &x.c.platform.evtchn;
+            let m = &x.c.machine;
+            let now = x.cpu.pv.system_time_ns();
+            let (done, deadline, out_pending) = match what {
+                Wait::Block(out_pending) => (ev.upcall_pending(m, vcpu), None, *out_pending),
+                Wait::Poll(poll, out_pending) => {
+                    let polled = poll.ports.iter().any(|&p| ev.is_pending(m, p));
+                    let any = poll.ports.len() != 1 && ev.upcall_pending(m, vcpu);
+                    let due = poll.deadline.is_some_and(|d| now >= d);
+                    (polled || any || due, poll.deadline, *out_pending)
+                }
+            };
+            if done {
+                return x.deliver_pending_upcall(out_pending);
             }
-            let next = [self.pv.next_deadline(), poll.deadline]
+            let next = [x.cpu.pv.next_deadline(), deadline]
                 .into_iter()
                 .flatten()
                 .min();
-            let wait = next.map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)));
-            std::thread::park_timeout(wait.min(BLOCK_SLICE));
+            next.map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)))
+        };
+        if leaving(shared, stop) {
+            return Ok(None);
         }
+        // Console input and events from other vCPUs unpark the thread.
+        std::thread::park_timeout(next.min(BLOCK_SLICE));
     }
+}
 
-    /// `SCHEDOP_block`: waits until an event is pending for the vCPU (a timer firing
-    /// raises one) or the VM is stopped.
-    pub(super) fn block(&mut self) {
-        let vcpu = self.vcpu.caller.vcpu;
-        loop {
-            self.feed_console();
-            self.service_timers();
-            if self.platform.evtchn.upcall_pending(&self.machine, vcpu)
-                || self.stop.load(Ordering::Relaxed)
-            {
+/// Waits while the vCPU is down (`VCPUOP_down`), until another vCPU brings it up or the
+/// VM is ending. Its timers keep running.
+pub(super) fn wait_until_up(shared: &Shared, cpu: &mut Cpu, stop: &AtomicBool) {
+    let vcpu = cpu.vcpu.caller.vcpu;
+    loop {
+        {
+            let mut core = shared.lock();
+            if core.platform.is_up(vcpu) {
                 return;
             }
-            let now = self.pv.system_time_ns();
-            let wait = self
-                .pv
-                .next_deadline()
-                .map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)));
-            // Console input unparks the thread (see `runner`).
-            std::thread::park_timeout(wait.min(BLOCK_SLICE));
+            Exit {
+                s: shared,
+                c: &mut core,
+                cpu,
+            }
+            .service_timers();
         }
+        if leaving(shared, stop) {
+            return;
+        }
+        std::thread::park_timeout(BLOCK_SLICE);
     }
 }

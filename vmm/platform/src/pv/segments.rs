@@ -45,8 +45,9 @@ pub fn descriptor<F: TlbFlush>(m: &mut Mach<F>, caller: Caller, sel: u16) -> Opt
         let mfn = m.map_ldt_page(caller, offset).ok()?.ok()?;
         mfn.addr() + u64::from(offset % 4096)
     } else if index >= FIRST_RESERVED_GDT_ENTRY as u32 {
-        let lo = hvarea::gdt_descriptor(sel & !7)?;
-        return Some((lo, hvarea::gdt_descriptor((sel & !7) + 8).unwrap_or(0)));
+        let lo = hvarea::gdt_descriptor(caller.vcpu, sel & !7)?;
+        let hi = hvarea::gdt_descriptor(caller.vcpu, (sel & !7) + 8);
+        return Some((lo, hi.unwrap_or(0)));
     } else {
         let (frames, ents) = m.gdt(caller);
         if index >= ents {
