@@ -10,14 +10,15 @@ use vmm::guests::{Expect, GUESTS};
 use vmm::vm::{GuestExit, Vm, VmConfig};
 
 fn boot(image: &[u8]) -> (vmm::vm::RunReport, String) {
-    boot_with(image, true)
+    boot_with(image, true, 1)
 }
 
-fn boot_with(image: &[u8], iomem: bool) -> (vmm::vm::RunReport, String) {
+fn boot_with(image: &[u8], iomem: bool, vcpus: u32) -> (vmm::vm::RunReport, String) {
     let out = Capture::default();
     let cfg = VmConfig {
         domain: DomainSpec {
             iomem,
+            vcpus,
             ..DomainSpec::new(image.to_vec(), 64)
         },
         console_out: Box::new(out.clone()),
@@ -38,7 +39,7 @@ fn every_builtin_guest_passes_through_the_library_api() {
         .iter()
         .filter(|g| !matches!(g.expect, Expect::Runs | Expect::Hostile))
     {
-        let (report, text) = boot_with(g.image, g.iomem);
+        let (report, text) = boot_with(g.image, g.iomem, g.vcpus);
         match g.expect {
             Expect::Success => {
                 assert_eq!(
@@ -161,6 +162,7 @@ fn every_invalidation_path_the_vmm_can_choose_keeps_the_guests_right() {
             let cfg = VmConfig {
                 domain: DomainSpec {
                     iomem: g.iomem,
+                    vcpus: g.vcpus,
                     ..DomainSpec::new(g.image.to_vec(), 64)
                 },
                 console_out: Box::new(out.clone()),

@@ -1,7 +1,9 @@
 //! Debian's stock amd64 kernel, unmodified, boots as a PV guest through pvmmu and runs
 //! `/init` from an initramfs built here around Debian's busybox-static: it mounts proc,
 //! sys and tmpfs, prints the kernel release, memory and Xen features, writes and reads a
-//! file, forks, reads a line typed at the console (the PV console ring), and powers off.
+//! file, forks, reads a line typed at the console (the PV console ring), lists the CPUs
+//! online and runs a shell on the last of them, and powers off. Once with one vCPU and
+//! once with two (the secondary CPU brought up with `VCPUOP_initialise` and `up`).
 //! The packages come from apt (downloaded once into the test's cache); without the
 //! registry the test fails, unless `PVMMU_SKIP_LINUX=1`.
 
@@ -27,6 +29,9 @@ grep MemTotal /proc/meminfo
 echo "init: xen features: $(cat /sys/hypervisor/properties/features)"
 mount -t tmpfs tmpfs /tmp && echo hello-tmpfs > /tmp/f && echo "init: tmpfs: $(cat /tmp/f)"
 sh -c 'echo "init: forked child $$"'
+echo "init: cpus online: $(cat /sys/devices/system/cpu/online)"
+last=$(($(nproc) - 1))
+taskset -c $last sh -c "echo init: ran on cpu \$(cut -d' ' -f39 /proc/self/stat)"
 read -t 20 -r line && echo "init: console input: $line"
 echo "Test result: SUCCESS"
 poweroff -f
@@ -34,6 +39,22 @@ poweroff -f
 
 #[test]
 fn debian_linux_boots_to_init_and_powers_off() {
+    boot(1, "0");
+}
+
+#[test]
+fn debian_linux_boots_with_two_vcpus() {
+    boot(2, "0-1");
+}
+
+/// One boot at a time: they share the package cache, and each wants the host's cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Boots the kernel with `vcpus` vCPUs; `online` is what it must list as online.
+fn boot(vcpus: u32, online: &str) {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if std::env::var("PVMMU_SKIP_LINUX").is_ok_and(|v| v == "1") {
         eprintln!("PVMMU_SKIP_LINUX=1: skipping the Linux boot");
         return;
@@ -71,6 +92,7 @@ fn debian_linux_boots_to_init_and_powers_off() {
             cmdline: "console=hvc0 loglevel=4".into(),
             initrd: Some(initrd),
             iomem: false,
+            vcpus,
             ..DomainSpec::new(kernel, 256)
         },
         console_out: Box::new(out.clone()),
@@ -105,6 +127,8 @@ fn debian_linux_boots_to_init_and_powers_off() {
         "init: tmpfs: hello-tmpfs".into(),
         "init: forked child".into(),
         "init: console input: typed-at-the-console".into(),
+        format!("init: cpus online: {online}"),
+        format!("init: ran on cpu {}", vcpus - 1),
         "MemTotal:".into(),
         "Test result: SUCCESS".into(),
     ] {
@@ -116,7 +140,7 @@ fn debian_linux_boots_to_init_and_powers_off() {
     assert_eq!(report.exit, GuestExit::Shutdown(0), "console end:\n{tail}");
     assert_eq!(report.audit, Ok(()), "audit after the run and teardown");
     eprintln!(
-        "Linux {} booted to /init and powered off in {:.1} s ({} exits)",
+        "Linux {} booted to /init on {vcpus} vCPU(s) and powered off in {:.1} s ({} exits)",
         pkgs.release,
         report.stats.wall.as_secs_f64(),
         report.stats.exits

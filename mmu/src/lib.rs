@@ -109,6 +109,7 @@ pub mod table;
 pub mod translate;
 pub mod va_mapping;
 mod validate;
+pub mod vcpu_context;
 pub mod vmassist;
 pub mod walk;
 mod write;

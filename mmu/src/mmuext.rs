@@ -121,7 +121,7 @@ impl<F: TlbFlush> Core<F> {
         }
     }
 
-    fn replace_root(&mut self, caller: Caller, which: Root, new: Option<Mfn>) {
+    pub(crate) fn replace_root(&mut self, caller: Caller, which: Root, new: Option<Mfn>) {
         if let Some(v) = self.vcpu_mut(caller) {
             match which {
                 Root::Kernel => v.kernel_root = new,

@@ -115,6 +115,13 @@ pub struct KvmFlush {
     /// Set by the VMM while it serves a hypercall that may return through the rewrite
     /// trampoline ([`platform::layout::STORE_VA`]).
     pub rewrite_possible: bool,
+    /// The vCPU whose hypercall is being served, and the vCPUs running (bit `v`: vCPU
+    /// `v`), set by the VMM with `rewrite_possible`: the rewrite flushes only the
+    /// calling vCPU's TLB on hardware-assisted KVM, so a request that names another
+    /// running vCPU is invalidated host-side (which reaches every vCPU) instead.
+    pub caller: u32,
+    /// See [`KvmFlush::caller`].
+    pub running: u64,
     /// Entries (machine addresses) the guest must rewrite on the way back.
     rewrite: Vec<u64>,
     /// What the deferred invalidations would need if the rewrite cannot happen after
@@ -164,6 +171,8 @@ impl KvmFlush {
             policy: InvalidationPolicy::Auto,
             stats: FlushStats::default(),
             rewrite_possible: false,
+            caller: 0,
+            running: 1,
             rewrite: Vec::new(),
             deferred: (Vec::new(), false),
         };
@@ -304,7 +313,8 @@ impl KvmFlush {
     /// it.
     fn rewrite_instead<'r>(&self, req: &'r FlushRequest) -> Option<&'r [u64]> {
         let entries = req.revoked_entries.as_deref()?;
-        if !self.rewrite_possible || entries.is_empty() {
+        let others = self.running & !(1u64.checked_shl(self.caller).unwrap_or(0));
+        if !self.rewrite_possible || entries.is_empty() || req.vcpus.0 & others != 0 {
             return None;
         }
         let n = self.rewrite.len() + entries.len();

@@ -13,6 +13,8 @@ pub struct Guest {
     pub expect: Expect,
     /// Whether the domain may map the MMIO test device.
     pub iomem: bool,
+    /// vCPUs it runs with.
+    pub vcpus: u32,
 }
 
 /// How a built-in guest is expected to end.

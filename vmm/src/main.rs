@@ -65,8 +65,9 @@ enum Cmd {
     Run {
         #[command(flatten)]
         guest: GuestArgs,
-        /// Number of vCPUs.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1))]
+        /// Number of vCPUs (vCPU 0 starts; the guest brings the others up with
+        /// VCPUOP_initialise and VCPUOP_up).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         vcpus: u32,
         /// Guest command line (start_info.cmd_line).
         #[arg(long, default_value = "")]
@@ -184,7 +185,8 @@ fn main() -> ExitCode {
             trace,
             invalidation,
         } => domain(guest).and_then(|mut spec| {
-            spec.vcpus = vcpus;
+            // A built-in guest's own vCPU count unless `--vcpus` asks for more.
+            spec.vcpus = spec.vcpus.max(vcpus);
             spec.cmdline = cmdline;
             if let Some(path) = initrd {
                 let data = std::fs::read(&path)
@@ -302,6 +304,7 @@ fn linux_bench(
 /// The domain a `run` or `dump` asks for.
 fn domain(g: GuestArgs) -> Result<DomainSpec, String> {
     let mut iomem = true;
+    let mut vcpus = 1;
     let image = match (g.file.or(g.kernel), g.guest) {
         (Some(path), _) => {
             let bytes = std::fs::read(&path)
@@ -316,11 +319,13 @@ fn domain(g: GuestArgs) -> Result<DomainSpec, String> {
                 "pvmmu: no built-in guest '{name}' (see `pvmmu guests`)"
             ))?;
             iomem = b.iomem;
+            vcpus = b.vcpus;
             b.image.to_vec()
         }
     };
     Ok(DomainSpec {
         iomem,
+        vcpus,
         ..DomainSpec::new(image, g.memory)
     })
 }

@@ -173,16 +173,11 @@ pub fn verdict_of(stdout: &str) -> Option<(Verdict, String)> {
 
 /// Runs `t` with the `pvmmu` binary `exe`, killing it after `timeout`.
 pub fn run_one(exe: &Path, t: &XtfTest, timeout: Duration) -> Outcome {
-    if t.vcpus > 1 {
-        return Outcome {
-            verdict: Verdict::Crash,
-            detail: format!("not run: needs {} vCPUs (pvmmu runs 1 for now)", t.vcpus),
-        };
-    }
     let child = Command::new(exe)
         .arg("run")
         .arg(&t.kernel)
         .args(["--memory", &t.memory.to_string(), "--cmdline", &t.cmdline])
+        .args(["--vcpus", &t.vcpus.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

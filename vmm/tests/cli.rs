@@ -305,7 +305,8 @@ fn a_guest_inside_an_enormous_hypercall_stops_on_sigint() {
 #[test]
 fn usage_errors_exit_64_not_a_guest_verdict() {
     for args in [
-        &["run", "--vcpus", "9"][..],
+        &["run", "--vcpus", "65"][..],
+        &["run", "--vcpus", "0"],
         &["frobnicate"],
         &["run", "--memory", "x"],
     ] {

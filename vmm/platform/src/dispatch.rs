@@ -167,7 +167,12 @@ impl DomainState {
                 e
             },
             grant: GrantTable::new(boot.grant_first),
-            xenstore: Xenstore::new(boot.store_ring, crate::domain::DOMID, boot.nr_pages * 4),
+            xenstore: Xenstore::new(
+                boot.store_ring,
+                crate::domain::DOMID,
+                boot.nr_pages * 4,
+                vcpus,
+            ),
             memory: MemoryOps::new(boot),
             vcpus: crate::vcpus::at_creation(vcpus),
         }
@@ -240,6 +245,95 @@ impl<'c> Platform<'c> {
     }
 }
 
+impl Platform<'_> {
+    /// The `vcpu_op` commands that reach other vCPUs (`VCPUOP_initialise`, `up`,
+    /// `down`, `is_up`, and the registrations and runstate of another vCPU); `None` for
+    /// the ones `PvVcpu::vcpu_op` serves (the caller's own state). A `vcpuid` that names
+    /// no vCPU is -ENOENT first, whatever the command.
+    fn smp_vcpu_op<F: TlbFlush>(
+        &mut self,
+        m: &mut Mach<F>,
+        caller: Caller,
+        a: [u64; 5],
+    ) -> Option<i64> {
+        use crate::vcpus::{VCPUOP_DOWN, VCPUOP_INITIALISE, VCPUOP_IS_UP, VCPUOP_UP};
+        const VCPUOP_GET_RUNSTATE_INFO: u32 = 4;
+        const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u32 = 5;
+        const VCPUOP_REGISTER_VCPU_INFO: u32 = 10;
+        let (cmd, target) = (a[0] as u32, a[1] as u32);
+        if target as usize >= self.dom.vcpus.len() {
+            return Some(Errno::ENOENT.neg());
+        }
+        let own = target == caller.vcpu;
+        Some(match cmd {
+            VCPUOP_INITIALISE => crate::vcpus::initialise(m, self.dom, self.pv, target, a[2]),
+            VCPUOP_UP => crate::vcpus::up(self.dom, target),
+            VCPUOP_DOWN => {
+                let (rc, shutdown) = crate::vcpus::down(self.dom, target);
+                if shutdown.is_some() {
+                    self.shutdown = shutdown;
+                }
+                rc
+            }
+            VCPUOP_IS_UP => i64::from(self.dom.is_up(target)),
+            VCPUOP_REGISTER_VCPU_INFO if !own => {
+                let t = Caller::new(caller.dom, target);
+                let current = self
+                    .dom
+                    .evtchn
+                    .vcpu_info
+                    .get(target as usize)
+                    .copied()
+                    .unwrap_or(0);
+                match crate::pv::vcpu_op::register_vcpu_info(m, caller, t, current, a[2]) {
+                    Ok(new) => {
+                        if let Some(slot) = self.dom.evtchn.vcpu_info.get_mut(target as usize) {
+                            *slot = new;
+                        }
+                        self.dom.evtchn.kick(target);
+                        0
+                    }
+                    Err(rc) => rc,
+                }
+            }
+            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA if !own => {
+                let va = match m.kernel_view(caller).read_u64(a[2]) {
+                    Ok(va) => va,
+                    Err(e) => return Some(e.neg()),
+                };
+                if !pvmmu::guest_range_ok(va, crate::pv::vcpu_op::RUNSTATE_INFO_SIZE as u64) {
+                    return Some(Errno::EFAULT.neg());
+                }
+                if let Some(slot) = self.dom.vcpus.get_mut(target as usize) {
+                    slot.runstate_area = Some(va);
+                }
+                let info = self.other_runstate(target);
+                let _ = m.kernel_view(caller).write(va, &info);
+                0
+            }
+            VCPUOP_GET_RUNSTATE_INFO if !own => {
+                let info = self.other_runstate(target);
+                m.kernel_view(caller)
+                    .write(a[2], &info)
+                    .map_or_else(|e| e.neg(), |()| 0)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Another vCPU's `struct vcpu_runstate_info`: running since system time 0 while
+    /// it is up (each vCPU has a host thread of its own), offline while down.
+    fn other_runstate(&self, target: u32) -> [u8; crate::pv::vcpu_op::RUNSTATE_INFO_SIZE] {
+        let now = self.pv.system_time_ns();
+        let state: u32 = if self.dom.is_up(target) { 0 } else { 3 };
+        let mut b = [0u8; crate::pv::vcpu_op::RUNSTATE_INFO_SIZE];
+        b[..4].copy_from_slice(&state.to_le_bytes());
+        let at = 16 + state as usize * 8;
+        b[at..at + 8].copy_from_slice(&now.to_le_bytes());
+        b
+    }
+}
+
 /// The name of hypercall `nr`, for logs and reports.
 pub fn name(nr: u64) -> String {
     pvmmu_abi::Hypercall::try_from(nr).map_or_else(|_| format!("#{nr}"), |h| h.to_string())
@@ -309,10 +403,13 @@ impl<F: TlbFlush> HypercallHandler<vm_memory::GuestMemoryMmap<()>, F> for Platfo
             HYPERVISOR_console_io => self.console_io(m, caller, a),
             HYPERVISOR_set_timer_op => self.pv.set_timer_op(a[0]),
             HYPERVISOR_vcpu_op => {
-                let rc = self
-                    .pv
-                    .vcpu_op(m, a[0], a[1], a[2])
-                    .unwrap_or(Errno::ENOSYS.neg());
+                let rc = match self.smp_vcpu_op(m, caller, a) {
+                    Some(rc) => rc,
+                    None => self
+                        .pv
+                        .vcpu_op(m, a[0], a[1], a[2])
+                        .unwrap_or(Errno::ENOSYS.neg()),
+                };
                 // Events find the vCPU's vcpu_info where it is now.
                 if let Some(slot) = self.dom.evtchn.vcpu_info.get_mut(caller.vcpu as usize) {
                     *slot = self.pv.vcpu_info;

@@ -243,6 +243,13 @@ impl EventChannels {
         }
     }
 
+    /// Asks the embedder to kick `vcpu` (it must look at its state again).
+    pub fn kick(&self, vcpu: u32) {
+        if vcpu < 64 {
+            self.kicks.set(self.kicks.get() | 1 << vcpu);
+        }
+    }
+
     /// The vCPUs whose upcall became pending since the last call (bit `v`: vCPU `v`),
     /// which the embedder must kick out of the guest (or wake) so that they see it.
     ///

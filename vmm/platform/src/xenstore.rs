@@ -58,9 +58,10 @@ pub struct Xenstore {
 }
 
 impl Xenstore {
-    /// The store of domain `domid` with `memory_kib` of RAM, on the ring at `gpa`, with
-    /// the keys a domU finds at boot.
-    pub fn new(gpa: u64, domid: u16, memory_kib: u64) -> Xenstore {
+    /// The store of domain `domid` with `memory_kib` of RAM and `vcpus` vCPUs, on the
+    /// ring at `gpa`, with the keys a domU finds at boot (each vCPU's
+    /// `cpu/N/availability` "online", as the toolstack writes it).
+    pub fn new(gpa: u64, domid: u16, memory_kib: u64, vcpus: u32) -> Xenstore {
         let mut s = Xenstore {
             gpa,
             domid,
@@ -78,13 +79,16 @@ impl Xenstore {
             (format!("{home}/memory/target"), memory_kib.to_string()),
             (format!("{home}/memory/static-max"), memory_kib.to_string()),
             (format!("{home}/cpu"), String::new()),
-            (format!("{home}/cpu/0"), String::new()),
-            (format!("{home}/cpu/0/availability"), String::from("online")),
             (format!("{home}/device"), String::new()),
             (format!("{home}/control"), String::new()),
             (format!("{home}/data"), String::new()),
         ] {
             s.nodes.insert(k, v.into_bytes());
+        }
+        for v in 0..vcpus {
+            s.nodes.insert(format!("{home}/cpu/{v}"), Vec::new());
+            s.nodes
+                .insert(format!("{home}/cpu/{v}/availability"), b"online".to_vec());
         }
         s
     }
@@ -390,7 +394,7 @@ mod tests {
     #[test]
     fn a_domu_reads_writes_lists_and_watches() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x3000)]).unwrap();
-        let mut xs = Xenstore::new(0x1000, 1, 262_144);
+        let mut xs = Xenstore::new(0x1000, 1, 262_144, 1);
         let mut prod = request(&mem, 0, XS_READ, b"domid\0");
         prod = request(&mem, prod, XS_READ, b"/local/domain/1/memory/target\0");
         prod = request(&mem, prod, XS_READ, b"nope\0");
@@ -419,7 +423,7 @@ mod tests {
     #[test]
     fn a_message_written_in_pieces_is_answered_when_whole() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x3000)]).unwrap();
-        let mut xs = Xenstore::new(0x1000, 1, 1024);
+        let mut xs = Xenstore::new(0x1000, 1, 1024, 1);
         // The header alone (as Linux writes it first): consumed, nothing answered.
         let mut hdr = Vec::new();
         for w in [XS_READ, 9u32, 0, 6] {

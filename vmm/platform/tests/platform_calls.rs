@@ -115,8 +115,8 @@ fn the_runstate_area_is_written_where_the_guest_registers_it() {
     assert_eq!(vcpu_op(&mut w, 5, 0, ARG), Errno::EFAULT.neg());
     assert_eq!(vcpu_op(&mut w, 5, 7, ARG), Errno::ENOENT.neg());
     assert_eq!(vcpu_op(&mut w, 3, 0, 0), 1, "vCPU 0 is up");
-    // Commands not offered yet (VCPUOP_initialise): Xen's answer to an unknown one.
-    assert_eq!(vcpu_op(&mut w, 0, 0, ARG), Errno::ENOSYS.neg());
+    // VCPUOP_initialise of the vCPU the domain was built with: it has its context.
+    assert_eq!(vcpu_op(&mut w, 0, 0, ARG), Errno::EEXIST.neg());
 }
 
 #[test]

@@ -40,7 +40,14 @@ impl Exit<'_> {
         let caller = self.cpu.vcpu.caller;
         // A plain return through the hypercall page can go through the rewrite
         // trampoline (decided once the call is served).
-        self.c.machine.flusher().rewrite_possible = true;
+        let running = (0u32..64)
+            .zip(&self.c.platform.vcpus)
+            .filter(|(_, slot)| slot.up && slot.started)
+            .fold(0u64, |m, (v, _)| m | 1 << v);
+        let flusher = self.c.machine.flusher();
+        flusher.rewrite_possible = true;
+        flusher.caller = caller.vcpu;
+        flusher.running = running;
         let context = call_context(&regs, regs.rip, regs.rflags);
         let mut ctx = context;
         let served = dispatch::dispatch(

@@ -237,8 +237,6 @@ pub(crate) struct Core {
     tracer: Option<Tracer>,
     stats: RunStats,
     timings: Option<Vec<HypercallTiming>>,
-    /// vCPUs brought up whose threads are still to be started.
-    to_start: Vec<u32>,
 }
 
 /// What every vCPU thread of a VM reaches without the domain lock.
@@ -469,7 +467,6 @@ impl Vm {
             tracer: None,
             stats: RunStats::default(),
             timings: None,
-            to_start: Vec::new(),
         };
         let vcpus = spec.vcpus as usize;
         let shared = Arc::new(Shared {
@@ -611,7 +608,18 @@ fn register_thread(shared: &Shared, v: u32, kicker: timer::Kicker) {
 
 /// Starts the threads of the vCPUs brought up since the last call.
 fn start_vcpus(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<(), VmError> {
-    let starting = std::mem::take(&mut shared.lock().to_start);
+    // Up for the first time: a thread of its own (vCPU 0 has the caller's).
+    let starting: Vec<u32> = {
+        let mut core = shared.lock();
+        (0u32..)
+            .zip(core.platform.vcpus.iter_mut())
+            .filter(|(_, slot)| slot.up && !slot.started && slot.start.is_some())
+            .map(|(v, slot)| {
+                slot.started = true;
+                v
+            })
+            .collect()
+    };
     for v in starting {
         let s = shared.clone();
         let stop = stop.clone();
@@ -657,6 +665,8 @@ fn secondary_cpu(
     start: platform::vcpus::StartContext,
 ) -> Result<Cpu, VmError> {
     let mut cpu = Cpu::new(&shared.kvm, &shared.vm, &core.boot, start.pv)?;
+    let (tsc, tsc_khz) = cpu.vcpu.tsc()?;
+    cpu.pv.update_time(&core.machine, tsc, tsc_khz);
     let mut x = Exit {
         s: shared,
         c: core,
@@ -701,6 +711,7 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
         let event = run_once(shared, cpu);
         let (exit, kicks) = {
             let mut core = shared.lock();
+            follow(&mut core, cpu);
             let mut x = Exit {
                 s: shared,
                 c: &mut core,
@@ -719,6 +730,21 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
         {
             return Ok(exit);
         }
+    }
+}
+
+/// Makes the vCPU follow what another vCPU registered for it (`vcpu_info`, runstate
+/// area).
+fn follow(core: &mut Core, cpu: &mut Cpu) {
+    let me = cpu.vcpu.caller.vcpu as usize;
+    let info = core.platform.evtchn.vcpu_info.get(me).copied().unwrap_or(0);
+    let area = core
+        .platform
+        .vcpus
+        .get_mut(me)
+        .and_then(|s| s.runstate_area.take());
+    if info != cpu.pv.vcpu_info() || area.is_some() {
+        cpu.pv.follow(info, area);
     }
 }
 

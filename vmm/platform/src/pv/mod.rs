@@ -33,7 +33,7 @@ pub mod segments;
 pub mod selector;
 pub mod time;
 pub mod timer;
-mod vcpu_op;
+pub mod vcpu_op;
 
 pub use debug::{DebugRegs, dr};
 
@@ -315,6 +315,37 @@ impl PvVcpu {
             runstate_area: None,
             epoch: std::time::Instant::now(),
             timers: timer::Timers::default(),
+        }
+    }
+
+    /// Another vCPU of the same domain (`caller`, its `vcpu_info` at `vcpu_info`), with
+    /// the same system time 0, in its initial state.
+    pub fn sibling(&self, caller: Caller, vcpu_info: u64) -> PvVcpu {
+        PvVcpu {
+            epoch: self.epoch,
+            ..PvVcpu::new(caller, vcpu_info)
+        }
+    }
+
+    /// Sets entry `vector` of the virtual IDT (`VCPUOP_initialise` copies all 256).
+    pub(crate) fn set_trap(&mut self, vector: usize, trap: Trap) {
+        if let Some(t) = self.traps.get_mut(vector) {
+            *t = trap;
+        }
+    }
+
+    /// Where this vCPU's `vcpu_info` is (guest-physical).
+    pub fn vcpu_info(&self) -> u64 {
+        self.vcpu_info
+    }
+
+    /// Follows a `vcpu_info` or runstate area another vCPU registered for this one.
+    pub fn follow(&mut self, vcpu_info: u64, runstate_area: Option<u64>) {
+        if vcpu_info != 0 {
+            self.vcpu_info = vcpu_info;
+        }
+        if runstate_area.is_some() {
+            self.runstate_area = runstate_area;
         }
     }
 

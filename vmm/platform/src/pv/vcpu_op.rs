@@ -117,13 +117,37 @@ impl PvVcpu {
     /// that cannot be writable -EACCES.
     /// The contents move with it, and every event is marked pending, as Xen does.
     fn register_vcpu_info<F: TlbFlush>(&mut self, m: &mut Mach<F>, arg: u64) -> i64 {
-        use pvmmu_abi::shared_info::{
-            VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING_OFFSET,
-        };
-        use vm_memory::{Bytes, GuestAddress};
-        let b = match m.kernel_view(self.caller).read_array::<16>(arg) {
+        match register_vcpu_info(m, self.caller, self.caller, self.vcpu_info, arg) {
+            Ok(new) => {
+                self.vcpu_info = new;
+                0
+            }
+            Err(rc) => rc,
+        }
+    }
+}
+
+/// `VCPUOP_register_vcpu_info` by `caller` (whose kernel page tables the argument is
+/// read through) for vCPU `target`, whose `vcpu_info` is at `current` now (0: Xen's
+/// dummy, read as zeros with events masked): the checks in Xen's order (see
+/// [`PvVcpu::vcpu_op`]'s command), then the contents copied to the new place with every
+/// event marked pending. Returns the new guest-physical address, or RAX on failure.
+pub fn register_vcpu_info<F: TlbFlush>(
+    m: &mut Mach<F>,
+    caller: pvmmu::Caller,
+    target: pvmmu::Caller,
+    current: u64,
+    arg: u64,
+) -> Result<u64, i64> {
+    use pvmmu_abi::shared_info::{
+        VCPU_INFO_PENDING_SEL_OFFSET, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_MASK_OFFSET,
+        VCPU_INFO_UPCALL_PENDING_OFFSET,
+    };
+    use vm_memory::{Bytes, GuestAddress};
+    {
+        let b = match m.kernel_view(caller).read_array::<16>(arg) {
             Ok(b) => b,
-            Err(e) => return e.neg(),
+            Err(e) => return Err(e.neg()),
         };
         let mfn = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
         let offset = u64::from(u32::from_le_bytes(b[8..12].try_into().unwrap_or_default()));
@@ -132,32 +156,35 @@ impl PvVcpu {
         // then the frame's own checks (the library's).
         let gaddr = (mfn << 12).wrapping_add(offset);
         if gaddr == u64::MAX || gaddr >> 12 != mfn || mfn >> 52 != 0 {
-            return Errno::EINVAL.neg();
+            return Err(Errno::EINVAL.neg());
         }
         let registered = m
-            .domain(self.caller.dom)
-            .and_then(|d| d.vcpus().get(self.caller.vcpu as usize))
+            .domain(target.dom)
+            .and_then(|d| d.vcpus().get(target.vcpu as usize))
             .is_some_and(|v| v.vcpu_info_frame.is_some());
         if registered {
-            return Errno::EBUSY.neg();
+            return Err(Errno::EBUSY.neg());
         }
         if offset > 4096 - VCPU_INFO_SIZE as u64 || offset % 8 != 0 {
-            return Errno::ENXIO.neg();
+            return Err(Errno::ENXIO.neg());
         }
-        match m.register_vcpu_info(self.caller, pvmmu::Mfn(mfn)) {
+        match m.register_vcpu_info(target, pvmmu::Mfn(mfn)) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return e.neg(),
-            Err(_) => return Errno::EINVAL.neg(),
+            Ok(Err(e)) => return Err(e.neg()),
+            Err(_) => return Err(Errno::EINVAL.neg()),
         }
         let new = mfn * 4096 + offset;
         let mut info = [0u8; VCPU_INFO_SIZE];
         let mem = m.memory();
-        let _ = mem.read_slice(&mut info, GuestAddress(self.vcpu_info));
+        if current == 0 {
+            info[VCPU_INFO_UPCALL_MASK_OFFSET] = 1;
+        } else {
+            let _ = mem.read_slice(&mut info, GuestAddress(current));
+        }
         info[VCPU_INFO_PENDING_SEL_OFFSET..VCPU_INFO_PENDING_SEL_OFFSET + 8]
             .copy_from_slice(&u64::MAX.to_le_bytes());
         info[VCPU_INFO_UPCALL_PENDING_OFFSET] = 1;
         let _ = mem.write_slice(&info, GuestAddress(new));
-        self.vcpu_info = new;
-        0
+        Ok(new)
     }
 }

@@ -1,0 +1,216 @@
+//! `vcpu_op` across vCPUs, without KVM, as Xen serves a 64-bit PV domU:
+//! `VCPUOP_initialise` (its refusals in Xen's order, with nothing kept after one; the
+//! context it records: selectors with RPL 3, IOPL moved out of RFLAGS, IF forced), `up`,
+//! `down` (the last vCPU's powering the domain off), `is_up`, and the registrations a
+//! kernel makes for a vCPU before it runs.
+
+use platform::dispatch::{self, DomainState, Outcome};
+use platform::elf::minimal_image;
+use platform::pv::{GuestContext, PvVcpu};
+use platform::vcpus::{
+    VCPU_GUEST_CONTEXT_SIZE, VCPUOP_DOWN, VCPUOP_INITIALISE, VCPUOP_IS_UP, VCPUOP_UP,
+};
+use platform::{Domain, DomainSpec, NullConsole};
+use pvmmu::{Caller, Errno, GuestView, Mfn, NoFlush};
+use pvmmu_abi::hypercall::HYPERVISOR_vcpu_op;
+use pvmmu_abi::sched::SHUTDOWN_poweroff;
+
+/// Scratch memory in the boot mapping (identity, writable).
+const ARG: u64 = 0x15_0000;
+/// Word offsets in `struct vcpu_guest_context`.
+const FLAGS: usize = 64;
+const RIP: usize = 81;
+const CS: usize = 82;
+const RFLAGS: usize = 83;
+const RSP: usize = 84;
+const SS: usize = 85;
+const KERNEL_SS: usize = 621;
+const CR3: usize = 626;
+const GS_BASE_KERNEL: usize = 644;
+const VGCF_IN_KERNEL: u64 = 4;
+
+struct World {
+    d: Domain<NoFlush>,
+    state: DomainState,
+    pv: PvVcpu,
+}
+
+fn world() -> World {
+    let spec = DomainSpec {
+        vcpus: 2,
+        ..DomainSpec::new(minimal_image(&[0xf4]), 16)
+    };
+    let d = Domain::create(&spec, NoFlush).expect("domain");
+    let state = DomainState::new(&d.boot, 2);
+    let pv = d.pv_vcpu(0);
+    World { d, state, pv }
+}
+
+impl World {
+    fn call(&mut self, cmd: u32, vcpu: u64, arg: u64) -> Outcome {
+        let mut ctx = GuestContext::default();
+        dispatch::dispatch(
+            &mut self.d.machine,
+            &mut NullConsole,
+            &mut self.state,
+            &mut self.pv,
+            &mut ctx,
+            HYPERVISOR_vcpu_op,
+            [u64::from(cmd), vcpu, arg, 0, 0],
+        )
+        .expect("dispatch")
+        .outcome
+    }
+
+    fn op(&mut self, cmd: u32, vcpu: u64, arg: u64) -> i64 {
+        match self.call(cmd, vcpu, arg) {
+            Outcome::Return(v) => v,
+            other => panic!("vcpu_op {cmd}: {other:?}"),
+        }
+    }
+
+    /// Writes a context into guest memory at ARG and initialises vCPU 1 with it.
+    fn initialise(&mut self, ctx: &[u64]) -> i64 {
+        let bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let root = self.d.machine.kernel_root(self.pv.caller());
+        GuestView::new(self.d.machine.memory(), root)
+            .write(ARG, &bytes)
+            .expect("guest write");
+        self.op(VCPUOP_INITIALISE, 1, ARG)
+    }
+
+    /// A context Linux would give its secondary CPU.
+    fn context(&self) -> Vec<u64> {
+        let mut c = vec![0u64; VCPU_GUEST_CONTEXT_SIZE / 8];
+        c[FLAGS] = VGCF_IN_KERNEL;
+        c[RIP] = 0x10_0000;
+        c[CS] = 0x10;
+        c[RFLAGS] = 0x1000;
+        c[RSP] = 0x14_0000;
+        c[SS] = 0x18;
+        c[KERNEL_SS] = 0x18;
+        c[CR3] = self.d.boot.l4.addr();
+        c[GS_BASE_KERNEL] = 0x1234_5000;
+        c
+    }
+}
+
+#[test]
+fn initialise_refusals_keep_nothing_and_a_good_context_is_recorded() {
+    let mut w = world();
+    let einval = Errno::EINVAL.neg();
+    assert_eq!(w.op(VCPUOP_IS_UP, 1, 0), 0);
+    assert_eq!(w.op(VCPUOP_IS_UP, 2, 0), Errno::ENOENT.neg());
+    assert_eq!(w.op(VCPUOP_UP, 1, 0), einval, "up before initialise");
+    assert_eq!(
+        w.op(VCPUOP_INITIALISE, 1, 0xffff_8000_0000_0000),
+        Errno::EFAULT.neg()
+    );
+    let good = w.context();
+    let mut bad = good.clone();
+    bad[RIP] = 0x8000_0000_0000_0000;
+    assert_eq!(w.initialise(&bad), einval, "non-canonical RIP");
+    let mut bad = good.clone();
+    bad[631 + 7] = 1 << 32;
+    assert_eq!(w.initialise(&bad), einval, "DR7 upper half");
+    let mut bad = good.clone();
+    bad[FLAGS] = 0;
+    assert_eq!(w.initialise(&bad), einval, "user mode with no user root");
+    let mut bad = good.clone();
+    bad[620] = 17 * 512;
+    assert_eq!(w.initialise(&bad), einval, "more than 16 GDT frames");
+    // A root that cannot be an L4 (a data page of the boot mapping, mapped writable):
+    // refused, and the references the GDT took are given back.
+    let mut bad = good.clone();
+    bad[CR3] = 0x140 << 12;
+    assert_eq!(
+        w.initialise(&bad),
+        einval,
+        "a root that is not a page table"
+    );
+    let ap = Caller::new(w.pv.caller().dom, 1);
+    assert_eq!(w.d.machine.kernel_root(ap), None);
+    assert!(w.d.machine.audit().is_ok());
+    assert!(!w.state.vcpus[1].initialised);
+    // The good one.
+    assert_eq!(w.initialise(&good), 0);
+    assert_eq!(w.initialise(&good), Errno::EEXIST.neg());
+    assert_eq!(w.d.machine.kernel_root(ap), Some(w.d.boot.l4));
+    let slot = &w.state.vcpus[1];
+    assert!(slot.initialised && !slot.up, "initialised, still down");
+    let start = slot.start.as_ref().expect("start context");
+    let r = start.regs;
+    assert_eq!(
+        (r.rip, r.rsp, r.cs, r.ss),
+        (0x10_0000, 0x14_0000, 0x13, 0x1b)
+    );
+    assert_eq!(r.rflags, 0x202, "IOPL moved out, IF on");
+    assert_eq!(start.pv.iopl, 0x1000);
+    assert_eq!(start.pv.kernel_ss, 0x1b);
+    assert!(r.kernel);
+    assert_eq!(r.gs_base_kernel, 0x1234_5000);
+    assert_eq!(w.op(VCPUOP_IS_UP, 1, 0), 0);
+    assert!(w.d.machine.audit().is_ok());
+}
+
+#[test]
+fn up_down_and_the_last_vcpu_going_down() {
+    let mut w = world();
+    let good = w.context();
+    assert_eq!(w.initialise(&good), 0);
+    assert_eq!(w.op(VCPUOP_UP, 1, 0), 0);
+    assert_eq!(w.op(VCPUOP_IS_UP, 1, 0), 1);
+    assert_eq!(w.op(VCPUOP_UP, 1, 0), 0, "up again: nothing to do");
+    assert_eq!(w.state.evtchn.take_kicks() & 2, 2, "vCPU 1 is kicked");
+    assert_eq!(w.op(VCPUOP_DOWN, 1, 0), 0);
+    assert_eq!(w.op(VCPUOP_IS_UP, 1, 0), 0);
+    assert_eq!(w.op(VCPUOP_DOWN, 1, 0), 0, "down again");
+    // vCPU 0 is the last one up: its down powers the domain off, and vCPU 0 stays up.
+    assert_eq!(
+        w.call(VCPUOP_DOWN, 0, 0),
+        Outcome::Shutdown(SHUTDOWN_poweroff)
+    );
+    assert!(w.state.is_up(0));
+    // Brought up again, vCPU 1 lets vCPU 0 go down.
+    assert_eq!(w.op(VCPUOP_UP, 1, 0), 0);
+    assert_eq!(w.op(VCPUOP_DOWN, 0, 0), 0);
+    assert!(!w.state.is_up(0));
+}
+
+#[test]
+fn vcpu_info_registered_for_a_vcpu_that_has_not_run() {
+    let mut w = world();
+    let frame = 0x160u64;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&frame.to_le_bytes());
+    b[8..12].copy_from_slice(&64u32.to_le_bytes());
+    let root = w.d.machine.kernel_root(w.pv.caller());
+    GuestView::new(w.d.machine.memory(), root)
+        .write(ARG, &b)
+        .expect("write");
+    const REGISTER_VCPU_INFO: u32 = 10;
+    assert_eq!(w.op(REGISTER_VCPU_INFO, 1, ARG), 0);
+    assert_eq!(
+        w.op(REGISTER_VCPU_INFO, 1, ARG),
+        Errno::EBUSY.neg(),
+        "once per vCPU"
+    );
+    // The events of vCPU 1 go there now, and it starts from there.
+    assert_eq!(w.state.evtchn.vcpu_info[1], frame * 4096 + 64);
+    let mut info = [0u8; 16];
+    GuestView::new(w.d.machine.memory(), root)
+        .read(frame * 4096 + 64, &mut info)
+        .expect("read");
+    assert_eq!(info[0], 1, "upcall pending");
+    assert_eq!(info[1], 1, "still masked, as the toolstack left it");
+    assert_eq!(&info[8..16], &[0xff; 8], "every selector bit");
+    assert_eq!(w.initialise(&w.context()), 0);
+    let start = w.state.vcpus[1].start.as_ref().expect("start");
+    assert_eq!(start.pv.vcpu_info(), frame * 4096 + 64);
+    let ap = Caller::new(w.pv.caller().dom, 1);
+    let held =
+        w.d.machine
+            .domain(ap.dom)
+            .and_then(|d| d.vcpus().get(1).and_then(|v| v.vcpu_info_frame));
+    assert_eq!(held, Some(Mfn(frame)));
+}
