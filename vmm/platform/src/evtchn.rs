@@ -118,6 +118,8 @@ pub struct EventChannels {
     /// vCPUs whose upcall became pending since [`EventChannels::take_kicks`] (bit `v`:
     /// vCPU `v`): the embedder kicks them (Xen's `vcpu_kick`).
     kicks: std::cell::Cell<u64>,
+    /// vCPUs waiting in `SCHEDOP_poll` (bit `v`: vCPU `v`).
+    pollers: std::cell::Cell<u64>,
 }
 
 /// `EVTCHNOP_bind_interdomain`.
@@ -152,6 +154,7 @@ impl EventChannels {
             vcpu_info,
             virqs: vec![[0; NR_VIRQS as usize]; n],
             kicks: std::cell::Cell::new(0),
+            pollers: std::cell::Cell::new(0),
         }
     }
 
@@ -270,6 +273,19 @@ impl EventChannels {
         }
         if !self.test_bit(m, true, port) {
             self.mark_pending(m, vcpu, port / 64);
+        }
+        // Xen's `evtchn_check_pollers`: a port newly pending wakes the vCPUs waiting in
+        // `SCHEDOP_poll`, masked or not (a spinlock waiter polls a masked port).
+        self.kicks.set(self.kicks.get() | self.pollers.get());
+    }
+
+    /// Marks vCPU `vcpu` as waiting in `SCHEDOP_poll` (`true`) or no longer (`false`):
+    /// a port becoming pending kicks it, whatever the port's mask.
+    pub fn set_polling(&self, vcpu: u32, polling: bool) {
+        if vcpu < 64 {
+            let bit = 1u64 << vcpu;
+            let p = self.pollers.get();
+            self.pollers.set(if polling { p | bit } else { p & !bit });
         }
     }
 

@@ -214,3 +214,24 @@ fn vcpu_info_registered_for_a_vcpu_that_has_not_run() {
             .and_then(|d| d.vcpus().get(1).and_then(|v| v.vcpu_info_frame));
     assert_eq!(held, Some(Mfn(frame)));
 }
+
+#[test]
+fn a_port_becoming_pending_kicks_the_pollers_even_when_masked() {
+    let w = world();
+    let e = &w.state.evtchn;
+    let m = &w.d.machine;
+    let port = 5;
+    // Masked: no upcall for anyone, but a vCPU polling is woken.
+    let mask_word = w.d.boot.shared_info + 2560;
+    vm_memory::Bytes::write_obj(m.memory(), 1u64 << port, vm_memory::GuestAddress(mask_word))
+        .expect("mask");
+    let _ = e.take_kicks();
+    e.set_polling(1, true);
+    e.set_pending(m, port);
+    assert_eq!(e.take_kicks(), 2, "the poller, not the port's vCPU");
+    // Pending already: nothing new.
+    e.set_pending(m, port);
+    assert_eq!(e.take_kicks(), 0);
+    e.set_polling(1, false);
+    assert!(e.is_pending(m, port));
+}

@@ -246,6 +246,8 @@ pub(super) fn wait(
                     (polled || any || due, poll.deadline, *out_pending)
                 }
             };
+            let polling = matches!(what, Wait::Poll(..));
+            x.c.platform.evtchn.set_polling(vcpu, polling && !done);
             if done {
                 return x.deliver_pending_upcall(out_pending);
             }
@@ -256,6 +258,7 @@ pub(super) fn wait(
             next.map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)))
         };
         if leaving(shared, stop) {
+            shared.lock().platform.evtchn.set_polling(vcpu, false);
             return Ok(None);
         }
         // Console input and events from other vCPUs unpark the thread.

@@ -32,6 +32,7 @@ const EVTCHNOP_SEND: u64 = 4;
 const EVTCHNOP_BIND_IPI: u64 = 7;
 const SCHEDOP_YIELD: u64 = 0;
 const SCHEDOP_BLOCK: u64 = 1;
+const SCHEDOP_POLL: u64 = 3;
 
 /// Words of `struct vcpu_guest_context` (5168 bytes).
 const CTX_WORDS: usize = 646;
@@ -77,6 +78,7 @@ const BLOCK: u64 = 3;
 const READ_FAULT: u64 = 4;
 const DOWN_SELF: u64 = 5;
 const SPIN: u64 = 6;
+const POLL: u64 = 7;
 
 // vCPU 1's entry (RSP is its stack's top) and the event callbacks of both vCPUs (Xen's
 // frame is [RCX, R11, RIP, CS, RFLAGS, RSP, SS]; the vCPU number goes to the handler).
@@ -307,6 +309,23 @@ extern "C" fn ap_main() -> ! {
                 });
                 RESULT.store(v << 32 | e, Ordering::SeqCst);
             }
+            POLL => {
+                // A spinlock waiter: poll one masked port, no timeout.
+                let port = RESULT.load(Ordering::SeqCst) as u32;
+                let arg = [&port as *const u32 as u64, 1, 0];
+                // SAFETY: the poll block and the port live for the call.
+                let rc = unsafe {
+                    rt::hypercall(
+                        HYPERVISOR_sched_op,
+                        SCHEDOP_POLL,
+                        arg.as_ptr() as u64,
+                        0,
+                        0,
+                        0,
+                    )
+                };
+                RESULT.store(rc as u64, Ordering::SeqCst);
+            }
             DOWN_SELF => {
                 ACK.store(cmd, Ordering::SeqCst);
                 let rc = vcpu_op(VCPUOP_DOWN, 1, 0);
@@ -494,6 +513,23 @@ pub fn guest_main(si: &'static StartInfo) {
         1,
     );
     c.eq("vCPU 0 saw none of vCPU 1's", seen(0, p1) as i64, 0);
+
+    // vCPU 1 polls a masked port of its own (as a spinlock waiter does); vCPU 0's send
+    // wakes it, the mask notwithstanding, and no upcall is taken for it.
+    let p2 = bind_ipi(1);
+    c.ok("a second port for vCPU 1", p2 > 0);
+    let p2 = p2 as u32;
+    word(MASK).fetch_or(1 << p2, Ordering::SeqCst);
+    RESULT.store(u64::from(p2), Ordering::SeqCst);
+    let polled = tell(POLL);
+    for _ in 0..200 {
+        sched_op(SCHEDOP_YIELD);
+    }
+    c.ok("vCPU 1 still polling", !answered(polled));
+    c.eq("send to the masked port", send(p2), 0);
+    c.ok("the poll returned", wait_yielding(|| answered(polled)));
+    c.eq("poll's result", RESULT.load(Ordering::SeqCst) as i64, 0);
+    c.eq("no upcall for the masked port", seen(1, p2) as i64, 0);
 
     // Flushes for vCPU 1: it reads a VA, vCPU 0 repoints it, flushes vCPU 1's TLB
     // (INVLPG_MULTI naming vCPU 1 only), and vCPU 1 must read the new frame.
