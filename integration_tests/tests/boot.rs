@@ -206,3 +206,32 @@ fn every_invalidation_path_the_vmm_can_choose_keeps_the_guests_right() {
     );
     assert!(auto.2 > 0, "auto {auto:?}");
 }
+
+#[test]
+fn a_huge_multicall_is_preempted_and_reissued_by_the_guest() {
+    // The hog guest's one multicall of 16.7 million entries: the library stops it at
+    // its work budget and the guest re-issues the rest, over and over, until the VM is
+    // stopped; the domain stays consistent.
+    if !kvm_available() {
+        return;
+    }
+    let g = vmm::guests::find("hog").expect("hog");
+    let out = Capture::default();
+    let vm = Vm::new(VmConfig {
+        domain: DomainSpec::new(g.image.to_vec(), 64),
+        console_out: Box::new(out.clone()),
+    })
+    .expect("VM");
+    let stop = vm.stop_flag();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let report = vm.run_to_end(&AtomicBool::new(false)).expect("run");
+    let _ = stopper.join();
+    assert_eq!(report.exit, GuestExit::Stopped);
+    assert!(report.stats.continuations > 0, "never preempted");
+    let multicalls = report.stats.hypercalls.by_number.get(&13).copied();
+    assert_eq!(multicalls, Some(report.stats.continuations + 1));
+    assert_eq!(report.audit, Ok(()));
+}

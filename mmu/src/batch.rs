@@ -44,6 +44,10 @@ pub struct BatchOutcome {
     /// guest's arguments itself writes `*pdone`, with the count carried over from a
     /// continuation, exactly when this is set).
     pub writes_pdone: bool,
+    /// Whether the call stopped at a preemption point with entries left (`done` of them
+    /// done, `result` `Ok`): the embedder re-issues it for the rest (see
+    /// [`Machine::set_preempt_budget`](crate::Machine::set_preempt_budget)).
+    pub preempted: bool,
 }
 
 impl BatchOutcome {
@@ -81,6 +85,7 @@ impl Refusal {
             done: 0,
             result: Err(self.errno()),
             writes_pdone: matches!(self, Refusal::AtEntry(_)),
+            preempted: false,
         }
     }
 }
@@ -292,6 +297,28 @@ fn continuation<M: GuestMemory + ?Sized>(
         Err(_) => 0,
     };
     (count, carried)
+}
+
+/// The arguments a batched call stopped after `done` of its `count` entries (of
+/// `entry_size` bytes, from `array`) is re-issued with, as Xen's continuation rewrites
+/// them: the rest of the array, the count left with `MMU_UPDATE_PREEMPTED` (so that
+/// `*pdone`, which holds what was done, is read back), the same `pdone` and foreign
+/// domain.
+pub(crate) fn continued(
+    array: u64,
+    entry_size: usize,
+    count: u32,
+    done: u32,
+    pdone: u64,
+    foreigndom: u64,
+) -> [u64; 5] {
+    [
+        array.wrapping_add(u64::from(done) * entry_size as u64),
+        u64::from((count - done) | pvmmu_abi::mmu::MMU_UPDATE_PREEMPTED),
+        pdone,
+        foreigndom,
+        0,
+    ]
 }
 
 /// Writes `*pdone` (where Xen does) and turns the outcome into RAX.

@@ -83,6 +83,11 @@ pub struct HypercallResult {
     /// The bytes of every batch entry the call read from guest memory, in order, when
     /// [`Machine::record_reads`] is on (empty otherwise).
     pub reads: Vec<u8>,
+    /// The call stopped at a preemption point (see [`Machine::set_preempt_budget`]):
+    /// the embedder re-issues hypercall `nr` with these argument registers (RDI, RSI,
+    /// RDX, R10, R8) by resuming the guest at its hypercall instruction, as Xen's
+    /// continuation does; `rax` means nothing then.
+    pub continuation: Option<[u64; 5]>,
 }
 
 impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
@@ -116,11 +121,17 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         other: &mut dyn HypercallHandler<M, F>,
     ) -> Result<HypercallResult, MachineError> {
         self.vcpu_check(caller.dom, caller.vcpu)?;
-        let rax = self.dispatch(caller, nr, args, other, false)?;
+        let work = self.core.work_now();
+        let p = &mut self.core.preempt;
+        (p.armed, p.start, p.continuation) = (true, work, None);
+        let rax = self.dispatch(caller, nr, args, other, false);
+        self.core.preempt.armed = false;
+        let continuation = self.core.preempt.continuation.take();
         Ok(HypercallResult {
-            rax,
+            rax: rax?,
             roots: self.take_root_change(caller),
             reads: self.take_reads(),
+            continuation,
         })
     }
 

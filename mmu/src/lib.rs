@@ -127,7 +127,7 @@ pub use frame::{FrameTable, PageInfo, PageType};
 pub use guest::{GuestView, guest_range_ok};
 pub use hypercall::{HypercallHandler, HypercallResult, NoHandler, Roots};
 pub use ldt::{LDT_PAGES, Ldt, LdtFault};
-pub use machine::{Machine, MachineConfig, MachineError, Stats};
+pub use machine::{MULTICALL_ENTRY_UNITS, Machine, MachineConfig, MachineError, Stats};
 pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 pub use pvmmu_abi::Errno;

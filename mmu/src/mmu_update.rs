@@ -8,7 +8,8 @@ use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd, decode_foreigndom};
 use vm_memory::GuestMemory;
 
 use crate::batch::{
-    BatchOutcome, Caller, Entries, GuestEntries, Refusal, SliceEntries, batch_args, finish,
+    BatchOutcome, Caller, Entries, GuestEntries, Refusal, SliceEntries, batch_args, continued,
+    finish,
 };
 use crate::entry::{Mfn, Pte};
 use crate::flush::{FlushReason, FlushScope, TlbFlush};
@@ -251,9 +252,14 @@ impl<F: TlbFlush> Core<F> {
         let mut non_leaf = false;
         let mut done = 0;
         let mut result = Ok(());
+        let mut preempted = false;
         for i in 0..entries.count() {
             if i > 0 && self.interrupted() {
                 result = Err(Errno::EINTR);
+                break;
+            }
+            if self.preempt_before(i, 1) {
+                preempted = true;
                 break;
             }
             let r = entries.read(i).and_then(|req| {
@@ -319,6 +325,7 @@ impl<F: TlbFlush> Core<F> {
             done,
             result,
             writes_pdone: true,
+            preempted,
         })
     }
 }
@@ -370,6 +377,18 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             page: Default::default(),
         };
         let outcome = core.mmu_update_batch(mem, caller, &mut src, foreigndom as u32);
+        if let Ok(o) = &outcome
+            && o.preempted
+        {
+            core.preempt.continuation = Some(continued(
+                reqs,
+                MmuUpdate::SIZE,
+                count,
+                o.done,
+                pdone,
+                foreigndom,
+            ));
+        }
         Ok(finish(&mut view, outcome, carried, pdone))
     }
 }

@@ -13,7 +13,8 @@ use pvmmu_abi::{Errno, MmuextOp, decode_foreigndom};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::batch::{
-    BatchOutcome, Caller, Entries, GuestEntries, Refusal, SliceEntries, batch_args, finish,
+    BatchOutcome, Caller, Entries, GuestEntries, Refusal, SliceEntries, batch_args, continued,
+    finish,
 };
 use crate::entry::{Mfn, Pte};
 use crate::flush::{FlushReason, FlushScope, TlbFlush, VcpuSet};
@@ -316,9 +317,14 @@ impl<F: TlbFlush> Core<F> {
         }
         let mut done = 0;
         let mut result = Ok(());
+        let mut preempted = false;
         for i in 0..entries.count() {
             if i > 0 && self.interrupted() {
                 result = Err(Errno::EINTR);
+                break;
+            }
+            if self.preempt_before(i, 1) {
+                preempted = true;
                 break;
             }
             let r = entries.read(i).and_then(|op| {
@@ -341,6 +347,7 @@ impl<F: TlbFlush> Core<F> {
             done,
             result,
             writes_pdone: true,
+            preempted,
         })
     }
 }
@@ -393,6 +400,18 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             page: Default::default(),
         };
         let outcome = core.mmuext_batch(mem, caller, &mut src, Some(&mut view), foreigndom as u32);
+        if let Ok(o) = &outcome
+            && o.preempted
+        {
+            core.preempt.continuation = Some(continued(
+                ops,
+                MmuextOp::SIZE,
+                count,
+                o.done,
+                pdone,
+                foreigndom,
+            ));
+        }
         Ok(finish(&mut view, outcome, carried, pdone))
     }
 

@@ -40,6 +40,15 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             if i > 0 && self.core.interrupted() {
                 return Ok(Errno::EINTR.neg());
             }
+            if self
+                .core
+                .preempt_before(i, crate::machine::MULTICALL_ENTRY_UNITS)
+            {
+                // Xen's continuation: the rest of the list, re-issued.
+                let rest = list.wrapping_add(u64::from(i) * MulticallEntry::SIZE as u64);
+                self.core.preempt.continuation = Some([rest, nr_calls - u64::from(i), 0, 0, 0]);
+                return Ok(0);
+            }
             let root = self.kernel_root(caller);
             let entry: Result<MulticallEntry, Errno> = {
                 // Each entry on its own: the one before may have changed anything.
@@ -56,7 +65,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             let Ok(entry) = entry else {
                 return Ok(Errno::EFAULT.neg());
             };
-            let (result, end) = self.multicall_entry(caller, &entry, other)?;
+            // An entry is never preempted on its own (the list is, between entries).
+            let armed = std::mem::replace(&mut self.core.preempt.armed, false);
+            let served = self.multicall_entry(caller, &entry, other);
+            self.core.preempt.armed = armed;
+            let (result, end) = served?;
             let at = list + u64::from(i) * MulticallEntry::SIZE as u64 + RESULT_OFFSET;
             if self
                 .kernel_view(caller)

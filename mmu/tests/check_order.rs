@@ -53,6 +53,7 @@ fn outcome(done: u32, result: Result<(), Errno>, writes_pdone: bool) -> BatchOut
         done,
         result,
         writes_pdone,
+        preempted: false,
     }
 }
 

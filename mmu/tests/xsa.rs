@@ -104,6 +104,7 @@ fn ok(o: BatchOutcome) {
             done: 1,
             result: Ok(()),
             writes_pdone: true,
+            preempted: false,
         }
     );
 }

@@ -373,8 +373,8 @@ fn print_stats(r: &RunReport) {
         eprintln!("hypercall {}: {n}", platform::dispatch::name(*nr));
     }
     eprintln!(
-        "entries: {} validated, {} applied, {} rejected; ptwr writes emulated: {}",
-        s.mmu.validated, s.mmu.applied, s.mmu.rejected, s.ptwr
+        "entries: {} validated, {} applied, {} rejected; ptwr writes emulated: {}; batches preempted and re-issued: {}",
+        s.mmu.validated, s.mmu.applied, s.mmu.rejected, s.ptwr, s.continuations
     );
     eprintln!(
         "flushes: {} requested; host-side: {} mprotect runs, {} memslot cycles, {} needing nothing; guest rewrites: {} returns, {} entries",

@@ -106,8 +106,9 @@ pub unsafe fn hypercall(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) ->
     // SAFETY: the hypercall page is mapped and was filled by the hypervisor.
     let stub = unsafe { core::ptr::addr_of!(hypercall_page).add(nr as usize * 32) };
     let ret: i64;
-    // SAFETY: the stub preserves every register but RAX; the red zone is skipped before
-    // the call pushes its return address.
+    // SAFETY: the stub changes RAX, and, as Xen's ABI allows, the argument registers (a
+    // preempted call is re-issued with them rewritten) and RCX/R11 (Xen's stubs use
+    // `syscall`); the red zone is skipped before the call pushes its return address.
     unsafe {
         asm!(
             "sub rsp, 128",
@@ -115,7 +116,9 @@ pub unsafe fn hypercall(nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) ->
             "add rsp, 128",
             stub = in(reg) stub,
             inlateout("rax") nr as i64 => ret,
-            in("rdi") a1, in("rsi") a2, in("rdx") a3, in("r10") a4, in("r8") a5,
+            inlateout("rdi") a1 => _, inlateout("rsi") a2 => _, inlateout("rdx") a3 => _,
+            inlateout("r10") a4 => _, inlateout("r8") a5 => _,
+            out("rcx") _, out("r11") _,
         );
     }
     ret

@@ -1192,6 +1192,7 @@ impl XenModel {
                 done: 0,
                 result: Err(e),
                 writes_pdone,
+                preempted: false,
             })
         };
         let fd = (foreigndom & 0xffff) as u16;
@@ -1246,6 +1247,7 @@ impl XenModel {
                     done,
                     result: Err(e),
                     writes_pdone: true,
+                    preempted: false,
                 });
             }
             done += 1;
@@ -1254,6 +1256,7 @@ impl XenModel {
             done,
             result: Ok(()),
             writes_pdone: true,
+            preempted: false,
         })
     }
 
@@ -1266,6 +1269,7 @@ impl XenModel {
                 done: 0,
                 result: Err(e),
                 writes_pdone: false,
+                preempted: false,
             })
         };
         let pg = match self.pg_owner(caller.dom, (foreigndom & 0xffff) as u16) {
@@ -1282,6 +1286,7 @@ impl XenModel {
                     done,
                     result: Err(e),
                     writes_pdone: true,
+                    preempted: false,
                 });
             }
             done += 1;
@@ -1290,6 +1295,7 @@ impl XenModel {
             done,
             result: Ok(()),
             writes_pdone: true,
+            preempted: false,
         })
     }
 

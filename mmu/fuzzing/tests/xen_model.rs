@@ -184,6 +184,7 @@ fn batch(done: u32, result: Result<(), Errno>) -> Outcome {
         done,
         result,
         writes_pdone: true,
+        preempted: false,
     })
 }
 

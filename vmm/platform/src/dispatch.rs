@@ -74,6 +74,9 @@ pub struct Served {
     /// The vCPU polls (`SCHEDOP_poll` with none of its ports pending): the VMM waits
     /// until one of them is pending or the deadline passes.
     pub poll: Option<Poll>,
+    /// The call stopped at a preemption point: the VMM resumes the guest at its
+    /// hypercall instruction with these argument registers (Xen's continuation).
+    pub continuation: Option<[u64; 5]>,
 }
 
 /// What a vCPU blocked in `SCHEDOP_poll` waits for.
@@ -376,6 +379,7 @@ pub fn dispatch<F: TlbFlush>(
         segment_base: platform.segment_base,
         block: platform.block,
         poll: platform.poll,
+        continuation: r.continuation,
     })
 }
 

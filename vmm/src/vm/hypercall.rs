@@ -78,6 +78,9 @@ impl Exit<'_> {
                 invalidation: self.c.machine.flusher().stats.time - invalidated,
             });
         }
+        if let (Outcome::Return(_), Some(args)) = (&served.outcome, served.continuation) {
+            return self.continue_later(entry, regs, nr, args, served.roots);
+        }
         match served.outcome {
             Outcome::Return(v) => {
                 let mut syscall_return = None;
@@ -162,6 +165,46 @@ impl Exit<'_> {
                 Ok(Some(GuestExit::Crash(c)))
             }
         }
+    }
+
+    /// A call that stopped at a preemption point: the guest resumes at its hypercall
+    /// instruction with the rewritten arguments (RAX the number again), so that it
+    /// issues the rest, as after Xen's continuation; pending events are delivered
+    /// first, with that instruction as the interrupted context. The stub's `mov $nr,
+    /// %eax` before its `out` (or the `syscall`) runs again: RIP differs from the
+    /// exit's, so hardware KVM does not skip the `out` either.
+    fn continue_later(
+        &mut self,
+        entry: Entry,
+        mut regs: kvm_bindings::kvm_regs,
+        nr: u64,
+        args: [u64; 5],
+        roots: Option<pvmmu::Roots>,
+    ) -> Result<Option<GuestExit>, VmError> {
+        [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8] = args;
+        regs.rax = nr;
+        match entry {
+            Entry::Page => regs.rip = self.after_out(regs.rip).wrapping_sub(2 + 5),
+            Entry::Syscall => {
+                regs.rip = regs.rcx.wrapping_sub(2);
+                regs.rflags = regs.r11 | platform::pv::rflags::IF;
+            }
+        }
+        self.cpu.vcpu.set_regs(regs);
+        self.c.stats.continuations += 1;
+        // What the part done changed reaches the vCPU before it runs again.
+        if self.c.machine.flusher().rewrite_pending() {
+            self.c.machine.flusher().rewrite_impossible();
+        }
+        self.c.machine.flusher().rewrite_possible = false;
+        self.sync_descriptor_tables()?;
+        if let Some(roots) = roots
+            && self.cpu.pv.in_kernel(&self.c.machine)
+        {
+            self.cpu.vcpu.load_root(roots.kernel)?;
+        }
+        self.service_timers();
+        self.deliver_pending_upcall(false)
     }
 
     /// Returns from the hypercall through the rewrite trampoline: the entries to

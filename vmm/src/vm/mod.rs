@@ -166,6 +166,8 @@ pub struct RunStats {
     pub flush: FlushStats,
     /// Writes emulated for writable page tables.
     pub ptwr: u64,
+    /// Batched hypercalls stopped at a preemption point and re-issued by the guest.
+    pub continuations: u64,
     /// Time from VM creation to the end of the run.
     pub wall: Duration,
 }

@@ -307,7 +307,8 @@ fn raw_syscall(nr: u64, a: [u64; 5]) {
         core::arch::asm!(
             "syscall",
             inlateout("rax") nr => _,
-            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2], in("r10") a[3], in("r8") a[4],
+            inlateout("rdi") a[0] => _, inlateout("rsi") a[1] => _,
+            inlateout("rdx") a[2] => _, inlateout("r10") a[3] => _, inlateout("r8") a[4] => _,
             out("rcx") _, out("r11") _,
         );
     }

@@ -250,7 +250,8 @@ pub fn guest_main(si: &'static StartInfo) {
     // SAFETY: xen_version(XENVER_version); syscall clobbers RCX and R11.
     unsafe {
         asm!("syscall", inout("rax") HYPERVISOR_xen_version as i64 => version,
-             in("rdi") 0u64, in("rsi") 0u64, out("rcx") _, out("r11") _);
+             inlateout("rdi") 0u64 => _, inlateout("rsi") 0u64 => _, out("rcx") _,
+             out("r11") _);
     }
     c.eq("syscall hypercall", version, 0x4_0017);
 
