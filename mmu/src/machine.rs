@@ -229,8 +229,8 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// preemption points (between entries of `mmu_update`, `mmuext_op` and
     /// `multicall`) once they have done `budget` units of work (an entry of
     /// `mmu_update` or `mmuext_op` processed or an entry validated is one unit, a
-    /// multicall entry [`MULTICALL_ENTRY_UNITS`](crate::MULTICALL_ENTRY_UNITS): about 40 ns of work each on a current
-    /// x86 host), and ask to be re-issued, as Xen's continuations
+    /// multicall entry [`MULTICALL_ENTRY_UNITS`]: about 40 ns of work each on a
+    /// current x86 host), and ask to be re-issued, as Xen's continuations
     /// do: [`HypercallResult::continuation`](crate::HypercallResult::continuation)
     /// carries the rewritten arguments (the rest of the array, the count with
     /// `MMU_UPDATE_PREEMPTED` and `*pdone` holding what was done so far). `None` (the
