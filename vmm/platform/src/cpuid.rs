@@ -107,9 +107,10 @@ impl CpuidPolicy {
     ///
     /// ```
     /// use platform::cpuid::{CpuidPolicy, HostLeaf};
-    /// let host = [HostLeaf { leaf: 1, subleaf: 0, indexed: false, regs: [0x906ea, 0, 0x7ffa_fbff, 0xbfeb_fbff] }];
+    /// let host = [HostLeaf { leaf: 1, subleaf: 0, indexed: false, regs: [0x906ea, 0x0508_0800, 0x7ffa_fbff, 0xbfeb_fbff] }];
     /// let p = CpuidPolicy::new(&host, 0x4_0017, 1 << 20);
-    /// let [_, _, ecx, edx] = p.query(1, 0);
+    /// let [_, ebx, ecx, edx] = p.query(1, 0);
+    /// assert_eq!(ebx, 0x0008_0800, "no initial APIC ID for a PV vCPU");
     /// assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
     /// assert_eq!(ecx & (1 << 5), 0, "no VMX");
     /// assert_eq!(edx & (1 << 9), 0, "no local APIC");
@@ -138,6 +139,8 @@ impl CpuidPolicy {
                 }
             }
             if l.leaf == 1 {
+                // Xen gives a PV vCPU no initial APIC ID (every vCPU reads 0).
+                l.regs[EBX] &= 0x00ff_ffff;
                 l.regs[EDX] &= !APIC;
                 l.regs[ECX] |= HYPERVISOR;
                 // Xen leaks OSXSAVE to PV guests whenever XSAVE is offered (Linux

@@ -269,10 +269,14 @@ impl Platform<'_> {
         }
         let own = target == caller.vcpu;
         Some(match cmd {
-            VCPUOP_INITIALISE => crate::vcpus::initialise(m, self.dom, self.pv, target, a[2]),
-            VCPUOP_UP => crate::vcpus::up(self.dom, target),
+            VCPUOP_INITIALISE => {
+                let dom = &mut *self.dom;
+                crate::vcpus::initialise(m, &mut dom.vcpus, &dom.evtchn, self.pv, target, a[2])
+            }
+            VCPUOP_UP => crate::vcpus::up(&mut self.dom.vcpus, &self.dom.evtchn, target),
             VCPUOP_DOWN => {
-                let (rc, shutdown) = crate::vcpus::down(self.dom, target);
+                let (rc, shutdown) =
+                    crate::vcpus::down(&mut self.dom.vcpus, &self.dom.evtchn, target);
                 if shutdown.is_some() {
                     self.shutdown = shutdown;
                 }

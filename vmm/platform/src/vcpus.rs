@@ -6,6 +6,7 @@
 use pvmmu::{Caller, Errno, TlbFlush};
 
 use crate::domain::Mach;
+use crate::evtchn::EventChannels;
 use crate::pv::{PvVcpu, rflags};
 
 /// One vCPU's state as the domain sees it.
@@ -174,18 +175,14 @@ fn reg(c: &[u8], at: usize) -> u64 {
 /// context waits in its slot.
 pub fn initialise<F: TlbFlush>(
     m: &mut Mach<F>,
-    dom: &mut crate::dispatch::DomainState,
+    slots: &mut [VcpuSlot],
+    evtchn: &EventChannels,
     me: &PvVcpu,
     target: u32,
     arg: u64,
 ) -> i64 {
     let caller = me.caller();
-    let info = dom
-        .evtchn
-        .vcpu_info
-        .get(target as usize)
-        .copied()
-        .unwrap_or(0);
+    let info = evtchn.vcpu_info.get(target as usize).copied().unwrap_or(0);
     if info == 0 {
         return Errno::EINVAL.neg();
     }
@@ -193,7 +190,7 @@ pub fn initialise<F: TlbFlush>(
     if let Err(e) = m.kernel_view(caller).read(arg, &mut c) {
         return e.neg();
     }
-    let Some(slot) = dom.vcpus.get_mut(target as usize) else {
+    let Some(slot) = slots.get_mut(target as usize) else {
         return Errno::ENOENT.neg();
     };
     if slot.initialised {
@@ -362,8 +359,8 @@ fn caller_dom(me: &PvVcpu) -> u16 {
 
 /// `VCPUOP_up(target)`: -EINVAL before `VCPUOP_initialise`; else the vCPU is up (a
 /// no-op when it is up already). Returns RAX.
-pub fn up(dom: &mut crate::dispatch::DomainState, target: u32) -> i64 {
-    let Some(slot) = dom.vcpus.get_mut(target as usize) else {
+pub fn up(slots: &mut [VcpuSlot], evtchn: &EventChannels, target: u32) -> i64 {
+    let Some(slot) = slots.get_mut(target as usize) else {
         return Errno::ENOENT.neg();
     };
     if !slot.initialised {
@@ -371,7 +368,7 @@ pub fn up(dom: &mut crate::dispatch::DomainState, target: u32) -> i64 {
     }
     if !slot.up {
         slot.up = true;
-        dom.evtchn.kick(target);
+        evtchn.kick(target);
     }
     0
 }
@@ -380,23 +377,22 @@ pub fn up(dom: &mut crate::dispatch::DomainState, target: u32) -> i64 {
 /// target stops at its next exit, the caller on its way out of the hypercall). With no
 /// other vCPU up, the domain powers off instead (`Some(SHUTDOWN_poweroff)`), as Xen
 /// does since 4.11. Returns RAX and the shutdown.
-pub fn down(dom: &mut crate::dispatch::DomainState, target: u32) -> (i64, Option<u32>) {
-    if target as usize >= dom.vcpus.len() {
+pub fn down(slots: &mut [VcpuSlot], evtchn: &EventChannels, target: u32) -> (i64, Option<u32>) {
+    if target as usize >= slots.len() {
         return (Errno::ENOENT.neg(), None);
     }
-    let others_up = dom
-        .vcpus
+    let others_up = slots
         .iter()
         .enumerate()
         .any(|(v, s)| v != target as usize && s.up);
     if !others_up {
         return (0, Some(pvmmu_abi::sched::SHUTDOWN_poweroff));
     }
-    if let Some(slot) = dom.vcpus.get_mut(target as usize)
+    if let Some(slot) = slots.get_mut(target as usize)
         && slot.up
     {
         slot.up = false;
-        dom.evtchn.kick(target);
+        evtchn.kick(target);
     }
     (0, None)
 }
