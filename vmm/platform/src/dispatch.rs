@@ -318,6 +318,31 @@ impl Platform<'_> {
                 let _ = m.kernel_view(caller).write(va, &info);
                 0
             }
+            // Xen's periodic-timer commands take any vCPU of the domain; the target
+            // follows at its next exit.
+            crate::pv::timer::VCPUOP_SET_PERIODIC_TIMER
+            | crate::pv::timer::VCPUOP_STOP_PERIODIC_TIMER
+                if !own =>
+            {
+                let period = if cmd == crate::pv::timer::VCPUOP_SET_PERIODIC_TIMER {
+                    let p = match m.kernel_view(caller).read_u64(a[2]) {
+                        Ok(p) => p,
+                        Err(e) => return Some(e.neg()),
+                    };
+                    use crate::pv::timer::{MIN_PERIOD_NS, STIME_DELTA_MAX};
+                    if !(MIN_PERIOD_NS..=STIME_DELTA_MAX).contains(&p) {
+                        return Some(Errno::EINVAL.neg());
+                    }
+                    p
+                } else {
+                    0
+                };
+                if let Some(slot) = self.dom.vcpus.get_mut(target as usize) {
+                    slot.period = Some(period);
+                }
+                self.dom.evtchn.kick(target);
+                0
+            }
             VCPUOP_GET_RUNSTATE_INFO if !own => {
                 let info = self.other_runstate(target);
                 m.kernel_view(caller)

@@ -24,6 +24,8 @@ pub struct VcpuSlot {
     /// A runstate area another vCPU registered for it (guest virtual), which it
     /// follows.
     pub runstate_area: Option<u64>,
+    /// A periodic-timer period another vCPU set for it (0: stopped), which it follows.
+    pub period: Option<u64>,
 }
 
 /// Where a vCPU starts: its PV state and its registers.
@@ -91,6 +93,7 @@ pub fn at_creation(n: u32) -> Vec<VcpuSlot> {
             started: v == 0,
             start: None,
             runstate_area: None,
+            period: None,
         })
         .collect()
 }

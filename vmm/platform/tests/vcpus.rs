@@ -235,3 +235,36 @@ fn a_port_becoming_pending_kicks_the_pollers_even_when_masked() {
     e.set_polling(1, false);
     assert!(e.is_pending(m, port));
 }
+
+#[test]
+fn the_periodic_timer_of_another_vcpu() {
+    let mut w = world();
+    const SET_PERIODIC: u32 = 6;
+    const STOP_PERIODIC: u32 = 7;
+    const SET_SINGLESHOT: u32 = 8;
+    let root = w.d.machine.kernel_root(w.pv.caller());
+    GuestView::new(w.d.machine.memory(), root)
+        .write(ARG, &500_000u64.to_le_bytes())
+        .expect("write");
+    assert_eq!(
+        w.op(SET_PERIODIC, 1, ARG),
+        Errno::EINVAL.neg(),
+        "below 1 ms"
+    );
+    GuestView::new(w.d.machine.memory(), root)
+        .write(ARG, &5_000_000u64.to_le_bytes())
+        .expect("write");
+    let _ = w.state.evtchn.take_kicks();
+    assert_eq!(w.op(SET_PERIODIC, 1, ARG), 0);
+    assert_eq!(w.state.vcpus[1].period, Some(5_000_000));
+    assert_eq!(w.state.evtchn.take_kicks(), 2, "vCPU 1 is kicked to follow");
+    assert_eq!(w.op(STOP_PERIODIC, 1, 0), 0);
+    assert_eq!(w.state.vcpus[1].period, Some(0));
+    // The single-shot timer is the caller's own only.
+    assert_eq!(w.op(SET_SINGLESHOT, 1, ARG), Errno::EINVAL.neg());
+    // The vCPU follows what was set for it.
+    let mut ap = w.pv.sibling(pvmmu::Caller::new(w.pv.caller().dom, 1), 0);
+    ap.follow(0, None, w.state.vcpus[1].period.take());
+    assert_eq!(ap.timers.period, 0);
+    assert_eq!(ap.next_deadline(), None);
+}

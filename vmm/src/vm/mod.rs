@@ -691,6 +691,7 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
     }
     {
         let mut core = shared.lock();
+        follow(&mut core, cpu);
         Exit {
             s: shared,
             c: &mut core,
@@ -740,13 +741,13 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
 fn follow(core: &mut Core, cpu: &mut Cpu) {
     let me = cpu.vcpu.caller.vcpu as usize;
     let info = core.platform.evtchn.vcpu_info.get(me).copied().unwrap_or(0);
-    let area = core
+    let (area, period) = core
         .platform
         .vcpus
         .get_mut(me)
-        .and_then(|s| s.runstate_area.take());
-    if info != cpu.pv.vcpu_info() || area.is_some() {
-        cpu.pv.follow(info, area);
+        .map_or((None, None), |s| (s.runstate_area.take(), s.period.take()));
+    if info != cpu.pv.vcpu_info() || area.is_some() || period.is_some() {
+        cpu.pv.follow(info, area, period);
     }
 }
 

@@ -339,13 +339,18 @@ impl PvVcpu {
         self.vcpu_info
     }
 
-    /// Follows a `vcpu_info` or runstate area another vCPU registered for this one.
-    pub fn follow(&mut self, vcpu_info: u64, runstate_area: Option<u64>) {
+    /// Follows what another vCPU set for this one: a `vcpu_info`, a runstate area, a
+    /// periodic timer's period (0: stopped; the next expiry one period from now).
+    pub fn follow(&mut self, vcpu_info: u64, runstate_area: Option<u64>, period: Option<u64>) {
         if vcpu_info != 0 {
             self.vcpu_info = vcpu_info;
         }
         if runstate_area.is_some() {
             self.runstate_area = runstate_area;
+        }
+        if let Some(p) = period {
+            self.timers.period = p;
+            self.timers.periodic_next = self.system_time_ns().saturating_add(p);
         }
     }
 

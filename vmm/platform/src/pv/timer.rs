@@ -12,16 +12,16 @@ use super::{Mach, PvVcpu};
 /// Xen's default period for a PV vCPU's periodic timer (10 ms).
 pub const DEFAULT_PERIOD_NS: u64 = 10_000_000;
 /// Shortest period `VCPUOP_set_periodic_timer` accepts (1 ms).
-const MIN_PERIOD_NS: u64 = 1_000_000;
+pub(crate) const MIN_PERIOD_NS: u64 = 1_000_000;
 /// Longest time delta Xen accepts (`STIME_DELTA_MAX`, 2^62 - 1 ns).
-const STIME_DELTA_MAX: u64 = u64::MAX >> 2;
+pub(crate) const STIME_DELTA_MAX: u64 = u64::MAX >> 2;
 /// Where Xen puts a "huge" single-shot timeout instead (100 ms from now).
 const HUGE_TIMEOUT_DELAY_NS: u64 = 100_000_000;
 
 /// `VCPUOP_set_periodic_timer`.
-pub(super) const VCPUOP_SET_PERIODIC_TIMER: u32 = 6;
+pub(crate) const VCPUOP_SET_PERIODIC_TIMER: u32 = 6;
 /// `VCPUOP_stop_periodic_timer`.
-pub(super) const VCPUOP_STOP_PERIODIC_TIMER: u32 = 7;
+pub(crate) const VCPUOP_STOP_PERIODIC_TIMER: u32 = 7;
 /// `VCPUOP_set_singleshot_timer`.
 pub(super) const VCPUOP_SET_SINGLESHOT_TIMER: u32 = 8;
 /// `VCPUOP_stop_singleshot_timer`.
