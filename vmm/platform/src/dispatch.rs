@@ -125,7 +125,13 @@ pub struct DomainState {
     pub memory: MemoryOps,
     /// The vCPUs: which are initialised and up.
     pub vcpus: Vec<crate::vcpus::VcpuSlot>,
+    /// The domain's watchdog timers (`SCHEDOP_watchdog`): the system time each one
+    /// fires at, for those in use.
+    pub watchdogs: [Option<u64>; NR_WATCHDOGS],
 }
+
+/// Watchdog timers per domain (Xen's `NR_DOMAIN_WATCHDOG_TIMERS`).
+pub const NR_WATCHDOGS: usize = 2;
 
 impl DomainState {
     /// Moves pending console input into the console ring and, if any moved, raises the
@@ -178,7 +184,58 @@ impl DomainState {
             ),
             memory: MemoryOps::new(boot),
             vcpus: crate::vcpus::at_creation(vcpus),
+            watchdogs: [None; NR_WATCHDOGS],
         }
+    }
+
+    /// `SCHEDOP_watchdog` at system time `now`, as Xen's `domain_watchdog`: id 0 takes
+    /// the first free timer, set `timeout` seconds from now, and returns its id (1 or
+    /// 2; -ENOSPC when both are taken); another id must be in use (-EINVAL; above 2
+    /// too) and is rearmed, or released with a timeout of 0. A timer that fires shuts
+    /// the domain down with `SHUTDOWN_watchdog` (see [`DomainState::watchdog_due`]).
+    ///
+    /// ```
+    /// let mut d = platform::dispatch::DomainState::default();
+    /// assert_eq!(d.watchdog(0, 30, 0), 1);
+    /// assert_eq!(d.watchdog(0, 30, 0), 2);
+    /// assert_eq!(d.watchdog(0, 30, 0), -28, "ENOSPC");
+    /// assert_eq!(d.watchdog(1, 0, 0), 0, "released");
+    /// assert_eq!(d.watchdog(1, 5, 0), -22, "EINVAL: not in use");
+    /// assert_eq!(d.watchdog(3, 5, 0), -22);
+    /// assert_eq!(d.watchdog_due(29_000_000_000), false);
+    /// assert_eq!(d.watchdog_due(30_000_000_000), true);
+    /// ```
+    pub fn watchdog(&mut self, id: u32, timeout: u32, now: u64) -> i64 {
+        let at = now.saturating_add(u64::from(timeout) * 1_000_000_000);
+        if id as usize > NR_WATCHDOGS {
+            return Errno::EINVAL.neg();
+        }
+        if id == 0 {
+            return match self.watchdogs.iter().position(Option::is_none) {
+                Some(k) => {
+                    self.watchdogs[k] = Some(at);
+                    k as i64 + 1
+                }
+                None => Errno::ENOSPC.neg(),
+            };
+        }
+        let slot = &mut self.watchdogs[id as usize - 1];
+        if slot.is_none() {
+            return Errno::EINVAL.neg();
+        }
+        *slot = (timeout != 0).then_some(at);
+        0
+    }
+
+    /// The earliest system time a watchdog fires at, if one is in use.
+    pub fn next_watchdog(&self) -> Option<u64> {
+        self.watchdogs.iter().flatten().copied().min()
+    }
+
+    /// Whether a watchdog has fired by system time `now` (the domain shuts down with
+    /// `SHUTDOWN_watchdog`).
+    pub fn watchdog_due(&self, now: u64) -> bool {
+        self.next_watchdog().is_some_and(|t| now >= t)
     }
 }
 
@@ -694,6 +751,16 @@ impl Platform<'_> {
             SCHEDOP_POLL => self
                 .sched_poll(m, caller, a[1])
                 .map_or_else(Errno::neg, |()| 0),
+            pvmmu_abi::sched::SCHEDOP_watchdog => match m.kernel_view(caller).read_array::<8>(a[1])
+            {
+                Ok(b) => {
+                    let id = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let timeout = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    let now = self.pv.system_time_ns();
+                    self.dom.watchdog(id, timeout, now)
+                }
+                Err(e) => e.neg(),
+            },
             _ => Errno::ENOSYS.neg(),
         }
     }

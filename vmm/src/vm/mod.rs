@@ -720,7 +720,15 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
                 c: &mut core,
                 cpu,
             };
-            let exit = x.route(event);
+            let mut exit = x.route(event);
+            // A domain watchdog that fired shuts the domain down (Xen's
+            // `domain_watchdog_timeout`).
+            if matches!(exit, Ok(None)) && x.c.platform.watchdog_due(x.cpu.pv.system_time_ns()) {
+                warn!("a domain watchdog fired: shutting the domain down");
+                exit = Ok(Some(GuestExit::Shutdown(
+                    pvmmu_abi::sched::SHUTDOWN_watchdog,
+                )));
+            }
             (exit, core.platform.evtchn.take_kicks())
         };
         shared.kick(kicks & !(1u64 << me.min(63)));

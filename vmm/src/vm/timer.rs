@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use platform::evtchn::VIRQ_TIMER;
 use platform::layout::HV_BASE;
+use pvmmu_abi::sched::SHUTDOWN_watchdog;
 
 use super::{Cpu, Exit, GuestExit, Shared, VmError, Wait};
 
@@ -164,7 +165,9 @@ impl Exit<'_> {
         }
         if let Some(k) = &self.cpu.timer {
             let bound = self.c.platform.evtchn.virq_bound(vcpu, VIRQ_TIMER);
-            k.set_deadline(self.cpu.pv.next_deadline().filter(|_| bound));
+            let own = self.cpu.pv.next_deadline().filter(|_| bound);
+            let watchdog = self.c.platform.next_watchdog();
+            k.set_deadline([own, watchdog].into_iter().flatten().min());
         }
     }
 
@@ -248,13 +251,21 @@ pub(super) fn wait(
             };
             let polling = matches!(what, Wait::Poll(..));
             x.c.platform.evtchn.set_polling(vcpu, polling && !done);
+            if x.c.platform.watchdog_due(now) {
+                x.c.platform.evtchn.set_polling(vcpu, false);
+                return Ok(Some(GuestExit::Shutdown(SHUTDOWN_watchdog)));
+            }
             if done {
                 return x.deliver_pending_upcall(out_pending);
             }
-            let next = [x.cpu.pv.next_deadline(), deadline]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                x.cpu.pv.next_deadline(),
+                deadline,
+                x.c.platform.next_watchdog(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             next.map_or(BLOCK_SLICE, |d| Duration::from_nanos(d.saturating_sub(now)))
         };
         if leaving(shared, stop) {
