@@ -4,6 +4,7 @@
 //! time it comes up.
 
 use pvmmu::{Caller, Errno, TlbFlush};
+use pvmmu_abi::layout::{is_canonical, is_guest_va};
 
 use crate::domain::Mach;
 use crate::evtchn::EventChannels;
@@ -140,20 +141,9 @@ mod ctx {
     pub const GS_BASE_USER: usize = 5160;
 }
 
-/// Bits 63..47 all equal.
-const fn canonical(va: u64) -> bool {
-    ((va as i64) << 16 >> 16) as u64 == va
-}
-
-/// Xen's `__addr_ok`: below the canonical hole's upper half, or at or above the end of
-/// the hypervisor's area (`HYPERVISOR_VIRT_END`).
-const fn addr_ok(va: u64) -> bool {
-    va < 1 << 47 || va >= 0xffff_8800_0000_0000
-}
-
-/// RPL forced to 3 (Xen's selector fixup for a 64-bit PV guest).
-const fn fixup_selector(sel: u64) -> u16 {
-    (if sel & 3 >= 3 { sel } else { (sel & !3) | 3 }) as u16
+/// RPL forced to 3 (the PV vCPU's selector fixup), for a 16-bit selector field.
+fn selector(sel: u64) -> u16 {
+    crate::pv::fixup_selector(sel & 0xffff) as u16
 }
 
 /// A context word.
@@ -221,7 +211,7 @@ fn check_and_build<F: TlbFlush>(
     use crate::pv::{Trap, cr4};
     let einval = Err(Errno::EINVAL);
     let dr = |i: usize| word(c, ctx::DEBUGREG + i * 8);
-    if dr(6) >> 32 != 0 || dr(7) >> 32 != 0 || !(0..4).all(|i| addr_ok(dr(i))) {
+    if dr(6) >> 32 != 0 || dr(7) >> 32 != 0 || !(0..4).all(|i| is_guest_va(dr(i))) {
         return einval;
     }
     let flags = word(c, ctx::FLAGS);
@@ -241,7 +231,7 @@ fn check_and_build<F: TlbFlush>(
     if ldt_ents != 0 {
         addrs.push(ldt_base);
     }
-    if !addrs.into_iter().all(canonical) {
+    if !addrs.into_iter().all(is_canonical) {
         return einval;
     }
     let trap = |v: usize| {
@@ -252,10 +242,10 @@ fn check_and_build<F: TlbFlush>(
             word(c, at + 8),
         )
     };
-    if !(0..256).all(|v| canonical(trap(v).2)) {
+    if !(0..256).all(|v| is_canonical(trap(v).2)) {
         return einval;
     }
-    if !addr_ok(ldt_base) || ldt_base & 0xfff != 0 || ldt_ents > 8192 {
+    if !is_guest_va(ldt_base) || ldt_base & 0xfff != 0 || ldt_ents > 8192 {
         return einval;
     }
     let kernel = flags & VGCF_IN_KERNEL != 0;
@@ -272,7 +262,7 @@ fn check_and_build<F: TlbFlush>(
     let raw_flags = reg(c, 144);
     let iopl = raw_flags & 0x3000;
     let rflags = (raw_flags & rflags::ALL & !0x3000 & !rflags::VM) | rflags::IF | rflags::MBS;
-    let tc = Caller::new(caller_dom(me), target);
+    let tc = Caller::new(me.caller().dom, target);
     let mut pv = me.sibling(tc, vcpu_info);
     for v in 0..256 {
         let (tflags, cs, address) = trap(v);
@@ -280,12 +270,12 @@ fn check_and_build<F: TlbFlush>(
             v,
             Trap {
                 flags: tflags,
-                cs: fixup_selector(cs),
+                cs: selector(cs),
                 address,
             },
         );
     }
-    pv.kernel_ss = u64::from(fixup_selector(word(c, ctx::KERNEL_SS)));
+    pv.kernel_ss = u64::from(selector(word(c, ctx::KERNEL_SS)));
     pv.kernel_sp = word(c, ctx::KERNEL_SP);
     pv.callbacks.event = word(c, ctx::EVENT_CALLBACK);
     pv.callbacks.failsafe = word(c, ctx::FAILSAFE_CALLBACK);
@@ -345,19 +335,14 @@ fn check_and_build<F: TlbFlush>(
         rip: reg(c, 128),
         rsp: reg(c, 152),
         rflags,
-        cs: fixup_selector(reg(c, 136) & 0xffff),
-        ss: fixup_selector(reg(c, 160) & 0xffff),
+        cs: selector(reg(c, 136)),
+        ss: selector(reg(c, 160)),
         fs_base: word(c, ctx::FS_BASE),
         gs_base_kernel: word(c, ctx::GS_BASE_KERNEL),
         gs_base_user: word(c, ctx::GS_BASE_USER),
         kernel,
     };
     Ok(StartContext { pv, regs })
-}
-
-/// The caller's domain.
-fn caller_dom(me: &PvVcpu) -> u16 {
-    me.caller().dom
 }
 
 /// `VCPUOP_up(target)`: -EINVAL before `VCPUOP_initialise`; else the vCPU is up (a

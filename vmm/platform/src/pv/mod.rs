@@ -257,7 +257,7 @@ pub struct Callbacks {
 }
 
 /// Fixes up the RPL of a guest selector for a 64-bit PV guest (kernel RPL 3).
-const fn fixup_selector(sel: u64) -> u64 {
+pub(crate) const fn fixup_selector(sel: u64) -> u64 {
     if sel & 3 >= 3 { sel } else { (sel & !3) | 3 }
 }
 
