@@ -220,7 +220,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             .collect();
         for &m in &owned {
             if core.frames.get(m).is_some_and(|p| p.pinned) {
-                if let Some(p) = core.frames.get_mut(m) {
+                if let Some(mut p) = core.frames.get_mut(m) {
                     p.pinned = false;
                 }
                 core.put_page_and_type(mem, m);
@@ -233,7 +233,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                     .get(m)
                     .is_some_and(|p| p.owner == dom && p.validated && p.ty.level() == Some(level));
                 if live {
-                    if let Some(p) = core.frames.get_mut(m) {
+                    if let Some(mut p) = core.frames.get_mut(m) {
                         p.validated = false;
                     }
                     core.demote(mem, m, level);
@@ -242,21 +242,27 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         let mut left = 0;
         for &m in &owned {
-            if let Some(p) = core.frames.get_mut(m)
-                && p.owner == dom
-                && p.shared
+            if core
+                .frames
+                .get(m)
+                .is_some_and(|p| p.owner == dom && p.shared)
             {
-                p.shared = false;
+                if let Some(mut p) = core.frames.get_mut(m) {
+                    p.shared = false;
+                }
                 core.frames.drop_type(m);
             }
-            if let Some(p) = core.frames.get_mut(m)
-                && p.owner == dom
-                && p.allocated
+            if core
+                .frames
+                .get(m)
+                .is_some_and(|p| p.owner == dom && p.allocated)
             {
-                p.allocated = false;
+                if let Some(mut p) = core.frames.get_mut(m) {
+                    p.allocated = false;
+                }
                 core.frames.put_page(m);
             }
-            if let Some(p) = core.frames.get_mut(m)
+            if let Some(mut p) = core.frames.get_mut(m)
                 && p.owner == dom
             {
                 if p.count > 0 {

@@ -105,6 +105,7 @@ pub mod ptwr;
 pub mod range;
 pub mod reservation;
 pub mod rights;
+pub mod shared;
 pub mod table;
 pub mod translate;
 pub mod va_mapping;
@@ -132,6 +133,7 @@ pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 pub use pvmmu_abi::Errno;
 pub use range::{RangeError, VaRange};
+pub use shared::{MachineGuard, SharedMachine};
 pub use table::{PteBatch, PteSnapshot, TableError, visit_table};
 pub use translate::{Translation, effective_flags};
 pub use walk::{

@@ -130,6 +130,9 @@ pub(crate) struct Core<F> {
     pub(crate) io_caller: Option<u16>,
     /// Preemption of long batched hypercalls (see [`Machine::set_preempt_budget`]).
     pub(crate) preempt: Preempt,
+    /// What batches served concurrently leave to the exclusive path (see
+    /// [`crate::shared`]).
+    pub(crate) concurrent: crate::shared::Concurrent,
 }
 
 /// Work units of one multicall entry (reading it, dispatching it, writing its result)
@@ -191,6 +194,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 interrupt: None,
                 preempt: Preempt::default(),
                 io_caller: None,
+                concurrent: Default::default(),
             },
             reads: None,
         })
@@ -359,7 +363,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             }
             _ => return Err(MachineError::NotShared(mfn)),
         }
-        if let Some(p) = self.core.frames.get_mut(mfn) {
+        if let Some(mut p) = self.core.frames.get_mut(mfn) {
             p.shared = false;
             p.allocated = false;
         }

@@ -23,7 +23,7 @@ use crate::write::{EntryWrite, Store, Stored, store};
 
 /// Whether `new` differs from `old` in anything but the fast-path whitelist (the frame
 /// included): Xen's `l?e_has_changed(old, new, ~FASTPATH_FLAG_WHITELIST)`.
-const fn needs_full_path(old: u64, new: u64) -> bool {
+pub(crate) const fn needs_full_path(old: u64, new: u64) -> bool {
     (old ^ new) & !FASTPATH_FLAG_WHITELIST != 0
 }
 
@@ -152,7 +152,7 @@ impl<F: TlbFlush> Core<F> {
     ) -> Result<Option<Level>, Errno> {
         let table = Mfn::containing(ptr);
         let idx = ((ptr & 0xfff) >> 3) as usize;
-        let info = *self.frames.get(table).ok_or(Errno::EINVAL)?;
+        let info = self.frames.get(table).ok_or(Errno::EINVAL)?;
         if info.owner != pt_owner || info.count == 0 {
             return Err(Errno::EINVAL);
         }
@@ -201,7 +201,11 @@ impl<F: TlbFlush> Core<F> {
     }
 
     /// Resolves `foreigndom` for `mmu_update`: `(pt_owner, pg_owner)`.
-    fn mmu_update_owners(&self, caller: u16, foreigndom: u32) -> Result<(Owner, Owner), Refusal> {
+    pub(crate) fn mmu_update_owners(
+        &self,
+        caller: u16,
+        foreigndom: u32,
+    ) -> Result<(Owner, Owner), Refusal> {
         let (fd, pfd) = decode_foreigndom(foreigndom);
         let pt_owner = match pfd {
             None => caller,

@@ -163,7 +163,7 @@ impl<F: TlbFlush> Core<F> {
                     self.put_page_and_type(mem, mfn);
                     return Err(Errno::EINVAL);
                 }
-                if let Some(p) = self.frames.get_mut(mfn) {
+                if let Some(mut p) = self.frames.get_mut(mfn) {
                     p.pinned = true;
                 }
                 Ok(())
@@ -174,7 +174,7 @@ impl<F: TlbFlush> Core<F> {
                     return Err(Errno::EINVAL);
                 }
                 match self.frames.get_mut(mfn) {
-                    Some(p) if p.pinned => p.pinned = false,
+                    Some(mut p) if p.pinned => p.pinned = false,
                     _ => return Err(Errno::EINVAL),
                 }
                 self.put_page_and_type(mem, mfn);

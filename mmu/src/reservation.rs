@@ -110,14 +110,14 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// Xen's `guest_remove_page` for a PV domain.
     fn remove_page(&mut self, dom: u16, mfn: u64) -> Result<(), Errno> {
         let mfn = Mfn(mfn);
-        let Some(p) = self.core.frames.get(mfn).copied() else {
+        let Some(p) = self.core.frames.get(mfn) else {
             return Err(Errno::EPERM); // not RAM: I/O memory for a PV domain
         };
         if !self.core.frames.get_page(mfn, dom) {
             return Err(Errno::ENXIO);
         }
         if p.allocated && !p.shared {
-            if let Some(q) = self.core.frames.get_mut(mfn) {
+            if let Some(mut q) = self.core.frames.get_mut(mfn) {
                 q.allocated = false;
             }
             self.core.frames.put_page(mfn);
@@ -329,7 +329,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             // Beyond this point the chunk cannot fail: the inputs go (type discarded),
             // the outputs are the domain's, recorded in the M2P.
             for &f in &inputs {
-                if let Some(p) = self.core.frames.get_mut(f) {
+                if let Some(mut p) = self.core.frames.get_mut(f) {
                     p.allocated = false;
                     p.type_count = 0;
                 }

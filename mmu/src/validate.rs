@@ -95,7 +95,7 @@ impl<F: TlbFlush> Core<F> {
         if l1e & mask != 0 {
             return Err(Errno::EINVAL);
         }
-        if let Some(p) = self.frames.get_mut(Pte(l1e).mfn())
+        if let Some(mut p) = self.frames.get_mut(Pte(l1e).mfn())
             && p.owner == pg_owner
             && pg_owner != DOMID_IO
             && p.count > 0
@@ -344,10 +344,10 @@ impl<F: TlbFlush> Core<F> {
             self.frames.put_page(target);
             return false;
         }
-        if let Some(p) = self.frames.get_mut(table) {
+        if let Some(mut p) = self.frames.get_mut(table) {
             p.linear += 1;
         }
-        if let Some(p) = self.frames.get_mut(target) {
+        if let Some(mut p) = self.frames.get_mut(target) {
             p.linear -= 1;
         }
         true
@@ -371,10 +371,10 @@ impl<F: TlbFlush> Core<F> {
         }
         let same_level = PageType::table(level);
         if self.frames.get(target).map(|p| p.ty) == same_level {
-            if let Some(p) = self.frames.get_mut(target) {
+            if let Some(mut p) = self.frames.get_mut(target) {
                 p.linear += 1;
             }
-            if let Some(p) = self.frames.get_mut(table) {
+            if let Some(mut p) = self.frames.get_mut(table) {
                 p.linear -= 1;
             }
         }
@@ -479,7 +479,7 @@ impl<F: TlbFlush> Core<F> {
                 }
             }
         });
-        if let Some(p) = self.frames.get_mut(mfn) {
+        if let Some(mut p) = self.frames.get_mut(mfn) {
             p.linear = 0;
         }
     }

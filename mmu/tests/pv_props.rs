@@ -399,7 +399,7 @@ impl World {
                         return None;
                     }
                     let p = m.frames().get(e.mfn())?;
-                    (p.ty != PageType::Writable || p.type_count == 0).then_some((i, e, *p))
+                    (p.ty != PageType::Writable || p.type_count == 0).then_some((i, e, p))
                 })
             })
             .unwrap();

@@ -66,7 +66,7 @@ impl<F: TlbFlush> Core<F> {
                 }
             }
         }
-        let Some(p) = self.frames.get_mut(mfn) else {
+        let Some(mut p) = self.frames.get_mut(mfn) else {
             return; // I/O memory: not RAM
         };
         if p.owner == d {
@@ -137,7 +137,7 @@ impl<F: TlbFlush> Core<F> {
             if let Some(dom) = self.domains.get_mut(&d) {
                 dom.non_leaf_pending = false;
                 for m in std::mem::take(&mut dom.stale) {
-                    if let Some(p) = self.frames.get_mut(m) {
+                    if let Some(mut p) = self.frames.get_mut(m) {
                         p.stale = false;
                     }
                 }
@@ -147,7 +147,7 @@ impl<F: TlbFlush> Core<F> {
                 if *x != d {
                     return true;
                 }
-                if let Some(p) = frames.get_mut(Mfn(*m)) {
+                if let Some(mut p) = frames.get_mut(Mfn(*m)) {
                     p.stale_foreign = p.stale_foreign.saturating_sub(1);
                 }
                 false
@@ -171,7 +171,7 @@ impl<F: TlbFlush> Core<F> {
     /// Before `mfn` becomes a page table: a full flush of every domain whose TLBs may
     /// still translate it (with rights since removed, writable among them).
     pub(crate) fn flush_before_type_change(&mut self, mfn: Mfn) {
-        let Some(p) = self.frames.get(mfn).copied() else {
+        let Some(p) = self.frames.get(mfn) else {
             return;
         };
         if !p.stale && p.stale_foreign == 0 {

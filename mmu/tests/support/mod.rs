@@ -166,7 +166,7 @@ impl Guest {
     }
 
     pub fn info(&self, mfn: Mfn) -> PageInfo {
-        *self.m.frames().get(mfn).unwrap()
+        self.m.frames().get(mfn).unwrap()
     }
 
     pub fn update(&mut self, reqs: &[(u64, u64)]) -> BatchOutcome {
@@ -242,7 +242,7 @@ impl Guest {
     }
 
     pub fn frame_state(&self) -> Vec<PageInfo> {
-        self.m.frames().iter().map(|(_, p)| *p).collect()
+        self.m.frames().iter().map(|(_, p)| p).collect()
     }
 
     pub fn normal(addr: u64) -> u64 {

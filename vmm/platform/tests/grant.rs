@@ -142,7 +142,7 @@ fn read_raw<T: vm_memory::ByteValued>(d: &Dom, f: Mfn, off: u64) -> T {
 fn a_fresh_table_has_one_shared_frame_and_no_version() {
     let (mut d, mut gt) = domain();
     let first = Mfn(d.boot.grant_first);
-    let p = *d.machine.frames().get(first).unwrap();
+    let p = d.machine.frames().get(first).unwrap();
     assert_eq!((p.owner, p.shared, p.ty), (DOMID, true, PageType::Writable));
     let (rc, q) = query(&mut d, &mut gt, DOMID_SELF);
     assert_eq!(rc, 0);
@@ -301,9 +301,9 @@ fn xsa_255_status_frames_stay_while_the_guest_maps_them() {
     let (_, st, status) = status_frames(&mut d, &mut gt, 1);
     assert_eq!(st, GNTST_okay);
     map(&mut d, Some(Mfn(status)));
-    let before = *d.machine.frames().get(Mfn(status)).unwrap();
+    let before = d.machine.frames().get(Mfn(status)).unwrap();
     assert_eq!(set_version(&mut d, &mut gt, 1), (Errno::EBUSY.neg(), 2));
-    assert_eq!(*d.machine.frames().get(Mfn(status)).unwrap(), before);
+    assert_eq!(d.machine.frames().get(Mfn(status)).unwrap(), before);
     assert_eq!(get_version(&mut d, &mut gt), 2);
     d.machine.audit().unwrap();
     map(&mut d, None);
@@ -384,12 +384,12 @@ const GRANTED: u64 = 0x16;
 fn mapping_an_own_grant_marks_the_entry_and_unmapping_clears_it() {
     let (mut d, mut gt) = domain();
     grant_v1(&d, 8, GTF_PERMIT, DOMID, GRANTED);
-    let before = *d.machine.frames().get(Mfn(GRANTED)).unwrap();
+    let before = d.machine.frames().get(Mfn(GRANTED)).unwrap();
     let (rc, out) = map_ref(&mut d, &mut gt, 8, DOMID, HOST | GNTMAP_device_map, MAP_VA);
     assert_eq!((rc, out.status), (0, GNTST_okay));
     assert_eq!(out.dev_bus_addr, GRANTED << 12);
     assert_eq!(entry_flags(&d, 8), GTF_PERMIT | READING | WRITING);
-    let now = *d.machine.frames().get(Mfn(GRANTED)).unwrap();
+    let now = d.machine.frames().get(Mfn(GRANTED)).unwrap();
     assert_eq!(
         now.type_count,
         before.type_count + 2,
@@ -424,7 +424,7 @@ fn mapping_an_own_grant_marks_the_entry_and_unmapping_clears_it() {
         (0, vec![GNTST_okay])
     );
     assert_eq!(entry_flags(&d, 8), GTF_PERMIT, "no longer in use");
-    assert_eq!(*d.machine.frames().get(Mfn(GRANTED)).unwrap(), before);
+    assert_eq!(d.machine.frames().get(Mfn(GRANTED)).unwrap(), before);
     // The handle is gone.
     assert_eq!(
         unmap_refs(&mut d, &mut gt, &[u], false),
@@ -452,14 +452,14 @@ fn map_statuses_in_xens_order() {
         (11, DOMID, HOST, GNTST_general_error), // not granted
     ];
     for (r, dom, flags, want) in cases {
-        let mem = d.machine.frames().get(Mfn(GRANTED)).copied();
+        let mem = d.machine.frames().get(Mfn(GRANTED));
         let (rc, out) = map_ref(&mut d, &mut gt, r, dom, flags, MAP_VA);
         assert_eq!(
             (rc, out.status),
             (0, want),
             "ref {r} dom {dom} flags {flags:#x}"
         );
-        assert_eq!(d.machine.frames().get(Mfn(GRANTED)).copied(), mem);
+        assert_eq!(d.machine.frames().get(Mfn(GRANTED)), mem);
     }
     for r in [8, 9, 10, 11] {
         assert_eq!(

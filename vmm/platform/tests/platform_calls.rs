@@ -154,14 +154,14 @@ fn vcpu_info_moves_into_a_guest_frame_once() {
         vm_memory::GuestAddress(w.d.boot.shared_info + 32),
     )
     .unwrap();
-    let before = *w.d.machine.frames().get(pvmmu::Mfn(frame)).unwrap();
+    let before = w.d.machine.frames().get(pvmmu::Mfn(frame)).unwrap();
     assert_eq!(register(&mut w, frame, 64), 0);
     let new = frame * 4096 + 64;
     let info = w.peek::<64>(new);
     assert_eq!(info[0], 1, "upcall pending");
     assert_eq!(&info[8..16], &[0xff; 8], "every selector bit pending");
     assert_eq!(&info[32..40], &old_time, "contents moved");
-    let p = *w.d.machine.frames().get(pvmmu::Mfn(frame)).unwrap();
+    let p = w.d.machine.frames().get(pvmmu::Mfn(frame)).unwrap();
     assert_eq!(p.ty, pvmmu::PageType::Writable);
     assert_eq!(
         (p.count, p.type_count),

@@ -5,6 +5,9 @@
 //! decide *when* a count may move (validation, linear page tables) live in `validate`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+
+pub(crate) mod word;
 
 use pvmmu_abi::Errno;
 use pvmmu_abi::domid::DOMID_INVALID;
@@ -156,18 +159,123 @@ pub(crate) struct TypeTaken {
     pub changed: bool,
 }
 
+/// One frame's bookkeeping as stored: the words vCPUs change concurrently are atomic
+/// (see [`word`]); the rest changes only under exclusive access to the table.
+#[derive(Debug)]
+struct Slot {
+    owner: AtomicU16,
+    /// General count and the allocated/shared/stale flags.
+    count_info: AtomicU64,
+    /// Type, validated, pinned and type count.
+    type_info: AtomicU64,
+    linear: i16,
+    stale_foreign: u16,
+}
+
+impl Slot {
+    fn new(p: &PageInfo) -> Slot {
+        let mut s = Slot {
+            owner: AtomicU16::new(0),
+            count_info: AtomicU64::new(0),
+            type_info: AtomicU64::new(0),
+            linear: 0,
+            stale_foreign: 0,
+        };
+        s.store(p);
+        s
+    }
+
+    #[inline]
+    fn load(&self) -> PageInfo {
+        let ci = self.count_info.load(Ordering::Acquire);
+        let ti = self.type_info.load(Ordering::Acquire);
+        PageInfo {
+            owner: self.owner.load(Ordering::Acquire),
+            count: ci & word::CI_COUNT,
+            allocated: ci & word::CI_ALLOCATED != 0,
+            shared: ci & word::CI_SHARED != 0,
+            stale: ci & word::CI_STALE != 0,
+            ty: word::type_of(ti),
+            type_count: ti & word::TI_COUNT,
+            validated: ti & word::TI_VALIDATED != 0,
+            pinned: ti & word::TI_PINNED != 0,
+            linear: self.linear,
+            stale_foreign: self.stale_foreign,
+        }
+    }
+
+    #[inline]
+    fn store(&mut self, p: &PageInfo) {
+        let flag = |b: bool, bit: u64| if b { bit } else { 0 };
+        *self.owner.get_mut() = p.owner;
+        *self.count_info.get_mut() = (p.count & word::CI_COUNT)
+            | flag(p.allocated, word::CI_ALLOCATED)
+            | flag(p.shared, word::CI_SHARED)
+            | flag(p.stale, word::CI_STALE);
+        *self.type_info.get_mut() = ((p.ty as u64) << word::TI_TYPE_SHIFT)
+            | (p.type_count & word::TI_COUNT)
+            | flag(p.validated, word::TI_VALIDATED)
+            | flag(p.pinned, word::TI_PINNED);
+        self.linear = p.linear;
+        self.stale_foreign = p.stale_foreign;
+    }
+}
+
+/// A frame's bookkeeping borrowed for change under exclusive access: edits go to a copy
+/// that is stored back when the borrow ends.
+pub(crate) struct PageMut<'a> {
+    slot: &'a mut Slot,
+    info: PageInfo,
+}
+
+impl std::ops::Deref for PageMut<'_> {
+    type Target = PageInfo;
+    #[inline]
+    fn deref(&self) -> &PageInfo {
+        &self.info
+    }
+}
+
+impl std::ops::DerefMut for PageMut<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut PageInfo {
+        &mut self.info
+    }
+}
+
+impl Drop for PageMut<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.slot.store(&self.info);
+    }
+}
+
 /// The frame table of one machine: `PageInfo` per RAM frame, and the M2P.
-#[derive(Debug, Clone)]
+///
+/// The general count and the type word of each frame are atomic, so that batches served
+/// concurrently (see [`SharedMachine`](crate::SharedMachine)) take and drop references
+/// by compare-and-swap as Xen does; every other change needs `&mut`.
+#[derive(Debug)]
 pub struct FrameTable {
-    pages: Vec<PageInfo>,
+    pages: Vec<Slot>,
     m2p: Vec<u64>,
+}
+
+impl Clone for FrameTable {
+    fn clone(&self) -> FrameTable {
+        FrameTable {
+            pages: self.pages.iter().map(|s| Slot::new(&s.load())).collect(),
+            m2p: self.m2p.clone(),
+        }
+    }
 }
 
 impl FrameTable {
     /// A table for `frames` RAM frames, all free, M2P all invalid.
     pub fn new(frames: usize) -> FrameTable {
+        let free = PageInfo::default();
         FrameTable {
-            pages: vec![PageInfo::default(); frames],
+            pages: (0..frames).map(|_| Slot::new(&free)).collect(),
             m2p: vec![u64::MAX; frames],
         }
     }
@@ -187,25 +295,32 @@ impl FrameTable {
         (mfn.0 as usize as u64) == mfn.0 && (mfn.0 as usize) < self.pages.len()
     }
 
-    /// The bookkeeping of `mfn`, if it is RAM.
     #[inline]
-    pub fn get(&self, mfn: Mfn) -> Option<&PageInfo> {
+    fn slot(&self, mfn: Mfn) -> Option<&Slot> {
         usize::try_from(mfn.0).ok().and_then(|i| self.pages.get(i))
     }
 
+    /// The bookkeeping of `mfn`, if it is RAM (a snapshot).
     #[inline]
-    pub(crate) fn get_mut(&mut self, mfn: Mfn) -> Option<&mut PageInfo> {
-        usize::try_from(mfn.0)
+    pub fn get(&self, mfn: Mfn) -> Option<PageInfo> {
+        self.slot(mfn).map(Slot::load)
+    }
+
+    #[inline]
+    pub(crate) fn get_mut(&mut self, mfn: Mfn) -> Option<PageMut<'_>> {
+        let slot = usize::try_from(mfn.0)
             .ok()
-            .and_then(|i| self.pages.get_mut(i))
+            .and_then(|i| self.pages.get_mut(i))?;
+        let info = slot.load();
+        Some(PageMut { slot, info })
     }
 
     /// Iterates over `(mfn, info)` for every RAM frame.
-    pub fn iter(&self) -> impl Iterator<Item = (Mfn, &PageInfo)> {
+    pub fn iter(&self) -> impl Iterator<Item = (Mfn, PageInfo)> + '_ {
         self.pages
             .iter()
             .enumerate()
-            .map(|(i, p)| (Mfn(i as u64), p))
+            .map(|(i, p)| (Mfn(i as u64), p.load()))
     }
 
     /// The M2P entry of `mfn`.
@@ -231,20 +346,77 @@ impl FrameTable {
 
     /// Whether `mfn` is RAM owned by `owner`.
     pub fn owned_by(&self, mfn: Mfn, owner: Owner) -> bool {
-        self.get(mfn)
-            .is_some_and(|p| p.owner == owner && p.count > 0)
+        self.slot(mfn).is_some_and(|s| {
+            s.owner.load(Ordering::Acquire) == owner
+                && s.count_info.load(Ordering::Acquire) & word::CI_COUNT > 0
+        })
+    }
+
+    /// The owner of `mfn` (a snapshot), if it is RAM.
+    #[inline]
+    pub(crate) fn owner(&self, mfn: Mfn) -> Option<Owner> {
+        self.slot(mfn).map(|s| s.owner.load(Ordering::Acquire))
+    }
+
+    /// The raw `type_info` word of `mfn` (a snapshot).
+    #[inline]
+    pub(crate) fn type_word(&self, mfn: Mfn) -> Option<u64> {
+        self.slot(mfn).map(|s| s.type_info.load(Ordering::Acquire))
+    }
+
+    /// The raw `count_info` word of `mfn` (a snapshot).
+    #[inline]
+    pub(crate) fn count_word(&self, mfn: Mfn) -> Option<u64> {
+        self.slot(mfn).map(|s| s.count_info.load(Ordering::Acquire))
+    }
+
+    /// Concurrent `get_page`: a general reference on a frame of `owner` in use.
+    #[inline]
+    pub(crate) fn get_ref_shared(&self, mfn: Mfn, owner: Owner) -> bool {
+        self.slot(mfn).is_some_and(|s| {
+            s.owner.load(Ordering::Acquire) == owner && word::get_ref(&s.count_info)
+        })
+    }
+
+    /// Concurrent `put_page` that is not the last reference (see [`word`]).
+    #[inline]
+    pub(crate) fn put_ref_shared(&self, mfn: Mfn) -> bool {
+        self.slot(mfn)
+            .is_some_and(|s| word::put_ref_not_last(&s.count_info))
+    }
+
+    /// Concurrent `get_page_type(PGT_writable_page)` where it is one word's change
+    /// (see [`word::get_writable`]).
+    #[inline]
+    pub(crate) fn get_writable_shared(&self, mfn: Mfn) -> bool {
+        self.slot(mfn)
+            .is_some_and(|s| word::get_writable(&s.type_info))
+    }
+
+    /// Concurrent `put_page_type` that needs no de-validation.
+    #[inline]
+    pub(crate) fn put_type_shared(&self, mfn: Mfn) -> bool {
+        self.slot(mfn)
+            .is_some_and(|s| word::put_type_no_demote(&s.type_info))
     }
 
     /// Xen's `get_page`: takes a general reference if the frame is owned by `owner` and
     /// in use; refuses overflow.
     #[inline]
     pub(crate) fn get_page(&mut self, mfn: Mfn, owner: Owner) -> bool {
-        match self.get_mut(mfn) {
-            Some(p) if p.owner == owner && p.count > 0 && p.count + 1 < COUNT_MASK - 1 => {
-                p.count += 1;
-                true
-            }
-            _ => false,
+        let Some(s) = usize::try_from(mfn.0)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+        else {
+            return false;
+        };
+        let ci = s.count_info.get_mut();
+        let n = *ci & word::CI_COUNT;
+        if *s.owner.get_mut() == owner && n > 0 && n + 1 < COUNT_MASK - 1 {
+            *ci += 1;
+            true
+        } else {
+            false
         }
     }
 
@@ -252,7 +424,7 @@ impl FrameTable {
     /// frame (owner cleared, type reset).
     #[inline]
     pub(crate) fn put_page(&mut self, mfn: Mfn) {
-        if let Some(p) = self.get_mut(mfn) {
+        if let Some(mut p) = self.get_mut(mfn) {
             debug_assert!(p.count > 0, "put_page on free frame {mfn}");
             p.count = p.count.saturating_sub(1);
             if p.count == 0 {
@@ -271,7 +443,7 @@ impl FrameTable {
     /// [`FrameTable::type_validated`] or [`FrameTable::type_failed`].
     #[inline]
     pub(crate) fn take_type(&mut self, mfn: Mfn, ty: PageType) -> Result<TypeTaken, Errno> {
-        let p = self.get_mut(mfn).ok_or(Errno::EINVAL)?;
+        let mut p = self.get_mut(mfn).ok_or(Errno::EINVAL)?;
         if p.type_count >= TYPE_COUNT_MASK {
             return Err(Errno::EINVAL);
         }
@@ -298,14 +470,14 @@ impl FrameTable {
 
     /// Marks a frame validated after its first type reference validated it.
     pub(crate) fn type_validated(&mut self, mfn: Mfn) {
-        if let Some(p) = self.get_mut(mfn) {
+        if let Some(mut p) = self.get_mut(mfn) {
             p.validated = true;
         }
     }
 
     /// Validation failed: the type word is reset to none, count 0 (Xen's behaviour).
     pub(crate) fn type_failed(&mut self, mfn: Mfn) {
-        if let Some(p) = self.get_mut(mfn) {
+        if let Some(mut p) = self.get_mut(mfn) {
             p.ty = PageType::None;
             p.type_count = 0;
             p.validated = false;
@@ -319,7 +491,7 @@ impl FrameTable {
     /// validated bit is already cleared).
     #[inline]
     pub(crate) fn drop_type(&mut self, mfn: Mfn) -> Option<Level> {
-        let p = self.get_mut(mfn)?;
+        let mut p = self.get_mut(mfn)?;
         debug_assert!(p.type_count > 0, "put_page_type at count 0 on {mfn}");
         p.type_count = p.type_count.saturating_sub(1);
         if p.type_count == 0 {
@@ -339,7 +511,7 @@ impl FrameTable {
         if !self.allocate(mfn, owner) {
             return false;
         }
-        if let Some(p) = self.get_mut(mfn) {
+        if let Some(mut p) = self.get_mut(mfn) {
             p.shared = true;
             p.ty = if writable {
                 PageType::Writable
@@ -355,7 +527,7 @@ impl FrameTable {
     /// Assigns a free frame to `owner` with its allocation reference.
     pub(crate) fn allocate(&mut self, mfn: Mfn, owner: Owner) -> bool {
         match self.get_mut(mfn) {
-            Some(p) if p.count == 0 && p.owner == DOMID_INVALID => {
+            Some(mut p) if p.count == 0 && p.owner == DOMID_INVALID => {
                 *p = PageInfo {
                     owner,
                     count: 1,
@@ -384,8 +556,8 @@ impl FrameTable {
     /// invariant on purpose and check that [`Machine::audit`](crate::Machine::audit)
     /// reports it).
     pub fn edit_for_test(&mut self, mfn: Mfn, edit: impl FnOnce(&mut PageInfo)) {
-        if let Some(p) = self.get_mut(mfn) {
-            edit(p);
+        if let Some(mut p) = self.get_mut(mfn) {
+            edit(&mut p);
         }
     }
 }

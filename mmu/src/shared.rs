@@ -1,0 +1,435 @@
+//! One machine served from several threads at once: [`SharedMachine`].
+//!
+//! Xen serves `mmu_update` from every vCPU of a domain in parallel: it takes no domain
+//! lock, only the lock of the page-table page it writes, and moves the reference counts
+//! of the frames an entry maps with compare-and-swap (`get_page`, `get_page_type`,
+//! `put_page`, `put_page_type`). Everything rarer (pinning and unpinning, new roots,
+//! type changes that validate a tree, rights, reservations) takes locks that serialise
+//! it against the rest.
+//!
+//! pvmmu does the same with two modes. The common request, an `mmu_update` of an L1
+//! entry of the caller's own validated table mapping the caller's own RAM, runs under a
+//! shared (read) lock: the entry is replaced by compare-and-swap on the entry itself
+//! (which also serves as Xen's page lock: a racing writer of the same entry sees the
+//! swap fail, gives its references back and tries again), and the references move by
+//! compare-and-swap on the frame's count and type words (see `frame::word`). Every
+//! other request, and every step one word cannot express (freeing a frame whose last
+//! reference goes, a type change that needs validation, an LDT to drop, I/O memory,
+//! foreign frames), runs under the exclusive (write) lock through the ordinary
+//! [`Machine`] code. A batch runs its concurrent prefix under the read lock and hands
+//! the rest to the exclusive path, in order, so its result is that of one
+//! [`Machine::mmu_update`] call.
+//!
+//! The stale-TLB bookkeeping of removed or downgraded entries (see
+//! [`FlushRequest`](crate::FlushRequest)) is logged by the concurrent path and replayed
+//! into the domain's lists whenever the exclusive lock is taken, so every flush, audit
+//! or other exclusive operation sees it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockWriteGuard};
+
+use pvmmu_abi::domid::DOMID_IO;
+use pvmmu_abi::pte::{PAGE_PAT, PAGE_PCD, PAGE_PWT, PAGE_RW};
+use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd};
+use vm_memory::GuestMemory;
+
+use crate::batch::{BatchOutcome, Caller};
+use crate::entry::{Mfn, PTE_AD_MASK, Pte};
+use crate::flush::{NoFlush, TlbFlush};
+use crate::frame::word::{CI_COUNT, CI_SHARED, type_of};
+use crate::frame::{Owner, PageType};
+use crate::machine::{Core, Machine, MachineError};
+use crate::mmu_update::needs_full_path;
+use crate::paging::Level;
+use crate::validate::adjust;
+
+/// Work the concurrent path leaves to the exclusive one, in the order it arose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferred {
+    /// The last general reference of a frame: dropping it frees the frame.
+    Put(Mfn),
+    /// Xen's stale-TLB note for an entry of domain `d` at machine address `entry`
+    /// replaced from `old` to `new`.
+    Stale {
+        d: Owner,
+        old: u64,
+        new: u64,
+        entry: u64,
+    },
+}
+
+/// What the concurrent path owes the machine's bookkeeping.
+#[derive(Debug, Default)]
+pub(crate) struct Concurrent {
+    log: Mutex<Vec<Deferred>>,
+    applied: AtomicU64,
+}
+
+impl<F: TlbFlush> Core<F> {
+    /// Replays what concurrent batches left behind: last references, then stale
+    /// notes, in their order; and their counts.
+    pub(crate) fn absorb_concurrent(&mut self) {
+        let log = std::mem::take(
+            self.concurrent
+                .log
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.stats.applied += std::mem::take(self.concurrent.applied.get_mut());
+        for d in log {
+            match d {
+                Deferred::Put(mfn) => self.frames.put_page(mfn),
+                Deferred::Stale { d, old, new, entry } => {
+                    self.note_stale(d, old, new, Some(entry));
+                }
+            }
+        }
+    }
+}
+
+/// How far the concurrent prefix of a batch went.
+struct Prefix {
+    done: usize,
+    /// Set when the batch ends here (EINTR), not in the exclusive path.
+    stop: Option<Errno>,
+    /// Whether a last reference was logged (the batch must reach the exclusive path
+    /// before it returns, so that the frame is free when the caller resumes).
+    owes_put: bool,
+}
+
+/// The cache attributes of an L1 entry.
+const CACHE_ATTR_BITS: u64 = PAGE_PAT | PAGE_PCD | PAGE_PWT;
+
+impl<F: TlbFlush> Core<F> {
+    /// Drops a general reference taken or held by the concurrent path; the last one is
+    /// logged for the exclusive path.
+    fn release_ref(&self, mfn: Mfn, log: &mut Vec<Deferred>) {
+        if !self.frames.put_ref_shared(mfn) {
+            log.push(Deferred::Put(mfn));
+        }
+    }
+
+    /// `get_page_from_l1e` for a present entry `nl` of domain `d` mapping `d`'s own RAM,
+    /// where every step is one word's compare-and-swap. `false` (nothing held) sends
+    /// the entry to the exclusive path, which gives Xen's full answer.
+    fn take_l1e_shared(&self, nl: u64, d: Owner, log: &mut Vec<Deferred>) -> bool {
+        let mfn = Pte(nl).mfn();
+        let (Some(owner), Some(ci)) = (self.frames.owner(mfn), self.frames.count_word(mfn)) else {
+            return false; // I/O memory
+        };
+        if owner != d || d == DOMID_IO || (ci & CI_SHARED != 0 && nl & CACHE_ATTR_BITS != 0) {
+            return false;
+        }
+        if !self.frames.get_ref_shared(mfn, d) {
+            return false;
+        }
+        if nl & PAGE_RW != 0 && !self.frames.get_writable_shared(mfn) {
+            self.release_ref(mfn, log);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what `take_l1e_shared` took.
+    fn untake_l1e_shared(&self, nl: u64, log: &mut Vec<Deferred>) {
+        let mfn = Pte(nl).mfn();
+        if nl & PAGE_RW != 0 {
+            // Our own reference is held: never the last one of a table type.
+            let dropped = self.frames.put_type_shared(mfn);
+            debug_assert!(dropped);
+        }
+        self.release_ref(mfn, log);
+    }
+
+    /// Whether `put_page_from_l1e(old)` for a table of `d` needs nothing but word
+    /// changes: `old` maps nothing, I/O memory, or `d`'s own RAM that is not a
+    /// descriptor page in use (whose read-only mappings drop LDTs).
+    fn releasable_shared(&self, old: u64, d: Owner) -> bool {
+        let pte = Pte(old);
+        if !pte.is_present() {
+            return true;
+        }
+        let mfn = pte.mfn();
+        let (Some(owner), Some(ci), Some(ti)) = (
+            self.frames.owner(mfn),
+            self.frames.count_word(mfn),
+            self.frames.type_word(mfn),
+        ) else {
+            return true;
+        };
+        if owner == DOMID_IO || ci & CI_COUNT == 0 {
+            return true;
+        }
+        owner == d
+            && (old & PAGE_RW != 0
+                || !(type_of(ti) == PageType::SegDesc && ti & crate::frame::word::TI_COUNT > 0))
+    }
+
+    /// `put_page_from_l1e(old)` after `releasable_shared` said yes.
+    fn release_l1e_shared(&self, old: u64, log: &mut Vec<Deferred>) {
+        let pte = Pte(old);
+        if !pte.is_present() {
+            return;
+        }
+        let mfn = pte.mfn();
+        match (self.frames.owner(mfn), self.frames.count_word(mfn)) {
+            (Some(o), Some(ci)) if o != DOMID_IO && ci & CI_COUNT > 0 => {}
+            _ => return,
+        }
+        if old & PAGE_RW != 0 {
+            // A writable mapping holds a writable type reference: never a table's.
+            let dropped = self.frames.put_type_shared(mfn);
+            debug_assert!(dropped);
+        }
+        self.release_ref(mfn, log);
+    }
+
+    /// The concurrent prefix of `mmu_update(reqs)` by `caller` (see the module docs).
+    fn mmu_update_prefix<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        caller: Caller,
+        reqs: &[MmuUpdate],
+        foreigndom: u32,
+    ) -> Prefix {
+        let d = caller.dom;
+        let mut p = Prefix {
+            done: 0,
+            stop: None,
+            owes_put: false,
+        };
+        if self.preempt.budget.is_some()
+            || !matches!(self.mmu_update_owners(d, foreigndom), Ok((a, b)) if a == d && b == d)
+        {
+            return p;
+        }
+        let mask = self.l1_disallow_mask(d);
+        let mut log = Vec::new();
+        let mut cache: Option<(Mfn, crate::table::PageOf<'_, M>)> = None;
+        let limit = reqs.len().min(u32::MAX as usize);
+        while p.done < limit {
+            if p.done > 0 && self.interrupted() {
+                p.stop = Some(Errno::EINTR);
+                break;
+            }
+            let req = reqs[p.done];
+            let preserve_ad = match req.cmd() {
+                Ok(MmuUpdateCmd::NormalPtUpdate | MmuUpdateCmd::PtUpdateNoTranslate) => false,
+                Ok(MmuUpdateCmd::PtUpdatePreserveAd) => true,
+                _ => break,
+            };
+            let ptr = req.addr();
+            let table = Mfn::containing(ptr);
+            let idx = ((ptr & 0xfff) >> 3) as usize;
+            let live_l1 = self.frames.get(table).is_some_and(|t| {
+                t.owner == d
+                    && t.count > 0
+                    && t.ty == PageType::L1
+                    && t.type_count > 0
+                    && t.validated
+            });
+            if !live_l1 {
+                break;
+            }
+            if cache.as_ref().map(|c| c.0) != Some(table) {
+                match crate::table::table_page(mem, table) {
+                    Ok(page) => cache = Some((table, page)),
+                    Err(_) => break,
+                }
+            }
+            let Some((_, page)) = cache.as_ref() else {
+                break;
+            };
+            let new = req.val;
+            if new & 1 != 0 && new & mask != 0 {
+                break; // the exclusive path refuses it
+            }
+            let nl = if new & 1 != 0 {
+                adjust(Level::L1, new)
+            } else {
+                new
+            };
+            let slot = &page.entries()[idx];
+            let mut old = slot.load(Ordering::Acquire);
+            let replaced = loop {
+                if !self.releasable_shared(old, d) {
+                    break None;
+                }
+                // Only the flag whitelist changing on a present entry moves no reference.
+                let refs = nl & 1 != 0 && (old & 1 == 0 || needs_full_path(old, nl));
+                if refs && !self.take_l1e_shared(nl, d, &mut log) {
+                    break None;
+                }
+                let want = if preserve_ad {
+                    nl | (old & PTE_AD_MASK)
+                } else {
+                    nl
+                };
+                match slot.compare_exchange(old, want, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        if refs || nl & 1 == 0 {
+                            self.release_l1e_shared(old, &mut log);
+                        }
+                        break Some((old, want));
+                    }
+                    Err(seen) => {
+                        if refs {
+                            self.untake_l1e_shared(nl, &mut log);
+                        }
+                        old = seen;
+                    }
+                }
+            };
+            let Some((old, stored)) = replaced else {
+                break;
+            };
+            page.mark_dirty(idx, 1);
+            if crate::flush::stale::revokes(old, stored) {
+                log.push(Deferred::Stale {
+                    d,
+                    old,
+                    new: stored,
+                    entry: table.addr() + idx as u64 * 8,
+                });
+            }
+            p.done += 1;
+        }
+        self.concurrent
+            .applied
+            .fetch_add(p.done as u64, Ordering::Relaxed);
+        if !log.is_empty() {
+            p.owes_put = log.iter().any(|e| matches!(e, Deferred::Put(_)));
+            self.concurrent
+                .log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .append(&mut log);
+        }
+        p
+    }
+}
+
+/// A [`Machine`] that several threads (an embedder's vCPU threads) use at once.
+///
+/// [`SharedMachine::mmu_update`] serves batches of L1 updates concurrently, the way Xen
+/// does (see the module docs); everything else goes through [`SharedMachine::lock`],
+/// which gives the whole machine to one thread at a time.
+///
+/// ```
+/// use pvmmu::{Caller, DomainConfig, Machine, MachineConfig, Mfn, SharedMachine};
+/// use pvmmu_abi::mmu::MMUEXT_PIN_L1_TABLE;
+/// use pvmmu_abi::{MmuUpdate, MmuextOp, DOMID_SELF};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+/// let mut m = Machine::new(mem, MachineConfig::default()).unwrap();
+/// m.create_domain(DomainConfig::new(1).vcpus(2)).unwrap();
+/// m.assign_frames(1, (0x10..0x100).map(Mfn)).unwrap();
+/// let pin = |t: u64| MmuextOp::new(MMUEXT_PIN_L1_TABLE, t, 0);
+/// m.mmuext_op(Caller::new(1, 0), &[pin(0x10), pin(0x11)], DOMID_SELF.into())?;
+///
+/// // Two vCPUs fill one L1 table each, at the same time, mapping the same frame.
+/// let shared = SharedMachine::new(m);
+/// std::thread::scope(|s| {
+///     for vcpu in 0..2u32 {
+///         let shared = &shared;
+///         s.spawn(move || {
+///             let table = 0x10_000 + u64::from(vcpu) * 0x1000;
+///             let reqs: Vec<MmuUpdate> = (0..512)
+///                 .map(|i| MmuUpdate { ptr: table + i * 8, val: 0x20_003 })
+///                 .collect();
+///             let o = shared.mmu_update(Caller::new(1, vcpu), &reqs, DOMID_SELF.into());
+///             assert_eq!(o.map(|o| (o.done, o.result)), Ok((512, Ok(()))));
+///         });
+///     }
+/// });
+/// let m = shared.lock();
+/// let target = m.frames().get(Mfn(0x20)).unwrap();
+/// assert_eq!((target.count, target.type_count), (1 + 1024, 1024));
+/// assert!(m.audit().is_ok());
+/// # Ok::<(), pvmmu::MachineError>(())
+/// ```
+#[derive(Debug)]
+pub struct SharedMachine<M, F = NoFlush> {
+    inner: RwLock<Machine<M, F>>,
+}
+
+/// The whole machine, held by one thread (see [`SharedMachine::lock`]).
+pub type MachineGuard<'a, M, F> = RwLockWriteGuard<'a, Machine<M, F>>;
+
+impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
+    /// Shares `machine` between threads.
+    pub fn new(machine: Machine<M, F>) -> Self {
+        SharedMachine {
+            inner: RwLock::new(machine),
+        }
+    }
+
+    /// The machine for one thread's exclusive use, with the bookkeeping of every
+    /// concurrent batch so far applied. A thread that panicked while holding it leaves
+    /// the machine as it was at the panic (the lock is not poisoned for the others).
+    pub fn lock(&self) -> MachineGuard<'_, M, F> {
+        let mut m = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        m.core.absorb_concurrent();
+        m
+    }
+
+    /// The machine back, with every concurrent batch's bookkeeping applied.
+    pub fn into_inner(self) -> Machine<M, F> {
+        let mut m = self
+            .inner
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.core.absorb_concurrent();
+        m
+    }
+
+    /// [`Machine::mmu_update`] from one of several threads: the same outcome, with L1
+    /// updates of the caller's own tables served concurrently with other threads'.
+    pub fn mmu_update(
+        &self,
+        caller: Caller,
+        reqs: &[MmuUpdate],
+        foreigndom: u32,
+    ) -> Result<BatchOutcome, MachineError> {
+        let prefix = {
+            let m = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            m.vcpu_check(caller.dom, caller.vcpu)?;
+            m.core.mmu_update_prefix(&m.mem, caller, reqs, foreigndom)
+        };
+        // `done` fits: the prefix stops at u32::MAX entries.
+        let done = prefix.done as u32;
+        if let Some(e) = prefix.stop {
+            if prefix.owes_put {
+                drop(self.lock());
+            }
+            return Ok(BatchOutcome {
+                done,
+                result: Err(e),
+                writes_pdone: true,
+                preempted: false,
+            });
+        }
+        if prefix.done == reqs.len() {
+            if prefix.owes_put {
+                drop(self.lock());
+            }
+            return Ok(BatchOutcome {
+                done,
+                result: Ok(()),
+                writes_pdone: true,
+                preempted: false,
+            });
+        }
+        let mut m = self.lock();
+        let rest = m.mmu_update(caller, &reqs[prefix.done..], foreigndom)?;
+        Ok(if prefix.done == 0 {
+            rest
+        } else {
+            BatchOutcome {
+                done: done.saturating_add(rest.done),
+                ..rest
+            }
+        })
+    }
+}
