@@ -88,6 +88,9 @@ pub struct Stats {
     pub rejected: u64,
     /// Flush requests issued.
     pub flushes: u64,
+    /// Of `applied`, the entries served concurrently with other threads (see
+    /// [`SharedMachine`](crate::SharedMachine)).
+    pub concurrent: u64,
 }
 
 /// The PV MMU of one machine.

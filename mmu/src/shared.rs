@@ -75,7 +75,9 @@ impl<F: TlbFlush> Core<F> {
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        self.stats.applied += std::mem::take(self.concurrent.applied.get_mut());
+        let applied = std::mem::take(self.concurrent.applied.get_mut());
+        self.stats.applied += applied;
+        self.stats.concurrent += applied;
         for d in log {
             match d {
                 Deferred::Put(mfn) => self.frames.put_page(mfn),
@@ -92,10 +94,14 @@ struct Prefix {
     done: usize,
     /// Set when the batch ends here (EINTR), not in the exclusive path.
     stop: Option<Errno>,
-    /// Whether a last reference was logged (the batch must reach the exclusive path
-    /// before it returns, so that the frame is free when the caller resumes).
-    owes_put: bool,
+    /// Whether the batch must take the exclusive lock before it returns: it logged a
+    /// last reference (the frame must be free when the caller resumes), or the log is
+    /// long (it must not grow without bound while no exclusive operation runs).
+    absorb: bool,
 }
+
+/// Length of the log of deferred work at which a concurrent batch absorbs it.
+const LOG_ABSORB_AT: usize = crate::flush::NEWLY_STALE_MAX;
 
 /// The cache attributes of an L1 entry.
 const CACHE_ATTR_BITS: u64 = PAGE_PAT | PAGE_PCD | PAGE_PWT;
@@ -196,7 +202,7 @@ impl<F: TlbFlush> Core<F> {
         let mut p = Prefix {
             done: 0,
             stop: None,
-            owes_put: false,
+            absorb: false,
         };
         if self.preempt.budget.is_some()
             || !matches!(self.mmu_update_owners(d, foreigndom), Ok((a, b)) if a == d && b == d)
@@ -298,12 +304,14 @@ impl<F: TlbFlush> Core<F> {
             .applied
             .fetch_add(p.done as u64, Ordering::Relaxed);
         if !log.is_empty() {
-            p.owes_put = log.iter().any(|e| matches!(e, Deferred::Put(_)));
-            self.concurrent
+            let mut pending = self
+                .concurrent
                 .log
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .append(&mut log);
+                .unwrap_or_else(PoisonError::into_inner);
+            p.absorb = log.iter().any(|e| matches!(e, Deferred::Put(_)))
+                || pending.len() + log.len() >= LOG_ABSORB_AT;
+            pending.append(&mut log);
         }
         p
     }
@@ -400,7 +408,7 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
         // `done` fits: the prefix stops at u32::MAX entries.
         let done = prefix.done as u32;
         if let Some(e) = prefix.stop {
-            if prefix.owes_put {
+            if prefix.absorb {
                 drop(self.lock());
             }
             return Ok(BatchOutcome {
@@ -411,7 +419,7 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
             });
         }
         if prefix.done == reqs.len() {
-            if prefix.owes_put {
+            if prefix.absorb {
                 drop(self.lock());
             }
             return Ok(BatchOutcome {

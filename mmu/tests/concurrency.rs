@@ -1,0 +1,290 @@
+//! Several threads on one machine (`SharedMachine`): a batch served through the
+//! concurrent path gives exactly what the same batch gives through `Machine` alone
+//! (outcome, frame table, entries, flush bookkeeping); threads hammering their own and
+//! common tables at once leave a machine whose audit is clean and whose counts are
+//! those of the entries; a last reference dropped concurrently frees its frame before
+//! the call returns.
+
+mod support;
+
+use pvmmu::{Caller, Errno, Machine, Mfn, RecordingFlush, SharedMachine};
+use pvmmu_abi::mmu::{
+    MMU_MACHPHYS_UPDATE, MMU_PT_UPDATE_PRESERVE_AD, MMUEXT_PIN_L1_TABLE, MMUEXT_TLB_FLUSH_ALL,
+    MMUEXT_UNPIN_TABLE,
+};
+use pvmmu_abi::{MmuUpdate, MmuextOp};
+use support::*;
+use vm_memory::GuestMemoryMmap;
+
+type M = Machine<GuestMemoryMmap<()>, RecordingFlush>;
+
+/// A small deterministic generator (xorshift64*), so that every run is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A guest with `n` fresh L1 tables pinned, and `data` data frames to map.
+fn world(n: usize, data: usize) -> (Guest, Vec<Mfn>, Vec<Mfn>) {
+    let mut g = guest_with(pvmmu::DomainConfig::new(1).vcpus(4));
+    let tables: Vec<Mfn> = (0..n).map(|_| g.table_frame()).collect();
+    for t in &tables {
+        assert_eq!(g.ext(MMUEXT_PIN_L1_TABLE, t.0, 0).result, Ok(()));
+    }
+    let data = (0..data).map(|_| g.take()).collect();
+    g.m.flusher().take();
+    (g, tables, data)
+}
+
+/// One random request against `tables`/`data`, drawn from the kinds a kernel makes
+/// and from the kinds Xen refuses (each refused one goes to the exclusive path).
+fn request(r: &mut Rng, tables: &[Mfn], data: &[Mfn], g: &Guest) -> MmuUpdate {
+    let t = tables[r.below(tables.len() as u64) as usize];
+    let slot = r.below(16);
+    let ptr = t.addr() + slot * 8;
+    let frame = data[r.below(data.len() as u64) as usize];
+    let flags = match r.below(8) {
+        0 => P,
+        1 => P | RW,
+        2 => P | RW | US | A | D,
+        3 => P | US | NX,
+        4 => P | G | A,
+        _ => P | RW | A,
+    };
+    let (ptr, val) = match r.below(40) {
+        // unmaps, plain or keeping A/D
+        0..=7 => (ptr, 0),
+        8 => (ptr | MMU_PT_UPDATE_PRESERVE_AD, 0),
+        9 => (ptr | MMU_PT_UPDATE_PRESERVE_AD, (frame.0 << 12) | flags),
+        // a page table mapped writable (-EBUSY) or read-only (fine)
+        10 => (ptr, (tables[0].0 << 12) | P | RW),
+        11 => (ptr, (tables[0].0 << 12) | P),
+        // another domain's frame (-EBUSY), a cache attribute (-EINVAL)
+        12 => (ptr, (DOM2_FIRST << 12) | P),
+        13 => (ptr, (frame.0 << 12) | P | 0x10),
+        // an M2P update, then a write into a frame that is not a table
+        14 => (frame.addr() | MMU_MACHPHYS_UPDATE, 0x1234),
+        15 => (frame.addr() + slot * 8, (frame.0 << 12) | P),
+        // an L1 entry of the guest's own kernel mapping (a live table of its tree)
+        16 => (g.pte_addr(va_of(frame.0)), (frame.0 << 12) | P | RW | A),
+        _ => (ptr, (frame.0 << 12) | flags),
+    };
+    MmuUpdate { ptr, val }
+}
+
+fn snapshot(m: &M, tables: &[Mfn]) -> Vec<u64> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut out = Vec::new();
+    for t in tables {
+        let mut page = [0u8; 4096];
+        m.memory()
+            .read_slice(&mut page, GuestAddress(t.addr()))
+            .unwrap();
+        out.extend(
+            page.chunks(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap())),
+        );
+    }
+    out
+}
+
+/// A full flush, so that the stale-TLB bookkeeping each machine kept comes out.
+fn flush_all(m: &mut M, c: Caller) -> Vec<pvmmu::FlushRequest> {
+    let o = m
+        .mmuext_op(c, &[MmuextOp::new(MMUEXT_TLB_FLUSH_ALL, 0, 0)], SELF)
+        .unwrap();
+    assert_eq!(o.result, Ok(()));
+    m.flusher().take()
+}
+
+#[test]
+fn the_concurrent_path_gives_what_the_exclusive_path_gives() {
+    for seed in 1..=12u64 {
+        let (mut a, tables, data) = world(3, 12);
+        let (b, _, _) = world(3, 12);
+        let c = a.c;
+        let mut twin_ms = Vec::new();
+        let kernel_l1 = vec![Mfn::containing(a.pte_addr(va_of(data[0].0)))];
+        let shared = SharedMachine::new(b.m);
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        for batch in 0..60 {
+            let n = 1 + r.below(24) as usize;
+            let reqs: Vec<MmuUpdate> = (0..n)
+                .map(|_| request(&mut r, &tables, &data, &a))
+                .collect();
+            let want = a.m.mmu_update(c, &reqs, SELF).unwrap();
+            let got = shared.mmu_update(c, &reqs, SELF).unwrap();
+            assert_eq!(got, want, "seed {seed} batch {batch}: {reqs:x?}");
+            if batch % 15 == 14 {
+                // An exclusive operation in between: unpin and re-pin a table.
+                let t = tables[r.below(3) as usize];
+                let mut m = shared.lock();
+                for cmd in [MMUEXT_UNPIN_TABLE, MMUEXT_PIN_L1_TABLE] {
+                    let op = [MmuextOp::new(cmd, t.0, 0)];
+                    let want = a.m.mmuext_op(c, &op, SELF).unwrap();
+                    assert_eq!(m.mmuext_op(c, &op, SELF).unwrap(), want);
+                }
+            }
+        }
+        let mut b = shared.into_inner();
+        assert_eq!(
+            a.m.frames().iter().collect::<Vec<_>>(),
+            b.frames().iter().collect::<Vec<_>>()
+        );
+        let all: Vec<Mfn> = tables.iter().chain(&kernel_l1).copied().collect();
+        assert_eq!(snapshot(&a.m, &all), snapshot(&b, &all), "seed {seed}");
+        let served = b.stats();
+        assert_eq!(
+            pvmmu::Stats {
+                concurrent: 0,
+                ..served
+            },
+            a.m.stats(),
+            "seed {seed}"
+        );
+        // Most accepted entries of this mix take the concurrent path.
+        assert!(
+            served.concurrent * 2 > served.applied,
+            "seed {seed}: {served:?}"
+        );
+        twin_ms.push(flush_all(&mut b, c));
+        assert_eq!(
+            flush_all(&mut a.m, c),
+            twin_ms[0],
+            "seed {seed}: flush bookkeeping"
+        );
+        a.audit();
+        assert!(b.audit().is_ok());
+    }
+}
+
+#[test]
+fn threads_on_own_and_common_tables_leave_exact_counts() {
+    const THREADS: usize = 4;
+    let (g, tables, data) = world(THREADS + 2, 24);
+    let c = g.c;
+    let shared = SharedMachine::new(g.m);
+    let common = tables[THREADS];
+    // Pinned and unpinned meanwhile; never written.
+    let spare = tables[THREADS + 1];
+    let total: u64 = std::thread::scope(|s| {
+        let mut workers = Vec::new();
+        for (t, &own) in tables[..THREADS].iter().enumerate() {
+            let (shared, data) = (&shared, &data);
+            workers.push(s.spawn(move || {
+                let me = Caller::new(c.dom, t as u32);
+                let mut r = Rng(0x5eed + t as u64);
+                let mut applied = 0;
+                for round in 0..400 {
+                    let n = 1 + r.below(64);
+                    let reqs: Vec<MmuUpdate> = (0..n)
+                        .map(|_| {
+                            // Mostly the thread's own table; a quarter into 4 entries of the
+                            // common table that every thread fights over.
+                            let (table, slots) = if r.below(4) == 0 {
+                                (common, 4)
+                            } else {
+                                (own, 512)
+                            };
+                            let f = data[r.below(data.len() as u64) as usize];
+                            let val = match r.below(4) {
+                                0 => 0,
+                                1 => (f.0 << 12) | P,
+                                2 => (f.0 << 12) | P | US | NX,
+                                _ => (f.0 << 12) | P | RW,
+                            };
+                            MmuUpdate {
+                                ptr: table.addr() + r.below(slots) * 8,
+                                val,
+                            }
+                        })
+                        .collect();
+                    let o = shared.mmu_update(me, &reqs, SELF).unwrap();
+                    assert_eq!(
+                        (o.done, o.result),
+                        (n as u32, Ok(())),
+                        "thread {t} round {round}"
+                    );
+                    applied += n;
+                    if t == 0 && round % 50 == 0 {
+                        // Exclusive work meanwhile: unpin and re-pin the spare table.
+                        let mut m = shared.lock();
+                        for cmd in [MMUEXT_UNPIN_TABLE, MMUEXT_PIN_L1_TABLE] {
+                            let op = [MmuextOp::new(cmd, spare.0, 0)];
+                            assert_eq!(m.mmuext_op(me, &op, SELF).unwrap().result, Ok(()));
+                        }
+                    }
+                }
+                applied
+            }));
+        }
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let m = shared.into_inner();
+    assert_eq!(
+        m.stats().concurrent,
+        total,
+        "every entry took the concurrent path"
+    );
+    // The audit recounts every reference from the entries that hold it.
+    if let Err(e) = m.audit() {
+        panic!("{e}");
+    }
+    let mapped: u64 = data
+        .iter()
+        .map(|f| m.frames().get(*f).unwrap().count - 2) // allocation + KBASE mapping
+        .sum();
+    let present = tables
+        .iter()
+        .flat_map(|t| snapshot(&m, &[*t]))
+        .filter(|e| e & P != 0)
+        .count() as u64;
+    assert_eq!(mapped, present, "one general reference per present entry");
+    assert!(present > 0);
+}
+
+#[test]
+fn a_last_reference_dropped_concurrently_frees_the_frame_before_the_call_returns() {
+    let (mut g, tables, data) = world(1, 1);
+    let f = data[0];
+    let c = g.c;
+    // Map `f` from the new table, drop its KBASE mapping and give it back to Xen: the
+    // new entry holds the last reference.
+    let at = tables[0].addr();
+    assert_eq!(g.update(&[(at, (f.0 << 12) | P)]).result, Ok(()));
+    assert_eq!(g.update(&[(g.pte_addr(va_of(f.0)), 0)]).result, Ok(()));
+    let o = g.m.decrease_reservation(1, &[f.0], 0).unwrap();
+    assert_eq!(o.done, 1);
+    assert_eq!(g.info(f).count, 1, "only the new entry holds it");
+    let shared = SharedMachine::new(g.m);
+    let o = shared
+        .mmu_update(c, &[MmuUpdate { ptr: at, val: 0 }], SELF)
+        .unwrap();
+    assert_eq!((o.done, o.result), (1, Ok(())));
+    // The frame is free at once: mapping it again is refused as Xen refuses it.
+    let o = shared
+        .mmu_update(
+            c,
+            &[MmuUpdate {
+                ptr: at,
+                val: (f.0 << 12) | P,
+            }],
+            SELF,
+        )
+        .unwrap();
+    assert_eq!((o.done, o.result), (0, Err(Errno::EBUSY)));
+    let m = shared.into_inner();
+    let p = m.frames().get(f).unwrap();
+    assert_eq!((p.count, p.owner), (0, pvmmu_abi::DOMID_INVALID));
+    assert!(m.audit().is_ok());
+}
