@@ -107,19 +107,11 @@ pub struct Domain {
     pub(crate) config: DomainConfig,
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) vm_assist: u64,
-    /// Own frames whose translations this domain's TLBs may hold stale.
-    pub(crate) stale: Vec<Mfn>,
     /// Whether an L2..L4 entry of this domain changed since its last full flush.
     pub(crate) non_leaf_pending: bool,
-    /// Frames that became stale since the last flush request (host-side invalidation).
-    pub(crate) newly_stale: Vec<Mfn>,
-    /// Whether a present non-leaf entry was revoked since the last flush request.
-    pub(crate) non_leaf_revoked: bool,
-    /// Machine addresses of the entries whose change revoked something since the last
-    /// flush request (see [`crate::FlushRequest::revoked_entries`]).
-    pub(crate) revoked_entries: Vec<u64>,
-    /// Whether some revocation since the last request came with no entry address.
-    pub(crate) revoked_entries_unknown: bool,
+    /// What its TLBs may hold stale (behind a lock: batches served concurrently add
+    /// to it).
+    pub(crate) tlb: crate::flush::stale::SharedTlb,
     /// Its grant mappings (see [`crate::grant`]).
     pub(crate) maptrack: crate::maptrack::Maptrack,
     /// The PIRQ EOI bitmap frame (see [`crate::area`]): a general and a writable type
@@ -141,12 +133,8 @@ impl Domain {
             config,
             vcpus,
             vm_assist: 0,
-            stale: Vec::new(),
             non_leaf_pending: false,
-            newly_stale: Vec::new(),
-            non_leaf_revoked: false,
-            revoked_entries: Vec::new(),
-            revoked_entries_unknown: false,
+            tlb: Default::default(),
             maptrack: crate::maptrack::Maptrack::default(),
             pirq_eoi_frame: None,
             max_pages: None,

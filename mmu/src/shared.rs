@@ -58,6 +58,16 @@ enum Deferred {
     },
 }
 
+/// The stale-TLB notes of one concurrent batch: the entries it revoked and the frames
+/// whose stale mark it set (the marks themselves are set at once, atomically).
+#[derive(Debug, Default)]
+struct Notes {
+    /// `(entry, frame)` per revoked entry, in order.
+    revoked: Vec<(u64, Mfn)>,
+    /// Frames whose stale mark this batch set.
+    marked: Vec<Mfn>,
+}
+
 /// What the concurrent path owes the machine's bookkeeping.
 #[derive(Debug, Default)]
 pub(crate) struct Concurrent {
@@ -148,8 +158,9 @@ impl<F: TlbFlush> Core<F> {
     }
 
     /// Whether `put_page_from_l1e(old)` for a table of `d` needs nothing but word
-    /// changes: `old` maps nothing, I/O memory, or `d`'s own RAM that is not a
-    /// descriptor page in use (whose read-only mappings drop LDTs).
+    /// changes: `old` maps nothing, or `d`'s own RAM that is not a descriptor page in
+    /// use (whose read-only mappings drop LDTs). I/O memory and foreign frames go to
+    /// the exclusive path, whose stale-TLB bookkeeping for them is not per frame.
     fn releasable_shared(&self, old: u64, d: Owner) -> bool {
         let pte = Pte(old);
         if !pte.is_present() {
@@ -161,12 +172,10 @@ impl<F: TlbFlush> Core<F> {
             self.frames.count_word(mfn),
             self.frames.type_word(mfn),
         ) else {
-            return true;
+            return false;
         };
-        if owner == DOMID_IO || ci & CI_COUNT == 0 {
-            return true;
-        }
         owner == d
+            && ci & CI_COUNT > 0
             && (old & PAGE_RW != 0
                 || !(type_of(ti) == PageType::SegDesc && ti & crate::frame::word::TI_COUNT > 0))
     }
@@ -178,10 +187,6 @@ impl<F: TlbFlush> Core<F> {
             return;
         }
         let mfn = pte.mfn();
-        match (self.frames.owner(mfn), self.frames.count_word(mfn)) {
-            (Some(o), Some(ci)) if o != DOMID_IO && ci & CI_COUNT > 0 => {}
-            _ => return,
-        }
         if old & PAGE_RW != 0 {
             // A writable mapping holds a writable type reference: never a table's.
             let dropped = self.frames.put_type_shared(mfn);
@@ -211,6 +216,7 @@ impl<F: TlbFlush> Core<F> {
         }
         let mask = self.l1_disallow_mask(d);
         let mut log = Vec::new();
+        let mut notes = Notes::default();
         let mut cache: Option<(Mfn, crate::table::PageOf<'_, M>)> = None;
         let limit = reqs.len().min(u32::MAX as usize);
         while p.done < limit {
@@ -273,10 +279,11 @@ impl<F: TlbFlush> Core<F> {
                 };
                 match slot.compare_exchange(old, want, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => {
+                        let before = log.len();
                         if refs || nl & 1 == 0 {
                             self.release_l1e_shared(old, &mut log);
                         }
-                        break Some((old, want));
+                        break Some((old, want, log.len() > before));
                     }
                     Err(seen) => {
                         if refs {
@@ -286,30 +293,49 @@ impl<F: TlbFlush> Core<F> {
                     }
                 }
             };
-            let Some((old, stored)) = replaced else {
+            let Some((old, stored, last_put)) = replaced else {
                 break;
             };
             page.mark_dirty(idx, 1);
             if crate::flush::stale::revokes(old, stored) {
-                log.push(Deferred::Stale {
-                    d,
-                    old,
-                    new: stored,
-                    entry: table.addr() + idx as u64 * 8,
-                });
+                let entry = table.addr() + idx as u64 * 8;
+                if last_put {
+                    // After the frame is freed, as the exclusive path notes it.
+                    log.push(Deferred::Stale {
+                        d,
+                        old,
+                        new: stored,
+                        entry,
+                    });
+                } else {
+                    let mfn = Pte(old).mfn();
+                    notes.revoked.push((entry, mfn));
+                    if self.frames.mark_stale_shared(mfn) {
+                        notes.marked.push(mfn);
+                    }
+                }
             }
             p.done += 1;
         }
         self.concurrent
             .applied
             .fetch_add(p.done as u64, Ordering::Relaxed);
+        if !notes.revoked.is_empty()
+            && let Some(dom) = self.domains.get(&d)
+        {
+            let mut tlb = dom.tlb.lock();
+            for (entry, mfn) in notes.revoked {
+                tlb.note_revoked_entry(entry, Some(mfn));
+            }
+            tlb.stale.extend(notes.marked);
+        }
         if !log.is_empty() {
             let mut pending = self
                 .concurrent
                 .log
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            p.absorb = log.iter().any(|e| matches!(e, Deferred::Put(_)))
+            p.absorb |= log.iter().any(|e| matches!(e, Deferred::Put(_)))
                 || pending.len() + log.len() >= LOG_ABSORB_AT;
             pending.append(&mut log);
         }

@@ -52,6 +52,11 @@ pub fn data_frame(page: u64) -> u64 {
 
 /// A machine with domain 1 and its (unpinned, unvalidated) 1 GiB tree.
 pub fn fixture() -> Fixture {
+    fixture_with_vcpus(1)
+}
+
+/// [`fixture`] with a domain of `vcpus` vCPUs.
+pub fn fixture_with_vcpus(vcpus: u32) -> Fixture {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)])
         .expect("memory");
     let mut slots = [0u64; 16];
@@ -62,7 +67,8 @@ pub fn fixture() -> Fixture {
         ..MachineConfig::default()
     };
     let mut m = Machine::with_flusher(mem, config, RecordingFlush::default()).expect("machine");
-    m.create_domain(DomainConfig::new(DOM)).expect("domain");
+    m.create_domain(DomainConfig::new(DOM).vcpus(vcpus))
+        .expect("domain");
     m.assign_frames(DOM, (DOM_FIRST..DOM_END).map(Mfn))
         .expect("frames");
     m.reserve_xen_frames((XEN_FRAME..XEN_FRAME + 4).map(Mfn))

@@ -7,6 +7,8 @@ use pvmmu_abi::pte::{PAGE_RW, PAGE_USER};
 use super::{FlushReason, FlushRequest, FlushScope, TlbFlush, VcpuSet};
 use crate::entry::{Mfn, Pte};
 use crate::frame::Owner;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::machine::Core;
 
 /// Most frames (and entries) a domain's next flush request lists as newly stale; past
@@ -31,6 +33,68 @@ pub(crate) fn revokes(old: u64, new: u64) -> bool {
         || (n.raw() & nx != 0 && o.raw() & nx == 0)
 }
 
+/// What a domain's TLBs may hold stale, and what changed since its last flush request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StaleTlb {
+    /// Own frames whose translations this domain's TLBs may hold stale.
+    pub(crate) stale: Vec<Mfn>,
+    /// Frames that became stale since the last flush request (host-side invalidation).
+    pub(crate) newly_stale: Vec<Mfn>,
+    /// Whether a present non-leaf entry was revoked since the last flush request.
+    pub(crate) non_leaf_revoked: bool,
+    /// Machine addresses of the entries whose change revoked something since the last
+    /// flush request (see [`crate::FlushRequest::revoked_entries`]).
+    pub(crate) revoked_entries: Vec<u64>,
+    /// Whether some revocation since the last request came with no entry address.
+    pub(crate) revoked_entries_unknown: bool,
+}
+
+impl StaleTlb {
+    /// Adds the entry at machine address `at`, which mapped RAM frame `mfn` (`None` for
+    /// I/O memory), to what the next flush request lists as revoked. A guest that
+    /// changes entries and never flushes must not grow these lists without bound: past
+    /// the cap they are given up for "everything" (`non_leaf_revoked`, and no entry
+    /// list).
+    pub(crate) fn note_revoked_entry(&mut self, at: u64, mfn: Option<Mfn>) {
+        if self.newly_stale.len() >= NEWLY_STALE_MAX {
+            self.non_leaf_revoked = true;
+            self.revoked_entries_unknown = true;
+            self.revoked_entries = Vec::new();
+        } else {
+            // The entry is named even for I/O memory (no frame to protect there).
+            if !self.revoked_entries_unknown {
+                self.revoked_entries.push(at);
+            }
+            if let Some(mfn) = mfn {
+                self.newly_stale.push(mfn);
+            }
+        }
+    }
+}
+
+/// A [`StaleTlb`] that batches served concurrently add to under its lock, and the
+/// exclusive path uses without locking.
+#[derive(Debug, Default)]
+pub(crate) struct SharedTlb(Mutex<StaleTlb>);
+
+impl Clone for SharedTlb {
+    fn clone(&self) -> Self {
+        SharedTlb(Mutex::new(self.lock().clone()))
+    }
+}
+
+impl SharedTlb {
+    /// Exclusive access, no locking.
+    pub(crate) fn get_mut(&mut self) -> &mut StaleTlb {
+        self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Shared access, locked.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StaleTlb> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The stale-TLB bookkeeping behind every request: which frames each domain's TLBs may
 /// still translate with rights since removed, whether a non-leaf entry changed, and the
 /// hand-over to the embedder.
@@ -49,22 +113,7 @@ impl<F: TlbFlush> Core<F> {
         let mfn = Pte(old).mfn();
         let ram = self.frames.get(mfn).is_some();
         if let (Some(at), Some(dom)) = (entry, self.domains.get_mut(&d)) {
-            // A guest that changes entries and never flushes must not grow these
-            // lists without bound: past the cap they are given up for "everything"
-            // (`non_leaf_revoked`, and no entry list).
-            if dom.newly_stale.len() >= NEWLY_STALE_MAX {
-                dom.non_leaf_revoked = true;
-                dom.revoked_entries_unknown = true;
-                dom.revoked_entries = Vec::new();
-            } else {
-                // The entry is named even for I/O memory (no frame to protect there).
-                if !dom.revoked_entries_unknown {
-                    dom.revoked_entries.push(at);
-                }
-                if ram {
-                    dom.newly_stale.push(mfn);
-                }
-            }
+            dom.tlb.get_mut().note_revoked_entry(at, ram.then_some(mfn));
         }
         let Some(mut p) = self.frames.get_mut(mfn) else {
             return; // I/O memory: not RAM
@@ -73,7 +122,7 @@ impl<F: TlbFlush> Core<F> {
             if !p.stale {
                 p.stale = true;
                 if let Some(dom) = self.domains.get_mut(&d) {
-                    dom.stale.push(mfn);
+                    dom.tlb.get_mut().stale.push(mfn);
                 }
             }
         } else if self.stale_foreign.insert((d, mfn.0)) {
@@ -85,6 +134,7 @@ impl<F: TlbFlush> Core<F> {
     /// was removed, repointed or lost rights.
     pub(crate) fn note_non_leaf_revoked(&mut self, d: Owner, entry: u64) {
         if let Some(dom) = self.domains.get_mut(&d) {
+            let dom = dom.tlb.get_mut();
             dom.non_leaf_revoked = true;
             if dom.revoked_entries.len() >= NEWLY_STALE_MAX {
                 dom.revoked_entries_unknown = true;
@@ -110,7 +160,7 @@ impl<F: TlbFlush> Core<F> {
         let mut stale: Vec<Mfn> = self
             .domains
             .get(&d)
-            .map(|x| x.stale.clone())
+            .map(|x| x.tlb.lock().stale.clone())
             .unwrap_or_default();
         stale.extend(
             self.stale_foreign
@@ -121,12 +171,15 @@ impl<F: TlbFlush> Core<F> {
         let non_leaf = self.domains.get(&d).is_some_and(|x| x.non_leaf_pending);
         let (mut newly_stale, non_leaf_revoked, mut entries, unknown) =
             match self.domains.get_mut(&d) {
-                Some(dom) => (
-                    std::mem::take(&mut dom.newly_stale),
-                    std::mem::take(&mut dom.non_leaf_revoked),
-                    std::mem::take(&mut dom.revoked_entries),
-                    std::mem::take(&mut dom.revoked_entries_unknown),
-                ),
+                Some(dom) => {
+                    let dom = dom.tlb.get_mut();
+                    (
+                        std::mem::take(&mut dom.newly_stale),
+                        std::mem::take(&mut dom.non_leaf_revoked),
+                        std::mem::take(&mut dom.revoked_entries),
+                        std::mem::take(&mut dom.revoked_entries_unknown),
+                    )
+                }
                 None => (Vec::new(), false, Vec::new(), false),
             };
         newly_stale.sort_unstable();
@@ -136,7 +189,7 @@ impl<F: TlbFlush> Core<F> {
         if full {
             if let Some(dom) = self.domains.get_mut(&d) {
                 dom.non_leaf_pending = false;
-                for m in std::mem::take(&mut dom.stale) {
+                for m in std::mem::take(&mut dom.tlb.get_mut().stale) {
                     if let Some(mut p) = self.frames.get_mut(m) {
                         p.stale = false;
                     }

@@ -400,6 +400,16 @@ impl FrameTable {
             .is_some_and(|s| word::put_type_no_demote(&s.type_info))
     }
 
+    /// Concurrent marking of `mfn` as possibly held stale by its owner's TLBs: `true`
+    /// if this set the mark (the frame is then to be listed for the next full flush).
+    #[inline]
+    pub(crate) fn mark_stale_shared(&self, mfn: Mfn) -> bool {
+        self.slot(mfn).is_some_and(|s| {
+            s.count_info.load(Ordering::Acquire) & word::CI_STALE == 0
+                && s.count_info.fetch_or(word::CI_STALE, Ordering::AcqRel) & word::CI_STALE == 0
+        })
+    }
+
     /// Xen's `get_page`: takes a general reference if the frame is owned by `owner` and
     /// in use; refuses overflow.
     #[inline]
