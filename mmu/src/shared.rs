@@ -36,7 +36,7 @@ use vm_memory::GuestMemory;
 use crate::batch::{BatchOutcome, Caller};
 use crate::entry::{Mfn, PTE_AD_MASK, Pte};
 use crate::flush::{NoFlush, TlbFlush};
-use crate::frame::word::{CI_COUNT, CI_SHARED, type_of};
+use crate::frame::word::{CI_COUNT, CI_SHARED, EntryRefs, Plan, replace_entry, type_of};
 use crate::frame::{Owner, PageType};
 use crate::machine::{Core, Machine, MachineError};
 use crate::mmu_update::needs_full_path;
@@ -261,39 +261,17 @@ impl<F: TlbFlush> Core<F> {
             } else {
                 new
             };
-            let slot = &page.entries()[idx];
-            let mut old = slot.load(Ordering::Acquire);
-            let replaced = loop {
-                if !self.releasable_shared(old, d) {
-                    break None;
-                }
-                // Only the flag whitelist changing on a present entry moves no reference.
-                let refs = nl & 1 != 0 && (old & 1 == 0 || needs_full_path(old, nl));
-                if refs && !self.take_l1e_shared(nl, d, &mut log) {
-                    break None;
-                }
-                let want = if preserve_ad {
-                    nl | (old & PTE_AD_MASK)
-                } else {
-                    nl
-                };
-                match slot.compare_exchange(old, want, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        let before = log.len();
-                        if refs || nl & 1 == 0 {
-                            self.release_l1e_shared(old, &mut log);
-                        }
-                        break Some((old, want, log.len() > before));
-                    }
-                    Err(seen) => {
-                        if refs {
-                            self.untake_l1e_shared(nl, &mut log);
-                        }
-                        old = seen;
-                    }
-                }
+            let mut refs = L1Refs {
+                core: self,
+                d,
+                nl,
+                preserve_ad,
+                log: &mut log,
+                last_put: false,
             };
-            let Some((old, stored, last_put)) = replaced else {
+            let replaced = replace_entry(&page.entries()[idx], &mut refs);
+            let last_put = refs.last_put;
+            let Some((old, stored)) = replaced else {
                 break;
             };
             page.mark_dirty(idx, 1);
@@ -340,6 +318,52 @@ impl<F: TlbFlush> Core<F> {
             pending.append(&mut log);
         }
         p
+    }
+}
+
+/// The reference work of one concurrent L1 entry replacement by domain `d` with `nl`.
+struct L1Refs<'a, F> {
+    core: &'a Core<F>,
+    d: Owner,
+    nl: u64,
+    preserve_ad: bool,
+    log: &'a mut Vec<Deferred>,
+    /// Whether releasing the old value left its frame's last reference in the log.
+    last_put: bool,
+}
+
+impl<F: TlbFlush> EntryRefs for L1Refs<'_, F> {
+    fn plan(&mut self, old: u64) -> Option<Plan> {
+        let nl = self.nl;
+        if !self.core.releasable_shared(old, self.d) {
+            return None;
+        }
+        // Only the flag whitelist changing on a present entry moves no reference.
+        let take = nl & 1 != 0 && (old & 1 == 0 || needs_full_path(old, nl));
+        let want = if self.preserve_ad {
+            nl | (old & PTE_AD_MASK)
+        } else {
+            nl
+        };
+        Some(Plan {
+            want,
+            take,
+            release: take || nl & 1 == 0,
+        })
+    }
+
+    fn take(&mut self, want: u64) -> bool {
+        self.core.take_l1e_shared(want, self.d, self.log)
+    }
+
+    fn untake(&mut self, want: u64) {
+        self.core.untake_l1e_shared(want, self.log);
+    }
+
+    fn release(&mut self, old: u64) {
+        let before = self.log.len();
+        self.core.release_l1e_shared(old, self.log);
+        self.last_put = self.log.len() > before;
     }
 }
 

@@ -131,6 +131,60 @@ pub(crate) fn put_type_no_demote(ti: &impl Word) -> bool {
     })
 }
 
+/// What to store over an entry's current value, and the reference work that goes
+/// with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The value to store.
+    pub want: u64,
+    /// Whether `want` needs references taken before the store.
+    pub take: bool,
+    /// Whether the old value's references are released after the store.
+    pub release: bool,
+}
+
+/// The reference work around one entry replacement (see [`replace_entry`]).
+pub(crate) trait EntryRefs {
+    /// What to store over `old`, or `None` to give up (nothing is held).
+    fn plan(&mut self, old: u64) -> Option<Plan>;
+    /// Takes the references `want` needs; `false` gives up (nothing is held).
+    fn take(&mut self, want: u64) -> bool;
+    /// Gives back what [`EntryRefs::take`] took for `want`.
+    fn untake(&mut self, want: u64);
+    /// Releases the references `old` held.
+    fn release(&mut self, old: u64);
+}
+
+/// Replaces the page-table entry `slot` as `refs` plans it, by compare-and-swap on the
+/// entry, which stands in for Xen's page lock: the new value's references are taken
+/// before the swap and given back if the entry changed meanwhile (the plan is then
+/// remade for what it holds now); the old value's references are released after the
+/// swap, by the one writer whose swap removed it. Returns `(old, stored)`, or `None` if
+/// the plan gave up (nothing changed, nothing held).
+pub(crate) fn replace_entry(slot: &impl Word, refs: &mut impl EntryRefs) -> Option<(u64, u64)> {
+    let mut old = slot.load();
+    loop {
+        let plan = refs.plan(old)?;
+        if plan.take && !refs.take(plan.want) {
+            return None;
+        }
+        match slot.cas(old, plan.want) {
+            Ok(_) => {
+                if plan.release {
+                    refs.release(old);
+                }
+                return Some((old, plan.want));
+            }
+            Err(seen) => {
+                if plan.take {
+                    refs.untake(plan.want);
+                }
+                old = seen;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +250,224 @@ mod tests {
         assert!(put_type_no_demote(&w));
         assert_eq!(Word::load(&w) & (TI_COUNT | TI_PINNED), 0);
         assert!(!put_type_no_demote(&ti(PageType::Writable, true, 0)));
+    }
+}
+
+/// The protocol under `loom`, over every interleaving of two vCPUs: run with
+/// `scripts/loom.sh`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    impl Word for AtomicU64 {
+        fn load(&self) -> u64 {
+            AtomicU64::load(self, Ordering::Acquire)
+        }
+
+        fn cas(&self, current: u64, new: u64) -> Result<u64, u64> {
+            self.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+        }
+    }
+
+    const RW: u64 = 2;
+    const WRITABLE: u64 = (PageType::Writable as u64) << TI_TYPE_SHIFT;
+
+    /// Frames 1..=3, each a count word and a type word, and one entry.
+    struct World {
+        count: [AtomicU64; 4],
+        ty: [AtomicU64; 4],
+        entry: AtomicU64,
+    }
+
+    fn pte(frame: u64, rw: bool) -> u64 {
+        (frame << 12) | 1 | if rw { RW } else { 0 }
+    }
+
+    /// The concurrent path's reference work for one entry, as `shared` does it: take
+    /// a general reference (and a writable one for RW), give them back on a lost race,
+    /// release the old value's, logging a last reference instead of dropping it.
+    struct Refs<'a> {
+        w: &'a World,
+        new: u64,
+        deferred: Vec<u64>,
+    }
+
+    impl Refs<'_> {
+        fn put(&mut self, frame: u64) {
+            if !put_ref_not_last(&self.w.count[frame as usize]) {
+                self.deferred.push(frame);
+            }
+        }
+    }
+
+    impl EntryRefs for Refs<'_> {
+        fn plan(&mut self, _old: u64) -> Option<Plan> {
+            Some(Plan {
+                want: self.new,
+                take: self.new & 1 != 0,
+                release: true,
+            })
+        }
+
+        fn take(&mut self, want: u64) -> bool {
+            let f = (want >> 12) as usize;
+            if !get_ref(&self.w.count[f]) {
+                return false;
+            }
+            if want & RW != 0 && !get_writable(&self.w.ty[f]) {
+                self.put(f as u64);
+                return false;
+            }
+            true
+        }
+
+        fn untake(&mut self, want: u64) {
+            let f = want >> 12;
+            if want & RW != 0 {
+                assert!(put_type_no_demote(&self.w.ty[f as usize]));
+            }
+            self.put(f);
+        }
+
+        fn release(&mut self, old: u64) {
+            if old & 1 == 0 {
+                return;
+            }
+            let f = old >> 12;
+            if old & RW != 0 {
+                assert!(put_type_no_demote(&self.w.ty[f as usize]));
+            }
+            self.put(f);
+        }
+    }
+
+    /// The exclusive path's part, after the batch: `put_page` of each reference that
+    /// was the last when logged. A mapper may have joined since (as in Xen, where
+    /// `put_page_from_l1e` follows the entry's update): then it is not the last any
+    /// more and the frame stays.
+    fn finish(w: &World, deferred: &[u64]) {
+        for &f in deferred {
+            let c = &w.count[f as usize];
+            let v = AtomicU64::load(c, Ordering::Acquire);
+            assert!(v & CI_COUNT >= 1, "a logged reference is still held");
+            c.store(v - 1, Ordering::Release);
+        }
+    }
+
+    fn world(counts: [u64; 4], types: [u64; 4], entry: u64) -> Arc<World> {
+        Arc::new(World {
+            count: counts.map(AtomicU64::new),
+            ty: types.map(AtomicU64::new),
+            entry: AtomicU64::new(entry),
+        })
+    }
+
+    fn replace(w: &World, new: u64) -> Vec<u64> {
+        let mut refs = Refs {
+            w,
+            new,
+            deferred: Vec::new(),
+        };
+        assert!(replace_entry(&w.entry, &mut refs).is_some());
+        refs.deferred
+    }
+
+    /// Two vCPUs replace the same entry (mapping frame 1 RW) with frame 2 RW and frame
+    /// 3 read-only: whichever order the swaps land in, frame 1 loses exactly its one
+    /// reference, and each frame ends holding exactly what the final entry holds.
+    #[test]
+    fn racing_writers_of_one_entry_move_each_reference_once() {
+        loom::model(|| {
+            let w = world(
+                [0, CI_ALLOCATED | 2, CI_ALLOCATED | 1, CI_ALLOCATED | 1],
+                [0, WRITABLE | TI_VALIDATED | 1, WRITABLE | TI_VALIDATED, 0],
+                pte(1, true),
+            );
+            let w2 = w.clone();
+            let t = loom::thread::spawn(move || replace(&w2, pte(2, true)));
+            let mine = replace(&w, pte(3, false));
+            let theirs = t.join().unwrap();
+            assert!(
+                mine.is_empty() && theirs.is_empty(),
+                "every frame is allocated"
+            );
+            let e = AtomicU64::load(&w.entry, Ordering::Acquire);
+            let holds = |f: u64| u64::from(e >> 12 == f);
+            for f in 1..=3u64 {
+                let c = AtomicU64::load(&w.count[f as usize], Ordering::Acquire);
+                assert_eq!(c & CI_COUNT, 1 + holds(f), "frame {f} count");
+                let t = AtomicU64::load(&w.ty[f as usize], Ordering::Acquire);
+                let rw = holds(f) * u64::from(e & RW != 0);
+                assert_eq!(t & TI_COUNT, rw, "frame {f} writable count");
+            }
+        });
+    }
+
+    /// Frame 1 is held only by the entry (its allocation given back). One vCPU unmaps
+    /// it while another maps it elsewhere: the count never reaches zero while a
+    /// mapping holds it, the unmap's reference is dropped after (by the exclusive
+    /// path) if it was the last, and the frame ends held by exactly the new mapping.
+    #[test]
+    fn a_last_reference_is_never_dropped_under_a_racing_mapper() {
+        loom::model(|| {
+            let w = world([0, 1, 0, 0], [0, 0, 0, 0], pte(1, false));
+            let other = Arc::new(AtomicU64::new(0));
+            let (w2, other2) = (w.clone(), other.clone());
+            let t = loom::thread::spawn(move || {
+                let mut refs = Refs {
+                    w: &w2,
+                    new: pte(1, false),
+                    deferred: Vec::new(),
+                };
+                let mapped = replace_entry(&*other2, &mut refs).is_some();
+                (mapped, refs.deferred)
+            });
+            let unmapped = replace(&w, 0);
+            let (mapped, deferred) = t.join().unwrap();
+            assert!(deferred.is_empty());
+            finish(&w, &unmapped);
+            let c = AtomicU64::load(&w.count[1], Ordering::Acquire) & CI_COUNT;
+            let held = u64::from(AtomicU64::load(&other, Ordering::Acquire) != 0);
+            assert_eq!(held, u64::from(mapped));
+            assert_eq!(c, held, "exactly the surviving mapping holds frame 1");
+        });
+    }
+
+    /// Two vCPUs map a frame of no type writable at once, then unmap it: the type
+    /// starts once, is joined once, and ends writable at count zero.
+    #[test]
+    fn a_writable_type_starts_once_under_racing_mappers() {
+        loom::model(|| {
+            let w = world([0, CI_ALLOCATED | 1, 0, 0], [0; 4], 0);
+            let w2 = w.clone();
+            let t = loom::thread::spawn(move || {
+                assert!(get_ref(&w2.count[1]) && get_writable(&w2.ty[1]));
+            });
+            assert!(get_ref(&w.count[1]) && get_writable(&w.ty[1]));
+            t.join().unwrap();
+            let t = AtomicU64::load(&w.ty[1], Ordering::Acquire);
+            assert_eq!(t, WRITABLE | TI_VALIDATED | 2);
+            assert_eq!(
+                AtomicU64::load(&w.count[1], Ordering::Acquire),
+                CI_ALLOCATED | 3
+            );
+            let w2 = w.clone();
+            let t = loom::thread::spawn(move || {
+                assert!(put_type_no_demote(&w2.ty[1]) && put_ref_not_last(&w2.count[1]));
+            });
+            assert!(put_type_no_demote(&w.ty[1]) && put_ref_not_last(&w.count[1]));
+            t.join().unwrap();
+            assert_eq!(
+                AtomicU64::load(&w.ty[1], Ordering::Acquire),
+                WRITABLE | TI_VALIDATED
+            );
+            assert_eq!(
+                AtomicU64::load(&w.count[1], Ordering::Acquire),
+                CI_ALLOCATED | 1
+            );
+        });
     }
 }
