@@ -95,25 +95,13 @@ impl<F: TlbFlush> Core<F> {
         if l1e & mask != 0 {
             return Err(Errno::EINVAL);
         }
-        if let Some(mut p) = self.frames.get_mut(Pte(l1e).mfn())
-            && p.owner == pg_owner
-            && pg_owner != DOMID_IO
-            && p.count > 0
-            && p.count + 1 < crate::frame::COUNT_MASK - 1
-            && !(p.shared && l1e & CACHE_ATTR_BITS != 0)
-        {
-            if l1e & PAGE_RW == 0 {
-                p.count += 1;
-                return Ok(0);
-            }
-            if p.type_count > 0
-                && p.ty == PageType::Writable
-                && p.type_count < crate::frame::TYPE_COUNT_MASK
-            {
-                p.count += 1;
-                p.type_count += 1;
-                return Ok(0);
-            }
+        if self.frames.get_l1e_refs_common(
+            Pte(l1e).mfn(),
+            pg_owner,
+            l1e & PAGE_RW != 0,
+            l1e & CACHE_ATTR_BITS != 0,
+        ) {
+            return Ok(0);
         }
         self.get_page_from_l1e_slow(l1e, l1e_owner, pg_owner)
     }
@@ -208,8 +196,8 @@ impl<F: TlbFlush> Core<F> {
             return;
         }
         let mfn = pte.mfn();
-        match self.frames.get(mfn) {
-            Some(p) if p.owner != DOMID_IO && p.count > 0 => {}
+        match (self.frames.owner(mfn), self.frames.count_word(mfn)) {
+            (Some(o), Some(ci)) if o != DOMID_IO && ci & crate::frame::COUNT_MASK > 0 => {}
             _ => return, // I/O memory holds no references
         }
         if l1e & PAGE_RW != 0 {

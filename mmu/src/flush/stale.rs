@@ -111,21 +111,24 @@ impl<F: TlbFlush> Core<F> {
             return;
         }
         let mfn = Pte(old).mfn();
-        let ram = self.frames.get(mfn).is_some();
+        let owner = self.frames.owner(mfn);
         if let (Some(at), Some(dom)) = (entry, self.domains.get_mut(&d)) {
-            dom.tlb.get_mut().note_revoked_entry(at, ram.then_some(mfn));
+            dom.tlb
+                .get_mut()
+                .note_revoked_entry(at, owner.is_some().then_some(mfn));
         }
-        let Some(mut p) = self.frames.get_mut(mfn) else {
+        let Some(owner) = owner else {
             return; // I/O memory: not RAM
         };
-        if p.owner == d {
-            if !p.stale {
-                p.stale = true;
-                if let Some(dom) = self.domains.get_mut(&d) {
-                    dom.tlb.get_mut().stale.push(mfn);
-                }
+        if owner == d {
+            if self.frames.mark_stale(mfn)
+                && let Some(dom) = self.domains.get_mut(&d)
+            {
+                dom.tlb.get_mut().stale.push(mfn);
             }
-        } else if self.stale_foreign.insert((d, mfn.0)) {
+        } else if self.stale_foreign.insert((d, mfn.0))
+            && let Some(mut p) = self.frames.get_mut(mfn)
+        {
             p.stale_foreign = p.stale_foreign.saturating_add(1);
         }
     }

@@ -410,6 +410,17 @@ impl FrameTable {
         })
     }
 
+    /// [`FrameTable::mark_stale_shared`] under exclusive access.
+    #[inline]
+    pub(crate) fn mark_stale(&mut self, mfn: Mfn) -> bool {
+        self.slot_mut(mfn).is_some_and(|s| {
+            let ci = s.count_info.get_mut();
+            let newly = *ci & word::CI_STALE == 0;
+            *ci |= word::CI_STALE;
+            newly
+        })
+    }
+
     /// Xen's `get_page`: takes a general reference if the frame is owned by `owner` and
     /// in use; refuses overflow.
     #[inline]
@@ -430,22 +441,72 @@ impl FrameTable {
         }
     }
 
+    #[inline]
+    fn slot_mut(&mut self, mfn: Mfn) -> Option<&mut Slot> {
+        usize::try_from(mfn.0)
+            .ok()
+            .and_then(|i| self.pages.get_mut(i))
+    }
+
     /// Xen's `put_page`: drops a general reference. Dropping the last one frees the
     /// frame (owner cleared, type reset).
     #[inline]
     pub(crate) fn put_page(&mut self, mfn: Mfn) {
-        if let Some(mut p) = self.get_mut(mfn) {
-            debug_assert!(p.count > 0, "put_page on free frame {mfn}");
-            p.count = p.count.saturating_sub(1);
-            if p.count == 0 {
-                // A freed frame may still be in some TLB: keep its staleness.
-                *p = PageInfo {
-                    stale: p.stale,
-                    stale_foreign: p.stale_foreign,
-                    ..PageInfo::default()
-                };
-            }
+        let Some(s) = self.slot_mut(mfn) else {
+            return;
+        };
+        let ci = s.count_info.get_mut();
+        if *ci & word::CI_COUNT > 1 {
+            *ci -= 1;
+            return;
         }
+        debug_assert!(*ci & word::CI_COUNT > 0, "put_page on free frame {mfn}");
+        // The last reference: the frame is free. It may still be in some TLB: keep its
+        // staleness.
+        let old = s.load();
+        s.store(&PageInfo {
+            stale: old.stale,
+            stale_foreign: old.stale_foreign,
+            ..PageInfo::default()
+        });
+    }
+
+    /// `get_page_from_l1e`'s common case under exclusive access, in one look at the
+    /// frame: a reference on RAM of `owner` (not DOMID_IO) in use, and for a writable
+    /// mapping one more on a writable type already held. `cache_attrs`: the entry asks
+    /// for a cache attribute (refused here for frames the hypervisor shares). `false`
+    /// (nothing taken) leaves the case to the full rules.
+    #[inline]
+    pub(crate) fn get_l1e_refs_common(
+        &mut self,
+        mfn: Mfn,
+        owner: Owner,
+        writable: bool,
+        cache_attrs: bool,
+    ) -> bool {
+        let Some(s) = self.slot_mut(mfn) else {
+            return false;
+        };
+        let ci = *s.count_info.get_mut();
+        let n = ci & word::CI_COUNT;
+        if *s.owner.get_mut() != owner
+            || owner == pvmmu_abi::domid::DOMID_IO
+            || n == 0
+            || n + 1 >= COUNT_MASK - 1
+            || (ci & word::CI_SHARED != 0 && cache_attrs)
+        {
+            return false;
+        }
+        if writable {
+            let ti = s.type_info.get_mut();
+            let tc = *ti & word::TI_COUNT;
+            if tc == 0 || tc >= TYPE_COUNT_MASK || word::type_of(*ti) != PageType::Writable {
+                return false;
+            }
+            *ti += 1;
+        }
+        *s.count_info.get_mut() += 1;
+        true
     }
 
     /// First half of Xen's `get_page_type`: takes a type reference on `ty` if the frame's
@@ -453,27 +514,32 @@ impl FrameTable {
     /// [`FrameTable::type_validated`] or [`FrameTable::type_failed`].
     #[inline]
     pub(crate) fn take_type(&mut self, mfn: Mfn, ty: PageType) -> Result<TypeTaken, Errno> {
-        let mut p = self.get_mut(mfn).ok_or(Errno::EINVAL)?;
-        if p.type_count >= TYPE_COUNT_MASK {
+        const TYPE_MASK: u64 = 7 << word::TI_TYPE_SHIFT;
+        let s = self.slot_mut(mfn).ok_or(Errno::EINVAL)?;
+        let t = *s.type_info.get_mut();
+        let n = t & word::TI_COUNT;
+        if n >= TYPE_COUNT_MASK {
             return Err(Errno::EINVAL);
         }
+        let mut new = t;
         let mut changed = false;
-        if p.type_count == 0 {
-            if p.ty != ty {
-                p.ty = ty;
-                p.validated = false;
-                p.linear = 0;
+        if n == 0 {
+            if word::type_of(t) != ty {
+                new =
+                    (t & !(TYPE_MASK | word::TI_VALIDATED)) | ((ty as u64) << word::TI_TYPE_SHIFT);
+                s.linear = 0;
                 changed = true;
             }
             if matches!(ty, PageType::Writable | PageType::Shared) {
-                p.validated = true;
+                new |= word::TI_VALIDATED;
             }
-        } else if p.ty != ty {
+        } else if word::type_of(t) != ty {
             return Err(Errno::EINVAL);
         }
-        p.type_count += 1;
+        new += 1;
+        *s.type_info.get_mut() = new;
         Ok(TypeTaken {
-            needs_validation: !p.validated,
+            needs_validation: new & word::TI_VALIDATED == 0,
             changed,
         })
     }
@@ -501,17 +567,21 @@ impl FrameTable {
     /// validated bit is already cleared).
     #[inline]
     pub(crate) fn drop_type(&mut self, mfn: Mfn) -> Option<Level> {
-        let mut p = self.get_mut(mfn)?;
-        debug_assert!(p.type_count > 0, "put_page_type at count 0 on {mfn}");
-        p.type_count = p.type_count.saturating_sub(1);
-        if p.type_count == 0 {
-            p.pinned = false;
-            if p.ty.is_page_table() && p.validated {
-                p.validated = false;
-                return p.ty.level();
-            }
+        let ti = self.slot_mut(mfn)?.type_info.get_mut();
+        let n = *ti & word::TI_COUNT;
+        debug_assert!(n > 0, "put_page_type at count 0 on {mfn}");
+        if n > 1 {
+            *ti -= 1;
+            return None;
         }
-        None
+        let mut new = *ti & !(word::TI_COUNT | word::TI_PINNED);
+        let ty = word::type_of(new);
+        let demote = ty.is_page_table() && new & word::TI_VALIDATED != 0;
+        if demote {
+            new &= !word::TI_VALIDATED;
+        }
+        *ti = new;
+        if demote { ty.level() } else { None }
     }
 
     /// Assigns a free frame to `owner` as a page the hypervisor shares with it: the
