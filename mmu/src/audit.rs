@@ -12,7 +12,7 @@ use crate::entry::{Mfn, Pte, PteFlags};
 use crate::flush::TlbFlush;
 use crate::frame::PageType;
 use crate::machine::{FIRST_XEN_L4_SLOT, Machine, MachineError, XEN_L4_SLOTS};
-use crate::paging::Level;
+use crate::paging::{ENTRIES_PER_TABLE, Level};
 use crate::table::visit_table;
 use crate::validate::is_xen_slot;
 
@@ -43,8 +43,10 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 continue;
             }
             let e = exp.entry(mfn.0).or_default();
-            e.count += u64::from(p.allocated) + u64::from(p.pinned);
-            e.type_count += u64::from(p.pinned) + u64::from(p.shared);
+            // An interrupted validation holds a general and a type reference.
+            let partial = u64::from(p.partial.is_some());
+            e.count += u64::from(p.allocated) + u64::from(p.pinned) + partial;
+            e.type_count += u64::from(p.pinned) + u64::from(p.shared) + partial;
         }
         for d in core.domains.values() {
             if let Some(f) = d.pirq_eoi_frame {
@@ -80,9 +82,13 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         for (mfn, p) in core.frames.iter() {
             let Some(level) = p.ty.level() else { continue };
-            if !p.validated {
-                continue;
-            }
+            // The entries that hold references: all of a validated table's, those below
+            // the stop of an interrupted validation.
+            let held = match (p.validated, p.partial) {
+                (true, _) => ENTRIES_PER_TABLE,
+                (false, Some(k)) => usize::from(k),
+                (false, None) => continue,
+            };
             if p.type_count == 0 {
                 problems.push(format!("{mfn}: validated {} table with type count 0", p.ty));
             }
@@ -91,9 +97,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                 .get(&p.owner)
                 .is_some_and(|d| d.has_assist(VMASST_TYPE_m2p_strict));
             let _ = visit_table(&self.mem, mfn, level, |b| {
-                for i in 0..b.len() {
+                for i in 0..b.len().min(held) {
                     let raw = b.get(i).raw();
                     if level == Level::L4 && is_xen_slot(i) {
+                        if !p.validated {
+                            continue; // written when the validation completes
+                        }
                         let k = i - FIRST_XEN_L4_SLOT;
                         let want = core.config.xen_l4_slots[k];
                         let ok = raw == want || (k == 0 && (raw == 0 || !strict));
@@ -171,7 +180,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                     e.writable_maps, p.ty
                 ));
             }
-            if p.ty.is_page_table() && p.type_count > 0 && !p.validated {
+            if p.ty.is_page_table() && p.type_count > 0 && !p.validated && p.partial.is_none() {
                 problems.push(format!("{mfn}: live {} table not validated", p.ty));
             }
         }
@@ -224,6 +233,17 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                     p.pinned = false;
                 }
                 core.put_page_and_type(mem, m);
+            }
+        }
+        // Interrupted validations, from the top: what they took goes back.
+        for level in [Level::L4, Level::L3, Level::L2] {
+            for &m in &owned {
+                let partial = core.frames.get(m).is_some_and(|p| {
+                    p.owner == dom && p.partial.is_some() && p.ty.level() == Some(level)
+                });
+                if partial {
+                    core.abandon_partial(mem, m, level);
+                }
             }
         }
         for level in [Level::L4, Level::L3, Level::L2, Level::L1] {

@@ -149,6 +149,10 @@ pub(crate) struct Preempt {
     pub(crate) budget: Option<u64>,
     /// Set while a top-level call (not a multicall entry) runs.
     pub(crate) armed: bool,
+    /// Set while a batch whose table validation Xen makes preemptible runs (pins, new
+    /// base pointers and upper-level `mmu_update` entries): validation may then stop
+    /// part-way (see [`crate::validate`]).
+    pub(crate) partial_ok: bool,
     /// Work done when the call began.
     pub(crate) start: u64,
     /// Entries processed by batched calls (validation counts separately, in
@@ -444,6 +448,16 @@ impl<F> Core<F> {
     }
 
     /// Whether the embedder asked long batches to stop.
+    /// Whether a preemptible validation should stop before its next entry (Xen's
+    /// `hypercall_preempt_check` inside `alloc_lN_table`).
+    pub(crate) fn validation_preempt_due(&self) -> bool {
+        let p = &self.preempt;
+        p.partial_ok
+            && p.armed
+            && p.budget
+                .is_some_and(|b| (p.work + self.stats.validated).saturating_sub(p.start) > b)
+    }
+
     pub(crate) fn interrupted(&self) -> bool {
         self.interrupt
             .as_ref()

@@ -257,6 +257,7 @@ impl<F: TlbFlush> Core<F> {
         let mut done = 0;
         let mut result = Ok(());
         let mut preempted = false;
+        let partial_ok = std::mem::replace(&mut self.preempt.partial_ok, true);
         for i in 0..entries.count() {
             if i > 0 && self.interrupted() {
                 result = Err(Errno::EINTR);
@@ -309,6 +310,11 @@ impl<F: TlbFlush> Core<F> {
                     }
                 }
             });
+            if r == Err(Errno::ERESTART) {
+                // A new table's validation stopped part-way: this entry is re-issued.
+                preempted = true;
+                break;
+            }
             if let Err(e) = r {
                 self.stats.rejected += 1;
                 result = Err(e);
@@ -317,6 +323,7 @@ impl<F: TlbFlush> Core<F> {
             self.stats.applied += 1;
             done += 1;
         }
+        self.preempt.partial_ok = partial_ok;
         if non_leaf {
             // XSA-286: paging-structure changes are flushed before returning.
             if let Some(d) = self.domains.get_mut(&pt_owner) {

@@ -318,6 +318,7 @@ impl<F: TlbFlush> Core<F> {
         let mut done = 0;
         let mut result = Ok(());
         let mut preempted = false;
+        let partial_ok = std::mem::replace(&mut self.preempt.partial_ok, true);
         for i in 0..entries.count() {
             if i > 0 && self.interrupted() {
                 result = Err(Errno::EINTR);
@@ -335,6 +336,11 @@ impl<F: TlbFlush> Core<F> {
                 }
                 Ok(())
             });
+            if r == Err(Errno::ERESTART) {
+                // A validation stopped part-way: this operation is re-issued.
+                preempted = true;
+                break;
+            }
             if let Err(e) = r {
                 self.stats.rejected += 1;
                 result = Err(e);
@@ -343,6 +349,7 @@ impl<F: TlbFlush> Core<F> {
             self.stats.applied += 1;
             done += 1;
         }
+        self.preempt.partial_ok = partial_ok;
         Ok(BatchOutcome {
             done,
             result,

@@ -4,10 +4,20 @@
 //!
 //! The rules follow Xen's `get_page_from_l[1-4]e`, `put_page_from_l[1-4]e`,
 //! `promote_l[1-4]_table`, `demote_l[1-4]_table` and the linear-page-table checks for a
-//! 64-bit PV guest (release build). Validation is done to completion in one call: the
-//! model has no partial (preemptible) state, so the XSA-45/58/290/299/309/310 class of
-//! partial-state bugs cannot arise; the price is that pinning a huge tree is one long
-//! call.
+//! 64-bit PV guest (release build).
+//!
+//! Validation of L2..L4 tables is preemptible where Xen's is (pins, new base pointers,
+//! upper-level `mmu_update` entries, when the embedder set a preemption budget): it
+//! stops before an entry once the budget is spent, and the frame keeps its progress
+//! (Xen's `PGT_partial` and `nr_validated_ptes`). A partial frame holds exactly one type
+//! reference (its type count is 1) and one general reference of its own; its entries
+//! below the recorded index hold their references, the others none (an entry whose
+//! child table was itself interrupted holds nothing: the child holds its own). The
+//! next request for the same type resumes the validation where it stopped (the caller
+//! re-issues its hypercall as a continuation, or any other caller does the work); when
+//! it completes, the partial state's type reference becomes the caller's and its
+//! general reference is dropped. A failure after a stop releases every entry validated
+//! so far, in all slices. De-validation is done to completion in one call.
 
 use pvmmu_abi::Errno;
 use pvmmu_abi::domid::{DOMID_INVALID, DOMID_IO, DOMID_XEN};
@@ -209,13 +219,18 @@ impl<F: TlbFlush> Core<F> {
     }
 
     /// Xen's `get_page_type`, validating the frame if this is its first reference of
-    /// the type.
+    /// the type, or resuming its interrupted validation. `Err(ERESTART)`: the
+    /// validation stopped part-way (see the module docs); the caller holds no type
+    /// reference and re-issues its request.
     pub(crate) fn get_page_type<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
         mfn: Mfn,
         ty: PageType,
     ) -> Result<(), Errno> {
+        if self.frames.partial(mfn).is_some() {
+            return self.resume_validation(mem, mfn, ty);
+        }
         let taken = self.frames.take_type(mfn, ty)?;
         if taken.changed && ty != PageType::Writable {
             // No CPU may keep a (writable) translation of a frame that becomes a table
@@ -230,6 +245,12 @@ impl<F: TlbFlush> Core<F> {
             };
             match checked {
                 Ok(()) => self.frames.type_validated(mfn),
+                Err(Errno::ERESTART) => {
+                    // The partial state keeps the type reference just taken, and a
+                    // general reference of its own.
+                    self.frames.hold(mfn);
+                    return Err(Errno::ERESTART);
+                }
                 Err(e) => {
                     self.frames.type_failed(mfn);
                     return Err(e);
@@ -237,6 +258,37 @@ impl<F: TlbFlush> Core<F> {
             }
         }
         Ok(())
+    }
+
+    /// `get_page_type(ty)` of a frame whose validation stopped part-way: only its own
+    /// type continues it (another type meets a live type count of 1: -EINVAL).
+    fn resume_validation<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        ty: PageType,
+    ) -> Result<(), Errno> {
+        let Some(level) = self
+            .frames
+            .get(mfn)
+            .filter(|p| p.ty == ty)
+            .and_then(|p| p.ty.level())
+        else {
+            return Err(Errno::EINVAL);
+        };
+        match self.promote(mem, mfn, level) {
+            Ok(()) => {
+                self.frames.type_validated(mfn);
+                self.frames.put_page(mfn);
+                Ok(())
+            }
+            Err(Errno::ERESTART) => Err(Errno::ERESTART),
+            Err(e) => {
+                self.frames.type_failed(mfn);
+                self.frames.put_page(mfn);
+                Err(e)
+            }
+        }
     }
 
     /// Xen's `put_page_type`: de-validates on the last reference of a validated table.
@@ -370,7 +422,9 @@ impl<F: TlbFlush> Core<F> {
     }
 
     /// Validates the table `mfn` of `level` (Xen's `promote_lN_table`): takes every
-    /// reference its entries need and stores the adjusted entries. All or nothing.
+    /// reference its entries need and stores the adjusted entries, from where an
+    /// interrupted validation stopped. All or nothing, or `Err(ERESTART)` with the
+    /// progress recorded in the frame (L2..L4 only; see the module docs).
     pub(crate) fn promote<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -379,18 +433,23 @@ impl<F: TlbFlush> Core<F> {
     ) -> Result<(), Errno> {
         let d = self.frames.get(mfn).map(|p| p.owner).ok_or(Errno::EINVAL)?;
         let l1_mask = self.l1_disallow_mask(d);
-        let mut validated = 0;
+        let start = usize::from(self.frames.partial(mfn).unwrap_or(0));
         let r = visit_table(mem, mfn, level, |batch| -> Result<(), Errno> {
             let n = batch.len();
-            for i in 0..n {
+            for i in start..n {
                 if level == Level::L4 && is_xen_slot(i) {
                     continue;
+                }
+                if level != Level::L1 && i > start && self.validation_preempt_due() {
+                    // `i` < 512 fits.
+                    self.frames.set_partial(mfn, Some(i as u16));
+                    return Err(Errno::ERESTART);
                 }
                 let e = batch.get(i).raw();
                 if e & 1 == 0 {
                     continue;
                 }
-                validated += 1;
+                self.stats.validated += 1;
                 let r = if level == Level::L1 {
                     self.get_page_from_l1e(e, l1_mask, d, d)
                         .map(|flip| e ^ flip)
@@ -404,7 +463,14 @@ impl<F: TlbFlush> Core<F> {
                             batch.set(i, Pte(adjusted));
                         }
                     }
+                    Err(Errno::ERESTART) => {
+                        // The child stopped part-way: it holds its own references;
+                        // this entry holds none yet.
+                        self.frames.set_partial(mfn, Some(i as u16));
+                        return Err(Errno::ERESTART);
+                    }
                     Err(err) => {
+                        // Every entry validated so far, in this call or an earlier one.
                         for j in (0..i).rev() {
                             if level == Level::L4 && is_xen_slot(j) {
                                 continue;
@@ -412,6 +478,7 @@ impl<F: TlbFlush> Core<F> {
                             let done = batch.get(j).raw();
                             self.release_entry(mem, level, done, mfn);
                         }
+                        self.frames.set_partial(mfn, None);
                         return Err(err);
                     }
                 }
@@ -426,10 +493,34 @@ impl<F: TlbFlush> Core<F> {
                     batch.set(FIRST_XEN_L4_SLOT + k, Pte(v));
                 }
             }
+            self.frames.set_partial(mfn, None);
             Ok(())
         });
-        self.stats.validated += validated;
         r.map_err(|_| Errno::EINVAL)?
+    }
+
+    /// Gives up the interrupted validation of `mfn` (domain teardown): releases the
+    /// entries validated so far, and the frame's own type and general references.
+    pub(crate) fn abandon_partial<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        level: Level,
+    ) {
+        let Some(k) = self.frames.partial(mfn) else {
+            return;
+        };
+        let _ = visit_table(mem, mfn, level, |batch| {
+            for j in (0..usize::from(k)).rev() {
+                if level == Level::L4 && is_xen_slot(j) {
+                    continue;
+                }
+                let e = batch.get(j).raw();
+                self.release_entry(mem, level, e, mfn);
+            }
+        });
+        self.frames.type_failed(mfn);
+        self.frames.put_page(mfn);
     }
 
     /// Releases what one present entry of a table of `level` holds.

@@ -123,6 +123,11 @@ pub struct PageInfo {
     /// Number of *other* domains whose TLBs may hold such a stale translation (foreign
     /// mappings).
     pub stale_foreign: u16,
+    /// Validation of the frame as a table stopped part-way (Xen's `PGT_partial` and
+    /// `nr_validated_ptes`): the entries below this index hold their references, the
+    /// rest none; the frame holds one type reference (its type count is 1) and one
+    /// general reference of its own until the validation is resumed to its end.
+    pub partial: Option<u16>,
 }
 
 impl Default for PageInfo {
@@ -139,6 +144,7 @@ impl Default for PageInfo {
             linear: 0,
             stale: false,
             stale_foreign: 0,
+            partial: None,
         }
     }
 }
@@ -170,6 +176,8 @@ struct Slot {
     type_info: AtomicU64,
     linear: i16,
     stale_foreign: u16,
+    /// Entries validated so far while `TI_PARTIAL` is set.
+    partial: u16,
 }
 
 impl Slot {
@@ -180,6 +188,7 @@ impl Slot {
             type_info: AtomicU64::new(0),
             linear: 0,
             stale_foreign: 0,
+            partial: 0,
         };
         s.store(p);
         s
@@ -201,6 +210,7 @@ impl Slot {
             pinned: ti & word::TI_PINNED != 0,
             linear: self.linear,
             stale_foreign: self.stale_foreign,
+            partial: (ti & word::TI_PARTIAL != 0).then_some(self.partial),
         }
     }
 
@@ -215,9 +225,11 @@ impl Slot {
         *self.type_info.get_mut() = ((p.ty as u64) << word::TI_TYPE_SHIFT)
             | (p.type_count & word::TI_COUNT)
             | flag(p.validated, word::TI_VALIDATED)
-            | flag(p.pinned, word::TI_PINNED);
+            | flag(p.pinned, word::TI_PINNED)
+            | flag(p.partial.is_some(), word::TI_PARTIAL);
         self.linear = p.linear;
         self.stale_foreign = p.stale_foreign;
+        self.partial = p.partial.unwrap_or(0);
     }
 }
 
@@ -544,6 +556,42 @@ impl FrameTable {
         })
     }
 
+    /// Records how far an interrupted validation of `mfn` got (`None`: not interrupted,
+    /// or finished).
+    pub(crate) fn set_partial(&mut self, mfn: Mfn, done: Option<u16>) {
+        if let Some(s) = self.slot_mut(mfn) {
+            let ti = s.type_info.get_mut();
+            match done {
+                Some(n) => {
+                    *ti |= word::TI_PARTIAL;
+                    s.partial = n;
+                }
+                None => {
+                    *ti &= !word::TI_PARTIAL;
+                    s.partial = 0;
+                }
+            }
+        }
+    }
+
+    /// How far an interrupted validation of `mfn` got.
+    #[inline]
+    pub(crate) fn partial(&self, mfn: Mfn) -> Option<u16> {
+        let s = self.slot(mfn)?;
+        (s.type_info.load(Ordering::Acquire) & word::TI_PARTIAL != 0).then_some(s.partial)
+    }
+
+    /// Takes one more general reference on a frame in use whatever its owner (the
+    /// reference an interrupted validation holds; its caller holds one already).
+    pub(crate) fn hold(&mut self, mfn: Mfn) {
+        if let Some(s) = self.slot_mut(mfn) {
+            let ci = s.count_info.get_mut();
+            if *ci & word::CI_COUNT > 0 {
+                *ci += 1;
+            }
+        }
+    }
+
     /// Marks a frame validated after its first type reference validated it.
     pub(crate) fn type_validated(&mut self, mfn: Mfn) {
         if let Some(mut p) = self.get_mut(mfn) {
@@ -559,6 +607,7 @@ impl FrameTable {
             p.validated = false;
             p.pinned = false;
             p.linear = 0;
+            p.partial = None;
         }
     }
 

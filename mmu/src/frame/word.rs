@@ -24,6 +24,8 @@ pub(crate) const CI_STALE: u64 = 1 << 58;
 
 /// `type_info`: the type count in bits 0..=54.
 pub(crate) const TI_COUNT: u64 = TYPE_COUNT_MASK;
+/// `type_info`: validation stopped part-way (Xen's `PGT_partial`).
+pub(crate) const TI_PARTIAL: u64 = 1 << 58;
 /// `type_info`: pinned.
 pub(crate) const TI_PINNED: u64 = 1 << 59;
 /// `type_info`: validated for the current type.
