@@ -99,6 +99,9 @@ pub struct Vcpu {
     /// The frame holding the vCPU's registered `vcpu_info` (see [`crate::area`]),
     /// holding a general and a writable type reference.
     pub vcpu_info_frame: Option<Mfn>,
+    /// Tables whose de-validation stopped part-way in this vCPU's calls (Xen's
+    /// `old_guest_table`): its next `mmu_update` or `mmuext_op` finishes them first.
+    pub(crate) parked: Vec<Mfn>,
 }
 
 /// A domain's PV MMU state.

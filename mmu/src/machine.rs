@@ -153,6 +153,9 @@ pub(crate) struct Preempt {
     /// base pointers and upper-level `mmu_update` entries): validation may then stop
     /// part-way (see [`crate::validate`]).
     pub(crate) partial_ok: bool,
+    /// Tables whose de-validation stopped part-way during the current call, to be
+    /// handed to the calling vCPU.
+    pub(crate) parked: Vec<crate::entry::Mfn>,
     /// Work done when the call began.
     pub(crate) start: u64,
     /// Entries processed by batched calls (validation counts separately, in

@@ -258,7 +258,10 @@ impl<F: TlbFlush> Core<F> {
         let mut result = Ok(());
         let mut preempted = false;
         let partial_ok = std::mem::replace(&mut self.preempt.partial_ok, true);
-        for i in 0..entries.count() {
+        // A de-validation this vCPU left part-way is finished first (Xen's
+        // `put_old_guest_table`); if it stops again, the call is re-issued whole.
+        let parked_done = self.finish_parked(mem, caller);
+        for i in (0..entries.count()).take_while(|_| parked_done) {
             if i > 0 && self.interrupted() {
                 result = Err(Errno::EINTR);
                 break;
@@ -323,6 +326,8 @@ impl<F: TlbFlush> Core<F> {
             self.stats.applied += 1;
             done += 1;
         }
+        self.park_on(caller);
+        preempted |= !parked_done;
         self.preempt.partial_ok = partial_ok;
         if non_leaf {
             // XSA-286: paging-structure changes are flushed before returning.

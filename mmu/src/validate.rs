@@ -36,7 +36,7 @@ use crate::machine::{Core, FIRST_XEN_L4_SLOT, XEN_L4_SLOTS};
 
 /// The cache-attribute bits of an L1 entry (PAT, PCD, PWT): all clear is write-back.
 const CACHE_ATTR_BITS: u64 = PAGE_PAT | PAGE_PCD | PAGE_PWT;
-use crate::paging::Level;
+use crate::paging::{ENTRIES_PER_TABLE, Level};
 use crate::table::visit_table;
 
 /// Xen's disallowed-flag mask for an upper level.
@@ -293,8 +293,84 @@ impl<F: TlbFlush> Core<F> {
 
     /// Xen's `put_page_type`: de-validates on the last reference of a validated table.
     pub(crate) fn put_page_type<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn) {
-        if let Some(level) = self.frames.drop_type(mfn) {
-            self.demote(mem, mfn, level);
+        // Only tables' de-validation stops, and the callers that put tables use
+        // `put_page_and_type`.
+        let _ = self.put_page_type_or_park(mem, mfn);
+    }
+
+    /// `put_page_type`, whose de-validation may stop part-way (see the module docs):
+    /// `false` when it did, the frame then being partial with the type reference kept
+    /// and parked for the calling vCPU, and the caller's general reference handed to
+    /// the partial state.
+    fn put_page_type_or_park<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn) -> bool {
+        let Some(level) = self.frames.drop_type(mfn) else {
+            return true;
+        };
+        match self.demote_from(mem, mfn, level, ENTRIES_PER_TABLE) {
+            None => true,
+            Some(held) => {
+                self.frames.hold_type(mfn);
+                self.frames.set_partial(mfn, Some(held));
+                self.preempt.parked.push(mfn);
+                false
+            }
+        }
+    }
+
+    /// Finishes the de-validations parked on `caller` (Xen's `old_guest_table`, put
+    /// at the start of the vCPU's next `mmu_update` or `mmuext_op`). `false`: one
+    /// stopped again, the call is to be re-issued.
+    pub(crate) fn finish_parked<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        caller: crate::batch::Caller,
+    ) -> bool {
+        let parked = match self.vcpu_mut(caller) {
+            Some(v) if !v.parked.is_empty() => std::mem::take(&mut v.parked),
+            _ => return true,
+        };
+        let mut left = Vec::new();
+        for mfn in parked {
+            if !left.is_empty() {
+                left.push(mfn);
+                continue;
+            }
+            // Someone may have resumed its validation meanwhile (then it is no longer
+            // partial and nothing is owed).
+            let Some(p) = self.frames.get(mfn) else {
+                continue;
+            };
+            let (Some(held), Some(level)) = (p.partial, p.ty.level()) else {
+                continue;
+            };
+            match self.demote_from(mem, mfn, level, usize::from(held)) {
+                None => {
+                    self.frames.set_partial(mfn, None);
+                    self.frames.drop_type(mfn);
+                    self.frames.put_page(mfn);
+                }
+                Some(k) => {
+                    self.frames.set_partial(mfn, Some(k));
+                    left.push(mfn);
+                }
+            }
+        }
+        left.append(&mut self.preempt.parked);
+        let done = left.is_empty();
+        if let Some(v) = self.vcpu_mut(caller) {
+            v.parked = left;
+        }
+        done
+    }
+
+    /// Hands what this call parked to the calling vCPU.
+    pub(crate) fn park_on(&mut self, caller: crate::batch::Caller) {
+        if self.preempt.parked.is_empty() {
+            return;
+        }
+        let parked = std::mem::take(&mut self.preempt.parked);
+        if let Some(v) = self.vcpu_mut(caller) {
+            v.parked.extend(parked);
         }
     }
 
@@ -317,8 +393,9 @@ impl<F: TlbFlush> Core<F> {
     }
 
     pub(crate) fn put_page_and_type<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn) {
-        self.put_page_type(mem, mfn);
-        self.frames.put_page(mfn);
+        if self.put_page_type_or_park(mem, mfn) {
+            self.frames.put_page(mfn);
+        }
     }
 
     /// Xen's `get_page_from_l2e/l3e/l4e` for a present entry of the table `table` of
@@ -542,24 +619,51 @@ impl<F: TlbFlush> Core<F> {
         }
     }
 
-    /// De-validates the table `mfn` of `level` (Xen's `demote_lN_table`).
+    /// De-validates the table `mfn` of `level` (Xen's `demote_lN_table`), to the end.
     pub(crate) fn demote<M: GuestMemory + ?Sized>(&mut self, mem: &M, mfn: Mfn, level: Level) {
+        let partial_ok = std::mem::replace(&mut self.preempt.partial_ok, false);
+        let _ = self.demote_from(mem, mfn, level, ENTRIES_PER_TABLE);
+        self.preempt.partial_ok = partial_ok;
+    }
+
+    /// De-validates the entries below `held` of the table `mfn` of `level`, from the
+    /// top down. Where Xen's is preemptible (see the module docs) it may stop before
+    /// an entry: `Some(k)`, the entries below `k` still holding their references.
+    fn demote_from<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        mfn: Mfn,
+        level: Level,
+        held: usize,
+    ) -> Option<u16> {
         let d = self.frames.get(mfn).map_or(DOMID_IO, |p| p.owner);
-        let _ = visit_table(mem, mfn, level, |batch| {
-            for i in 0..batch.len() {
+        let stopped = visit_table(mem, mfn, level, |batch| {
+            for i in (0..held.min(batch.len())).rev() {
                 if level == Level::L4 && is_xen_slot(i) {
                     continue;
                 }
+                if level != Level::L1 && i + 1 < held && self.validation_preempt_due() {
+                    // `i + 1` <= 512 fits.
+                    return Some((i + 1) as u16);
+                }
                 let e = batch.get(i).raw();
+                if e & 1 != 0 {
+                    self.preempt.work += 1;
+                }
                 self.release_entry(mem, level, e, mfn);
                 if level == Level::L1 {
                     // The table is unreachable now, but TLBs may still hold its entries.
                     self.note_stale(d, e, 0, None);
                 }
             }
+            None
         });
-        if let Some(mut p) = self.frames.get_mut(mfn) {
+        let stopped = stopped.ok().flatten();
+        if stopped.is_none()
+            && let Some(mut p) = self.frames.get_mut(mfn)
+        {
             p.linear = 0;
         }
+        stopped
     }
 }

@@ -302,3 +302,91 @@ fn xsa_309_linear_counters_persist_across_a_resumed_validation() {
     assert_refused(o, Errno::EINVAL, 0);
     teardown(g);
 }
+
+/// Pins the big tree without a budget, then sets the budget.
+fn pinned_tree(g: &mut Guest) -> Tree {
+    let tree = big_tree(g);
+    let pin = [MmuextOp::new(MMUEXT_PIN_L4_TABLE, tree.l4.0, 0)];
+    assert_eq!(g.m.mmuext_op(g.c, &pin, SELF).unwrap().result, Ok(()));
+    g.m.set_preempt_budget(Some(8192));
+    tree
+}
+
+#[test]
+fn xsa_45_a_large_unpin_finishes_in_the_vcpus_next_calls() {
+    let mut g = guest();
+    let tree = pinned_tree(&mut g);
+    let mut twin = guest();
+    let _ = pinned_tree(&mut twin);
+    let unpin = [MmuextOp::new(MMUEXT_UNPIN_TABLE, tree.l4.0, 0)];
+    let o = twin.m.mmuext_op(twin.c, &unpin, SELF).unwrap();
+    assert_eq!(o.result, Ok(()));
+    let _ = (twin.take(), twin.take(), twin.take(), twin.take());
+    // The unpin itself completes (done 1, RAX 0) with the de-validation parked.
+    let args = write_ops(&mut g, &unpin);
+    let r =
+        g.m.hypercall(g.c, HYPERVISOR_mmuext_op, args, &mut NoHandler)
+            .unwrap();
+    assert_eq!((r.rax, r.continuation), (0, None));
+    // The L4 itself is done (its one entry was released last), but its L3 and L2
+    // stopped part-way, holding what they still hold.
+    assert!(!g.info(tree.l4).pinned);
+    let parked = partial_frames(&g);
+    assert!(parked.iter().any(|(m, _)| *m == tree.l3), "{parked:x?}");
+    g.audit();
+    // The vCPU's next mmuext_op finishes it first, in slices, before its own ops.
+    let flush = write_ops(
+        &mut g,
+        &[MmuextOp::new(pvmmu_abi::mmu::MMUEXT_TLB_FLUSH_LOCAL, 0, 0)],
+    );
+    let (rax, slices) = run_audited(&mut g, HYPERVISOR_mmuext_op, flush);
+    assert_eq!(rax, 0);
+    assert!(slices > 3, "{slices} slices");
+    assert!(partial_frames(&g).is_empty());
+    assert!(
+        g.counts() == twin.counts(),
+        "the same as one unpreempted unpin"
+    );
+    teardown(g);
+}
+
+#[test]
+fn xsa_299_a_repin_resumes_a_parked_de_validation_as_validation() {
+    let mut g = guest();
+    let tree = pinned_tree(&mut g);
+    let mut twin = guest();
+    let _ = pinned_tree(&mut twin);
+    let unpin = [MmuextOp::new(MMUEXT_UNPIN_TABLE, tree.l4.0, 0)];
+    let args = write_ops(&mut g, &unpin);
+    let _ = (twin.take(), twin.take());
+    let r =
+        g.m.hypercall(g.c, HYPERVISOR_mmuext_op, args, &mut NoHandler)
+            .unwrap();
+    assert_eq!(r.rax, 0);
+    assert!(g.info(tree.l3).partial.is_some());
+    // Another vCPU pins it again: the interrupted de-validation is undone by resuming
+    // validation; the parked work then finds nothing owed.
+    let other = pvmmu::Caller::new(1, 1);
+    let pin = [MmuextOp::new(MMUEXT_PIN_L4_TABLE, tree.l4.0, 0)];
+    assert_eq!(g.m.mmuext_op(other, &pin, SELF).unwrap().result, Ok(()));
+    g.audit();
+    let o = g.m.mmuext_op(g.c, &[], SELF).unwrap();
+    assert_eq!((o.done, o.result, o.preempted), (0, Ok(()), false));
+    assert!(partial_frames(&g).is_empty());
+    assert!(g.counts() == twin.counts(), "as pinned once");
+    teardown(g);
+}
+
+#[test]
+fn xsa_310_teardown_frees_a_parked_de_validation() {
+    let mut g = guest();
+    let tree = pinned_tree(&mut g);
+    let args = write_ops(&mut g, &[MmuextOp::new(MMUEXT_UNPIN_TABLE, tree.l4.0, 0)]);
+    let r =
+        g.m.hypercall(g.c, HYPERVISOR_mmuext_op, args, &mut NoHandler)
+            .unwrap();
+    assert_eq!(r.rax, 0);
+    assert!(!partial_frames(&g).is_empty());
+    // The vCPU never calls again.
+    teardown(g);
+}

@@ -592,6 +592,14 @@ impl FrameTable {
         }
     }
 
+    /// Takes one type reference back on a frame whose type count just reached 0 (an
+    /// interrupted de-validation keeps it).
+    pub(crate) fn hold_type(&mut self, mfn: Mfn) {
+        if let Some(s) = self.slot_mut(mfn) {
+            *s.type_info.get_mut() += 1;
+        }
+    }
+
     /// Marks a frame validated after its first type reference validated it.
     pub(crate) fn type_validated(&mut self, mfn: Mfn) {
         if let Some(mut p) = self.get_mut(mfn) {
