@@ -13,7 +13,8 @@ command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
     files=(mmu/src/validate.rs mmu/src/mmu_update.rs mmu/src/mmuext.rs mmu/src/va_mapping.rs
-           mmu/src/frame.rs mmu/src/flush/stale.rs mmu/src/audit.rs mmu/src/vmassist.rs
+           mmu/src/frame/mod.rs mmu/src/frame/word.rs mmu/src/shared.rs mmu/src/flush/stale.rs
+           mmu/src/audit.rs mmu/src/vmassist.rs
            mmu/src/ptwr.rs mmu/src/multicall.rs mmu/src/batch.rs)
 fi
 args=()

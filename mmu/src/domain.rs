@@ -114,7 +114,7 @@ pub struct Domain {
     pub(crate) non_leaf_pending: bool,
     /// What its TLBs may hold stale (behind a lock: batches served concurrently add
     /// to it).
-    pub(crate) tlb: crate::flush::stale::SharedTlb,
+    pub(crate) tlb: crate::flush::tlb::SharedTlb,
     /// Its grant mappings (see [`crate::grant`]).
     pub(crate) maptrack: crate::maptrack::Maptrack,
     /// The PIRQ EOI bitmap frame (see [`crate::area`]): a general and a writable type

@@ -85,6 +85,7 @@
 pub mod area;
 pub mod audit;
 pub mod batch;
+mod concurrent;
 pub mod descriptor;
 pub mod domain;
 pub mod dump;

@@ -134,8 +134,8 @@ pub(crate) struct Core<F> {
     /// Preemption of long batched hypercalls (see [`Machine::set_preempt_budget`]).
     pub(crate) preempt: Preempt,
     /// What batches served concurrently leave to the exclusive path (see
-    /// [`crate::shared`]).
-    pub(crate) concurrent: crate::shared::Concurrent,
+    /// [`crate::concurrent`]).
+    pub(crate) concurrent: crate::concurrent::Concurrent,
 }
 
 /// Work units of one multicall entry (reading it, dispatching it, writing its result)

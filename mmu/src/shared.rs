@@ -25,8 +25,8 @@
 //! into the domain's lists whenever the exclusive lock is taken, so every flush, audit
 //! or other exclusive operation sees it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
 use pvmmu_abi::domid::DOMID_IO;
 use pvmmu_abi::pte::{PAGE_PAT, PAGE_PCD, PAGE_PWT, PAGE_RW};
@@ -34,6 +34,7 @@ use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd};
 use vm_memory::GuestMemory;
 
 use crate::batch::{BatchOutcome, Caller};
+use crate::concurrent::Deferred;
 use crate::entry::{Mfn, PTE_AD_MASK, Pte};
 use crate::flush::{NoFlush, TlbFlush};
 use crate::frame::word::{CI_COUNT, CI_SHARED, EntryRefs, Plan, replace_entry, type_of};
@@ -43,21 +44,6 @@ use crate::mmu_update::needs_full_path;
 use crate::paging::Level;
 use crate::validate::adjust;
 
-/// Work the concurrent path leaves to the exclusive one, in the order it arose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deferred {
-    /// The last general reference of a frame: dropping it frees the frame.
-    Put(Mfn),
-    /// Xen's stale-TLB note for an entry of domain `d` at machine address `entry`
-    /// replaced from `old` to `new`.
-    Stale {
-        d: Owner,
-        old: u64,
-        new: u64,
-        entry: u64,
-    },
-}
-
 /// The stale-TLB notes of one concurrent batch: the entries it revoked and the frames
 /// whose stale mark it set (the marks themselves are set at once, atomically).
 #[derive(Debug, Default)]
@@ -66,13 +52,6 @@ struct Notes {
     revoked: Vec<(u64, Mfn)>,
     /// Frames whose stale mark this batch set.
     marked: Vec<Mfn>,
-}
-
-/// What the concurrent path owes the machine's bookkeeping.
-#[derive(Debug, Default)]
-pub(crate) struct Concurrent {
-    log: Mutex<Vec<Deferred>>,
-    applied: AtomicU64,
 }
 
 impl<F: TlbFlush> Core<F> {

@@ -9,8 +9,9 @@
 use crate::entry::Mfn;
 
 pub(crate) mod stale;
+pub(crate) mod tlb;
 
-pub use stale::NEWLY_STALE_MAX;
+pub use tlb::NEWLY_STALE_MAX;
 
 /// A set of vCPUs of one domain (up to 64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]

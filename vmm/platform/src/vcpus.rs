@@ -275,7 +275,8 @@ fn check_and_build<F: TlbFlush>(
             },
         );
     }
-    pv.kernel_ss = u64::from(selector(word(c, ctx::KERNEL_SS)));
+    // The whole word, as Xen keeps it (`stack_switch` keeps it whole too).
+    pv.kernel_ss = crate::pv::fixup_selector(word(c, ctx::KERNEL_SS));
     pv.kernel_sp = word(c, ctx::KERNEL_SP);
     pv.callbacks.event = word(c, ctx::EVENT_CALLBACK);
     pv.callbacks.failsafe = word(c, ctx::FAILSAFE_CALLBACK);

@@ -268,3 +268,15 @@ fn the_periodic_timer_of_another_vcpu() {
     assert_eq!(ap.timers.period, 0);
     assert_eq!(ap.next_deadline(), None);
 }
+
+#[test]
+fn initialise_keeps_the_whole_kernel_ss_word() {
+    // `kernel_ss` is an unsigned long in the context and Xen keeps all of it, as
+    // `stack_switch` does; only the RPL is forced to 3.
+    let mut w = world();
+    let mut c = w.context();
+    c[KERNEL_SS] = 0x1_0000_0018;
+    assert_eq!(w.initialise(&c), 0);
+    let start = w.state.vcpus[1].start.as_ref().expect("start context");
+    assert_eq!(start.pv.kernel_ss, 0x1_0000_001b);
+}
