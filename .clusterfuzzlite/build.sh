@@ -7,7 +7,10 @@ cd "$SRC/pvmmu/mmu/fuzz"
 cargo fuzz build -O
 for target in $(cargo fuzz list); do
     cp "target/x86_64-unknown-linux-gnu/release/$target" "$OUT/"
-    if [ -d "corpus/$target" ]; then
-        (cd "corpus/$target" && zip -q -r "$OUT/${target}_seed_corpus.zip" .)
+    seed="corpus/$target"
+    # shared_ops takes mmu_ops's inputs: its corpus is the seed until it has its own.
+    if [ "$target" = shared_ops ] && [ ! -d "$seed" ]; then seed=corpus/mmu_ops; fi
+    if [ -d "$seed" ]; then
+        (cd "$seed" && zip -q -r "$OUT/${target}_seed_corpus.zip" .)
     fi
 done

@@ -18,8 +18,11 @@ per=$(( jobs / n )); [ "$per" -ge 1 ] || per=1
 mkdir -p logs runs
 cargo fuzz build --sanitizer none -O
 for t in $targets; do
-    mkdir -p "runs/$t" "artifacts/$t"
-    cargo fuzz run "$t" --sanitizer none -O "runs/$t" "corpus/$t" -- \
+    mkdir -p "runs/$t" "artifacts/$t" "corpus/$t"
+    # shared_ops reads mmu_ops's inputs: its corpus seeds it too.
+    seeds=("corpus/$t")
+    [ "$t" = shared_ops ] && seeds+=("corpus/mmu_ops")
+    cargo fuzz run "$t" --sanitizer none -O "runs/$t" "${seeds[@]}" -- \
         -fork="$per" -max_total_time="$secs" -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1 &
 done

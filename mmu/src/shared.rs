@@ -80,6 +80,9 @@ impl<F: TlbFlush> Core<F> {
 
 /// How far the concurrent prefix of a batch went.
 struct Prefix {
+    /// Whether the batch qualified at all (its owners decoded to the caller, no
+    /// preemption budget); if not, all of it goes to the exclusive path.
+    ran: bool,
     done: usize,
     /// Set when the batch ends here (EINTR), not in the exclusive path.
     stop: Option<Errno>,
@@ -184,6 +187,7 @@ impl<F: TlbFlush> Core<F> {
     ) -> Prefix {
         let d = caller.dom;
         let mut p = Prefix {
+            ran: false,
             done: 0,
             stop: None,
             absorb: false,
@@ -193,6 +197,7 @@ impl<F: TlbFlush> Core<F> {
         {
             return p;
         }
+        p.ran = true;
         let mask = self.l1_disallow_mask(d);
         let mut log = Vec::new();
         let mut notes = Notes::default();
@@ -447,7 +452,7 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
                 preempted: false,
             });
         }
-        if prefix.done == reqs.len() {
+        if prefix.ran && prefix.done == reqs.len() {
             if prefix.absorb {
                 drop(self.lock());
             }

@@ -288,3 +288,17 @@ fn a_last_reference_dropped_concurrently_frees_the_frame_before_the_call_returns
     assert_eq!((p.count, p.owner), (0, pvmmu_abi::DOMID_INVALID));
     assert!(m.audit().is_ok());
 }
+
+#[test]
+fn a_batch_that_does_not_qualify_gets_the_exclusive_answer_even_when_empty() {
+    // Found by the shared_ops fuzz target: an empty batch with the caller's own id as
+    // FD is -ESRCH (Xen refuses that id), not a concurrent "nothing to do".
+    let (g, _, _) = world(1, 1);
+    let c = g.c;
+    let shared = SharedMachine::new(g.m);
+    let own_id = u32::from(c.dom);
+    let o = shared.mmu_update(c, &[], own_id).unwrap();
+    assert_eq!((o.done, o.result), (0, Err(Errno::ESRCH)));
+    let o = shared.mmu_update(c, &[], SELF).unwrap();
+    assert_eq!((o.done, o.result), (0, Ok(())));
+}

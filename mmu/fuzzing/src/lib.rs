@@ -5,6 +5,9 @@
 //! - [`mmu_ops`]: a structured sequence of PV MMU operations on two domains that start
 //!   from a builder-like state (pinned trees, a privileged domain, I/O memory), decoded
 //!   with `arbitrary` and biased toward frames and entries that exist.
+//! - [`shared_ops`]: the same sequences through a `SharedMachine` (its concurrent
+//!   `mmu_update` path) against a plain `Machine`: the two must agree after every
+//!   operation.
 //! - [`vmm_hypercall`]: raw hypercall registers and guest memory contents against the
 //!   VMM's hypercall dispatch, over a domain built by the VMM's own builder, no KVM.
 //!
@@ -22,8 +25,10 @@
 //! ```
 
 pub mod ops;
+pub mod shared_ops;
 pub mod vmm_calls;
 pub mod xen_model;
 
 pub use ops::{mmu_ops, mmu_ops_judged};
+pub use shared_ops::shared_ops;
 pub use vmm_calls::vmm_hypercall;

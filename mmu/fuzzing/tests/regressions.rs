@@ -72,3 +72,27 @@ fn vmm_hypercall_random_smoke() {
         pvmmu_fuzzing::vmm_hypercall(&random_bytes(seed, 64 + (seed as usize * 53) % 1500));
     }
 }
+
+/// The `mmu_ops` corpus and regressions (the same input format) and the shared target's
+/// own, through `SharedMachine` against a plain `Machine`.
+#[test]
+fn shared_ops_agree_on_the_corpus() {
+    let files: Vec<_> = inputs("regressions", "shared_ops")
+        .into_iter()
+        .chain(inputs("corpus", "shared_ops"))
+        .chain(inputs("regressions", "mmu_ops"))
+        .chain(inputs("corpus", "mmu_ops"))
+        .collect();
+    assert!(!files.is_empty());
+    for (path, bytes) in &files {
+        eprintln!("replaying {}", path.display());
+        pvmmu_fuzzing::shared_ops(bytes);
+    }
+}
+
+#[test]
+fn shared_ops_random_smoke() {
+    for seed in 0..100 {
+        pvmmu_fuzzing::shared_ops(&random_bytes(seed, 64 + (seed as usize * 37) % 2000));
+    }
+}
