@@ -257,7 +257,8 @@ mod tests {
 
 /// The protocol under `loom`, over every interleaving of two vCPUs: run with
 /// `scripts/loom.sh`.
-#[cfg(all(test, loom))]
+#[cfg(test)]
+#[cfg(loom)]
 mod loom_model {
     use loom::sync::Arc;
     use loom::sync::atomic::{AtomicU64, Ordering};
