@@ -68,8 +68,11 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             for v in &d.vcpus {
                 let gdt = v.gdt_frames.iter().copied();
                 let ldt = v.ldt_mapped.iter().flatten().copied();
+                let areas =
+                    [v.runstate_phys_area, v.time_phys_area].map(|a| a.map(|a| Mfn(a >> 12)));
                 for r in [v.kernel_root, v.user_root, v.vcpu_info_frame]
                     .into_iter()
+                    .chain(areas)
                     .flatten()
                     .chain(gdt)
                     .chain(ldt)
@@ -217,6 +220,9 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             roots.append(&mut v.gdt_frames);
             roots.extend(std::mem::take(&mut v.ldt_mapped).into_iter().flatten());
             roots.extend(v.vcpu_info_frame.take());
+            for a in [v.runstate_phys_area.take(), v.time_phys_area.take()] {
+                roots.extend(a.map(|a| Mfn(a >> 12)));
+            }
         }
         for r in roots {
             core.put_page_and_type(mem, r);

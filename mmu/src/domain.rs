@@ -99,6 +99,12 @@ pub struct Vcpu {
     /// The frame holding the vCPU's registered `vcpu_info` (see [`crate::area`]),
     /// holding a general and a writable type reference.
     pub vcpu_info_frame: Option<Mfn>,
+    /// The guest-physical address of its runstate area registered by
+    /// `VCPUOP_register_runstate_phys_area` (see [`crate::area`]); its frame holds a
+    /// general and a writable type reference.
+    pub runstate_phys_area: Option<u64>,
+    /// The same for `VCPUOP_register_vcpu_time_phys_area`.
+    pub time_phys_area: Option<u64>,
     /// Tables whose de-validation stopped part-way in this vCPU's calls (Xen's
     /// `old_guest_table`): its next `mmu_update` or `mmuext_op` finishes them first.
     pub(crate) parked: Vec<Mfn>,

@@ -116,6 +116,7 @@ pub mod vmassist;
 pub mod walk;
 mod write;
 
+pub use area::{GUEST_AREA_NONE, GuestArea};
 pub use audit::AuditError;
 pub use batch::{BatchOutcome, Caller};
 pub use domain::{Domain, DomainConfig, Vcpu};

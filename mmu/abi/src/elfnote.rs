@@ -150,6 +150,10 @@ pub const XENFEAT_linux_rsdp_unrestricted: u32 = 15;
 pub const XENFEAT_not_direct_mapped: u32 = 16;
 /// Domain memory is direct mapped.
 pub const XENFEAT_direct_mapped: u32 = 17;
+/// `VCPUOP_register_runstate_phys_area` is available.
+pub const XENFEAT_runstate_phys_area: u32 = 18;
+/// `VCPUOP_register_vcpu_time_phys_area` is available.
+pub const XENFEAT_vcpu_time_phys_area: u32 = 19;
 
 /// Number of 32-bit feature submaps (`XENFEAT_NR_SUBMAPS`).
 pub const XENFEAT_NR_SUBMAPS: u32 = 1;

@@ -5,7 +5,7 @@
 //! - [`mmu_ops`]: a structured sequence of PV MMU operations on two domains that start
 //!   from a builder-like state (pinned trees, a privileged domain, I/O memory), decoded
 //!   with `arbitrary` and biased toward frames and entries that exist.
-//! - [`shared_ops`]: the same sequences through a `SharedMachine` (its concurrent
+//! - [`shared_ops()`]: the same sequences through a `SharedMachine` (its concurrent
 //!   `mmu_update` path) against a plain `Machine`: the two must agree after every
 //!   operation.
 //! - [`vmm_hypercall`]: raw hypercall registers and guest memory contents against the

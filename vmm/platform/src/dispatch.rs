@@ -400,6 +400,38 @@ impl Platform<'_> {
                 self.dom.evtchn.kick(target);
                 0
             }
+            // Areas by guest-physical address, for any vCPU of the domain (Xen's
+            // `map_guest_area`); the area is filled at once where its content is known.
+            c @ (crate::pv::vcpu_op::VCPUOP_REGISTER_RUNSTATE_PHYS_AREA
+            | crate::pv::vcpu_op::VCPUOP_REGISTER_VCPU_TIME_PHYS_AREA) => {
+                let gaddr = match m.kernel_view(caller).read_u64(a[2]) {
+                    Ok(g) => g,
+                    Err(e) => return Some(e.neg()),
+                };
+                let area = if c == crate::pv::vcpu_op::VCPUOP_REGISTER_RUNSTATE_PHYS_AREA {
+                    pvmmu::GuestArea::Runstate
+                } else {
+                    pvmmu::GuestArea::Time
+                };
+                let t = Caller::new(caller.dom, target);
+                match m.map_guest_area(t, area, gaddr) {
+                    Ok(Ok(())) => {
+                        match area {
+                            pvmmu::GuestArea::Runstate if own => self.pv.update_runstate_area(m),
+                            pvmmu::GuestArea::Runstate => {
+                                let info = self.other_runstate(target);
+                                crate::pv::vcpu_op::write_runstate_phys(m, gaddr, &info);
+                            }
+                            // Another vCPU's at its next time update.
+                            pvmmu::GuestArea::Time if own => self.pv.update_secondary_time(m),
+                            pvmmu::GuestArea::Time => {}
+                        }
+                        0
+                    }
+                    Ok(Err(e)) => e.neg(),
+                    Err(_) => Errno::ENOENT.neg(),
+                }
+            }
             VCPUOP_GET_RUNSTATE_INFO if !own => {
                 let info = self.other_runstate(target);
                 m.kernel_view(caller)
@@ -828,18 +860,22 @@ const DENIED: &[u8] = b"<denied>";
 /// The `XENVER_get_features` submap 0 for a 64-bit PV domU, as Xen builds it: PTE
 /// updates preserving A/D, the highmem assist, grant mappings carrying the PTE's
 /// available bits, directly mapped memory, PAE page directories anywhere, and the
-/// device-model MSI-X writes bit Xen sets for every x86 domain. (Xen also sets the
-/// vNUMA, runstate and vcpu-time physical-area bits, which pvmmu does not offer.)
+/// device-model MSI-X writes bit Xen sets for every x86 domain, and the runstate and
+/// vcpu-time physical areas. (Xen also sets the vNUMA bit, which pvmmu does not
+/// offer.)
 pub const PV_FEATURES: u32 = {
     use pvmmu_abi::elfnote::{
         XENFEAT_direct_mapped, XENFEAT_gnttab_map_avail_bits, XENFEAT_highmem_assist,
-        XENFEAT_mmu_pt_update_preserve_ad, XENFEAT_pae_pgdir_above_4gb,
+        XENFEAT_mmu_pt_update_preserve_ad, XENFEAT_pae_pgdir_above_4gb, XENFEAT_runstate_phys_area,
+        XENFEAT_vcpu_time_phys_area,
     };
     (1 << XENFEAT_pae_pgdir_above_4gb)
         | (1 << XENFEAT_mmu_pt_update_preserve_ad)
         | (1 << XENFEAT_highmem_assist)
         | (1 << XENFEAT_gnttab_map_avail_bits)
         | (1 << XENFEAT_direct_mapped)
+        | (1 << XENFEAT_runstate_phys_area)
+        | (1 << XENFEAT_vcpu_time_phys_area)
         | (1 << 20) // XENFEAT_dm_msix_all_writes
 };
 

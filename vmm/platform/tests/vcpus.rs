@@ -280,3 +280,128 @@ fn initialise_keeps_the_whole_kernel_ss_word() {
     let start = w.state.vcpus[1].start.as_ref().expect("start context");
     assert_eq!(start.pv.kernel_ss, 0x1_0000_001b);
 }
+
+/// Reads `n` bytes of guest-physical memory.
+fn read_phys(w: &World, at: u64, n: usize) -> Vec<u8> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut b = vec![0u8; n];
+    w.d.machine
+        .memory()
+        .read_slice(&mut b, GuestAddress(at))
+        .expect("guest memory");
+    b
+}
+
+fn word_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+impl World {
+    /// Writes `v` at ARG.
+    fn put_arg(&mut self, v: u64) {
+        let root = self.d.machine.kernel_root(self.pv.caller());
+        GuestView::new(self.d.machine.memory(), root)
+            .write(ARG, &v.to_le_bytes())
+            .expect("guest write");
+    }
+
+    /// `vcpu_op(cmd, vcpu, &gaddr)`: the argument through guest memory at ARG.
+    fn area_op(&mut self, cmd: u32, vcpu: u64, gaddr: u64) -> i64 {
+        self.put_arg(gaddr);
+        self.op(cmd, vcpu, ARG)
+    }
+}
+
+#[test]
+fn runstate_and_time_areas_by_guest_physical_address() {
+    const RUNSTATE_PHYS: u32 = 14;
+    const TIME_PHYS: u32 = 15;
+    const REGISTER_RUNSTATE_VA: u32 = 5;
+    let mut w = world();
+    let (enxio, einval) = (Errno::ENXIO.neg(), Errno::EINVAL.neg());
+    // Map_guest_area's refusals, in Xen's order.
+    assert_eq!(
+        w.area_op(RUNSTATE_PHYS, 0, 0x16_0fe0),
+        enxio,
+        "crosses a page"
+    );
+    assert_eq!(
+        w.area_op(RUNSTATE_PHYS, 0, 0x16_0004),
+        enxio,
+        "not 8-byte aligned"
+    );
+    assert_eq!(
+        w.area_op(RUNSTATE_PHYS, 0, 0x4000_0000),
+        einval,
+        "not the domain's RAM"
+    );
+    let l4 = w.d.boot.l4.addr();
+    assert_eq!(
+        w.area_op(RUNSTATE_PHYS, 0, l4),
+        Errno::EACCES.neg(),
+        "a page table"
+    );
+    assert_eq!(
+        w.op(RUNSTATE_PHYS, 0, 0xffff_8000_0000_0000),
+        Errno::EFAULT.neg()
+    );
+    assert_eq!(w.op(RUNSTATE_PHYS, 2, ARG), Errno::ENOENT.neg());
+    // A virtual area first; once a physical one is registered, only that is written.
+    let va_area = 0x17_0000;
+    assert_eq!(w.area_op(REGISTER_RUNSTATE_VA, 0, va_area), 0);
+    let frame = Mfn(0x160);
+    let before = w.d.machine.frames().get(frame).unwrap();
+    assert_eq!(w.area_op(RUNSTATE_PHYS, 0, 0x16_0040), 0);
+    let after = w.d.machine.frames().get(frame).unwrap();
+    assert_eq!(
+        (after.count, after.type_count),
+        (before.count + 1, before.type_count + 1)
+    );
+    let r = read_phys(&w, 0x16_0040, 48);
+    assert_eq!(word_at(&r, 0), 0, "running");
+    assert_eq!(
+        word_at(&r, 8) >> 63,
+        0,
+        "XEN_RUNSTATE_UPDATE clear after the write"
+    );
+    assert!(word_at(&r, 16) > 0, "time running");
+    let va_before = read_phys(&w, va_area, 48);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    w.pv.update_runstate_area(&w.d.machine);
+    assert_eq!(
+        read_phys(&w, va_area, 48),
+        va_before,
+        "the virtual area is left alone"
+    );
+    assert!(word_at(&read_phys(&w, 0x16_0040, 48), 16) > word_at(&r, 16));
+    // Another vCPU's time area; then ours, filled from vcpu_info at each update.
+    assert_eq!(w.area_op(TIME_PHYS, 1, 0x16_0100), 0);
+    let ap = Caller::new(w.pv.caller().dom, 1);
+    assert_eq!(
+        w.d.machine.guest_area(ap, pvmmu::GuestArea::Time),
+        Some(0x16_0100)
+    );
+    assert_eq!(w.area_op(TIME_PHYS, 0, 0x16_0200), 0);
+    w.pv.update_time(&w.d.machine, 123_456_789, 2_000_000);
+    let info = w.pv.vcpu_info() + pvmmu_abi::shared_info::VCPU_INFO_TIME_OFFSET as u64;
+    let primary = read_phys(&w, info, 32);
+    let secondary = read_phys(&w, 0x16_0200, 32);
+    assert_eq!(
+        secondary, primary,
+        "the same record, the same (even) version"
+    );
+    assert_eq!(word_at(&secondary, 8), 123_456_789);
+    assert_eq!(secondary[0] & 1, 0);
+    // ~0 unregisters: the references go back.
+    assert_eq!(w.area_op(RUNSTATE_PHYS, 0, u64::MAX), 0);
+    let back = w.d.machine.frames().get(frame).unwrap();
+    assert_eq!(
+        (back.count, back.type_count),
+        (before.count + 2, before.type_count + 2),
+        "the two time areas' (vCPU 0's and 1's, same frame)"
+    );
+    assert_eq!(w.area_op(TIME_PHYS, 0, u64::MAX), 0);
+    assert_eq!(w.area_op(TIME_PHYS, 1, u64::MAX), 0);
+    assert_eq!(w.d.machine.frames().get(frame).unwrap(), before);
+    assert!(w.d.machine.audit().is_ok());
+}

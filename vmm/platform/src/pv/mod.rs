@@ -290,6 +290,10 @@ pub struct PvVcpu {
     pub(crate) vcpu_info: u64,
     /// The registered runstate area (guest virtual), if any.
     pub runstate_area: Option<u64>,
+    /// The registered secondary time area (guest virtual), if any.
+    pub time_area: Option<u64>,
+    /// The last `vcpu_time_info` written into `vcpu_info`, for the secondary areas.
+    pub(crate) last_time: Option<[u8; vcpu_op::TIME_INFO_SIZE]>,
     /// When the vCPU was created: system time 0.
     epoch: std::time::Instant,
     /// The timers.
@@ -313,6 +317,8 @@ impl PvVcpu {
             iopl: 0,
             vcpu_info,
             runstate_area: None,
+            time_area: None,
+            last_time: None,
             epoch: std::time::Instant::now(),
             timers: timer::Timers::default(),
         }

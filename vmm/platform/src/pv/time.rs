@@ -5,6 +5,8 @@
 
 use pvmmu::TlbFlush;
 use pvmmu_abi::shared_info::VCPU_INFO_TIME_OFFSET;
+
+use super::vcpu_op::TIME_INFO_SIZE;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{Mach, PvVcpu};
@@ -77,6 +79,35 @@ impl PvVcpu {
         // flags: TSC stable (PVCLOCK_TSC_STABLE_BIT) only if the host says so; not set.
         let _ = mem.write_slice(&b, GuestAddress(base + 8));
         let _ = mem.write_obj(odd.wrapping_add(1), GuestAddress(base));
+        let mut record = [0u8; TIME_INFO_SIZE];
+        record[0..4].copy_from_slice(&odd.wrapping_add(1).to_le_bytes());
+        record[8..32].copy_from_slice(&b);
+        self.last_time = Some(record);
+        self.update_secondary_time(m);
+    }
+
+    /// Copies the last `vcpu_time_info` into the secondary time area, the one
+    /// registered by guest-physical address if any, else the virtual one (Xen's
+    /// `update_secondary_system_time`: the version goes odd, the record is written,
+    /// the version goes even; it mirrors `vcpu_info`'s). A failed write is ignored.
+    pub fn update_secondary_time<F: TlbFlush>(&self, m: &Mach<F>) {
+        let Some(record) = self.last_time else {
+            return;
+        };
+        let even = u32::from_le_bytes(record[0..4].try_into().unwrap_or_default());
+        let mut odd = record;
+        odd[0..4].copy_from_slice(&even.wrapping_sub(1).to_le_bytes());
+        if let Some(gaddr) = m.guest_area(self.caller, pvmmu::GuestArea::Time) {
+            let mem = m.memory();
+            let _ = mem.write_slice(&odd[0..4], GuestAddress(gaddr));
+            let _ = mem.write_slice(&odd, GuestAddress(gaddr));
+            let _ = mem.write_slice(&record[0..4], GuestAddress(gaddr));
+        } else if let Some(va) = self.time_area {
+            let mut view = m.kernel_view(self.caller);
+            if view.write(va, &odd[0..4]).is_ok() && view.write(va, &odd).is_ok() {
+                let _ = view.write(va, &record[0..4]);
+            }
+        }
     }
 
     /// Writes the wallclock into `shared_info` (at guest-physical `shared_info`): the

@@ -26,6 +26,33 @@ const VCPUOP_REGISTER_VCPU_INFO: u32 = 10;
 /// `struct vcpu_runstate_info`: state, the time it was entered, and the time spent in
 /// each of the four states (running, runnable, blocked, offline), in ns of system time.
 pub const RUNSTATE_INFO_SIZE: usize = 48;
+/// `VCPUOP_register_vcpu_time_memory_area`.
+const VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA: u32 = 13;
+/// `VCPUOP_register_runstate_phys_area`.
+pub(crate) const VCPUOP_REGISTER_RUNSTATE_PHYS_AREA: u32 = 14;
+/// `VCPUOP_register_vcpu_time_phys_area`.
+pub(crate) const VCPUOP_REGISTER_VCPU_TIME_PHYS_AREA: u32 = 15;
+/// `XEN_RUNSTATE_UPDATE`: set in `state_entry_time` while the area is being written.
+const XEN_RUNSTATE_UPDATE: u64 = 1 << 63;
+/// Size of `struct vcpu_time_info`.
+pub const TIME_INFO_SIZE: usize = 32;
+
+/// Writes a runstate record into an area registered by guest-physical address, with
+/// `XEN_RUNSTATE_UPDATE` set in `state_entry_time` meanwhile (as Xen updates it).
+pub(crate) fn write_runstate_phys<F: TlbFlush>(
+    m: &Mach<F>,
+    gaddr: u64,
+    info: &[u8; RUNSTATE_INFO_SIZE],
+) {
+    use vm_memory::{Bytes, GuestAddress};
+    let mem = m.memory();
+    let entry = u64::from_le_bytes(info[8..16].try_into().unwrap_or_default());
+    let _ = mem.write_obj(entry | XEN_RUNSTATE_UPDATE, GuestAddress(gaddr + 8));
+    let mut updating = *info;
+    updating[8..16].copy_from_slice(&(entry | XEN_RUNSTATE_UPDATE).to_le_bytes());
+    let _ = mem.write_slice(&updating, GuestAddress(gaddr));
+    let _ = mem.write_obj(entry, GuestAddress(gaddr + 8));
+}
 
 impl PvVcpu {
     /// Nanoseconds of system time (since the vCPU was created, which is the domain's
@@ -46,8 +73,12 @@ impl PvVcpu {
 
     /// Writes the runstate to the registered area, if any (Xen's
     /// `update_runstate_area`); a failed write is ignored, as Xen ignores it.
+    /// An area registered by guest-physical address takes precedence: the virtual one
+    /// is then not written (Xen's rule).
     pub fn update_runstate_area<F: TlbFlush>(&self, m: &Mach<F>) {
-        if let Some(va) = self.runstate_area {
+        if let Some(gaddr) = m.guest_area(self.caller, pvmmu::GuestArea::Runstate) {
+            write_runstate_phys(m, gaddr, &self.runstate_info());
+        } else if let Some(va) = self.runstate_area {
             let _ = m.kernel_view(self.caller).write(va, &self.runstate_info());
         }
     }
@@ -94,6 +125,22 @@ impl PvVcpu {
                 0
             }
             VCPUOP_REGISTER_VCPU_INFO if own => self.register_vcpu_info(m, arg),
+            // The secondary time area, by virtual address (Xen's `time_info_guest`):
+            // filled at once and at every time update.
+            VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA if own => {
+                let va = match m.kernel_view(self.caller).read_u64(arg) {
+                    Ok(va) => va,
+                    Err(e) => return Some(e.neg()),
+                };
+                if !pvmmu::guest_range_ok(va, TIME_INFO_SIZE as u64) {
+                    return Some(Errno::EFAULT.neg());
+                }
+                // A null handle unregisters (Linux does that when the TSC is not
+                // stable).
+                self.time_area = (va != 0).then_some(va);
+                self.update_secondary_time(m);
+                0
+            }
             // Timers: the periodic ones of any vCPU in Xen, the single-shot one of the
             // caller only (-EINVAL for another).
             c @ (super::timer::VCPUOP_SET_PERIODIC_TIMER
