@@ -2,7 +2,7 @@
 //! the machine's part of that bookkeeping, kept apart from the code that fills it.
 
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::entry::Mfn;
 use crate::frame::Owner;
@@ -33,4 +33,6 @@ pub(crate) struct Concurrent {
     pub(crate) log: Mutex<Vec<Deferred>>,
     /// Entries applied concurrently since the exclusive path last counted them.
     pub(crate) applied: AtomicU64,
+    /// Entry swaps still to fail on purpose (a test hook).
+    pub(crate) spurious: AtomicU32,
 }

@@ -28,7 +28,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
 
-use pvmmu_abi::domid::DOMID_IO;
 use pvmmu_abi::pte::{PAGE_PAT, PAGE_PCD, PAGE_PWT, PAGE_RW};
 use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd};
 use vm_memory::GuestMemory;
@@ -37,7 +36,7 @@ use crate::batch::{BatchOutcome, Caller};
 use crate::concurrent::Deferred;
 use crate::entry::{Mfn, PTE_AD_MASK, Pte};
 use crate::flush::{NoFlush, TlbFlush};
-use crate::frame::word::{CI_COUNT, CI_SHARED, EntryRefs, Plan, replace_entry, type_of};
+use crate::frame::word::{CI_COUNT, CI_SHARED, EntryRefs, Plan, Word, replace_entry, type_of};
 use crate::frame::{Owner, PageType};
 use crate::machine::{Core, Machine, MachineError};
 use crate::mmu_update::needs_full_path;
@@ -112,12 +111,14 @@ impl<F: TlbFlush> Core<F> {
     /// the entry to the exclusive path, which gives Xen's full answer.
     fn take_l1e_shared(&self, nl: u64, d: Owner, log: &mut Vec<Deferred>) -> bool {
         let mfn = Pte(nl).mfn();
-        let (Some(owner), Some(ci)) = (self.frames.owner(mfn), self.frames.count_word(mfn)) else {
+        let Some(ci) = self.frames.count_word(mfn) else {
             return false; // I/O memory
         };
-        if owner != d || d == DOMID_IO || (ci & CI_SHARED != 0 && nl & CACHE_ATTR_BITS != 0) {
+        // Frames the hypervisor shares keep write-back caching (-EACCES there).
+        if ci & CI_SHARED != 0 && nl & CACHE_ATTR_BITS != 0 {
             return false;
         }
+        // `d`'s own RAM only (the caller is a real domain, never DOMID_IO).
         if !self.frames.get_ref_shared(mfn, d) {
             return false;
         }
@@ -253,7 +254,11 @@ impl<F: TlbFlush> Core<F> {
                 log: &mut log,
                 last_put: false,
             };
-            let replaced = replace_entry(&page.entries()[idx], &mut refs);
+            let slot = EntrySlot {
+                entry: &page.entries()[idx],
+                spurious: &self.concurrent.spurious,
+            };
+            let replaced = replace_entry(&slot, &mut refs);
             let last_put = refs.last_put;
             let Some((old, stored)) = replaced else {
                 break;
@@ -302,6 +307,34 @@ impl<F: TlbFlush> Core<F> {
             pending.append(&mut log);
         }
         p
+    }
+}
+
+/// A page-table entry as the concurrent path swaps it: a compare-and-swap that may fail
+/// spuriously, as `compare_exchange_weak` may, and does so on demand for tests (see
+/// [`SharedMachine::fail_entry_swaps_for_test`]).
+struct EntrySlot<'a> {
+    entry: &'a std::sync::atomic::AtomicU64,
+    spurious: &'a std::sync::atomic::AtomicU32,
+}
+
+impl Word for EntrySlot<'_> {
+    #[inline]
+    fn load(&self) -> u64 {
+        Word::load(self.entry)
+    }
+
+    #[inline]
+    fn cas(&self, current: u64, new: u64) -> Result<u64, u64> {
+        if self.spurious.load(Ordering::Relaxed) > 0
+            && self
+                .spurious
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(current);
+        }
+        self.entry.cas(current, new)
     }
 }
 
@@ -414,6 +447,20 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
         let mut m = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         m.core.absorb_concurrent();
         m
+    }
+
+    #[doc(hidden)]
+    /// Test hook: the next `n` entry swaps of the concurrent path fail as a weak
+    /// compare-and-swap may (as if another vCPU had changed the entry), so that the
+    /// give-back-and-retry path runs deterministically.
+    pub fn fail_entry_swaps_for_test(&self, n: u32) {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .core
+            .concurrent
+            .spurious
+            .store(n, Ordering::Relaxed);
     }
 
     /// The machine back, with every concurrent batch's bookkeeping applied.

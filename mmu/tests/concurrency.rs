@@ -123,6 +123,12 @@ fn the_concurrent_path_gives_what_the_exclusive_path_gives() {
                 .map(|_| request(&mut r, &tables, &data, &a))
                 .collect();
             let want = a.m.mmu_update(c, &reqs, SELF).unwrap();
+            // Every other batch, its first entry swap fails once, as a weak
+            // compare-and-swap may (or a racing vCPU would make it): the references
+            // taken for it go back and the entry is replanned.
+            if batch % 2 == 0 {
+                shared.fail_entry_swaps_for_test(1);
+            }
             let got = shared.mmu_update(c, &reqs, SELF).unwrap();
             assert_eq!(got, want, "seed {seed} batch {batch}: {reqs:x?}");
             if batch % 15 == 14 {
@@ -301,4 +307,99 @@ fn a_batch_that_does_not_qualify_gets_the_exclusive_answer_even_when_empty() {
     assert_eq!((o.done, o.result), (0, Err(Errno::ESRCH)));
     let o = shared.mmu_update(c, &[], SELF).unwrap();
     assert_eq!((o.done, o.result), (0, Ok(())));
+}
+
+/// A twin pair: the same world twice, one served through `SharedMachine`.
+fn twins(cfg: pvmmu::DomainConfig) -> (Guest, SharedMachine<GuestMemoryMmap<()>, RecordingFlush>) {
+    let a = guest_with(cfg.clone());
+    let b = guest_with(cfg);
+    (a, SharedMachine::new(b.m))
+}
+
+/// Issues `reqs` on both and checks they agree (outcome, frames, flushes).
+fn both(
+    a: &mut Guest,
+    shared: &SharedMachine<GuestMemoryMmap<()>, RecordingFlush>,
+    reqs: &[(u64, u64)],
+) -> pvmmu::BatchOutcome {
+    let reqs: Vec<MmuUpdate> = reqs
+        .iter()
+        .map(|&(ptr, val)| MmuUpdate { ptr, val })
+        .collect();
+    let want = a.m.mmu_update(a.c, &reqs, SELF).unwrap();
+    let got = shared.mmu_update(a.c, &reqs, SELF).unwrap();
+    assert_eq!(got, want, "{reqs:x?}");
+    let mut b = shared.lock();
+    assert_eq!(
+        a.m.frames().iter().collect::<Vec<_>>(),
+        b.frames().iter().collect::<Vec<_>>()
+    );
+    assert_eq!(a.m.flusher().take(), b.flusher().take());
+    want
+}
+
+#[test]
+fn io_memory_and_shared_frames_take_the_exclusive_path() {
+    const MMIO: u64 = 0xfee00;
+    const PCD: u64 = 0x10;
+    let cfg = pvmmu::DomainConfig::new(1).vcpus(2).iomem(MMIO..=MMIO + 3);
+    let (mut a, shared) = twins(cfg);
+    let page = a.take();
+    let pte = a.pte_addr(va_of(page.0));
+    // I/O memory mapped, then replaced by RAM: neither is one word's change.
+    let o = both(&mut a, &shared, &[(pte, (MMIO << 12) | P | RW)]);
+    assert_eq!(o.result, Ok(()));
+    let o = both(&mut a, &shared, &[(pte, (page.0 << 12) | P | RW)]);
+    assert_eq!(o.result, Ok(()));
+    // A frame the hypervisor shares keeps write-back caching: -EACCES.
+    let frame = Mfn(0x900);
+    a.m.share_frames(1, [frame], true).unwrap();
+    shared.lock().share_frames(1, [frame], true).unwrap();
+    let o = both(&mut a, &shared, &[(pte, (frame.0 << 12) | P | RW | PCD)]);
+    assert_eq!(o.result, Err(Errno::EACCES));
+    let o = both(&mut a, &shared, &[(pte, (frame.0 << 12) | P | RW)]);
+    assert_eq!(o.result, Ok(()));
+    assert_eq!(
+        shared.lock().stats().concurrent,
+        1,
+        "only the plain shared-frame mapping"
+    );
+    a.audit();
+    assert!(shared.into_inner().audit().is_ok());
+}
+
+#[test]
+fn dropping_a_mapping_of_a_descriptor_page_in_use_empties_the_ldt_window() {
+    let (mut a, shared) = twins(pvmmu::DomainConfig::new(1).vcpus(2));
+    // A zeroed frame mapped read-only twice, in use as vCPU 0's LDT.
+    let f = a.table_frame();
+    let _ = shared.mmu_update(
+        a.c,
+        &[MmuUpdate {
+            ptr: a.pte_addr(va_of(f.0)),
+            val: (f.0 << 12) | P | A,
+        }],
+        SELF,
+    );
+    let alias = a.pte_addr(va_of(0x300));
+    both(&mut a, &shared, &[(alias, (f.0 << 12) | P)]);
+    let set_ldt = [MmuextOp::new(
+        pvmmu_abi::mmu::MMUEXT_SET_LDT,
+        va_of(f.0),
+        16,
+    )];
+    assert_eq!(a.m.mmuext_op(a.c, &set_ldt, SELF).unwrap().result, Ok(()));
+    assert_eq!(
+        shared.lock().mmuext_op(a.c, &set_ldt, SELF).unwrap().result,
+        Ok(())
+    );
+    assert_eq!(a.m.map_ldt_page(a.c, 0).unwrap(), Ok(f));
+    assert_eq!(shared.lock().map_ldt_page(a.c, 0).unwrap(), Ok(f));
+    a.m.flusher().take();
+    shared.lock().flusher().take();
+    // Dropping the alias empties the window (and flushes), as Xen's put_page_from_l1e.
+    both(&mut a, &shared, &[(alias, 0)]);
+    assert_eq!(shared.lock().ldt(a.c).mapped, [None; 16]);
+    a.audit();
+    assert!(shared.into_inner().audit().is_ok());
 }
