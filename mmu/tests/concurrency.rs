@@ -403,3 +403,20 @@ fn dropping_a_mapping_of_a_descriptor_page_in_use_empties_the_ldt_window() {
     a.audit();
     assert!(shared.into_inner().audit().is_ok());
 }
+
+#[test]
+fn a_stop_request_ends_a_concurrent_batch_after_its_first_entry_as_it_does_alone() {
+    let cfg = pvmmu::DomainConfig::new(1).vcpus(2);
+    let (mut a, shared) = twins(cfg);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    a.m.set_interrupt(Some(stop.clone()));
+    shared.lock().set_interrupt(Some(stop));
+    let pages: Vec<Mfn> = (0..3).map(|_| a.take()).collect();
+    let reqs: Vec<(u64, u64)> = pages
+        .iter()
+        .map(|p| (a.pte_addr(va_of(p.0)), (p.0 << 12) | P))
+        .collect();
+    let o = both(&mut a, &shared, &reqs);
+    assert_eq!((o.done, o.result), (1, Err(Errno::EINTR)));
+    assert_eq!(shared.lock().stats().concurrent, 1);
+}
