@@ -235,3 +235,42 @@ fn a_huge_multicall_is_preempted_and_reissued_by_the_guest() {
     assert_eq!(multicalls, Some(report.stats.continuations + 1));
     assert_eq!(report.audit, Ok(()));
 }
+
+#[test]
+fn a_domain_watchdog_that_fires_shuts_the_domain_down() {
+    // The spin guest arms a 1 s watchdog (SCHEDOP_watchdog) and spins without ever
+    // petting it: the domain ends with SHUTDOWN_watchdog, as Xen's
+    // `domain_watchdog_timeout` ends it, and stays consistent.
+    if !kvm_available() {
+        return;
+    }
+    let g = vmm::guests::find("spin").expect("spin");
+    let out = Capture::default();
+    let vm = Vm::new(VmConfig {
+        domain: DomainSpec {
+            cmdline: "watchdog=1".into(),
+            ..DomainSpec::new(g.image.to_vec(), 64)
+        },
+        console_out: Box::new(out.clone()),
+    })
+    .expect("VM");
+    let stop = vm.stop_flag();
+    // A guard in case the watchdog never fires.
+    let guard = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let started = std::time::Instant::now();
+    let report = vm.run_to_end(&AtomicBool::new(false)).expect("run");
+    const SHUTDOWN_WATCHDOG: u32 = 4; // Xen's SHUTDOWN_watchdog
+    assert_eq!(report.exit, GuestExit::Shutdown(SHUTDOWN_WATCHDOG));
+    let took = started.elapsed();
+    assert!(took.as_millis() >= 900 && took.as_secs() < 10, "{took:?}");
+    assert!(
+        out.text().contains("watchdog 1 armed for 1 s"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(report.audit, Ok(()));
+    drop(guard);
+}

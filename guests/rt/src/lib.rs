@@ -227,6 +227,38 @@ pub fn console_write(bytes: &[u8]) -> i64 {
     }
 }
 
+/// `key=N` on the guest's command line (decimal or 0x hex), if present and valid.
+pub fn cmdline_arg(si: &StartInfo, key: &[u8]) -> Option<u64> {
+    let line = &si.cmd_line;
+    let end = line.iter().position(|&b| b == 0).unwrap_or(line.len());
+    line[..end].split(|&b| b == b' ').find_map(|w| {
+        let v = w.strip_prefix(key)?.strip_prefix(b"=")?;
+        let (digits, radix) = match v.strip_prefix(b"0x") {
+            Some(h) => (h, 16),
+            None => (v, 10),
+        };
+        let s = core::str::from_utf8(digits).ok()?;
+        u64::from_str_radix(s, radix).ok()
+    })
+}
+
+/// Arms (or with `timeout_s` 0 releases) one of the domain's watchdog timers
+/// (`SCHEDOP_watchdog`): returns the timer's id, 0, or -errno.
+pub fn watchdog(id: u32, timeout_s: u32) -> i64 {
+    let arg = [id, timeout_s];
+    // SAFETY: the argument block lives on the stack for the call.
+    unsafe {
+        hypercall(
+            abi::hypercall::HYPERVISOR_sched_op,
+            6, // SCHEDOP_watchdog
+            arg.as_ptr() as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
 /// Shuts the domain down with `reason`.
 pub fn shutdown(reason: u32) -> ! {
     let arg = abi::SchedShutdown { reason };

@@ -37,21 +37,6 @@ impl Rng {
     }
 }
 
-/// `key=N` on the command line (decimal or 0x hex).
-fn arg(si: &StartInfo, key: &[u8]) -> Option<u64> {
-    let line = &si.cmd_line;
-    let end = line.iter().position(|&b| b == 0).unwrap_or(line.len());
-    line[..end].split(|&b| b == b' ').find_map(|w| {
-        let v = w.strip_prefix(key)?.strip_prefix(b"=")?;
-        let (digits, radix) = match v.strip_prefix(b"0x") {
-            Some(h) => (h, 16),
-            None => (v, 10),
-        };
-        let s = core::str::from_utf8(digits).ok()?;
-        u64::from_str_radix(s, radix).ok()
-    })
-}
-
 /// Hypercalls that would end or stall the run early are left out of the random mix:
 /// `iret` (a random frame), `sched_op` (shutdown, block, poll), `set_trap_table` and
 /// `set_callbacks`/`callback_op` (handlers at random addresses), `stack_switch`,
@@ -316,8 +301,8 @@ fn raw_syscall(nr: u64, a: [u64; 5]) {
 
 #[unsafe(no_mangle)]
 pub fn guest_main(si: &'static StartInfo) {
-    let seed = arg(si, b"seed").unwrap_or(1);
-    let steps = arg(si, b"steps").unwrap_or(4000);
+    let seed = rt::cmdline_arg(si, b"seed").unwrap_or(1);
+    let steps = rt::cmdline_arg(si, b"steps").unwrap_or(4000);
     rt::println!("chaos seed={seed} steps={steps}");
     if traps::install() != 0 {
         rt::finish(Some("chaos: set_trap_table"));

@@ -37,7 +37,6 @@ const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
 const VCPUOP_STOP_PERIODIC_TIMER: u64 = 7;
 const SCHEDOP_BLOCK: u64 = 1;
 const SCHEDOP_POLL: u64 = 3;
-const SCHEDOP_WATCHDOG: u64 = 6;
 const ENOSPC: i64 = -28;
 
 /// vcpu_info 0 in shared_info, and the event bitmaps after the 32 vcpu_infos.
@@ -445,20 +444,7 @@ pub fn guest_main(si: &'static StartInfo) {
     }
     // The domain's two watchdog timers (SCHEDOP_watchdog): taken by id 0, rearmed and
     // released by id, refused beyond them; none left armed to fire.
-    let watchdog = |id: u32, timeout: u32| {
-        let arg = [id, timeout];
-        // SAFETY: the argument block lives for the call.
-        unsafe {
-            rt::hypercall(
-                HYPERVISOR_sched_op,
-                SCHEDOP_WATCHDOG,
-                arg.as_ptr() as u64,
-                0,
-                0,
-                0,
-            )
-        }
-    };
+    let watchdog = rt::watchdog;
     c.eq("watchdog: first", watchdog(0, 3600), 1);
     c.eq("watchdog: second", watchdog(0, 3600), 2);
     c.eq("watchdog: none left", watchdog(0, 3600), ENOSPC);
