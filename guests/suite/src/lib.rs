@@ -1,6 +1,7 @@
 //! Helpers shared by the scenario guests.
 #![no_std]
 
+pub mod events;
 pub mod traps;
 
 use rt::abi::MmuUpdate;

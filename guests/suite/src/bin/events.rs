@@ -10,8 +10,7 @@
 #![no_std]
 #![no_main]
 
-use core::arch::global_asm;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use rt::abi::callback::{CALLBACKOP_register, CALLBACKTYPE_event};
 use rt::abi::hypercall::{
@@ -20,13 +19,12 @@ use rt::abi::hypercall::{
 };
 use rt::abi::{CallbackRegister, MmuUpdate, StartInfo};
 use rt::{mem, peek};
+use suite::events::{self, MASK, PENDING, byte, word};
 use suite::{A, Check, Frames, P, RW, l1e_addr};
 
 /// Upcalls taken, and events seen per port (ports below 64).
 static UPCALLS: AtomicU64 = AtomicU64::new(0);
 static SEEN: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
-/// Where the shared_info page is mapped.
-static SHINFO: AtomicU64 = AtomicU64::new(0);
 
 const EVTCHNOP_CLOSE: u64 = 3;
 const EVTCHNOP_SEND: u64 = 4;
@@ -39,89 +37,16 @@ const SCHEDOP_BLOCK: u64 = 1;
 const SCHEDOP_POLL: u64 = 3;
 const ENOSPC: i64 = -28;
 
-/// vcpu_info 0 in shared_info, and the event bitmaps after the 32 vcpu_infos.
-const PENDING: u64 = 2048;
-const MASK: u64 = 2560;
-
-// The event callback: Xen's frame is [RCX, R11, RIP, CS, RFLAGS, RSP, SS]. Save what
-// the handler may clobber, scan, and return with the `iret` hypercall.
-global_asm!(
-    r#"
-    .globl evt_entry
-evt_entry:
-    pop %rcx
-    pop %r11
-    push %rax
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %rbp
-    mov %rsp, %rbp
-    and $-16, %rsp
-    call evt_handler
-    mov %rbp, %rsp
-    pop %rbp
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rax
-    push $0
-    jmp hypercall_page + 23 * 32
-    "#,
-    options(att_syntax)
-);
-
-unsafe extern "C" {
-    fn evt_entry();
-}
-
-/// A word of shared_info.
-fn word(off: u64) -> &'static AtomicU64 {
-    // SAFETY: shared_info is mapped at SHINFO for the whole run; offsets are aligned
-    // words inside the page.
-    unsafe { &*((SHINFO.load(Ordering::Relaxed) + off) as *const AtomicU64) }
-}
-
-fn byte(off: u64) -> &'static AtomicU8 {
-    // SAFETY: as `word`, one byte.
-    unsafe { &*((SHINFO.load(Ordering::Relaxed) + off) as *const AtomicU8) }
-}
-
+/// vCPU 0's event callback: count the upcall, take every pending port.
 #[unsafe(no_mangle)]
-extern "C" fn evt_handler() {
+extern "C" fn suite_evt_handler(vcpu: u64) {
     UPCALLS.fetch_add(1, Ordering::SeqCst);
-    loop {
-        byte(0).store(0, Ordering::SeqCst); // evtchn_upcall_pending
-        let sel = word(8).swap(0, Ordering::SeqCst);
-        if sel == 0 {
-            return;
+    events::scan(vcpu, |port| {
+        if let Some(c) = SEEN.get(port) {
+            c.fetch_add(1, Ordering::SeqCst);
         }
-        for w in 0..64 {
-            if sel & (1 << w) == 0 {
-                continue;
-            }
-            let bits = word(PENDING + w * 8).load(Ordering::SeqCst)
-                & !word(MASK + w * 8).load(Ordering::SeqCst);
-            for b in 0..64 {
-                if bits & (1 << b) != 0 {
-                    word(PENDING + w * 8).fetch_and(!(1 << b), Ordering::SeqCst);
-                    if let Some(c) = SEEN.get((w * 64 + b) as usize) {
-                        c.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        }
-    }
+        true
+    });
 }
 
 fn evtchn(cmd: u64, arg: &mut [u32]) -> i64 {
@@ -149,7 +74,7 @@ fn seen(port: u32) -> u64 {
 /// Xen's system time now (ns), from vcpu_info 0's `vcpu_time_info`.
 fn system_time() -> u64 {
     loop {
-        let t = SHINFO.load(Ordering::Relaxed) + 32;
+        let t = events::word(0).as_ptr() as u64 + 32;
         let version = peek(t) as u32;
         let tsc_stamp = peek(t + 8);
         let sys = peek(t + 16);
@@ -202,32 +127,16 @@ fn set_singleshot(deadline: u64) -> i64 {
     }
 }
 
-/// Maps frame `mfn` at the VA of a free pseudo-physical frame; returns the VA.
-fn map_frame(frames: &mut Frames, mfn: u64) -> u64 {
-    let va = mem::pfn_to_va(frames.take());
-    let u = [MmuUpdate {
-        ptr: l1e_addr(va),
-        val: (mfn << 12) | P | RW | A,
-    }];
-    if rt::mmu_update(&u, u32::from(rt::abi::DOMID_SELF)).0 != 0 {
-        rt::finish(Some("mapping a hypervisor page"));
-    }
-    va
-}
-
 #[unsafe(no_mangle)]
 pub fn guest_main(si: &'static StartInfo) {
     let mut c = Check::new();
     let mut frames = Frames::new();
-    SHINFO.store(
-        map_frame(&mut frames, si.shared_info >> 12),
-        Ordering::SeqCst,
-    );
+    events::map_shared_info(&mut frames, si.shared_info >> 12);
     let cb = CallbackRegister {
         ty: CALLBACKTYPE_event,
         flags: 0,
         _pad: 0,
-        address: evt_entry as *const () as u64,
+        address: events::callback(0),
     };
     // SAFETY: the registration block lives for the call.
     let rc = unsafe {
@@ -461,7 +370,7 @@ pub fn guest_main(si: &'static StartInfo) {
 /// Tells the console backend it listens (a notification on the ring's event
 /// channel), waits (blocked) up to 5 s for a line in the ring's input half, prints it.
 fn console_input(c: &mut Check, frames: &mut Frames, si: &StartInfo) {
-    let ring = map_frame(frames, si.console_mfn);
+    let ring = events::map_frame(frames, si.console_mfn);
     rt::println!("events: type a line");
     send(si.console_evtchn);
     let deadline = system_time() + 5_000_000_000;

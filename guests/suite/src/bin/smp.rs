@@ -18,10 +18,11 @@ use rt::abi::hypercall::{
     HYPERVISOR_callback_op, HYPERVISOR_event_channel_op, HYPERVISOR_sched_op, HYPERVISOR_vcpu_op,
 };
 use rt::abi::mmu::{MMUEXT_INVLPG_MULTI, UVMF_ALL, UVMF_INVLPG, UVMF_NONE};
-use rt::abi::{CallbackRegister, MmuUpdate, MmuextOp, StartInfo};
+use rt::abi::{CallbackRegister, MmuextOp, StartInfo};
 use rt::{mem, poke};
+use suite::events::{self, MASK, byte, word};
 use suite::traps::{self, expect_one};
-use suite::{A, Check, Frames, P, RW, SELF, err, l1e_addr};
+use suite::{A, Check, Frames, P, RW, SELF, err};
 
 const VCPUOP_INITIALISE: u64 = 0;
 const VCPUOP_UP: u64 = 1;
@@ -48,10 +49,6 @@ const CTX_CR3: usize = 626;
 const CTX_EVENT_CALLBACK: usize = 639;
 const VGCF_IN_KERNEL: u64 = 1 << 2;
 
-/// The event bitmaps in shared_info, after the 32 vcpu_infos.
-const PENDING: u64 = 2048;
-const MASK: u64 = 2560;
-
 /// What vCPU 0 asks vCPU 1 to do next (a sequence number above the command's byte, so
 /// each request differs from the last), and vCPU 1's answer (the same value).
 static CMD: AtomicU64 = AtomicU64::new(0);
@@ -68,8 +65,7 @@ static ALIVE: AtomicU64 = AtomicU64::new(0);
 /// Events seen, per vCPU and port (ports below 64), and which vCPU each port is for.
 static SEEN: [[AtomicU64; 64]; 2] = [const { [const { AtomicU64::new(0) }; 64] }; 2];
 static PORT_VCPU: [AtomicU8; 64] = [const { AtomicU8::new(0xff) }; 64];
-/// Where shared_info is mapped, and the VA the flush checks use.
-static SHINFO: AtomicU64 = AtomicU64::new(0);
+/// The VA the flush checks use.
 static PROBE_VA: AtomicU64 = AtomicU64::new(0);
 
 const READ: u64 = 1;
@@ -80,8 +76,7 @@ const DOWN_SELF: u64 = 5;
 const SPIN: u64 = 6;
 const POLL: u64 = 7;
 
-// vCPU 1's entry (RSP is its stack's top) and the event callbacks of both vCPUs (Xen's
-// frame is [RCX, R11, RIP, CS, RFLAGS, RSP, SS]; the vCPU number goes to the handler).
+// vCPU 1's entry (RSP is its stack's top) and its stack.
 global_asm!(
     r#"
     .globl smp_ap_entry
@@ -89,43 +84,6 @@ smp_ap_entry:
     and $-16, %rsp
     call ap_main
     ud2
-
-    .macro EVT vcpu
-    .globl smp_evt\vcpu
-smp_evt\vcpu:
-    pop %rcx
-    pop %r11
-    push %rax
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %rbp
-    mov %rsp, %rbp
-    and $-16, %rsp
-    mov $\vcpu, %edi
-    call smp_evt_handler
-    mov %rbp, %rsp
-    pop %rbp
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rax
-    push $0
-    jmp hypercall_page + 23 * 32
-    .endm
-
-    EVT 0
-    EVT 1
 
     .section .bss.smp_ap_stack, "aw", @nobits
     .balign 4096
@@ -138,52 +96,22 @@ smp_ap_stack_top:
 
 unsafe extern "C" {
     fn smp_ap_entry();
-    fn smp_evt0();
-    fn smp_evt1();
     static smp_ap_stack_top: u8;
-}
-
-/// A word of shared_info.
-fn word(off: u64) -> &'static AtomicU64 {
-    // SAFETY: shared_info is mapped at SHINFO for the whole run; offsets are aligned
-    // words inside the page.
-    unsafe { &*((SHINFO.load(Ordering::Relaxed) + off) as *const AtomicU64) }
-}
-
-fn byte(off: u64) -> &'static AtomicU8 {
-    // SAFETY: as `word`, one byte.
-    unsafe { &*((SHINFO.load(Ordering::Relaxed) + off) as *const AtomicU8) }
 }
 
 /// The event callback of vCPU `vcpu`: its own `vcpu_info`, and only the ports bound
 /// to it (the bitmaps are shared).
 #[unsafe(no_mangle)]
-extern "C" fn smp_evt_handler(vcpu: u64) {
-    let info = vcpu * 64;
-    loop {
-        byte(info).store(0, Ordering::SeqCst);
-        let sel = word(info + 8).swap(0, Ordering::SeqCst);
-        if sel == 0 {
-            return;
+extern "C" fn suite_evt_handler(vcpu: u64) {
+    events::scan(vcpu, |port| {
+        let mine = PORT_VCPU
+            .get(port)
+            .is_some_and(|v| u64::from(v.load(Ordering::SeqCst)) == vcpu);
+        if mine {
+            SEEN[vcpu as usize][port].fetch_add(1, Ordering::SeqCst);
         }
-        for w in 0..64 {
-            if sel & (1 << w) == 0 {
-                continue;
-            }
-            let bits = word(PENDING + w * 8).load(Ordering::SeqCst)
-                & !word(MASK + w * 8).load(Ordering::SeqCst);
-            for b in 0..64 {
-                let port = (w * 64 + b) as usize;
-                let mine = PORT_VCPU
-                    .get(port)
-                    .is_some_and(|v| u64::from(v.load(Ordering::SeqCst)) == vcpu);
-                if bits & (1 << b) != 0 && mine {
-                    word(PENDING + w * 8).fetch_and(!(1 << b), Ordering::SeqCst);
-                    SEEN[vcpu as usize][port].fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-    }
+        mine
+    });
 }
 
 fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
@@ -344,32 +272,16 @@ extern "C" fn ap_main() -> ! {
     }
 }
 
-/// Maps frame `mfn` at the VA of a free pseudo-physical frame; returns the VA.
-fn map_frame(frames: &mut Frames, mfn: u64) -> u64 {
-    let va = mem::pfn_to_va(frames.take());
-    let u = [MmuUpdate {
-        ptr: l1e_addr(va),
-        val: (mfn << 12) | P | RW | A,
-    }];
-    if rt::mmu_update(&u, SELF).0 != 0 {
-        rt::finish(Some("mapping shared_info"));
-    }
-    va
-}
-
 #[unsafe(no_mangle)]
 pub fn guest_main(si: &'static StartInfo) {
     let mut c = Check::new();
     let mut frames = Frames::new();
-    SHINFO.store(
-        map_frame(&mut frames, si.shared_info >> 12),
-        Ordering::SeqCst,
-    );
+    events::map_shared_info(&mut frames, si.shared_info >> 12);
     let cb = CallbackRegister {
         ty: CALLBACKTYPE_event,
         flags: 0,
         _pad: 0,
-        address: smp_evt0 as *const () as u64,
+        address: events::callback(0),
     };
     // SAFETY: the registration block lives for the call.
     let rc = unsafe {
@@ -427,7 +339,7 @@ pub fn guest_main(si: &'static StartInfo) {
     ctx[CTX_KERNEL_SS] = 0xe02b;
     ctx[CTX_KERNEL_SP] = top;
     ctx[CTX_CR3] = suite::builder_l4() << 12;
-    ctx[CTX_EVENT_CALLBACK] = smp_evt1 as *const () as u64;
+    ctx[CTX_EVENT_CALLBACK] = events::callback(1);
     let einval = err(rt::abi::Errno::EINVAL);
     let init = |ctx: &[u64; CTX_WORDS]| vcpu_op(VCPUOP_INITIALISE, 1, ctx.as_ptr() as u64);
     c.eq(
