@@ -22,7 +22,8 @@ pub const MASK: u64 = 2560;
 // registers a callback defines it; weak, so the others link without one), and return
 // with the `iret` hypercall.
 global_asm!(
-    r#"
+    concat!(
+        r#"
     .weak suite_evt_handler
     .macro SUITE_EVT vcpu
     .globl suite_evt\vcpu
@@ -31,12 +32,9 @@ suite_evt\vcpu:
     pop %r11
     push %rax
     push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
+    "#,
+        push_scratch!(),
+        r#"
     push %r11
     push %rbp
     mov %rsp, %rbp
@@ -46,12 +44,9 @@ suite_evt\vcpu:
     mov %rbp, %rsp
     pop %rbp
     pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
+    "#,
+        pop_scratch!(),
+        r#"
     pop %rcx
     pop %rax
     push $0
@@ -60,7 +55,8 @@ suite_evt\vcpu:
 
     SUITE_EVT 0
     SUITE_EVT 1
-    "#,
+    "#
+    ),
     options(att_syntax)
 );
 

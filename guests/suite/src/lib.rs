@@ -1,6 +1,21 @@
 //! Helpers shared by the scenario guests.
 #![no_std]
 
+/// Pushes the caller-saved registers a Rust handler may clobber, besides RAX, RCX and
+/// R11 (which each entry handles its own way): for the guests' assembly entries.
+macro_rules! push_scratch {
+    () => {
+        "push %rdx\npush %rsi\npush %rdi\npush %r8\npush %r9\npush %r10\n"
+    };
+}
+
+/// Pops what [`push_scratch`] pushed.
+macro_rules! pop_scratch {
+    () => {
+        "pop %r10\npop %r9\npop %r8\npop %rdi\npop %rsi\npop %rdx\n"
+    };
+}
+
 pub mod events;
 pub mod traps;
 

@@ -25,7 +25,8 @@ pub static FLAT_RESUME: AtomicBool = AtomicBool::new(false);
 // `iret` hypercall (slot 23 of the hypercall page, which wants a flags word on top of
 // the RIP..SS frame).
 global_asm!(
-    r#"
+    concat!(
+        r#"
     .macro NOERR vec, name
     .globl \name
 \name:
@@ -55,12 +56,9 @@ global_asm!(
 pvt_common:
     # [vec, rcx, r11, err, rip, cs, rflags, rsp, ss]
     push %rax
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
+    "#,
+        push_scratch!(),
+        r#"
     push %rbp
     lea 64(%rsp), %rdi
     mov %rsp, %rbp
@@ -68,12 +66,9 @@ pvt_common:
     call pvt_handler
     mov %rbp, %rsp
     pop %rbp
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
+    "#,
+        pop_scratch!(),
+        r#"
     pop %rax
     add $8, %rsp
     pop %rcx
@@ -81,7 +76,8 @@ pvt_common:
     add $8, %rsp
     push $0
     jmp hypercall_page + 23 * 32
-    "#,
+    "#
+    ),
     options(att_syntax)
 );
 
