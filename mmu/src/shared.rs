@@ -355,8 +355,9 @@ impl<F: TlbFlush> EntryRefs for L1Refs<'_, F> {
         if !self.core.releasable_shared(old, self.d) {
             return None;
         }
-        // Only the flag whitelist changing on a present entry moves no reference.
-        let take = nl & 1 != 0 && (old & 1 == 0 || needs_full_path(old, nl));
+        // Only the flag whitelist changing on a present entry moves no reference (the
+        // present bit is not in the whitelist, so a not-present `old` always does).
+        let take = nl & 1 != 0 && needs_full_path(old, nl);
         let want = if self.preserve_ad {
             nl | (old & PTE_AD_MASK)
         } else {
