@@ -375,6 +375,22 @@ impl Platform<'_> {
                 let _ = m.kernel_view(caller).write(va, &info);
                 0
             }
+            // Another vCPU's secondary time area (Xen's `time_info_guest` of the
+            // target): recorded in its slot, followed at its next exit.
+            crate::pv::vcpu_op::VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA if !own => {
+                let va = match m.kernel_view(caller).read_u64(a[2]) {
+                    Ok(va) => va,
+                    Err(e) => return Some(e.neg()),
+                };
+                if !pvmmu::guest_range_ok(va, crate::pv::vcpu_op::TIME_INFO_SIZE as u64) {
+                    return Some(Errno::EFAULT.neg());
+                }
+                if let Some(slot) = self.dom.vcpus.get_mut(target as usize) {
+                    slot.time_area = Some(va);
+                }
+                self.dom.evtchn.kick(target);
+                0
+            }
             // Xen's periodic-timer commands take any vCPU of the domain; the target
             // follows at its next exit.
             crate::pv::timer::VCPUOP_SET_PERIODIC_TIMER

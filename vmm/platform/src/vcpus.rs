@@ -27,6 +27,9 @@ pub struct VcpuSlot {
     pub runstate_area: Option<u64>,
     /// A periodic-timer period another vCPU set for it (0: stopped), which it follows.
     pub period: Option<u64>,
+    /// A secondary time area another vCPU registered for it (guest virtual; 0:
+    /// unregistered), which it follows.
+    pub time_area: Option<u64>,
 }
 
 /// Where a vCPU starts: its PV state and its registers.
@@ -95,6 +98,7 @@ pub fn at_creation(n: u32) -> Vec<VcpuSlot> {
             start: None,
             runstate_area: None,
             period: None,
+            time_area: None,
         })
         .collect()
 }

@@ -264,7 +264,7 @@ fn the_periodic_timer_of_another_vcpu() {
     assert_eq!(w.op(SET_SINGLESHOT, 1, ARG), Errno::EINVAL.neg());
     // The vCPU follows what was set for it.
     let mut ap = w.pv.sibling(pvmmu::Caller::new(w.pv.caller().dom, 1), 0);
-    ap.follow(0, None, w.state.vcpus[1].period.take());
+    ap.follow(0, None, w.state.vcpus[1].period.take(), None);
     assert_eq!(ap.timers.period, 0);
     assert_eq!(ap.next_deadline(), None);
 }
@@ -404,4 +404,27 @@ fn runstate_and_time_areas_by_guest_physical_address() {
     assert_eq!(w.area_op(TIME_PHYS, 1, u64::MAX), 0);
     assert_eq!(w.d.machine.frames().get(frame).unwrap(), before);
     assert!(w.d.machine.audit().is_ok());
+}
+
+#[test]
+fn another_vcpus_time_area_is_followed() {
+    const TIME_VA: u32 = 13;
+    let mut w = world();
+    assert_eq!(
+        w.area_op(TIME_VA, 1, 0xffff_8000_0000_0000),
+        Errno::EFAULT.neg()
+    );
+    let _ = w.state.evtchn.take_kicks();
+    assert_eq!(w.area_op(TIME_VA, 1, 0x16_0300), 0);
+    assert_eq!(w.state.vcpus[1].time_area, Some(0x16_0300));
+    assert_eq!(w.state.evtchn.take_kicks(), 2, "vCPU 1 is kicked to follow");
+    let mut ap = w.pv.sibling(Caller::new(w.pv.caller().dom, 1), 0);
+    ap.follow(0, None, None, w.state.vcpus[1].time_area.take());
+    assert_eq!(ap.time_area, Some(0x16_0300));
+    // A null handle unregisters, for another vCPU as for the caller.
+    assert_eq!(w.area_op(TIME_VA, 1, 0), 0);
+    ap.follow(0, None, None, w.state.vcpus[1].time_area.take());
+    assert_eq!(ap.time_area, None);
+    assert_eq!(w.area_op(TIME_VA, 0, 0x16_0300), 0);
+    assert_eq!(w.pv.time_area, Some(0x16_0300));
 }

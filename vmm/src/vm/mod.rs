@@ -745,17 +745,19 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
 }
 
 /// Makes the vCPU follow what another vCPU registered for it (`vcpu_info`, runstate
-/// area).
+/// area, periodic timer, secondary time area).
 fn follow(core: &mut Core, cpu: &mut Cpu) {
     let me = cpu.vcpu.caller.vcpu as usize;
     let info = core.platform.evtchn.vcpu_info.get(me).copied().unwrap_or(0);
-    let (area, period) = core
+    let (area, period, time) = core
         .platform
         .vcpus
         .get_mut(me)
-        .map_or((None, None), |s| (s.runstate_area.take(), s.period.take()));
-    if info != cpu.pv.vcpu_info() || area.is_some() || period.is_some() {
-        cpu.pv.follow(info, area, period);
+        .map_or((None, None, None), |s| {
+            (s.runstate_area.take(), s.period.take(), s.time_area.take())
+        });
+    if info != cpu.pv.vcpu_info() || area.is_some() || period.is_some() || time.is_some() {
+        cpu.pv.follow(info, area, period, time);
     }
 }
 

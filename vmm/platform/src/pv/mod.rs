@@ -346,13 +346,23 @@ impl PvVcpu {
     }
 
     /// Follows what another vCPU set for this one: a `vcpu_info`, a runstate area, a
-    /// periodic timer's period (0: stopped; the next expiry one period from now).
-    pub fn follow(&mut self, vcpu_info: u64, runstate_area: Option<u64>, period: Option<u64>) {
+    /// periodic timer's period (0: stopped; the next expiry one period from now), a
+    /// secondary time area (0: unregistered; written from the next time update on).
+    pub fn follow(
+        &mut self,
+        vcpu_info: u64,
+        runstate_area: Option<u64>,
+        period: Option<u64>,
+        time_area: Option<u64>,
+    ) {
         if vcpu_info != 0 {
             self.vcpu_info = vcpu_info;
         }
         if runstate_area.is_some() {
             self.runstate_area = runstate_area;
+        }
+        if let Some(va) = time_area {
+            self.time_area = (va != 0).then_some(va);
         }
         if let Some(p) = period {
             self.timers.period = p;

@@ -27,7 +27,7 @@ const VCPUOP_REGISTER_VCPU_INFO: u32 = 10;
 /// each of the four states (running, runnable, blocked, offline), in ns of system time.
 pub const RUNSTATE_INFO_SIZE: usize = 48;
 /// `VCPUOP_register_vcpu_time_memory_area`.
-const VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA: u32 = 13;
+pub(crate) const VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA: u32 = 13;
 /// `VCPUOP_register_runstate_phys_area`.
 pub(crate) const VCPUOP_REGISTER_RUNSTATE_PHYS_AREA: u32 = 14;
 /// `VCPUOP_register_vcpu_time_phys_area`.
