@@ -72,6 +72,13 @@ const GUESTS: &[(&str, &str, &str, bool, u32)] = &[
         1,
     ),
     (
+        "churn",
+        "non-leaf churn: L2 and L3 entries hooked in, replaced and removed 150 times, each change read through at once (XSA-286's flush)",
+        "Success",
+        false,
+        1,
+    ),
+    (
         "uvm_flush",
         "update_va_mapping with every UVMF flush form",
         "Success",

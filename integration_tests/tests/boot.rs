@@ -143,6 +143,7 @@ fn every_invalidation_path_the_vmm_can_choose_keeps_the_guests_right() {
     let guests = [
         "demo",
         "mapping",
+        "churn",
         "uvm_flush",
         "address_space",
         "xsa286",
