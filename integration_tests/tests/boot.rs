@@ -178,6 +178,11 @@ fn every_invalidation_path_the_vmm_can_choose_keeps_the_guests_right() {
                 "{name} under {policy:?}:\n{text}"
             );
             assert_eq!(report.audit, Ok(()), "{name} under {policy:?}");
+            if name == "churn" {
+                // Hundreds of non-leaf revocations, each a memslot cycle under the
+                // forced host-side paths by design: kept out of the counts below.
+                continue;
+            }
             mprotects += report.stats.flush.mprotects;
             cycles += report.stats.flush.memslot_cycles;
             rewrites += report.stats.flush.rewrites;
