@@ -117,8 +117,8 @@ pub(crate) fn get_writable(ti: &impl Word) -> bool {
     })
 }
 
-/// Drops a type reference unless it is the last one of a validated page table (whose
-/// de-validation is recursive). The last reference of another type also unpins, as
+/// Drops a type reference unless it is the last one of a page table (whose
+/// de-validation is recursive, or which an interrupted validation holds). The last reference of another type also unpins, as
 /// [`super::FrameTable::drop_type`] does.
 #[inline]
 pub(crate) fn put_type_no_demote(ti: &impl Word) -> bool {
@@ -126,7 +126,9 @@ pub(crate) fn put_type_no_demote(ti: &impl Word) -> bool {
         let n = t & TI_COUNT;
         match n {
             0 => None,
-            1 if type_of(t).is_page_table() && t & TI_VALIDATED != 0 => None,
+            // A table's last reference is never dropped here: validated, it needs
+            // de-validation; partial, it belongs to the interrupted validation.
+            1 if type_of(t).is_page_table() => None,
             1 => Some((t - 1) & !TI_PINNED),
             _ => Some(t - 1),
         }
@@ -246,6 +248,8 @@ mod tests {
     fn the_last_reference_of_a_validated_table_is_refused() {
         let l1 = ti(PageType::L1, true, 1);
         assert!(!put_type_no_demote(&l1));
+        let partial = ti(PageType::L2, false, 1);
+        assert!(!put_type_no_demote(&partial), "a partial table's reference");
         let l1 = ti(PageType::L1, true, 2);
         assert!(put_type_no_demote(&l1));
         let w = AtomicU64::new(Word::load(&ti(PageType::Writable, true, 1)) | TI_PINNED);
