@@ -152,12 +152,13 @@ impl<F: TlbFlush> Core<F> {
     ) -> Result<Option<Level>, Errno> {
         let table = Mfn::containing(ptr);
         let idx = ((ptr & 0xfff) >> 3) as usize;
-        let info = self.frames.get(table).ok_or(Errno::EINVAL)?;
-        if info.owner != pt_owner || info.count == 0 {
+        let (owner, count, ty, type_count, validated) =
+            self.frames.brief(table).ok_or(Errno::EINVAL)?;
+        if owner != pt_owner || count == 0 {
             return Err(Errno::EINVAL);
         }
-        let locked = info.type_count > 0 && info.validated;
-        if !locked || info.ty == PageType::Writable {
+        let locked = type_count > 0 && validated;
+        if !locked || ty == PageType::Writable {
             // Not a live table: a plain write into the guest's own memory, under a
             // temporary writable type reference.
             if !locked {
@@ -178,7 +179,7 @@ impl<F: TlbFlush> Core<F> {
             new: val,
             how,
         };
-        match info.ty {
+        match ty {
             PageType::L1 => {
                 if cache.as_ref().map(|c| c.0) != Some(table) {
                     let page = crate::table::table_page(mem, table).map_err(|_| Errno::EINVAL)?;
@@ -192,7 +193,7 @@ impl<F: TlbFlush> Core<F> {
                 if pg_owner != pt_owner {
                     return Err(Errno::EINVAL);
                 }
-                let level = info.ty.level().ok_or(Errno::EINVAL)?;
+                let level = ty.level().ok_or(Errno::EINVAL)?;
                 self.mod_upper_entry(mem, level, w, pt_owner)?;
                 Ok(Some(level))
             }

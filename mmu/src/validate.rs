@@ -206,8 +206,8 @@ impl<F: TlbFlush> Core<F> {
             return;
         }
         let mfn = pte.mfn();
-        match (self.frames.owner(mfn), self.frames.count_word(mfn)) {
-            (Some(o), Some(ci)) if o != DOMID_IO && ci & crate::frame::COUNT_MASK > 0 => {}
+        match self.frames.brief(mfn) {
+            Some((o, count, ..)) if o != DOMID_IO && count > 0 => {}
             _ => return, // I/O memory holds no references
         }
         if l1e & PAGE_RW != 0 {
@@ -511,6 +511,9 @@ impl<F: TlbFlush> Core<F> {
         let d = self.frames.get(mfn).map(|p| p.owner).ok_or(Errno::EINVAL)?;
         let l1_mask = self.l1_disallow_mask(d);
         let start = usize::from(self.frames.partial(mfn).unwrap_or(0));
+        // An L1's entries are counted at its end (it is never split); upper levels count
+        // as they go, for the preemption check.
+        let mut l1_counted = 0;
         let r = visit_table(mem, mfn, level, |batch| -> Result<(), Errno> {
             let n = batch.len();
             for i in start..n {
@@ -526,7 +529,11 @@ impl<F: TlbFlush> Core<F> {
                 if e & 1 == 0 {
                     continue;
                 }
-                self.stats.validated += 1;
+                if level == Level::L1 {
+                    l1_counted += 1;
+                } else {
+                    self.stats.validated += 1;
+                }
                 let r = if level == Level::L1 {
                     self.get_page_from_l1e(e, l1_mask, d, d)
                         .map(|flip| e ^ flip)
@@ -573,6 +580,7 @@ impl<F: TlbFlush> Core<F> {
             self.frames.set_partial(mfn, None);
             Ok(())
         });
+        self.stats.validated += l1_counted;
         r.map_err(|_| Errno::EINVAL)?
     }
 
@@ -638,11 +646,27 @@ impl<F: TlbFlush> Core<F> {
     ) -> Option<u16> {
         let d = self.frames.get(mfn).map_or(DOMID_IO, |p| p.owner);
         let stopped = visit_table(mem, mfn, level, |batch| {
+            if level == Level::L1 {
+                // Never split: in order, the owner looked up once.
+                let mut released = 0;
+                for i in 0..held.min(batch.len()) {
+                    let e = batch.get(i).raw();
+                    if e & 1 == 0 {
+                        continue;
+                    }
+                    released += 1;
+                    self.put_page_from_l1e(e, d);
+                    // The table is unreachable now, but TLBs may still hold its entries.
+                    self.note_stale(d, e, 0, None);
+                }
+                self.preempt.work += released;
+                return None;
+            }
             for i in (0..held.min(batch.len())).rev() {
                 if level == Level::L4 && is_xen_slot(i) {
                     continue;
                 }
-                if level != Level::L1 && i + 1 < held && self.validation_preempt_due() {
+                if i + 1 < held && self.validation_preempt_due() {
                     // `i + 1` <= 512 fits.
                     return Some((i + 1) as u16);
                 }
@@ -651,10 +675,6 @@ impl<F: TlbFlush> Core<F> {
                     self.preempt.work += 1;
                 }
                 self.release_entry(mem, level, e, mfn);
-                if level == Level::L1 {
-                    // The table is unreachable now, but TLBs may still hold its entries.
-                    self.note_stale(d, e, 0, None);
-                }
             }
             None
         });

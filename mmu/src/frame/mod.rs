@@ -370,6 +370,21 @@ impl FrameTable {
         self.slot(mfn).map(|s| s.owner.load(Ordering::Acquire))
     }
 
+    /// Owner, general count and type of `mfn` in one look (the fields the hot paths
+    /// decide on): `(owner, count, type, type count, validated)`.
+    #[inline]
+    pub(crate) fn brief(&self, mfn: Mfn) -> Option<(Owner, u64, PageType, u64, bool)> {
+        let s = self.slot(mfn)?;
+        let ti = s.type_info.load(Ordering::Acquire);
+        Some((
+            s.owner.load(Ordering::Acquire),
+            s.count_info.load(Ordering::Acquire) & word::CI_COUNT,
+            word::type_of(ti),
+            ti & word::TI_COUNT,
+            ti & word::TI_VALIDATED != 0,
+        ))
+    }
+
     /// The raw `type_info` word of `mfn` (a snapshot).
     #[inline]
     pub(crate) fn type_word(&self, mfn: Mfn) -> Option<u64> {
