@@ -74,6 +74,43 @@ pub fn callback(vcpu: u32) -> u64 {
     }
 }
 
+/// Registers vCPU 0's event callback ([`callback`]) with `CALLBACKOP_register`:
+/// returns RAX.
+pub fn register_callback() -> i64 {
+    let cb = rt::abi::CallbackRegister {
+        ty: rt::abi::callback::CALLBACKTYPE_event,
+        flags: 0,
+        _pad: 0,
+        address: callback(0),
+    };
+    // SAFETY: the registration block lives for the call.
+    unsafe {
+        rt::hypercall(
+            rt::abi::hypercall::HYPERVISOR_callback_op,
+            u64::from(rt::abi::callback::CALLBACKOP_register),
+            &cb as *const _ as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
+/// `event_channel_op(cmd, arg)`: returns RAX.
+pub fn evtchn(cmd: u64, arg: &mut [u32]) -> i64 {
+    // SAFETY: `arg` is the command's argument block.
+    unsafe {
+        rt::hypercall(
+            rt::abi::hypercall::HYPERVISOR_event_channel_op,
+            cmd,
+            arg.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
 /// Maps frame `mfn` at the VA of a free pseudo-physical frame; returns the VA.
 pub fn map_frame(frames: &mut Frames, mfn: u64) -> u64 {
     let va = mem::pfn_to_va(frames.take());

@@ -12,14 +12,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use rt::abi::callback::{CALLBACKOP_register, CALLBACKTYPE_event};
-use rt::abi::hypercall::{
-    HYPERVISOR_callback_op, HYPERVISOR_event_channel_op, HYPERVISOR_sched_op, HYPERVISOR_vcpu_op,
-    HYPERVISOR_xen_version,
-};
-use rt::abi::{CallbackRegister, MmuUpdate, StartInfo};
+use rt::abi::hypercall::{HYPERVISOR_sched_op, HYPERVISOR_vcpu_op, HYPERVISOR_xen_version};
+use rt::abi::{MmuUpdate, StartInfo};
 use rt::{mem, peek};
-use suite::events::{self, MASK, PENDING, byte, word};
+use suite::events::{self, MASK, PENDING, byte, evtchn, word};
 use suite::{A, Check, Frames, P, RW, l1e_addr};
 
 /// Upcalls taken, and events seen per port (ports below 64).
@@ -47,20 +43,6 @@ extern "C" fn suite_evt_handler(vcpu: u64) {
         }
         true
     });
-}
-
-fn evtchn(cmd: u64, arg: &mut [u32]) -> i64 {
-    // SAFETY: `arg` is the command's argument block.
-    unsafe {
-        rt::hypercall(
-            HYPERVISOR_event_channel_op,
-            cmd,
-            arg.as_mut_ptr() as u64,
-            0,
-            0,
-            0,
-        )
-    }
 }
 
 fn send(port: u32) -> i64 {
@@ -132,23 +114,7 @@ pub fn guest_main(si: &'static StartInfo) {
     let mut c = Check::new();
     let mut frames = Frames::new();
     events::map_shared_info(&mut frames, si.shared_info >> 12);
-    let cb = CallbackRegister {
-        ty: CALLBACKTYPE_event,
-        flags: 0,
-        _pad: 0,
-        address: events::callback(0),
-    };
-    // SAFETY: the registration block lives for the call.
-    let rc = unsafe {
-        rt::hypercall(
-            HYPERVISOR_callback_op,
-            u64::from(CALLBACKOP_register),
-            &cb as *const _ as u64,
-            0,
-            0,
-            0,
-        )
-    };
+    let rc = events::register_callback();
     c.eq("register the event callback", rc, 0);
     // SAFETY: no argument.
     let rc = unsafe { rt::hypercall(HYPERVISOR_vcpu_op, VCPUOP_STOP_PERIODIC_TIMER, 0, 0, 0, 0) };

@@ -13,14 +13,11 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use rt::abi::callback::{CALLBACKOP_register, CALLBACKTYPE_event};
-use rt::abi::hypercall::{
-    HYPERVISOR_callback_op, HYPERVISOR_event_channel_op, HYPERVISOR_sched_op, HYPERVISOR_vcpu_op,
-};
+use rt::abi::hypercall::{HYPERVISOR_sched_op, HYPERVISOR_vcpu_op};
 use rt::abi::mmu::{MMUEXT_INVLPG_MULTI, UVMF_ALL, UVMF_INVLPG, UVMF_NONE};
-use rt::abi::{CallbackRegister, MmuextOp, StartInfo};
+use rt::abi::{MmuextOp, StartInfo};
 use rt::{mem, poke};
-use suite::events::{self, MASK, byte, word};
+use suite::events::{self, MASK, byte, evtchn, word};
 use suite::traps::{self, expect_one};
 use suite::{A, Check, Frames, P, RW, SELF, err};
 
@@ -123,20 +120,6 @@ fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
 fn sched_op(cmd: u64) -> i64 {
     // SAFETY: neither command takes an argument block.
     unsafe { rt::hypercall(HYPERVISOR_sched_op, cmd, 0, 0, 0, 0) }
-}
-
-fn evtchn(cmd: u64, arg: &mut [u32]) -> i64 {
-    // SAFETY: `arg` is the command's argument block.
-    unsafe {
-        rt::hypercall(
-            HYPERVISOR_event_channel_op,
-            cmd,
-            arg.as_mut_ptr() as u64,
-            0,
-            0,
-            0,
-        )
-    }
 }
 
 /// An IPI port for `vcpu`: the port, or the negative errno.
@@ -277,23 +260,7 @@ pub fn guest_main(si: &'static StartInfo) {
     let mut c = Check::new();
     let mut frames = Frames::new();
     events::map_shared_info(&mut frames, si.shared_info >> 12);
-    let cb = CallbackRegister {
-        ty: CALLBACKTYPE_event,
-        flags: 0,
-        _pad: 0,
-        address: events::callback(0),
-    };
-    // SAFETY: the registration block lives for the call.
-    let rc = unsafe {
-        rt::hypercall(
-            HYPERVISOR_callback_op,
-            u64::from(CALLBACKOP_register),
-            &cb as *const _ as u64,
-            0,
-            0,
-            0,
-        )
-    };
+    let rc = events::register_callback();
     c.eq("event callback", rc, 0);
     byte(1).store(0, Ordering::SeqCst);
 
