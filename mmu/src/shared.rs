@@ -32,12 +32,15 @@ use pvmmu_abi::pte::{PAGE_PAT, PAGE_PCD, PAGE_PWT, PAGE_RW};
 use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd};
 use vm_memory::GuestMemory;
 
-use crate::batch::{BatchOutcome, Caller};
+use crate::batch::{
+    BatchOutcome, Caller, Entries, GuestEntries, SliceEntries, batch_args, continued, finish,
+};
 use crate::concurrent::Deferred;
 use crate::entry::{Mfn, PTE_AD_MASK, Pte};
 use crate::flush::{NoFlush, TlbFlush};
 use crate::frame::word::{CI_COUNT, CI_SHARED, EntryRefs, Plan, Word, replace_entry, type_of};
 use crate::frame::{Owner, PageType};
+use crate::guest::GuestView;
 use crate::machine::{Core, Machine, MachineError};
 use crate::mmu_update::needs_full_path;
 use crate::paging::Level;
@@ -85,6 +88,8 @@ struct Prefix {
     done: usize,
     /// Set when the batch ends here (EINTR), not in the exclusive path.
     stop: Option<Errno>,
+    /// Whether it stopped because its budget of entries was used up (entries left).
+    preempted: bool,
     /// Whether the batch must take the exclusive lock before it returns: it logged a
     /// last reference (the frame must be free when the caller resumes), or the log is
     /// long (it must not grow without bound while no exclusive operation runs).
@@ -178,24 +183,26 @@ impl<F: TlbFlush> Core<F> {
         self.release_ref(mfn, log);
     }
 
-    /// The concurrent prefix of `mmu_update(reqs)` by `caller` (see the module docs).
+    /// The concurrent prefix of `mmu_update(src)` by `caller` (see the module docs),
+    /// stopping before entry `budget` (never before the first), as the exclusive path
+    /// stops at its preemption points once `budget` entries are done.
     fn mmu_update_prefix<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
         caller: Caller,
-        reqs: &[MmuUpdate],
+        src: &mut dyn Entries<MmuUpdate>,
         foreigndom: u32,
+        budget: Option<u64>,
     ) -> Prefix {
         let d = caller.dom;
         let mut p = Prefix {
             ran: false,
             done: 0,
             stop: None,
+            preempted: false,
             absorb: false,
         };
-        if self.preempt.budget.is_some()
-            || !matches!(self.mmu_update_owners(d, foreigndom), Ok((a, b)) if a == d && b == d)
-        {
+        if !matches!(self.mmu_update_owners(d, foreigndom), Ok((a, b)) if a == d && b == d) {
             return p;
         }
         p.ran = true;
@@ -203,13 +210,21 @@ impl<F: TlbFlush> Core<F> {
         let mut log = Vec::new();
         let mut notes = Notes::default();
         let mut cache: Option<(Mfn, crate::table::PageOf<'_, M>)> = None;
-        let limit = reqs.len().min(u32::MAX as usize);
+        let limit = src.count() as usize;
         while p.done < limit {
             if p.done > 0 && self.interrupted() {
                 p.stop = Some(Errno::EINTR);
                 break;
             }
-            let req = reqs[p.done];
+            if p.done > 0 && budget.is_some_and(|b| p.done as u64 >= b) {
+                p.preempted = true;
+                break;
+            }
+            // An entry that cannot be read goes to the exclusive path, which reads it
+            // again and fails there.
+            let Ok(req) = src.read(p.done as u32) else {
+                break;
+            };
             let preserve_ad = match req.cmd() {
                 Ok(MmuUpdateCmd::NormalPtUpdate | MmuUpdateCmd::PtUpdateNoTranslate) => false,
                 Ok(MmuUpdateCmd::PtUpdatePreserveAd) => true,
@@ -264,8 +279,11 @@ impl<F: TlbFlush> Core<F> {
                 break;
             };
             page.mark_dirty(idx, 1);
+            let entry = table.addr() + idx as u64 * 8;
+            // A batch read from guest memory reads its later entries through the
+            // tables as they are now.
+            src.entry_written(entry);
             if crate::flush::stale::revokes(old, stored) {
-                let entry = table.addr() + idx as u64 * 8;
                 if last_put {
                     // After the frame is freed, as the exclusive path notes it.
                     log.push(Deferred::Stale {
@@ -385,6 +403,27 @@ impl<F: TlbFlush> EntryRefs for L1Refs<'_, F> {
     }
 }
 
+/// How far [`SharedMachine::hypercall_mmu_update`] served a guest's `mmu_update`
+/// without the exclusive lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedCall {
+    /// All of it: the value for RAX (`*pdone` written where Xen writes it).
+    Done(i64),
+    /// It stopped at a preemption point with entries left (the budget of
+    /// [`Machine::set_preempt_budget`] used up): the embedder resumes the guest at its
+    /// hypercall instruction with these argument registers (RDI, RSI, RDX, R10, R8),
+    /// as for [`HypercallResult::continuation`](crate::HypercallResult::continuation);
+    /// `*pdone` holds what was done.
+    Preempted([u64; 5]),
+    /// The rest needs the whole machine: the embedder serves `HYPERVISOR_mmu_update`
+    /// with these argument registers through [`Machine::hypercall`] under
+    /// [`SharedMachine::lock`], now. When part of the batch ran they are Xen's
+    /// continuation of it (the rest of the array, the count with
+    /// `MMU_UPDATE_PREEMPTED`, `*pdone` holding what was done), so the two parts give
+    /// one call's result; otherwise they are the call's own.
+    Exclusive([u64; 5]),
+}
+
 /// A [`Machine`] that several threads (an embedder's vCPU threads) use at once.
 ///
 /// [`SharedMachine::mmu_update`] serves batches of L1 updates concurrently, the way Xen
@@ -474,6 +513,97 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
         m
     }
 
+    /// Hypercall `mmu_update` with argument registers `args` (RDI, RSI, RDX, R10, R8)
+    /// from one of several threads, the request array read from guest memory through
+    /// `caller`'s kernel root as [`Machine::hypercall`] reads it: the concurrent prefix
+    /// of the batch (see the module docs) under the shared lock, and what is left
+    /// handed back as a [`SharedCall`]. A call recording its reads
+    /// ([`Machine::record_reads`]) goes to the exclusive path whole.
+    ///
+    /// ```
+    /// use pvmmu::shared::SharedCall;
+    /// use pvmmu::{Caller, DomainConfig, Machine, MachineConfig, Mfn, SharedMachine};
+    /// use pvmmu_abi::DOMID_SELF;
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default()).unwrap();
+    /// m.create_domain(DomainConfig::new(1)).unwrap();
+    /// let shared = SharedMachine::new(m);
+    /// // A vCPU without a kernel root maps no request array: nothing runs
+    /// // concurrently, and the exclusive path gives Xen's answer (-EFAULT).
+    /// let args = [0x1000, 1, 0, DOMID_SELF.into(), 0];
+    /// let call = shared.hypercall_mmu_update(Caller::new(1, 0), args)?;
+    /// assert_eq!(call, SharedCall::Exclusive(args));
+    /// # Ok::<(), pvmmu::MachineError>(())
+    /// ```
+    pub fn hypercall_mmu_update(
+        &self,
+        caller: Caller,
+        args: [u64; 5],
+    ) -> Result<SharedCall, MachineError> {
+        let [reqs, count, pdone, foreigndom, _] = args;
+        let (call, absorb) = {
+            let m = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            m.vcpu_check(caller.dom, caller.vcpu)?;
+            if m.reads.is_some() {
+                return Ok(SharedCall::Exclusive(args));
+            }
+            let root = m.kernel_root(caller);
+            let Machine { mem, core, .. } = &*m;
+            let mut view = GuestView::new(mem, root);
+            let Ok((n, carried)) = batch_args(&mut view, reqs, count, pdone, MmuUpdate::SIZE)
+            else {
+                return Ok(SharedCall::Exclusive(args));
+            };
+            let mut src = GuestEntries {
+                view: &mut view,
+                va: reqs,
+                count: n,
+                log: None,
+                page: Default::default(),
+            };
+            let budget = core.preempt.budget;
+            let p = core.mmu_update_prefix(mem, caller, &mut src, foreigndom as u32, budget);
+            // `done` fits: it is at most `n`.
+            let done = p.done as u32;
+            let ended = |result| {
+                Ok(BatchOutcome {
+                    done,
+                    result,
+                    writes_pdone: true,
+                    preempted: false,
+                })
+            };
+            let call = if let Some(e) = p.stop {
+                SharedCall::Done(finish(&mut view, ended(Err(e)), carried, pdone))
+            } else if p.ran && done == n {
+                SharedCall::Done(finish(&mut view, ended(Ok(())), carried, pdone))
+            } else if done == 0 {
+                SharedCall::Exclusive(args)
+            } else {
+                // Stopped part-way: what was done goes to `*pdone`, as at Xen's
+                // preemption points (a fault writing it is not reported, as there).
+                if pdone != 0 {
+                    let _ = view.write_u32(pdone, carried.wrapping_add(done));
+                }
+                let rest = continued(reqs, MmuUpdate::SIZE, n, done, pdone, foreigndom);
+                // With most of the budget used, the guest re-issues the rest, so that
+                // no vCPU is held for more than about one budget.
+                if p.preempted || budget.is_some_and(|b| u64::from(done) >= b / 2) {
+                    SharedCall::Preempted(rest)
+                } else {
+                    SharedCall::Exclusive(rest)
+                }
+            };
+            (call, p.absorb)
+        };
+        if absorb {
+            drop(self.lock());
+        }
+        Ok(call)
+    }
+
     /// [`Machine::mmu_update`] from one of several threads: the same outcome, with L1
     /// updates of the caller's own tables served concurrently with other threads'.
     pub fn mmu_update(
@@ -485,7 +615,9 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
         let prefix = {
             let m = self.inner.read().unwrap_or_else(PoisonError::into_inner);
             m.vcpu_check(caller.dom, caller.vcpu)?;
-            m.core.mmu_update_prefix(&m.mem, caller, reqs, foreigndom)
+            let mut src = SliceEntries(reqs);
+            m.core
+                .mmu_update_prefix(&m.mem, caller, &mut src, foreigndom, None)
         };
         // `done` fits: the prefix stops at u32::MAX entries.
         let done = prefix.done as u32;

@@ -7,7 +7,8 @@
 
 mod support;
 
-use pvmmu::{Caller, Errno, Machine, Mfn, RecordingFlush, SharedMachine};
+use pvmmu::{Caller, Errno, Machine, Mfn, NoHandler, RecordingFlush, SharedCall, SharedMachine};
+use pvmmu_abi::hypercall::HYPERVISOR_mmu_update;
 use pvmmu_abi::mmu::{
     MMU_MACHPHYS_UPDATE, MMU_PT_UPDATE_PRESERVE_AD, MMUEXT_PIN_L1_TABLE, MMUEXT_TLB_FLUSH_ALL,
     MMUEXT_UNPIN_TABLE,
@@ -419,4 +420,162 @@ fn a_stop_request_ends_a_concurrent_batch_after_its_first_entry_as_it_does_alone
     let o = both(&mut a, &shared, &reqs);
     assert_eq!((o.done, o.result), (1, Err(Errno::EINTR)));
     assert_eq!(shared.lock().stats().concurrent, 1);
+}
+
+/// Serves `mmu_update(args)` through `SharedMachine::hypercall_mmu_update` as an
+/// embedder does: the concurrent part, then any exclusive rest at once, and the
+/// re-issue after a preemption. Returns RAX and the route each step took.
+fn serve_shared(
+    shared: &SharedMachine<GuestMemoryMmap<()>, RecordingFlush>,
+    c: Caller,
+    mut args: [u64; 5],
+) -> (i64, Vec<&'static str>) {
+    let mut route = Vec::new();
+    loop {
+        match shared.hypercall_mmu_update(c, args).unwrap() {
+            SharedCall::Done(rax) => {
+                route.push("done");
+                return (rax, route);
+            }
+            SharedCall::Preempted(next) => {
+                route.push("preempted");
+                args = next;
+            }
+            SharedCall::Exclusive(rest) => {
+                route.push("exclusive");
+                let r = shared
+                    .lock()
+                    .hypercall(c, HYPERVISOR_mmu_update, rest, &mut NoHandler)
+                    .unwrap();
+                match r.continuation {
+                    Some(next) => args = next,
+                    None => return (r.rax, route),
+                }
+            }
+        }
+    }
+}
+
+/// The same call through `Machine::hypercall` alone, re-issued after preemptions.
+fn serve_alone(m: &mut M, c: Caller, mut args: [u64; 5]) -> i64 {
+    loop {
+        let r = m
+            .hypercall(c, HYPERVISOR_mmu_update, args, &mut NoHandler)
+            .unwrap();
+        match r.continuation {
+            Some(next) => args = next,
+            None => return r.rax,
+        }
+    }
+}
+
+#[test]
+fn the_guest_pointer_form_gives_what_machine_hypercall_gives() {
+    use vm_memory::{Bytes, GuestAddress};
+    const PDONE_SEED: u32 = 7;
+    // (name, budget, pdone given, the route expected through the shared machine)
+    type Scenario = (&'static str, Option<u64>, bool, &'static [&'static str]);
+    let scenarios: [Scenario; 6] = [
+        ("all concurrent", None, true, &["done"]),
+        ("an M2P update in the middle", None, true, &["exclusive"]),
+        ("a refused entry in the middle", None, true, &["exclusive"]),
+        (
+            "preempted twice",
+            Some(8),
+            true,
+            &["preempted", "preempted", "done"],
+        ),
+        ("the batch remaps its own array", None, true, &["done"]),
+        ("no pdone", None, false, &["exclusive"]),
+    ];
+    for (k, &(name, budget, with_pdone, route)) in scenarios.iter().enumerate() {
+        let (mut a, tables, data) = world(3, 12);
+        let (mut b, _, _) = world(3, 12);
+        let (arr, arr2, pd) = (a.take(), a.take(), a.take());
+        assert_eq!((b.take(), b.take(), b.take()), (arr, arr2, pd));
+        let c = a.c;
+        let remap = |i: u64, f: Mfn| MmuUpdate {
+            ptr: tables[(i % 3) as usize].addr() + (i / 3 % 512) * 8,
+            val: (f.0 << 12) | P | RW | A,
+        };
+        let mut reqs: Vec<MmuUpdate> = (0..20).map(|i| remap(i, data[i as usize % 12])).collect();
+        let mut second = Vec::new();
+        match k {
+            1 | 5 => {
+                reqs[9] = MmuUpdate {
+                    ptr: data[0].addr() | MMU_MACHPHYS_UPDATE,
+                    val: 0x42,
+                }
+            }
+            // Another domain's frame: -EINVAL at entry 5, entries after it not run.
+            2 => reqs[5].val = (DOM2_FIRST << 12) | P,
+            4 => {
+                // Entry 0 points the array's page at `arr2`, whose entry 1 differs:
+                // entry 1 must be read through the new mapping.
+                reqs[0] = MmuUpdate {
+                    ptr: a.pte_addr(va_of(arr.0)),
+                    val: (arr2.0 << 12) | P | RW | A,
+                };
+                second = reqs.clone();
+                second[1] = remap(1, data[11]);
+            }
+            _ => {}
+        }
+        let bytes = |r: &[MmuUpdate]| r.iter().flat_map(|q| q.to_bytes()).collect::<Vec<u8>>();
+        for m in [&a.m, &b.m] {
+            let mem = m.memory();
+            mem.write_slice(&bytes(&reqs), GuestAddress(arr.addr()))
+                .unwrap();
+            mem.write_slice(&bytes(&second), GuestAddress(arr2.addr()))
+                .unwrap();
+            mem.write_obj(PDONE_SEED, GuestAddress(pd.addr())).unwrap();
+        }
+        let pdone = if with_pdone { va_of(pd.0) } else { 0 };
+        let args = [va_of(arr.0), reqs.len() as u64, pdone, SELF.into(), 0];
+        a.m.set_preempt_budget(budget);
+        b.m.set_preempt_budget(budget);
+        let want = serve_alone(&mut a.m, c, args);
+        let shared = SharedMachine::new(b.m);
+        let (got, taken) = serve_shared(&shared, c, args);
+        assert_eq!(got, want, "{name}");
+        assert_eq!(taken, route, "{name}");
+        let mut bm = shared.into_inner();
+        let read_pdone = |m: &M| m.memory().read_obj::<u32>(GuestAddress(pd.addr())).unwrap();
+        assert_eq!(read_pdone(&bm), read_pdone(&a.m), "{name}: *pdone");
+        let expect_done = match k {
+            // A fresh call (no continuation flag) counts from zero.
+            2 => 5,
+            5 => PDONE_SEED,
+            _ => 20,
+        };
+        assert_eq!(read_pdone(&a.m), expect_done, "{name}: *pdone");
+        if k == 4 {
+            let slot = tables[1].addr();
+            let frame = (a.read(slot) & 0x000f_ffff_ffff_f000) >> 12;
+            assert_eq!(frame, data[11].0, "entry 1 read through the new mapping");
+        }
+        let kernel_l1 = Mfn::containing(a.pte_addr(va_of(arr.0)));
+        let all: Vec<Mfn> = tables.iter().copied().chain([kernel_l1]).collect();
+        assert_eq!(snapshot(&a.m, &all), snapshot(&bm, &all), "{name}");
+        assert_eq!(
+            a.m.frames().iter().collect::<Vec<_>>(),
+            bm.frames().iter().collect::<Vec<_>>(),
+            "{name}"
+        );
+        let served = bm.stats();
+        assert_eq!(
+            pvmmu::Stats {
+                concurrent: 0,
+                ..served
+            },
+            a.m.stats(),
+            "{name}"
+        );
+        if k != 5 {
+            assert!(served.concurrent > 0, "{name}: {served:?}");
+        }
+        assert_eq!(flush_all(&mut a.m, c), flush_all(&mut bm, c), "{name}");
+        a.audit();
+        assert!(bm.audit().is_ok());
+    }
 }
