@@ -211,6 +211,13 @@ const GUESTS: &[(&str, &str, &str, bool, u32)] = &[
         false,
         2,
     ),
+    (
+        "smp_updates",
+        "two vCPUs updating one domain's L1 tables at once (own tables, halves of a common one, entries both write), every result and entry checked",
+        "Success",
+        false,
+        2,
+    ),
 ];
 
 fn main() {

@@ -135,7 +135,7 @@ pub use paging::{ENTRIES_PER_TABLE, Level, PAGE_SIZE, PagingMode};
 pub use ptwr::{PtwrOutcome, PtwrRefusal, PtwrWrite};
 pub use pvmmu_abi::Errno;
 pub use range::{RangeError, VaRange};
-pub use shared::{MachineGuard, SharedCall, SharedMachine};
+pub use shared::{MachineGuard, MachineReadGuard, SharedCall, SharedMachine};
 pub use table::{PteBatch, PteSnapshot, TableError, visit_table};
 pub use translate::{Translation, effective_flags};
 pub use walk::{

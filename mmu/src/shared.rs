@@ -26,7 +26,7 @@
 //! or other exclusive operation sees it.
 
 use std::sync::atomic::Ordering;
-use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use pvmmu_abi::pte::{PAGE_PAT, PAGE_PCD, PAGE_PWT, PAGE_RW};
 use pvmmu_abi::{Errno, MmuUpdate, MmuUpdateCmd};
@@ -472,6 +472,9 @@ pub struct SharedMachine<M, F = NoFlush> {
 /// The whole machine, held by one thread (see [`SharedMachine::lock`]).
 pub type MachineGuard<'a, M, F> = RwLockWriteGuard<'a, Machine<M, F>>;
 
+/// The machine read while concurrent batches may run (see [`SharedMachine::read`]).
+pub type MachineReadGuard<'a, M, F> = RwLockReadGuard<'a, Machine<M, F>>;
+
 impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
     /// Shares `machine` between threads.
     pub fn new(machine: Machine<M, F>) -> Self {
@@ -487,6 +490,26 @@ impl<M: GuestMemory, F: TlbFlush> SharedMachine<M, F> {
         let mut m = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         m.core.absorb_concurrent();
         m
+    }
+
+    /// The machine to read while other threads may run concurrent batches (which hold
+    /// the same shared lock): guest memory, a domain's or vCPU's state, a frame's
+    /// snapshot. Reference counts of frames that concurrent batches map or unmap may be
+    /// part-way through a change, and their stale-TLB notes not yet absorbed: audit
+    /// and compare through [`SharedMachine::lock`].
+    ///
+    /// ```
+    /// use pvmmu::{DomainConfig, Machine, MachineConfig, SharedMachine};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    /// let mut m = Machine::new(mem, MachineConfig::default()).unwrap();
+    /// m.create_domain(DomainConfig::new(1).vcpus(2)).unwrap();
+    /// let shared = SharedMachine::new(m);
+    /// assert_eq!(shared.read().domain(1).map(|d| d.vcpus().len()), Some(2));
+    /// ```
+    pub fn read(&self) -> MachineReadGuard<'_, M, F> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     #[doc(hidden)]

@@ -116,9 +116,13 @@ pub struct KvmFlush {
     /// trampoline ([`platform::layout::STORE_VA`]).
     pub rewrite_possible: bool,
     /// The vCPU whose hypercall is being served, and the vCPUs running (bit `v`: vCPU
-    /// `v`), set by the VMM with `rewrite_possible`: the rewrite flushes only the
-    /// calling vCPU's TLB on hardware-assisted KVM, so a request that names another
-    /// running vCPU is invalidated host-side (which reaches every vCPU) instead.
+    /// `v`), set by the VMM with `rewrite_possible`. The rewrite is chosen only while
+    /// the caller is the one vCPU running: it flushes only the calling vCPU's TLB on
+    /// hardware-assisted KVM, and it happens after the request returns, while each
+    /// change is reported in one request only, so another vCPU flushing for its own
+    /// changes in between would find them reported and not yet invalidated. With
+    /// several vCPUs running, every invalidation is host-side, complete when the
+    /// request returns, and reaches every vCPU.
     pub caller: u32,
     /// See [`KvmFlush::caller`].
     pub running: u64,
@@ -313,8 +317,12 @@ impl KvmFlush {
     /// it.
     fn rewrite_instead<'r>(&self, req: &'r FlushRequest) -> Option<&'r [u64]> {
         let entries = req.revoked_entries.as_deref()?;
+        // Only while no other vCPU runs: the request reports each change once, so
+        // another vCPU's later flush would find nothing left to do while this one's
+        // rewrite has yet to run (it runs when this vCPU goes back to the guest).
+        // Host-side invalidation is complete when the request returns.
         let others = self.running & !(1u64.checked_shl(self.caller).unwrap_or(0));
-        if !self.rewrite_possible || entries.is_empty() || req.vcpus.0 & others != 0 {
+        if !self.rewrite_possible || entries.is_empty() || others != 0 {
             return None;
         }
         let n = self.rewrite.len() + entries.len();

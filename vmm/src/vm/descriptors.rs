@@ -35,20 +35,19 @@ impl Exit<'_> {
     /// there are invalidated.
     pub(super) fn sync_descriptor_tables(&mut self) -> Result<(), VmError> {
         let caller = self.cpu.vcpu.caller;
-        if let Some((frames, _)) = self.c.machine.take_gdt_change(caller) {
-            let stale =
-                hvarea::map_guest_gdt(self.c.machine.memory(), &self.c.hv, caller.vcpu, &frames)
-                    .map_err(DomainError::from)?;
-            self.c.machine.flusher().invalidate(&stale);
+        if let Some((frames, _)) = self.m.take_gdt_change(caller) {
+            let stale = hvarea::map_guest_gdt(self.m.memory(), &self.c.hv, caller.vcpu, &frames)
+                .map_err(DomainError::from)?;
+            self.m.flusher().invalidate(&stale);
         }
-        if let Some(ldt) = self.c.machine.take_ldt_change(caller) {
-            let mem = self.c.machine.memory();
+        if let Some(ldt) = self.m.take_ldt_change(caller) {
+            let mem = self.m.memory();
             let stale = hvarea::map_ldt_window(mem, &self.c.hv, caller.vcpu, &ldt.mapped)
                 .map_err(DomainError::from)?;
             let (lo, hi) =
                 hvarea::set_ldt_descriptor(mem, &self.c.hv, caller.vcpu, ldt.limit_bytes())
                     .map_err(DomainError::from)?;
-            self.c.machine.flusher().invalidate(&stale);
+            self.m.flusher().invalidate(&stale);
             if (lo, hi) != self.cpu.ldt_loaded {
                 self.cpu.vcpu.load_ldt(lo, hi)?;
                 self.cpu.ldt_loaded = (lo, hi);
@@ -68,7 +67,7 @@ impl Exit<'_> {
         }
         let caller = self.cpu.vcpu.caller;
         let mut segment = |sel: u16| {
-            let (lo, hi) = segments::descriptor(&mut self.c.machine, caller, sel).unwrap_or((0, 0));
+            let (lo, hi) = segments::descriptor(self.m, caller, sel).unwrap_or((0, 0));
             segment_from_descriptor(sel, lo, hi)
         };
         let (cs_seg, ss_seg) = (segment(cs), segment(ss));
@@ -90,7 +89,7 @@ impl Exit<'_> {
             return Ok(None);
         }
         let offset = (cr2 - window) as u32;
-        let outcome = match self.c.machine.map_ldt_page(caller, offset)? {
+        let outcome = match self.m.map_ldt_page(caller, offset)? {
             Ok(mfn) => {
                 debug!("LDT page {} filled with frame {mfn}", offset / 4096);
                 self.sync_descriptor_tables()?;
@@ -99,7 +98,7 @@ impl Exit<'_> {
             Err(why) => {
                 debug!("LDT page {} not filled: {why}", offset / 4096);
                 let va = match why {
-                    LdtFault::Limit { .. } => self.c.machine.ldt(caller).base + u64::from(offset),
+                    LdtFault::Limit { .. } => self.m.ldt(caller).base + u64::from(offset),
                     _ => why.fault_va().unwrap_or_default(),
                 };
                 if pvmmu_abi::layout::is_canonical(va) {

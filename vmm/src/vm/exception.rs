@@ -25,7 +25,7 @@ impl Exit<'_> {
     pub(super) fn exception(&mut self) -> Result<Option<GuestExit>, VmError> {
         let mut regs = self.cpu.vcpu.regs();
         let sregs = self.cpu.vcpu.sregs()?;
-        let mem = self.c.machine.memory();
+        let mem = self.m.memory();
         let me = self.cpu.vcpu.caller.vcpu;
         let stack_gpa = self.c.hv.vcpu(me).map_err(DomainError::from)?.stack_gpa;
         let ef = ExceptionFrame::read(mem, stack_va(me), stack_gpa, regs.rsp)?;
@@ -65,7 +65,7 @@ impl Exit<'_> {
         }
         if redirect.is_none() && frame.is_ptwr_candidate() {
             if let Some(t) = self.c.tracer.as_mut() {
-                t.pages(self.c.machine.memory())?;
+                t.pages(self.m.memory())?;
             }
             let mut seen = None;
             let mut on_write =
@@ -73,7 +73,7 @@ impl Exit<'_> {
                     seen = Some((*w, ptwr_code(r)));
                 };
             let result = emulate::try_ptwr(
-                &mut self.c.machine,
+                self.m,
                 caller,
                 &frame,
                 sregs.cr2,
@@ -92,7 +92,7 @@ impl Exit<'_> {
             match result {
                 Ok(em) => {
                     self.c.stats.ptwr += 1;
-                    let mem = self.c.machine.memory();
+                    let mem = self.m.memory();
                     ef.set_rip(mem, frame.rip + em.len)?;
                     if em.zf.is_some() || em.cf.is_some() {
                         ef.set_flags(mem, em.zf, em.cf)?;
@@ -114,12 +114,12 @@ impl Exit<'_> {
         }
         // The faulting instruction, read once for whatever below decodes it (through the
         // root the vCPU runs on).
-        let m2p_len = self.c.machine.frames().len() as u64 * 8;
+        let m2p_len = self.m.frames().len() as u64 * 8;
         let in_m2p = (RO_MPT_VIRT_START..RO_MPT_VIRT_START + m2p_len).contains(&sregs.cr2);
         let bytes = if redirect.is_some() {
             Vec::new()
         } else if matches!(frame.vector, 6 | 12 | 13) || (frame.vector == 14 && in_m2p) {
-            emulate::fetch(self.c.machine.memory(), self.current_root(), frame.rip)
+            emulate::fetch(self.m.memory(), self.current_root(), frame.rip)
         } else {
             Vec::new()
         };
@@ -129,7 +129,7 @@ impl Exit<'_> {
             if let Some(rsp) = new_rsp {
                 ctx.rsp = rsp;
             }
-            ef.set_context(self.c.machine.memory(), &ctx)?;
+            ef.set_context(self.m.memory(), &ctx)?;
             self.cpu.nonflat_segments = !ctx.has_flat_segments();
             self.cpu.vcpu.set_regs(regs);
             return Ok(None);
@@ -188,7 +188,7 @@ impl Exit<'_> {
             Some((n, len)) => self
                 .cpu
                 .pv
-                .software_interrupt(&mut self.c.machine, &mut ctx, n, len),
+                .software_interrupt(self.m, &mut ctx, n, len),
             None => {
                 if vector == 1 {
                     // What hardware recorded goes into the guest's DR6, and hardware's
@@ -201,12 +201,12 @@ impl Exit<'_> {
                 let cr2 = (vector == 14).then_some(cr2);
                 self.cpu
                     .pv
-                    .inject_exception(&mut self.c.machine, &mut ctx, vector, error, cr2)
+                    .inject_exception(self.m, &mut ctx, vector, error, cr2)
             }
         };
         match delivered {
             Ok(t) => {
-                ef.set_context(self.c.machine.memory(), &ctx)?;
+                ef.set_context(self.m.memory(), &ctx)?;
                 self.cpu.nonflat_segments = !ctx.has_flat_segments();
                 self.transfer(t)?;
                 debug!(
@@ -217,11 +217,7 @@ impl Exit<'_> {
                 Ok(None)
             }
             Err(Crash::NoHandler { .. }) => {
-                let path = describe_path(
-                    self.c.machine.memory(),
-                    self.c.machine.kernel_root(caller),
-                    sregs.cr2,
-                );
+                let path = describe_path(self.m.memory(), self.m.kernel_root(caller), sregs.cr2);
                 Ok(Some(GuestExit::Fault(Box::new(FaultReport {
                     frame,
                     cr2: sregs.cr2,
@@ -267,14 +263,14 @@ impl Exit<'_> {
         };
         if frame.vector == 13 {
             let len = ins.len() as u64;
-            let kernel = self.cpu.pv.in_kernel(&self.c.machine);
+            let kernel = self.cpu.pv.in_kernel(self.m);
             let value = match emulate::privileged_op(&ins) {
                 // Control registers, from guest kernel mode only (user mode gets the #GP).
                 Some(emulate::PrivilegedOp::ReadCr { cr, dst }) if kernel => {
                     let v = match cr {
                         0 => self.cpu.pv.cr0(),
                         2 => self.cpu.pv.cr2,
-                        3 => self.c.machine.kernel_root(caller).map_or(0, |r| r.addr()),
+                        3 => self.m.kernel_root(caller).map_or(0, |r| r.addr()),
                         _ => self.cpu.pv.cr4,
                     };
                     (dst, v)
@@ -293,11 +289,11 @@ impl Exit<'_> {
                 // (Xen does not track them), port reads from ports a domU does not own
                 // give all ones and writes are dropped, as Xen's emulation does.
                 Some(emulate::PrivilegedOp::InterruptFlag | emulate::PrivilegedOp::Out)
-                    if self.cpu.pv.iopl_ok(&self.c.machine) =>
+                    if self.cpu.pv.iopl_ok(self.m) =>
                 {
                     return Ok(Some((len, None)));
                 }
-                Some(emulate::PrivilegedOp::In { dst }) if self.cpu.pv.iopl_ok(&self.c.machine) => {
+                Some(emulate::PrivilegedOp::In { dst }) if self.cpu.pv.iopl_ok(self.m) => {
                     (dst, u64::MAX)
                 }
                 Some(emulate::PrivilegedOp::ReadDr { dr, dst }) if kernel => {
@@ -355,8 +351,7 @@ impl Exit<'_> {
         let n = size.min(8);
         let at = self.c.hv.m2p_gpa + (cr2 - RO_MPT_VIRT_START);
         if self
-            .c
-            .machine
+            .m
             .memory()
             .read_slice(&mut b[..n], GuestAddress(at))
             .is_err()
@@ -382,13 +377,12 @@ impl Exit<'_> {
     ) -> Option<u32> {
         let caller = self.cpu.vcpu.caller;
         let v = self
-            .c
-            .machine
+            .m
             .domain(caller.dom)?
             .vcpus()
             .get(caller.vcpu as usize)?;
         let (gdt_ents, ldt_ents) = (v.gdt_ents, v.ldt_ents);
-        let mut view = pvmmu::GuestView::new(self.c.machine.memory(), self.current_root());
+        let mut view = pvmmu::GuestView::new(self.m.memory(), self.current_root());
         let mut read = |va: u64| view.read_array::<2>(va).ok().map(u16::from_le_bytes);
         let sel =
             emulate::loaded_selector(bytes, rip, self.c.cpuid.is_amd(), regs, sregs, &mut read)?;
@@ -408,7 +402,7 @@ impl Exit<'_> {
         let Some(root) = self.current_root() else {
             return false;
         };
-        let Ok(Some(t)) = pvmmu::Walker::new(self.c.machine.memory()).translate(root, va) else {
+        let Ok(Some(t)) = pvmmu::Walker::new(self.m.memory()).translate(root, va) else {
             return false;
         };
         let f = t.flags;

@@ -2,24 +2,137 @@
 //! kernel mode a hypercall (dispatch, trace, result, CR3, the platform's register
 //! changes), from guest user mode a system call for the guest kernel.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use platform::dispatch::{self, Outcome};
+use platform::dispatch::{self, Outcome, Served};
 use platform::layout::{HYPERCALL_PORT, SYSCALL_PORT};
 use platform::pv::{GuestContext, Transfer};
 use platform::trace::Record;
 use pvmmu_abi::selector::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
-use super::{Entry, Exit, GuestExit, HypercallTiming, SerialSink, VmError, Wait};
+use pvmmu::SharedCall;
+use pvmmu_abi::hypercall::HYPERVISOR_mmu_update;
+
+use super::{Cpu, Entry, Exit, GuestExit, HypercallTiming, SerialSink, Shared, VmError, Wait};
 use crate::arch::regs::hypercall_args;
+
+/// What an `mmu_update` exit served without the domain lock leaves to the ordinary
+/// (locked) path, with the time the exit arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Handoff {
+    /// Served: the value for RAX. The return needs the domain (a timer or an event
+    /// upcall is due).
+    Return(i64),
+    /// Stopped at a preemption point: the guest re-issues it with these arguments.
+    Preempted([u64; 5]),
+    /// The rest needs the whole machine: serve these arguments now.
+    Rest([u64; 5]),
+}
+
+/// Serves an `mmu_update` exit (through the hypercall page, or a `syscall` from guest
+/// kernel mode) without the domain lock,
+/// as far as the library runs it concurrently with other vCPUs' (L1 updates of the
+/// caller's own tables: [`pvmmu::SharedMachine::hypercall_mmu_update`]); the shared
+/// lock of the machine is all it holds. Returns whether the exit is done: the call
+/// ran to its end and nothing else is due on the way back (no timer expired, no event
+/// upcall pending; a stop request, a watchdog or another vCPU's kick is seen at the
+/// next exit, as after any exit). Otherwise the vCPU carries a [`Handoff`] for the
+/// locked path, which finishes the return exactly as for any hypercall. A call from
+/// guest user mode, or any other number, goes the ordinary way untouched.
+pub(super) fn concurrent_mmu_update(
+    shared: &Shared,
+    cpu: &mut Cpu,
+    entry: Entry,
+) -> Result<bool, VmError> {
+    // A `syscall` goes this way once it is known to stay at CPL3 on this host (the
+    // first one takes the ordinary path, which finds out).
+    if entry == Entry::Syscall && cpu.syscall_ring0 != Some(false) {
+        return Ok(false);
+    }
+    let mut regs = cpu.vcpu.regs();
+    if regs.rax != HYPERVISOR_mmu_update || !cpu.pv.in_kernel(&shared.machine.read()) {
+        return Ok(false);
+    }
+    let arrived = Instant::now();
+    let args = hypercall_args(&regs);
+    let caller = cpu.vcpu.caller;
+    // Whether another vCPU's exit is being served this way at the same moment.
+    if shared.in_flight.fetch_add(1, Ordering::SeqCst) > 0 {
+        shared.concurrent_overlaps.fetch_add(1, Ordering::Relaxed);
+    }
+    let call = shared.machine.hypercall_mmu_update(caller, args);
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let rax = match call? {
+        SharedCall::Done(rax) => rax,
+        SharedCall::Preempted(next) => {
+            cpu.handoff = Some((arrived, Handoff::Preempted(next)));
+            return Ok(false);
+        }
+        SharedCall::Exclusive(rest) => {
+            cpu.handoff = Some((arrived, Handoff::Rest(rest)));
+            return Ok(false);
+        }
+    };
+    let now = cpu.pv.system_time_ns();
+    if cpu.pv.next_deadline().is_some_and(|d| d <= now) || cpu.pv.upcall_due(&shared.machine.read())
+    {
+        cpu.handoff = Some((arrived, Handoff::Return(rax)));
+        return Ok(false);
+    }
+    match entry {
+        Entry::Page => cpu.vcpu.set_rax(rax as u64),
+        Entry::Syscall => {
+            // Back after the `syscall`, as the ordinary path returns.
+            regs.rax = rax as u64;
+            regs.rip = regs.rcx;
+            regs.rflags = regs.r11 | platform::pv::rflags::IF;
+            cpu.vcpu.set_regs(regs);
+        }
+    }
+    shared.concurrent_exits.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut t) = shared.concurrent_timings.lock()
+        && let Some(t) = t.as_mut()
+    {
+        t.push(HypercallTiming {
+            nr: HYPERVISOR_mmu_update,
+            count: args[1],
+            at: arrived - shared.started,
+            served: arrived.elapsed(),
+            invalidation: std::time::Duration::ZERO,
+        });
+    }
+    log::debug!(
+        "hypercall mmu_update {args:#x?} from {}.{} (concurrent): {rax}",
+        caller.dom,
+        caller.vcpu
+    );
+    Ok(true)
+}
+
+/// A plain return of `rax`, nothing else to do.
+fn returned(rax: i64) -> Served {
+    Served {
+        outcome: Outcome::Return(rax),
+        roots: None,
+        reads: Vec::new(),
+        context_changed: false,
+        transfer: Default::default(),
+        segment_base: None,
+        block: false,
+        poll: None,
+        continuation: None,
+    }
+}
 
 impl Exit<'_> {
     /// A `syscall` or hypercall-page exit. From guest kernel mode it is a hypercall:
     /// dispatch, trace, result, CR3. From guest user mode it is a system call for the
     /// guest kernel, as Xen treats a `syscall` there (the hypercall page's too).
     pub(super) fn hypercall(&mut self, entry: Entry) -> Result<Option<GuestExit>, VmError> {
-        let arrived = Instant::now();
-        let invalidated = self.c.machine.flusher().stats.time;
+        let handoff = self.cpu.handoff.take();
+        let arrived = handoff.map_or_else(Instant::now, |(at, _)| at);
+        let invalidated = self.m.flusher().stats.time;
         let mut regs = self.cpu.vcpu.regs();
         if entry == Entry::Syscall && self.cpu.syscall_ring0 != Some(false) {
             // Where `syscall` entered ring 0 (hardware KVM), go back to CPL3 first.
@@ -29,12 +142,12 @@ impl Exit<'_> {
                 self.cpu.vcpu.leave_ring0()?;
             }
         }
-        if !self.cpu.pv.in_kernel(&self.c.machine) {
+        if !self.cpu.pv.in_kernel(self.m) {
             return self.user_syscall(entry, regs);
         }
         let (nr, args) = (regs.rax, hypercall_args(&regs));
         if let Some(t) = self.c.tracer.as_mut() {
-            t.pages(self.c.machine.memory())?;
+            t.pages(self.m.memory())?;
         }
         let mut console = SerialSink(self.s.serial.clone());
         let caller = self.cpu.vcpu.caller;
@@ -44,21 +157,46 @@ impl Exit<'_> {
             .zip(&self.c.platform.vcpus)
             .filter(|(_, slot)| slot.up && slot.started)
             .fold(0u64, |m, (v, _)| m | 1 << v);
-        let flusher = self.c.machine.flusher();
+        let flusher = self.m.flusher();
         flusher.rewrite_possible = true;
         flusher.caller = caller.vcpu;
         flusher.running = running;
         let context = call_context(&regs, regs.rip, regs.rflags);
         let mut ctx = context;
-        let served = dispatch::dispatch(
-            &mut self.c.machine,
-            &mut console,
-            &mut self.c.platform,
-            &mut self.cpu.pv,
-            &mut ctx,
-            nr,
-            args,
-        )?;
+        let counted = |c: &mut super::Core| {
+            *c.platform.stats.by_number.entry(nr).or_default() += 1;
+        };
+        let served = match handoff.map(|(_, h)| h) {
+            Some(Handoff::Return(rax)) => {
+                counted(self.c);
+                returned(rax)
+            }
+            Some(Handoff::Preempted(next)) => {
+                counted(self.c);
+                Served {
+                    continuation: Some(next),
+                    ..returned(0)
+                }
+            }
+            Some(Handoff::Rest(rest)) => dispatch::dispatch(
+                self.m,
+                &mut console,
+                &mut self.c.platform,
+                &mut self.cpu.pv,
+                &mut ctx,
+                nr,
+                rest,
+            )?,
+            None => dispatch::dispatch(
+                self.m,
+                &mut console,
+                &mut self.c.platform,
+                &mut self.cpu.pv,
+                &mut ctx,
+                nr,
+                args,
+            )?,
+        };
         if let Some(t) = self.c.tracer.as_mut() {
             t.record(&Record::Hypercall {
                 vcpu: caller.vcpu,
@@ -75,7 +213,7 @@ impl Exit<'_> {
                 count: args[1],
                 at: arrived - self.s.started,
                 served: arrived.elapsed(),
-                invalidation: self.c.machine.flusher().stats.time - invalidated,
+                invalidation: self.m.flusher().stats.time - invalidated,
             });
         }
         if let (Outcome::Return(_), Some(args)) = (&served.outcome, served.continuation) {
@@ -121,7 +259,7 @@ impl Exit<'_> {
                 }
                 self.sync_descriptor_tables()?;
                 if let Some(roots) = served.roots
-                    && self.cpu.pv.in_kernel(&self.c.machine)
+                    && self.cpu.pv.in_kernel(self.m)
                 {
                     self.cpu.vcpu.load_root(roots.kernel)?;
                 }
@@ -136,20 +274,20 @@ impl Exit<'_> {
                 } else if let Some(poll) = served.poll {
                     self.cpu.wait = Some(Wait::Poll(poll, out_pending));
                 }
-                if self.c.machine.flusher().rewrite_pending() {
+                if self.m.flusher().rewrite_pending() {
                     // Entries changed host-side wait for the guest's own rewrite: on
                     // the way back, before any guest code (an upcall handler would run
                     // first: then host-side invalidation instead).
                     let resume = if out_pending { Some(0) } else { syscall_return };
                     if let Some(resume) = resume
                         && self.cpu.wait.is_none()
-                        && !self.cpu.pv.upcall_due(&self.c.machine)
+                        && !self.cpu.pv.upcall_due(self.m)
                     {
                         return self.return_through_rewrite(resume);
                     }
-                    self.c.machine.flusher().rewrite_impossible();
+                    self.m.flusher().rewrite_impossible();
                 }
-                self.c.machine.flusher().rewrite_possible = false;
+                self.m.flusher().rewrite_possible = false;
                 if self.cpu.wait.is_some() {
                     // The wait delivers it.
                     return Ok(None);
@@ -157,11 +295,11 @@ impl Exit<'_> {
                 self.deliver_pending_upcall(out_pending)
             }
             Outcome::Shutdown(reason) => {
-                self.c.machine.flusher().take_rewrite();
+                self.m.flusher().take_rewrite();
                 Ok(Some(GuestExit::Shutdown(reason)))
             }
             Outcome::Crash(c) => {
-                self.c.machine.flusher().take_rewrite();
+                self.m.flusher().take_rewrite();
                 Ok(Some(GuestExit::Crash(c)))
             }
         }
@@ -193,13 +331,13 @@ impl Exit<'_> {
         self.cpu.vcpu.set_regs(regs);
         self.c.stats.continuations += 1;
         // What the part done changed reaches the vCPU before it runs again.
-        if self.c.machine.flusher().rewrite_pending() {
-            self.c.machine.flusher().rewrite_impossible();
+        if self.m.flusher().rewrite_pending() {
+            self.m.flusher().rewrite_impossible();
         }
-        self.c.machine.flusher().rewrite_possible = false;
+        self.m.flusher().rewrite_possible = false;
         self.sync_descriptor_tables()?;
         if let Some(roots) = roots
-            && self.cpu.pv.in_kernel(&self.c.machine)
+            && self.cpu.pv.in_kernel(self.m)
         {
             self.cpu.vcpu.load_root(roots.kernel)?;
         }
@@ -216,7 +354,7 @@ impl Exit<'_> {
     fn return_through_rewrite(&mut self, resume: u64) -> Result<Option<GuestExit>, VmError> {
         use platform::layout::{DIRECT_MAP_VA, STORE_VA};
         use vm_memory::Bytes;
-        let entries = self.c.machine.flusher().take_rewrite();
+        let entries = self.m.flusher().take_rewrite();
         let mut list = Vec::with_capacity((entries.len() + 2) * 8);
         list.extend_from_slice(&(entries.len() as u64).to_le_bytes());
         list.extend_from_slice(&resume.to_le_bytes());
@@ -229,11 +367,10 @@ impl Exit<'_> {
             .vcpu(self.cpu.vcpu.caller.vcpu)
             .map_err(platform::domain::DomainError::from)?
             .store_list_gpa;
-        self.c
-            .machine
+        self.m
             .memory()
             .write_slice(&list, vm_memory::GuestAddress(at))?;
-        self.c.machine.flusher().note_rewrite(entries.len());
+        self.m.flusher().note_rewrite(entries.len());
         let mut regs = self.cpu.vcpu.regs();
         regs.rip = STORE_VA;
         self.cpu.vcpu.set_regs(regs);
@@ -255,7 +392,7 @@ impl Exit<'_> {
             regs.r11 = regs.rflags;
         }
         let mut ctx = call_context(&regs, regs.rcx, regs.r11);
-        match self.cpu.pv.user_syscall(&mut self.c.machine, &mut ctx, 2) {
+        match self.cpu.pv.user_syscall(self.m, &mut ctx, 2) {
             Ok(t) => {
                 regs.rip = ctx.rip;
                 regs.rsp = ctx.rsp;
@@ -278,7 +415,7 @@ impl Exit<'_> {
         out_pending: bool,
     ) -> Result<Option<GuestExit>, VmError> {
         // Nothing to deliver (the common case): nothing to read either.
-        if !self.cpu.pv.upcall_due(&self.c.machine) {
+        if !self.cpu.pv.upcall_due(self.m) {
             return Ok(None);
         }
         let mut regs = self.cpu.vcpu.regs();
@@ -301,7 +438,7 @@ impl Exit<'_> {
             rcx: regs.rcx,
             r11: regs.r11,
         };
-        match self.cpu.pv.deliver_upcall(&mut self.c.machine, &mut ctx) {
+        match self.cpu.pv.deliver_upcall(self.m, &mut ctx) {
             None => Ok(None),
             Some(Ok(t)) => {
                 regs.rip = ctx.rip;
@@ -321,7 +458,7 @@ impl Exit<'_> {
     /// KVM-PVM reports RIP already past it. Told apart by the bytes at RIP (the `out`
     /// is followed by a `ret`, never by another `out`).
     pub(super) fn after_out(&self, rip: u64) -> u64 {
-        let mut view = pvmmu::GuestView::new(self.c.machine.memory(), self.current_root());
+        let mut view = pvmmu::GuestView::new(self.m.memory(), self.current_root());
         let mut b = [0u8; 2];
         let at_out = view.read(rip, &mut b).is_ok()
             && b[0] == 0xe6

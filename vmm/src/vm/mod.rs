@@ -17,7 +17,7 @@
 //! KVM_RUN.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,8 @@ use platform::hvarea::HvArea;
 use platform::layout::{FAULT_PORT, HYPERCALL_PORT, PAGE, SYSCALL_PORT};
 use platform::pv::{Crash, PvVcpu};
 use platform::trace::TraceHeader;
-use pvmmu::{AuditError, MachineError};
+use pvmmu::{AuditError, MachineError, SharedMachine};
+use vm_memory::GuestMemoryMmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::bus::{BusOverlap, MmioBus, PioBus};
@@ -168,6 +169,12 @@ pub struct RunStats {
     pub ptwr: u64,
     /// Batched hypercalls stopped at a preemption point and re-issued by the guest.
     pub continuations: u64,
+    /// `mmu_update` exits served wholly without the domain lock, concurrently with
+    /// other vCPUs' (counted in `exits` and the hypercall counts too).
+    pub concurrent_exits: u64,
+    /// `mmu_update` calls served without the domain lock that began while another
+    /// vCPU's was being served so.
+    pub concurrent_overlaps: u64,
     /// Time from VM creation to the end of the run.
     pub wall: Duration,
 }
@@ -229,9 +236,11 @@ impl Console for SerialSink {
 }
 
 /// The VM's vCPUs share this, behind one lock (the domain lock: exits of different
-/// vCPUs are served one at a time, while the vCPUs run guest code in parallel).
+/// vCPUs are served one at a time, while the vCPUs run guest code in parallel). The
+/// PV MMU is beside it ([`Shared::machine`]): an exit holding the domain lock holds
+/// the whole machine too, and `mmu_update` exits are served without either as far as
+/// they can run concurrently (see `hypercall::concurrent_mmu_update`).
 pub(crate) struct Core {
-    machine: Vmm,
     platform: DomainState,
     hv: HvArea,
     boot: BootInfo,
@@ -247,6 +256,18 @@ pub(crate) struct Shared {
     vm: Arc<VmFd>,
     ram: RamSlot,
     core: Mutex<Core>,
+    /// The PV MMU. Locked after `core` (never before), or alone, shared, by an
+    /// `mmu_update` exit served concurrently.
+    machine: SharedMachine<GuestMemoryMmap<()>, KvmFlush>,
+    /// `mmu_update` exits served wholly without the domain lock (counted into the
+    /// run's statistics at its end).
+    concurrent_exits: AtomicU64,
+    /// `mmu_update` calls being served without the domain lock right now, and how many
+    /// began while another was (the evidence that they really overlap).
+    in_flight: std::sync::atomic::AtomicU32,
+    concurrent_overlaps: AtomicU64,
+    /// Timings of the hypercalls served without the domain lock, when recording.
+    concurrent_timings: Mutex<Option<Vec<HypercallTiming>>>,
     serial: Arc<Mutex<SerialConsole>>,
     exit_port: Arc<Mutex<ExitPort>>,
     pio: PioBus,
@@ -262,6 +283,9 @@ pub(crate) struct Shared {
     /// Each started vCPU's thread, to kick it out of KVM_RUN or a wait.
     threads: Mutex<Vec<Option<VcpuThread>>>,
 }
+
+/// The whole machine, held by an exit.
+type MachineGuard<'a> = pvmmu::MachineGuard<'a, GuestMemoryMmap<()>, KvmFlush>;
 
 /// A started vCPU thread.
 #[derive(Default)]
@@ -281,6 +305,12 @@ impl Shared {
         self.core
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Locks the domain, then the whole machine (the one order both are taken in).
+    fn lock_both(&self) -> (std::sync::MutexGuard<'_, Core>, MachineGuard<'_>) {
+        let core = self.lock();
+        (core, self.machine.lock())
     }
 
     /// Ends the domain with `how`, unless it has ended already, and kicks every vCPU
@@ -339,6 +369,9 @@ pub(crate) struct Cpu {
     wait: Option<Wait>,
     /// EFAULT returns of KVM_RUN in a row.
     fault_retries: u32,
+    /// What an `mmu_update` exit served without the domain lock left to the locked
+    /// path, and when the exit arrived.
+    handoff: Option<(Instant, hypercall::Handoff)>,
 }
 
 /// What a vCPU waits for between two runs, and whether it exited on the hypercall
@@ -351,10 +384,12 @@ pub(crate) enum Wait {
     Poll(platform::dispatch::Poll, bool),
 }
 
-/// One exit being served: the vCPU that took it, with the domain locked.
+/// One exit being served: the vCPU that took it, with the domain and its machine
+/// locked.
 pub(crate) struct Exit<'a> {
     s: &'a Shared,
     c: &'a mut Core,
+    m: &'a mut Vmm,
     cpu: &'a mut Cpu,
 }
 
@@ -400,6 +435,7 @@ impl Cpu {
             vmce: [0; 7],
             wait: None,
             fault_retries: 0,
+            handoff: None,
         })
     }
 }
@@ -461,7 +497,6 @@ impl Vm {
         // The builder's NEW_BASEPTR is already in CR3.
         let _ = machine.take_root_change(cpu.vcpu.caller);
         let core = Core {
-            machine,
             platform,
             hv,
             boot,
@@ -476,6 +511,11 @@ impl Vm {
             vm,
             ram,
             core: Mutex::new(core),
+            machine: SharedMachine::new(machine),
+            concurrent_exits: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicU32::new(0),
+            concurrent_overlaps: AtomicU64::new(0),
+            concurrent_timings: Mutex::new(None),
             serial: serial.clone(),
             exit_port,
             pio,
@@ -499,14 +539,14 @@ impl Vm {
     /// KVM's dirty log for guest RAM so the guest's own writes are captured too, and
     /// the library's recording of the batch entries it reads.
     pub fn start_trace(&mut self, path: &std::path::Path) -> Result<(), VmError> {
-        let mut core = self.shared.lock();
+        let (mut core, mut m) = self.shared.lock_both();
         core.tracer = Some(Tracer::start(
             self.shared.vm.clone(),
             self.shared.ram,
             path,
             &self.shared.header,
         )?);
-        core.machine.record_reads(true);
+        m.record_reads(true);
         Ok(())
     }
 
@@ -519,7 +559,7 @@ impl Vm {
 
     /// Chooses how host-side invalidation is done (default: by need).
     pub fn set_invalidation(&mut self, policy: crate::flush::InvalidationPolicy) {
-        self.shared.lock().machine.flusher().policy = policy;
+        self.shared.machine.lock().flusher().policy = policy;
     }
 
     /// Runs the guest until it shuts down, faults or crashes, or `stop` or the VM's own
@@ -528,6 +568,9 @@ impl Vm {
     fn run(&mut self, stop: &AtomicBool) -> Result<GuestExit, VmError> {
         if let Some(t) = self.timings.take() {
             self.shared.lock().timings = Some(t);
+            if let Ok(mut c) = self.shared.concurrent_timings.lock() {
+                *c = Some(Vec::new());
+            }
         }
         let shared = self.shared.clone();
         let r = run_vcpu(&shared, &mut self.boot_cpu, stop);
@@ -552,16 +595,11 @@ impl Vm {
     }
 
     /// Audits the domain, tears it down and audits what is left.
-    fn audit_and_teardown(core: &mut Core) -> Result<(), AuditFailure> {
-        core.machine
-            .audit()
+    fn audit_and_teardown(m: &mut Vmm) -> Result<(), AuditFailure> {
+        m.audit()
             .map_err(AuditFailure::Run)
-            .and_then(|()| {
-                core.machine
-                    .destroy_domain(DOMID)
-                    .map_err(AuditFailure::Teardown)
-            })
-            .and_then(|()| core.machine.audit().map_err(AuditFailure::AfterTeardown))
+            .and_then(|()| m.destroy_domain(DOMID).map_err(AuditFailure::Teardown))
+            .and_then(|()| m.audit().map_err(AuditFailure::AfterTeardown))
     }
 
     /// Runs to the end and tears the domain down, auditing before and after. The trace
@@ -569,21 +607,50 @@ impl Vm {
     /// included (the error is returned after, with the audit's verdict logged).
     pub fn run_to_end(mut self, stop: &AtomicBool) -> Result<RunReport, VmError> {
         let ran = self.run(stop);
-        let mut core = self.shared.lock();
+        let (mut core, mut m) = self.shared.lock_both();
         let traced = core.tracer.take().map_or(Ok(()), |t| t.finish());
         let exit = match ran {
             Ok(exit) => exit,
             Err(e) => {
-                let audit = Vm::audit_and_teardown(&mut core);
+                let audit = Vm::audit_and_teardown(&mut m);
                 error!("the run failed ({e}); audit after it: {audit:?}");
                 return Err(e);
             }
         };
         traced?;
-        core.stats.mmu = core.machine.stats();
-        let audit = Vm::audit_and_teardown(&mut core);
-        core.stats.flush = core.machine.flusher().stats;
+        core.stats.mmu = m.stats();
+        let audit = Vm::audit_and_teardown(&mut m);
+        core.stats.flush = m.flusher().stats;
         core.stats.hypercalls = core.platform.stats.clone();
+        // The exits served without the domain lock.
+        let concurrent = self.shared.concurrent_exits.load(Ordering::Relaxed);
+        core.stats.concurrent_exits = concurrent;
+        core.stats.concurrent_overlaps = self.shared.concurrent_overlaps.load(Ordering::Relaxed);
+        if concurrent > 0 {
+            core.stats.exits += concurrent;
+            *core
+                .stats
+                .exit_reasons
+                .entry("hypercall".into())
+                .or_default() += concurrent;
+            *core
+                .stats
+                .hypercalls
+                .by_number
+                .entry(pvmmu_abi::hypercall::HYPERVISOR_mmu_update)
+                .or_default() += concurrent;
+        }
+        let mut timings = core.timings.take().unwrap_or_default();
+        if let Some(more) = self
+            .shared
+            .concurrent_timings
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take())
+        {
+            timings.extend(more);
+            timings.sort_by_key(|t| t.at);
+        }
         core.stats.wall = self.shared.started.elapsed();
         if let Err(e) = &audit {
             warn!("audit: {e}");
@@ -592,7 +659,7 @@ impl Vm {
             exit,
             stats: std::mem::take(&mut core.stats),
             audit,
-            timings: core.timings.take().unwrap_or_default(),
+            timings,
         })
     }
 }
@@ -668,10 +735,12 @@ fn secondary_cpu(
 ) -> Result<Cpu, VmError> {
     let mut cpu = Cpu::new(&shared.kvm, &shared.vm, &core.boot, start.pv)?;
     let (tsc, tsc_khz) = cpu.vcpu.tsc()?;
-    cpu.pv.update_time(&core.machine, tsc, tsc_khz);
+    let mut m = shared.machine.lock();
+    cpu.pv.update_time(&m, tsc, tsc_khz);
     let mut x = Exit {
         s: shared,
         c: core,
+        m: &mut m,
         cpu: &mut cpu,
     };
     x.load_start_context(&start.regs)?;
@@ -690,34 +759,47 @@ fn run_vcpu(shared: &Arc<Shared>, cpu: &mut Cpu, stop: &AtomicBool) -> Result<Gu
         register_thread(shared, me, k.kicker());
     }
     {
-        let mut core = shared.lock();
+        let (mut core, mut m) = shared.lock_both();
         follow(&mut core, cpu);
         Exit {
             s: shared,
             c: &mut core,
+            m: &mut m,
             cpu,
         }
         .service_timers();
     }
     let stop_arc = shared.stop.clone();
-    loop {
-        if stop.load(Ordering::Relaxed)
+    let stopping = || {
+        stop.load(Ordering::Relaxed)
             || shared.stop.load(Ordering::Relaxed)
             || shared.ended.load(Ordering::SeqCst)
-        {
+    };
+    loop {
+        if stopping() {
             return Ok(GuestExit::Stopped);
         }
         if !shared.lock().platform.is_up(me) {
             timer::wait_until_up(shared, cpu, stop);
             continue;
         }
-        let event = run_once(shared, cpu);
+        let mut event = run_once(shared, cpu);
+        // `mmu_update` exits served without the domain lock, back to back.
+        while let Event::Hypercall(entry) = event
+            && hypercall::concurrent_mmu_update(shared, cpu, entry)?
+        {
+            if stopping() {
+                return Ok(GuestExit::Stopped);
+            }
+            event = run_once(shared, cpu);
+        }
         let (exit, kicks) = {
-            let mut core = shared.lock();
+            let (mut core, mut m) = shared.lock_both();
             follow(&mut core, cpu);
             let mut x = Exit {
                 s: shared,
                 c: &mut core,
+                m: &mut m,
                 cpu,
             };
             let mut exit = x.route(event);
@@ -766,10 +848,10 @@ impl Exit<'_> {
     /// mode.
     fn current_root(&self) -> Option<pvmmu::Mfn> {
         let caller = self.cpu.vcpu.caller;
-        if self.cpu.pv.in_kernel(&self.c.machine) {
-            self.c.machine.kernel_root(caller)
+        if self.cpu.pv.in_kernel(self.m) {
+            self.m.kernel_root(caller)
         } else {
-            self.c.machine.user_root(caller)
+            self.m.user_root(caller)
         }
     }
 

@@ -158,10 +158,7 @@ impl Exit<'_> {
         let vcpu = self.cpu.vcpu.caller.vcpu;
         let now = self.cpu.pv.system_time_ns();
         if self.cpu.pv.expire_timers(now) {
-            self.c
-                .platform
-                .evtchn
-                .raise_virq(&self.c.machine, vcpu, VIRQ_TIMER);
+            self.c.platform.evtchn.raise_virq(self.m, vcpu, VIRQ_TIMER);
         }
         if let Some(k) = &self.cpu.timer {
             let bound = self.c.platform.evtchn.virq_bound(vcpu, VIRQ_TIMER);
@@ -176,7 +173,7 @@ impl Exit<'_> {
     /// yields feed it too).
     pub(super) fn feed_console(&mut self) {
         let mut console = super::SerialSink(self.s.serial.clone());
-        self.c.platform.feed_console(&self.c.machine, &mut console);
+        self.c.platform.feed_console(self.m, &mut console);
     }
 
     /// After the timer thread kicked the vCPU out of the guest: services the timers and
@@ -229,16 +226,17 @@ pub(super) fn wait(
     let vcpu = cpu.vcpu.caller.vcpu;
     loop {
         let next = {
-            let mut core = shared.lock();
+            let (mut core, mut m) = shared.lock_both();
             let mut x = Exit {
                 s: shared,
                 c: &mut core,
+                m: &mut m,
                 cpu,
             };
             x.feed_console();
             x.service_timers();
             let ev = &x.c.platform.evtchn;
-            let m = &x.c.machine;
+            let m = &*x.m;
             let now = x.cpu.pv.system_time_ns();
             let (done, deadline, out_pending) = match what {
                 Wait::Block(out_pending) => (ev.upcall_pending(m, vcpu), None, *out_pending),
@@ -283,13 +281,14 @@ pub(super) fn wait_until_up(shared: &Shared, cpu: &mut Cpu, stop: &AtomicBool) {
     let vcpu = cpu.vcpu.caller.vcpu;
     loop {
         {
-            let mut core = shared.lock();
+            let (mut core, mut m) = shared.lock_both();
             if core.platform.is_up(vcpu) {
                 return;
             }
             Exit {
                 s: shared,
                 c: &mut core,
+                m: &mut m,
                 cpu,
             }
             .service_timers();
