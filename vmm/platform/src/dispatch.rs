@@ -376,7 +376,9 @@ impl Platform<'_> {
                 0
             }
             // Another vCPU's secondary time area (Xen's `time_info_guest` of the
-            // target): recorded in its slot, followed at its next exit.
+            // target): filled at once from the target's `vcpu_info` (Xen's
+            // `force_update_vcpu_system_time`, through the caller's page tables),
+            // recorded in its slot, followed at its next exit for later updates.
             crate::pv::vcpu_op::VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA if !own => {
                 let va = match m.kernel_view(caller).read_u64(a[2]) {
                     Ok(va) => va,
@@ -387,6 +389,9 @@ impl Platform<'_> {
                 }
                 if let Some(slot) = self.dom.vcpus.get_mut(target as usize) {
                     slot.time_area = Some(va);
+                }
+                if va != 0 {
+                    self.fill_time_area(m, caller, target, Some(va));
                 }
                 self.dom.evtchn.kick(target);
                 0
@@ -438,9 +443,10 @@ impl Platform<'_> {
                                 let info = self.other_runstate(target);
                                 crate::pv::vcpu_op::write_runstate_phys(m, gaddr, &info);
                             }
-                            // Another vCPU's at its next time update.
                             pvmmu::GuestArea::Time if own => self.pv.update_secondary_time(m),
-                            pvmmu::GuestArea::Time => {}
+                            // Another vCPU's from its `vcpu_info`, as Xen's
+                            // `time_area_populate` does.
+                            pvmmu::GuestArea::Time => self.fill_time_area(m, caller, target, None),
                         }
                         0
                     }
@@ -456,6 +462,28 @@ impl Platform<'_> {
             }
             _ => return None,
         })
+    }
+
+    /// Fills vCPU `target`'s secondary time area (the physical one if registered, else
+    /// `va`) with the time record it last published.
+    fn fill_time_area<F: TlbFlush>(
+        &self,
+        m: &Mach<F>,
+        caller: Caller,
+        target: u32,
+        va: Option<u64>,
+    ) {
+        let info = self
+            .dom
+            .evtchn
+            .vcpu_info
+            .get(target as usize)
+            .copied()
+            .unwrap_or(0);
+        if let Some(record) = self.pv.time_record_of(m, info) {
+            let t = Caller::new(caller.dom, target);
+            crate::pv::time::write_secondary_time(m, caller, t, va, &record);
+        }
     }
 
     /// Another vCPU's `struct vcpu_runstate_info`: running since system time 0 while

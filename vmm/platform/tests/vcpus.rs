@@ -374,8 +374,17 @@ fn runstate_and_time_areas_by_guest_physical_address() {
         "the virtual area is left alone"
     );
     assert!(word_at(&read_phys(&w, 0x16_0040, 48), 16) > word_at(&r, 16));
-    // Another vCPU's time area; then ours, filled from vcpu_info at each update.
+    // Another vCPU's time area, filled at once (vCPU 1 has published no time yet: the
+    // caller's record, the same system time); then ours, filled from vcpu_info at each
+    // update.
+    w.pv.update_time(&w.d.machine, 111_111, 2_000_000);
+    let info = w.pv.vcpu_info() + pvmmu_abi::shared_info::VCPU_INFO_TIME_OFFSET as u64;
     assert_eq!(w.area_op(TIME_PHYS, 1, 0x16_0100), 0);
+    assert_eq!(
+        read_phys(&w, 0x16_0100, 32),
+        read_phys(&w, info, 32),
+        "vCPU 1's area filled at registration"
+    );
     let ap = Caller::new(w.pv.caller().dom, 1);
     assert_eq!(
         w.d.machine.guest_area(ap, pvmmu::GuestArea::Time),
@@ -383,7 +392,6 @@ fn runstate_and_time_areas_by_guest_physical_address() {
     );
     assert_eq!(w.area_op(TIME_PHYS, 0, 0x16_0200), 0);
     w.pv.update_time(&w.d.machine, 123_456_789, 2_000_000);
-    let info = w.pv.vcpu_info() + pvmmu_abi::shared_info::VCPU_INFO_TIME_OFFSET as u64;
     let primary = read_phys(&w, info, 32);
     let secondary = read_phys(&w, 0x16_0200, 32);
     assert_eq!(
@@ -415,7 +423,29 @@ fn another_vcpus_time_area_is_followed() {
         Errno::EFAULT.neg()
     );
     let _ = w.state.evtchn.take_kicks();
+    // vCPU 1 has published a time record in its vcpu_info (mid-update: version odd):
+    // its area is filled with it at once, with the version the update ends with.
+    let ap_info = w.state.evtchn.vcpu_info[1];
+    let mut record = [0u8; 32];
+    record[0..4].copy_from_slice(&7u32.to_le_bytes());
+    record[8..16].copy_from_slice(&0xabcd_u64.to_le_bytes());
+    record[16..24].copy_from_slice(&0x1234_u64.to_le_bytes());
+    {
+        use vm_memory::{Bytes, GuestAddress};
+        let at = ap_info + pvmmu_abi::shared_info::VCPU_INFO_TIME_OFFSET as u64;
+        w.d.machine
+            .memory()
+            .write_slice(&record, GuestAddress(at))
+            .unwrap();
+    }
     assert_eq!(w.area_op(TIME_VA, 1, 0x16_0300), 0);
+    let mut want = record;
+    want[0..4].copy_from_slice(&8u32.to_le_bytes());
+    assert_eq!(
+        read_phys(&w, 0x16_0300, 32),
+        want.to_vec(),
+        "filled at once"
+    );
     assert_eq!(w.state.vcpus[1].time_area, Some(0x16_0300));
     assert_eq!(w.state.evtchn.take_kicks(), 2, "vCPU 1 is kicked to follow");
     let mut ap = w.pv.sibling(Caller::new(w.pv.caller().dom, 1), 0);

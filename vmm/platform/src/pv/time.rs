@@ -94,22 +94,68 @@ impl PvVcpu {
         let Some(record) = self.last_time else {
             return;
         };
-        let even = u32::from_le_bytes(record[0..4].try_into().unwrap_or_default());
-        let mut odd = record;
-        odd[0..4].copy_from_slice(&even.wrapping_sub(1).to_le_bytes());
-        if let Some(gaddr) = m.guest_area(self.caller, pvmmu::GuestArea::Time) {
-            let mem = m.memory();
-            let _ = mem.write_slice(&odd[0..4], GuestAddress(gaddr));
-            let _ = mem.write_slice(&odd, GuestAddress(gaddr));
-            let _ = mem.write_slice(&record[0..4], GuestAddress(gaddr));
-        } else if let Some(va) = self.time_area {
-            let mut view = m.kernel_view(self.caller);
-            if view.write(va, &odd[0..4]).is_ok() && view.write(va, &odd).is_ok() {
-                let _ = view.write(va, &record[0..4]);
-            }
-        }
+        write_secondary_time(m, self.caller, self.caller, self.time_area, &record);
     }
 
+    /// The `vcpu_time_info` another vCPU last published in its `vcpu_info` (at
+    /// guest-physical `vcpu_info`; 0: Xen's dummy), which Xen copies into that vCPU's
+    /// secondary time area when it is registered (`force_update_secondary_system_time`).
+    /// One that was never published (version 0) is this vCPU's last record instead:
+    /// every vCPU counts the same system time from the same TSC, so either is exact.
+    pub fn time_record_of<F: TlbFlush>(
+        &self,
+        m: &Mach<F>,
+        vcpu_info: u64,
+    ) -> Option<[u8; TIME_INFO_SIZE]> {
+        let mut b = [0u8; TIME_INFO_SIZE];
+        let published = vcpu_info != 0
+            && m.memory()
+                .read_slice(
+                    &mut b,
+                    GuestAddress(vcpu_info + VCPU_INFO_TIME_OFFSET as u64),
+                )
+                .is_ok()
+            && b[0..4] != [0; 4];
+        if published {
+            // An update in progress reads as the version it will end with.
+            let v = u32::from_le_bytes(b[0..4].try_into().unwrap_or_default());
+            b[0..4].copy_from_slice(&(v.wrapping_add(v & 1)).to_le_bytes());
+            Some(b)
+        } else {
+            self.last_time
+        }
+    }
+}
+
+/// Writes `record` (a `vcpu_time_info` with an even version) into `target`'s secondary
+/// time area, the one registered by guest-physical address if any, else the virtual
+/// one (`va`, written through `caller`'s kernel page tables, as Xen writes another
+/// vCPU's through the current one's): the version goes odd, the record is written, the
+/// version goes even. A failed write is ignored.
+pub fn write_secondary_time<F: TlbFlush>(
+    m: &Mach<F>,
+    caller: pvmmu::Caller,
+    target: pvmmu::Caller,
+    va: Option<u64>,
+    record: &[u8; TIME_INFO_SIZE],
+) {
+    let even = u32::from_le_bytes(record[0..4].try_into().unwrap_or_default());
+    let mut odd = *record;
+    odd[0..4].copy_from_slice(&even.wrapping_sub(1).to_le_bytes());
+    if let Some(gaddr) = m.guest_area(target, pvmmu::GuestArea::Time) {
+        let mem = m.memory();
+        let _ = mem.write_slice(&odd[0..4], GuestAddress(gaddr));
+        let _ = mem.write_slice(&odd, GuestAddress(gaddr));
+        let _ = mem.write_slice(&record[0..4], GuestAddress(gaddr));
+    } else if let Some(va) = va {
+        let mut view = m.kernel_view(caller);
+        if view.write(va, &odd[0..4]).is_ok() && view.write(va, &odd).is_ok() {
+            let _ = view.write(va, &record[0..4]);
+        }
+    }
+}
+
+impl PvVcpu {
     /// Writes the wallclock into `shared_info` (at guest-physical `shared_info`): the
     /// wall time at system time 0, `unix_ns` nanoseconds since the epoch.
     pub fn set_wallclock<F: TlbFlush>(m: &Mach<F>, shared_info: u64, unix_ns: u64) {
