@@ -185,10 +185,7 @@ impl Exit<'_> {
             _ => None,
         };
         let delivered = match softint {
-            Some((n, len)) => self
-                .cpu
-                .pv
-                .software_interrupt(self.m, &mut ctx, n, len),
+            Some((n, len)) => self.cpu.pv.software_interrupt(self.m, &mut ctx, n, len),
             None => {
                 if vector == 1 {
                     // What hardware recorded goes into the guest's DR6, and hardware's
