@@ -1,8 +1,6 @@
 //! Audit and teardown: recomputing every count and type from the page tables
 //! themselves, and returning a dying domain's frames.
 
-use std::collections::HashMap;
-
 use log::warn;
 use pvmmu_abi::domid::DOMID_IO;
 use pvmmu_abi::vmassist::VMASST_TYPE_m2p_strict;
@@ -36,13 +34,17 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
     /// validated L4 holds the hypervisor's slots.
     pub fn audit(&self) -> Result<(), AuditError> {
         let core = &self.core;
-        let mut exp: HashMap<u64, Expect> = HashMap::new();
+        // Indexed by frame; one more for references to frames that are not RAM (which
+        // the frame table cannot disagree with).
+        let n = core.frames.len();
+        let at = |mfn: u64| usize::try_from(mfn).ok().filter(|&i| i < n).unwrap_or(n);
+        let mut exp = vec![Expect::default(); n + 1];
         let mut problems = Vec::new();
         for (mfn, p) in core.frames.iter() {
             if p.count == 0 && p.owner == pvmmu_abi::DOMID_INVALID {
                 continue;
             }
-            let e = exp.entry(mfn.0).or_default();
+            let e = &mut exp[at(mfn.0)];
             // An interrupted validation holds a general and a type reference.
             let partial = u64::from(p.partial.is_some());
             e.count += u64::from(p.allocated) + u64::from(p.pinned) + partial;
@@ -50,14 +52,14 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
         }
         for d in core.domains.values() {
             if let Some(f) = d.pirq_eoi_frame {
-                let e = exp.entry(f.0).or_default();
+                let e = &mut exp[at(f.0)];
                 e.count += 1;
                 e.type_count += 1;
             }
             // Device halves of grant mappings (host halves are PTEs, counted below).
             for (_, g) in d.maptrack.iter() {
                 if g.flags & pvmmu_abi::grant::GNTMAP_device_map != 0 {
-                    let e = exp.entry(g.mfn.0).or_default();
+                    let e = &mut exp[at(g.mfn.0)];
                     e.count += 1;
                     if g.flags & pvmmu_abi::grant::GNTMAP_readonly == 0 {
                         e.type_count += 1;
@@ -77,7 +79,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                     .chain(gdt)
                     .chain(ldt)
                 {
-                    let e = exp.entry(r.0).or_default();
+                    let e = &mut exp[at(r.0)];
                     e.count += 1;
                     e.type_count += 1;
                 }
@@ -131,7 +133,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                             }
                             continue;
                         }
-                        let e = exp.entry(target.0).or_default();
+                        let e = &mut exp[at(target.0)];
                         e.count += 1;
                         if pte.has(PteFlags::RW) {
                             e.type_count += 1;
@@ -141,12 +143,12 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
                         if target == mfn {
                             continue; // self-linear: no reference
                         }
-                        let e = exp.entry(target.0).or_default();
+                        let e = &mut exp[at(target.0)];
                         e.count += 1;
                         e.type_count += 1;
                         if tp.ty == p.ty {
                             e.linear -= 1;
-                            exp.entry(mfn.0).or_default().linear += 1;
+                            exp[at(mfn.0)].linear += 1;
                         } else if tp.ty.level() != level.lower() {
                             problems.push(format!(
                                 "{mfn}[{i}] ({}) points at {target} of type {}",
@@ -158,7 +160,7 @@ impl<M: GuestMemory, F: TlbFlush> Machine<M, F> {
             });
         }
         for (mfn, p) in core.frames.iter() {
-            let e = exp.get(&mfn.0).copied().unwrap_or_default();
+            let e = exp[at(mfn.0)];
             if p.count != e.count {
                 problems.push(format!(
                     "{mfn}: general count {} expected {}",

@@ -1,8 +1,8 @@
 //! What batches served concurrently (see [`crate::shared`]) leave to the exclusive path:
 //! the machine's part of that bookkeeping, kept apart from the code that fills it.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use crate::entry::Mfn;
 use crate::frame::Owner;
@@ -35,4 +35,15 @@ pub(crate) struct Concurrent {
     pub(crate) applied: AtomicU64,
     /// Entry swaps still to fail on purpose (a test hook).
     pub(crate) spurious: AtomicU32,
+}
+
+impl Clone for Concurrent {
+    fn clone(&self) -> Self {
+        let log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        Concurrent {
+            log: Mutex::new(log.clone()),
+            applied: AtomicU64::new(self.applied.load(Ordering::Acquire)),
+            spurious: AtomicU32::new(self.spurious.load(Ordering::Acquire)),
+        }
+    }
 }

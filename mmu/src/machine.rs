@@ -117,7 +117,7 @@ pub struct Machine<M, F = NoFlush> {
 
 /// Everything of a machine but its memory (so that operations can borrow the memory
 /// and the bookkeeping separately).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Core<F> {
     pub(crate) frames: FrameTable,
     pub(crate) domains: BTreeMap<u16, Domain>,
@@ -143,7 +143,7 @@ pub(crate) struct Core<F> {
 pub const MULTICALL_ENTRY_UNITS: u64 = 8;
 
 /// Where a top-level batched hypercall may stop and ask to be re-issued.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Preempt {
     /// Work units after which a call stops at its next preemption point.
     pub(crate) budget: Option<u64>,
@@ -163,6 +163,38 @@ pub(crate) struct Preempt {
     pub(crate) work: u64,
     /// The arguments the call is to be re-issued with, when it stopped.
     pub(crate) continuation: Option<[u64; 5]>,
+}
+
+/// A copy of the machine's bookkeeping (frame table and M2P, domains and their vCPUs,
+/// stale-TLB and flush state, counters, settings) over `M`'s clone of the memory. For
+/// `GuestMemoryMmap`, whose regions are reference-counted, that is the same memory, not
+/// a copy of it: the clone is a snapshot of everything but the memory, for embedders
+/// (fuzzers, tests) that save and restore the memory themselves. Two machines over one
+/// memory must not both serve guests.
+///
+/// ```
+/// use pvmmu::{DomainConfig, Machine, MachineConfig, Mfn};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+/// let mut m = Machine::new(mem, MachineConfig::default()).unwrap();
+/// m.create_domain(DomainConfig::new(1)).unwrap();
+/// m.assign_frames(1, (0x10..0x100).map(Mfn)).unwrap();
+/// let snapshot = m.clone();
+/// m.destroy_domain(1).unwrap();
+/// assert_eq!(m.frames().get(Mfn(0x10)).unwrap().count, 0);
+/// m = snapshot.clone(); // back to the snapshot (the memory was not written here)
+/// assert_eq!(m.frames().get(Mfn(0x10)).unwrap().owner, 1);
+/// assert_eq!(m.domain_ids(), [1]);
+/// ```
+impl<M: Clone, F: Clone> Clone for Machine<M, F> {
+    fn clone(&self) -> Self {
+        Machine {
+            mem: self.mem.clone(),
+            core: self.core.clone(),
+            reads: self.reads.clone(),
+        }
+    }
 }
 
 impl<M: GuestMemory> Machine<M, NoFlush> {
