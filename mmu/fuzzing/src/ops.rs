@@ -1,5 +1,14 @@
 //! The `mmu_ops` harness: structured PV MMU operation sequences on two domains.
+//!
+//! Every input starts from the same world: two domains with pinned, installed trees
+//! ([`Fixture::new`], every step checked against the reference model). Building it
+//! costs far more than most inputs, so [`mmu_ops`] builds it once per thread and
+//! restores it after each input instead (see [`World`]): the machine's and the model's
+//! bookkeeping from a snapshot, and the memory pages the input wrote from a copy. An
+//! input gets the same verdict whatever ran before it in the process; test builds check
+//! every restored world against a freshly built one.
 
+use std::cell::RefCell;
 use std::ops::ControlFlow;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -8,12 +17,16 @@ use pvmmu::{
     RecordingFlush, VaRange, Visit, Walker,
 };
 use pvmmu_abi::{MmuUpdate, MmuextOp};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::xen_model::{self, ModelOp, Outcome, XenModel};
 
+/// The harness's guest memory: its dirty bitmap tells which pages an input wrote.
+pub type HarnessMemory = GuestMemoryMmap<AtomicBitmap>;
+
 /// The harness's machine (recorded flushes).
-pub type HarnessMachine = Machine<GuestMemoryMmap<()>, RecordingFlush>;
+pub type HarnessMachine = Machine<HarnessMemory, RecordingFlush>;
 
 /// Machine frames (4 MiB of RAM).
 pub const FRAMES: u64 = 1024;
@@ -151,6 +164,7 @@ pub enum Op {
 }
 
 /// The machine, the reference model following it, and what the harness knows.
+#[derive(Clone)]
 pub struct Fixture {
     /// The machine.
     pub m: HarnessMachine,
@@ -227,7 +241,7 @@ impl Fixture {
     /// description (domains, frames, the memory the walker wrote) and judges the pins
     /// and base-pointer switches of the setup like any other operation.
     pub fn new() -> Fixture {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)])
+        let mem = HarnessMemory::from_ranges(&[(GuestAddress(0), (FRAMES << 12) as usize)])
             .expect("memory");
         let config = MachineConfig {
             xen_l4_slots: template(),
@@ -482,6 +496,12 @@ impl Fixture {
     /// Tears everything down (checked against the model) and checks every frame came
     /// back.
     pub fn finish(mut self) -> Judged {
+        self.tear_down();
+        self.judged
+    }
+
+    /// [`Fixture::finish`], leaving the fixture to be looked at (and restored).
+    fn tear_down(&mut self) {
         for id in [1u16, 2] {
             if self.alive[usize::from(id - 1)] {
                 let op = ModelOp::Teardown { dom: id };
@@ -502,7 +522,6 @@ impl Fixture {
         if let Err(e) = self.m.audit() {
             panic!("audit failed after teardown: {e}");
         }
-        self.judged
     }
 }
 
@@ -519,14 +538,184 @@ pub fn mmu_ops(data: &[u8]) {
 
 /// [`mmu_ops`], returning how much the reference model judged.
 pub fn mmu_ops_judged(data: &[u8]) -> Judged {
-    let mut u = Unstructured::new(data);
-    let Ok(ops) = Vec::<Op>::arbitrary(&mut u) else {
-        return Judged::default();
+    mmu_ops_outcomes(data).0
+}
+
+/// [`mmu_ops`], returning how much the reference model judged and the outcome of every
+/// operation (`None`: not issued).
+pub fn mmu_ops_outcomes(data: &[u8]) -> (Judged, Vec<Option<Outcome>>) {
+    let Some(ops) = decode_input(data) else {
+        return Default::default();
+    };
+    let mut world = World::take();
+    let mut f = world.start();
+    let outcomes = run(&mut f, &ops);
+    f.tear_down();
+    world.restore(&f);
+    WORLD.set(Some(world));
+    (f.judged, outcomes)
+}
+
+/// [`mmu_ops_outcomes`] on a freshly built fixture (no snapshot, nothing restored): the
+/// reference the restored world is tested against.
+pub fn mmu_ops_fresh(data: &[u8]) -> (Judged, Vec<Option<Outcome>>) {
+    let Some(ops) = decode_input(data) else {
+        return Default::default();
     };
     let mut f = Fixture::new();
-    for op in ops.iter().take(64) {
-        f.judged.decoded += 1;
-        f.apply(op);
+    let outcomes = run(&mut f, &ops);
+    f.tear_down();
+    (f.judged, outcomes)
+}
+
+/// Runs the first `stop` operations of `data` on the restored world and panics, as a
+/// failing oracle does (for the tests of the restore).
+#[doc(hidden)]
+pub fn mmu_ops_panicking_after_for_test(data: &[u8], stop: usize) {
+    let ops = decode_input(data).unwrap_or_default();
+    let world = World::take();
+    let mut f = world.start();
+    run(&mut f, &ops[..stop.min(ops.len())]);
+    panic!("an oracle failed (on purpose)");
+}
+
+fn decode_input(data: &[u8]) -> Option<Vec<Op>> {
+    let mut u = Unstructured::new(data);
+    Vec::<Op>::arbitrary(&mut u).ok()
+}
+
+fn run(f: &mut Fixture, ops: &[Op]) -> Vec<Option<Outcome>> {
+    ops.iter()
+        .take(64)
+        .map(|op| {
+            f.judged.decoded += 1;
+            match f.try_apply(op) {
+                Ok(o) => o,
+                Err(e) => panic!("{e}"),
+            }
+        })
+        .collect()
+}
+
+/// Whether every restored world is checked against a freshly built one: in debug
+/// builds (`cargo test`), not when fuzzing.
+#[allow(unexpected_cfgs)]
+const CHECK_EVERY_RESTORE: bool = cfg!(all(debug_assertions, not(fuzzing)));
+
+/// Inputs between two full checks of the restored memory in other builds.
+const MEMORY_CHECK_INTERVAL: u32 = 1024;
+
+thread_local! {
+    /// This thread's starting world, between inputs (`None` until the first input, and
+    /// again after an input that panicked: the next one builds it afresh).
+    static WORLD: RefCell<Option<World>> = const { RefCell::new(None) };
+}
+
+/// The starting world of every input, built once per thread: a fixture as built by
+/// [`Fixture::new`], never run, and a copy of its memory. An input runs on a clone of
+/// the fixture (the machine's and the model's bookkeeping are copied; the memory is
+/// shared), and afterwards every page it wrote is copied back: the pages in the
+/// memory's dirty bitmap (every write through `vm-memory` and every entry the library
+/// stores marks it) and, in case the library ever wrote a page without marking it, the
+/// pages the model wrote. Every [`MEMORY_CHECK_INTERVAL`] inputs (every input in debug
+/// builds) the whole memory is compared with the copy.
+struct World {
+    start: Fixture,
+    memory: Vec<u8>,
+    since_check: u32,
+}
+
+impl World {
+    fn take() -> World {
+        WORLD.take().unwrap_or_else(World::build)
     }
-    f.finish()
+
+    fn build() -> World {
+        let start = Fixture::new();
+        let memory = read_memory(start.m.memory());
+        bitmap(start.m.memory()).reset();
+        World {
+            start,
+            memory,
+            since_check: 0,
+        }
+    }
+
+    /// A fixture in the starting state.
+    fn start(&self) -> Fixture {
+        let f = self.start.clone();
+        if CHECK_EVERY_RESTORE {
+            let fresh = Fixture::new();
+            assert_eq!(
+                bookkeeping(&f.m),
+                bookkeeping(&fresh.m),
+                "restored machine differs from a fresh one"
+            );
+            assert!(
+                f.model == fresh.model,
+                "restored model differs from a fresh one"
+            );
+            assert!(
+                read_memory(f.m.memory()) == read_memory(fresh.m.memory()),
+                "restored memory differs from a fresh one"
+            );
+            assert_eq!((f.alive, f.judged), (fresh.alive, fresh.judged));
+        }
+        f
+    }
+
+    /// Copies back every page `f` (run from [`World::start`]) wrote.
+    fn restore(&mut self, f: &Fixture) {
+        let mem = f.m.memory();
+        let bits = bitmap(mem);
+        let mut dirty = bits.get_and_reset();
+        for frame in f.model.written_frames() {
+            if let Some(w) = dirty.get_mut((frame / 64) as usize) {
+                *w |= 1 << (frame % 64);
+            }
+        }
+        for (i, w) in dirty.iter().enumerate() {
+            let mut w = *w;
+            while w != 0 {
+                let frame = i * 64 + w.trailing_zeros() as usize;
+                w &= w - 1;
+                let page = &self.memory[frame << 12..(frame + 1) << 12];
+                mem.write_slice(page, GuestAddress((frame as u64) << 12))
+                    .expect("harness memory");
+            }
+        }
+        bits.reset();
+        self.since_check += 1;
+        if CHECK_EVERY_RESTORE || self.since_check >= MEMORY_CHECK_INTERVAL {
+            self.since_check = 0;
+            let mut page = [0u8; 4096];
+            for (frame, want) in self.memory.chunks_exact(4096).enumerate() {
+                mem.read_slice(&mut page, GuestAddress((frame as u64) << 12))
+                    .expect("harness memory");
+                assert!(
+                    page[..] == *want,
+                    "frame {frame:#x} was written without being marked dirty: the restored \
+                     world is not the starting one (the input that wrote it ran earlier)"
+                );
+            }
+        }
+    }
+}
+
+/// The dirty bitmap of the harness's one memory region.
+fn bitmap(mem: &HarnessMemory) -> &AtomicBitmap {
+    mem.iter().next().expect("one region").bitmap()
+}
+
+/// All of the harness's memory.
+pub fn read_memory(mem: &HarnessMemory) -> Vec<u8> {
+    let mut bytes = vec![0u8; (FRAMES << 12) as usize];
+    mem.read_slice(&mut bytes, GuestAddress(0))
+        .expect("the harness's memory");
+    bytes
+}
+
+/// Everything of a machine but its memory, as text.
+fn bookkeeping(m: &HarnessMachine) -> String {
+    format!("{m:?}").replacen(&format!("{:?}", m.memory()), "", 1)
 }

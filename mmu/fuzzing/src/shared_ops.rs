@@ -6,15 +6,14 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use pvmmu::SharedMachine;
-use vm_memory::{Bytes, GuestAddress};
 
-use crate::ops::{FRAMES, Fixture, HarnessMachine, Op};
+use crate::ops::{Fixture, HarnessMachine, Op};
 use crate::xen_model::{ModelOp, Outcome, execute};
 
 /// Runs `op` through the shared machine: `mmu_update` by its concurrent path, the rest
 /// under its lock.
 fn execute_shared(
-    shared: &SharedMachine<vm_memory::GuestMemoryMmap<()>, pvmmu::RecordingFlush>,
+    shared: &SharedMachine<crate::ops::HarnessMemory, pvmmu::RecordingFlush>,
     op: &ModelOp,
 ) -> Outcome {
     match op {
@@ -30,11 +29,7 @@ fn execute_shared(
 }
 
 fn memory(m: &HarnessMachine) -> Vec<u8> {
-    let mut bytes = vec![0u8; (FRAMES << 12) as usize];
-    m.memory()
-        .read_slice(&mut bytes, GuestAddress(0))
-        .expect("the harness's memory");
-    bytes
+    crate::ops::read_memory(m.memory())
 }
 
 /// The harness: decode `data` as [`crate::mmu_ops`] does and check that the two

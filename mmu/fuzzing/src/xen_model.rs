@@ -66,6 +66,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use pvmmu::{
     BatchOutcome, Caller, DomainConfig, Machine, MachineConfig, Mfn, PageType, PtwrOutcome,
@@ -184,7 +185,7 @@ impl Default for Frame {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Dom {
     privileged: bool,
     device_model_of: Option<u16>,
@@ -337,12 +338,80 @@ enum Wrote {
     Mismatch(u64),
 }
 
-/// The independent model of one machine's PV MMU.
+/// The model's copy of guest memory, little-endian, 4096 bytes per RAM frame: the
+/// contents as loaded, shared by every clone, and the pages written since, each copied
+/// on its first write. A clone of a model (a snapshot) so costs the pages written, not
+/// the whole memory.
 #[derive(Debug, Clone)]
+struct Memory {
+    /// The contents as loaded (`frames * PAGE` bytes).
+    base: Arc<[u8]>,
+    /// Per frame: 0 for the loaded page, `k` for `written[k - 1]`.
+    map: Vec<u32>,
+    written: Vec<Box<[u8]>>,
+}
+
+impl Memory {
+    fn new(base: Arc<[u8]>) -> Memory {
+        Memory {
+            map: vec![0; base.len() / PAGE],
+            base,
+            written: Vec::new(),
+        }
+    }
+
+    fn frames(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The page of frame `f`, if it is RAM.
+    fn page(&self, f: usize) -> Option<&[u8]> {
+        match *self.map.get(f)? {
+            0 => self.base.get(f * PAGE..(f + 1) * PAGE),
+            k => self.written.get(k as usize - 1).map(|p| &p[..]),
+        }
+    }
+
+    /// The page of frame `f` for writing (copied from the loaded one first).
+    fn page_mut(&mut self, f: usize) -> Option<&mut [u8]> {
+        let k = *self.map.get(f)?;
+        let k = if k == 0 {
+            let copy = self.base.get(f * PAGE..(f + 1) * PAGE)?.into();
+            self.written.push(copy);
+            let k = u32::try_from(self.written.len()).ok()?;
+            self.map[f] = k;
+            k
+        } else {
+            k
+        };
+        self.written.get_mut(k as usize - 1).map(|p| &mut p[..])
+    }
+
+    /// The frames written since the contents were loaded.
+    fn written_frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.map
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k != 0)
+            .map(|(f, _)| f as u64)
+    }
+}
+
+/// Equal contents, however they are stored.
+impl PartialEq for Memory {
+    fn eq(&self, o: &Memory) -> bool {
+        self.frames() == o.frames() && (0..self.frames()).all(|f| self.page(f) == o.page(f))
+    }
+}
+
+impl Eq for Memory {}
+
+/// The independent model of one machine's PV MMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XenModel {
     frames: Vec<Frame>,
-    /// The model's copy of guest memory, little-endian, 4096 bytes per RAM frame.
-    mem: Vec<u8>,
+    /// The model's copy of guest memory.
+    mem: Memory,
     m2p: Vec<u64>,
     doms: BTreeMap<u16, Dom>,
     xen_slots: [u64; 16],
@@ -358,7 +427,7 @@ impl XenModel {
     pub fn new(frames: usize, config: &MachineConfig) -> XenModel {
         XenModel {
             frames: vec![Frame::default(); frames],
-            mem: vec![0; frames * PAGE],
+            mem: Memory::new(vec![0; frames * PAGE].into()),
             m2p: vec![u64::MAX; frames],
             doms: BTreeMap::new(),
             xen_slots: config.xen_l4_slots,
@@ -407,12 +476,25 @@ impl XenModel {
     /// Copies the contents of every RAM frame from `mem` (the memory the guest and the
     /// builder prepared before the first modelled operation).
     pub fn load_memory<M: GuestMemory>(&mut self, mem: &M) -> Result<(), ModelError> {
-        for (f, page) in self.mem.chunks_exact_mut(PAGE).enumerate() {
+        let mut bytes = vec![0u8; self.frames.len() * PAGE];
+        for (f, page) in bytes.chunks_exact_mut(PAGE).enumerate() {
             let f = f as u64;
             mem.read_slice(page, GuestAddress(f << 12))
                 .map_err(|_| ModelError::Memory(f))?;
         }
+        self.mem = Memory::new(bytes.into());
         Ok(())
+    }
+
+    /// The model's copy of RAM frame `mfn`'s contents.
+    pub fn page(&self, mfn: u64) -> Option<&[u8]> {
+        self.mem.page(usize::try_from(mfn).ok()?)
+    }
+
+    /// The frames whose contents the model wrote since its memory was loaded (a superset
+    /// of those that differ from the loaded contents).
+    pub fn written_frames(&self) -> impl Iterator<Item = u64> + '_ {
+        self.mem.written_frames()
     }
 
     /// A model of `m` as it is now: its frame table, domains, roots, assists and
@@ -479,7 +561,8 @@ impl XenModel {
     pub fn entry(&self, mfn: u64, idx: usize) -> Option<u64> {
         let o = self.slot(mfn, idx)?;
         self.mem
-            .get(o..o + 8)
+            .page(o / PAGE)
+            .and_then(|p| p.get(o % PAGE..o % PAGE + 8))
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
     }
@@ -511,7 +594,11 @@ impl XenModel {
     }
 
     fn write(&mut self, mfn: u64, idx: usize, v: u64) {
-        if let Some(b) = self.slot(mfn, idx).and_then(|o| self.mem.get_mut(o..o + 8)) {
+        if let Some(b) = self.slot(mfn, idx).and_then(|o| {
+            self.mem
+                .page_mut(o / PAGE)
+                .and_then(|p| p.get_mut(o % PAGE..o % PAGE + 8))
+        }) {
             b.copy_from_slice(&v.to_le_bytes());
             if self.touched.last() != Some(&mfn) {
                 self.touched.push(mfn);
@@ -1616,19 +1703,21 @@ impl XenModel {
                 self.frames.len()
             ));
         }
-        for (mfn, p) in ft.iter() {
+        // Both frame tables with their M2P entries, encoded as words and compared in one
+        // go; frame by frame below only when they differ, to name the differences. (The
+        // fuzzer's comparison tracing makes a comparison per frame and field cost more
+        // than most operations.)
+        let lib_words: Vec<[u64; 4]> = ft
+            .iter()
+            .map(|(mfn, p)| frame_words(&lib_frame(&p), ft.m2p(mfn)))
+            .collect();
+        let model_words: Vec<[u64; 4]> = (0..self.frames.len())
+            .map(|i| frame_words(&self.frames[i], self.m2p.get(i).copied()))
+            .collect();
+        let frames_differ = lib_words != model_words;
+        for (mfn, p) in ft.iter().filter(|_| frames_differ) {
             let Some(x) = self.frame(mfn.0) else { break };
-            let lib = Frame {
-                owner: p.owner,
-                count: p.count,
-                allocated: p.allocated,
-                shared: p.shared,
-                ty: FrameType::of(p.ty),
-                type_count: p.type_count,
-                validated: p.validated,
-                pinned: p.pinned,
-                linear: p.linear,
-            };
+            let lib = lib_frame(&p);
             if lib != *x {
                 diffs.push(format!("frame {mfn}: library {lib:?}, model {x:?}"));
             }
@@ -1674,7 +1763,7 @@ impl XenModel {
         touched.dedup();
         let mut page = [0u8; PAGE];
         for f in touched {
-            let Some(ours) = self.slot(f, 0).and_then(|o| self.mem.get(o..o + PAGE)) else {
+            let Some(ours) = self.slot(f, 0).and_then(|o| self.mem.page(o / PAGE)) else {
                 continue;
             };
             if m.memory()
@@ -1706,6 +1795,45 @@ impl XenModel {
             Err(format!("{n} difference(s):\n  {}", diffs.join("\n  ")))
         }
     }
+}
+
+/// The library's bookkeeping of a frame in the model's terms.
+fn lib_frame(p: &pvmmu::PageInfo) -> Frame {
+    Frame {
+        owner: p.owner,
+        count: p.count,
+        allocated: p.allocated,
+        shared: p.shared,
+        ty: FrameType::of(p.ty),
+        type_count: p.type_count,
+        validated: p.validated,
+        pinned: p.pinned,
+        linear: p.linear,
+    }
+}
+
+/// A frame's bookkeeping and M2P entry as words: equal words, equal fields.
+fn frame_words(f: &Frame, m2p: Option<u64>) -> [u64; 4] {
+    let ty: u64 = match f.ty {
+        FrameType::None => 0,
+        FrameType::SegDesc => 1,
+        FrameType::Shared => 2,
+        FrameType::Writable => 3,
+        FrameType::Table(l) => 8 + u64::from(l),
+    };
+    [
+        f.count,
+        f.type_count,
+        u64::from(f.owner)
+            | u64::from(f.linear as u16) << 16
+            | u64::from(f.allocated) << 32
+            | u64::from(f.shared) << 33
+            | u64::from(f.validated) << 34
+            | u64::from(f.pinned) << 35
+            | u64::from(m2p.is_some()) << 36
+            | ty << 40,
+        m2p.unwrap_or(0),
+    ]
 }
 
 /// Xen's rewrite of a present guest entry at `level`.
