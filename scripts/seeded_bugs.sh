@@ -6,14 +6,19 @@
 #
 # Usage: scripts/seeded_bugs.sh [SECONDS_PER_BUG] [corpus]   (default 120; with
 #        `corpus`, each run starts from the committed mmu_ops corpus, not an empty one)
+# Environment: BUGS="0 2" runs only those bugs (by index, in the order below);
+#        RUNS=n fuzzes each bug n times (libFuzzer seeds 1..n) and prints every time;
+#        REV=<commit> takes the library and harness from that commit (default HEAD).
 set -euo pipefail
 limit=${1:-120}
 seed=${2:-}
+runs=${RUNS:-1}
+rev=${REV:-HEAD}
 root="$(cd "$(dirname "$0")/.." && pwd)"
 scratch=$(mktemp -d /tmp/pvmmu-seeded.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-git -C "$root" archive HEAD | tar -x -C "$scratch"
+git -C "$root" archive "$rev" | tar -x -C "$scratch"
 
 # The bugs: name, file, text to replace, replacement.
 cat >"$scratch/bugs.py" <<'PY'
@@ -52,7 +57,7 @@ PY
 bug() { python3 "$scratch/bugs.py" "$1" "$2" "$scratch"; }
 
 printf '%-70s %s\n' "seeded bug" "found after"
-for i in $(seq 0 $(( $(bug count 0) - 1 ))); do
+for i in ${BUGS:-$(seq 0 $(( $(bug count 0) - 1 )))}; do
     name=$(bug name "$i")
     bug apply "$i"
     if ! (cd "$scratch/mmu/fuzz" && cargo fuzz build mmu_ops --sanitizer none -O >"$scratch/build.log" 2>&1); then
@@ -60,23 +65,25 @@ for i in $(seq 0 $(( $(bug count 0) - 1 ))); do
         bug revert "$i"
         continue
     fi
-    work="$scratch/run"; rm -rf "$work"; mkdir -p "$work/corpus" "$work/artifacts"
-    if [ "$seed" = corpus ]; then
-        cp "$scratch/mmu/fuzz/corpus/mmu_ops/"* "$work/corpus/"
-    fi
-    start=$(date +%s.%N)
-    if (cd "$scratch/mmu/fuzz" && timeout $((limit + 30)) cargo fuzz run mmu_ops --sanitizer none -O \
-            "$work/corpus" -- -max_total_time="$limit" -artifact_prefix="$work/artifacts/" \
-            >"$work/log" 2>&1); then
-        result="not found in ${limit} s"
-    else
-        end=$(date +%s.%N)
-        if ls "$work/artifacts"/crash-* >/dev/null 2>&1; then
-            result=$(python3 -c "print(f'{$end - $start:.1f} s')")
-        else
-            result="fuzzer error"
+    for r in $(seq 1 "$runs"); do
+        work="$scratch/run"; rm -rf "$work"; mkdir -p "$work/corpus" "$work/artifacts"
+        if [ "$seed" = corpus ]; then
+            cp "$scratch/mmu/fuzz/corpus/mmu_ops/"* "$work/corpus/"
         fi
-    fi
-    printf '%-70s %s\n' "$name" "$result"
+        start=$(date +%s.%N)
+        if (cd "$scratch/mmu/fuzz" && timeout $((limit + 30)) cargo fuzz run mmu_ops --sanitizer none -O \
+                "$work/corpus" -- -max_total_time="$limit" -seed="$r" -artifact_prefix="$work/artifacts/" \
+                >"$work/log" 2>&1); then
+            result="not found in ${limit} s"
+        else
+            end=$(date +%s.%N)
+            if ls "$work/artifacts"/crash-* >/dev/null 2>&1; then
+                result=$(python3 -c "print(f'{$end - $start:.1f} s')")
+            else
+                result="fuzzer error"
+            fi
+        fi
+        printf '%-70s %s\n' "$name" "$result"
+    done
     bug revert "$i"
 done
