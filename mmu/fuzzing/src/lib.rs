@@ -8,6 +8,9 @@
 //! - [`shared_ops()`]: the same sequences through a `SharedMachine` (its concurrent
 //!   `mmu_update` path) against a plain `Machine`: the two must agree after every
 //!   operation.
+//! - [`reservation_ops()`]: frames leaving and joining live domains (decrease,
+//!   increase, populate, exchange, `max_pages`) among pins, unpins and mappings that
+//!   keep them referenced and typed, against a model of Xen's memory-op rules.
 //! - [`vmm_hypercall`]: raw hypercall registers and guest memory contents against the
 //!   VMM's hypercall dispatch, over a domain built by the VMM's own builder, no KVM.
 //!
@@ -25,10 +28,12 @@
 //! ```
 
 pub mod ops;
+pub mod reservation_ops;
 pub mod shared_ops;
 pub mod vmm_calls;
 pub mod xen_model;
 
 pub use ops::{mmu_ops, mmu_ops_judged};
+pub use reservation_ops::reservation_ops;
 pub use shared_ops::shared_ops;
 pub use vmm_calls::vmm_hypercall;

@@ -96,3 +96,19 @@ fn shared_ops_random_smoke() {
         pvmmu_fuzzing::shared_ops(&random_bytes(seed, 64 + (seed as usize * 37) % 2000));
     }
 }
+
+#[test]
+fn reservation_ops_regressions_corpus_and_random_inputs_hold() {
+    let files: Vec<_> = inputs("regressions", "reservation_ops")
+        .into_iter()
+        .chain(inputs("corpus", "reservation_ops"))
+        .collect();
+    for (path, bytes) in &files {
+        eprintln!("replaying {}", path.display());
+        pvmmu_fuzzing::reservation_ops(bytes);
+    }
+    for seed in 0..400u64 {
+        let bytes = random_bytes(seed, 64 + (seed as usize % 7) * 96);
+        pvmmu_fuzzing::reservation_ops(&bytes);
+    }
+}
