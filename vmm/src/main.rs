@@ -380,11 +380,12 @@ fn print_stats(r: &RunReport) {
         s.mmu.validated, s.mmu.applied, s.mmu.rejected, s.ptwr, s.continuations
     );
     eprintln!(
-        "flushes: {} requested; host-side: {} mprotect runs, {} memslot cycles, {} needing nothing; guest rewrites: {} returns, {} entries",
+        "flushes: {} requested; host-side: {} mprotect runs, {} memslot cycles, {} needing nothing ({:?} in all); guest rewrites: {} returns, {} entries",
         s.flush.requests,
         s.flush.mprotects,
         s.flush.memslot_cycles,
         s.flush.nothing,
+        s.flush.time,
         s.flush.rewrites,
         s.flush.rewritten_entries
     );
