@@ -13,6 +13,10 @@
 //! - `scan_read` / `scan_write`: a plain loop over the same 512 tables (the floor);
 //! - `scan_atomic_read`: that loop with one relaxed atomic load per entry;
 //! - `mmu_update_512`: one `mmu_update` of 512 validated L1 remaps;
+//! - `mmu_update_512_guest`: the same through `Machine::hypercall`, the requests read
+//!   from guest memory through the vCPU's page tables (as a VMM serves the exit);
+//! - `shared_mmu_update_512` / `shared_mmu_update_512_guest`: the same two through
+//!   `SharedMachine` (the concurrent path; the second is what the VMM's exits take);
 //! - `pin_unpin_l4_1g`: `PIN_L4_TABLE` then `UNPIN_TABLE` of the 1 GiB tree;
 //! - `update_va_mapping`: one `update_va_mapping` moving a VA between two frames.
 
@@ -26,7 +30,7 @@ use pvmmu_abi::MmuUpdate;
 use pvmmu_abi::mmu::{
     MMU_NORMAL_PT_UPDATE, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_UNPIN_TABLE,
 };
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 #[path = "../benches/common/walk.rs"]
 mod walk_fixture;
@@ -44,6 +48,9 @@ const CASES: &[(&str, u64)] = &[
     ("scan_atomic_read", walk_fixture::PAGES),
     ("scan_write", walk_fixture::PAGES),
     ("mmu_update_512", ops_fixture::BATCH as u64),
+    ("mmu_update_512_guest", ops_fixture::BATCH as u64),
+    ("shared_mmu_update_512", ops_fixture::BATCH as u64),
+    ("shared_mmu_update_512_guest", ops_fixture::BATCH as u64),
     ("pin_unpin_l4_1g", ops_fixture::PAGES),
     ("update_va_mapping", 1),
 ];
@@ -164,11 +171,43 @@ fn ops_case(case: &str, reps: u64) {
     });
     let va = BASE + (12345 << 12);
     let vals = [data_frame(1), data_frame(2)].map(|f| (f << 12) | 0x23);
+    // The request arrays in guest memory: pages 100..102 and 102..104 of the range
+    // (mapped by the first L1 table, which the batches leave alone).
+    let arrays = [100u64, 102].map(|p| BASE + (p << 12));
+    for (k, &at) in arrays.iter().enumerate() {
+        let bytes: Vec<u8> = reqs[k].iter().flat_map(|r| r.to_bytes()).collect();
+        for (half, chunk) in bytes.chunks(4096).enumerate() {
+            let page = (at - BASE) / 4096 + half as u64;
+            fx.m.memory()
+                .write_slice(chunk, GuestAddress(data_frame(page) << 12))
+                .expect("request array");
+        }
+    }
+    let args = |k: usize| [arrays[k & 1], BATCH as u64, 0, u64::from(SELF), 0];
+    if case.starts_with("shared_") {
+        let shared = pvmmu::SharedMachine::new(fx.m);
+        for k in 0..reps as usize {
+            if case == "shared_mmu_update_512" {
+                let o = shared.mmu_update(fx.c, black_box(&reqs[k & 1]), SELF);
+                assert_eq!(o.map(|o| (o.done, o.result)), Ok((512, Ok(()))));
+            } else {
+                let o = shared.hypercall_mmu_update(fx.c, black_box(args(k)));
+                assert_eq!(o, Ok(pvmmu::SharedCall::Done(0)));
+            }
+        }
+        return;
+    }
     for k in 0..reps as usize {
         match case {
             "mmu_update_512" => {
                 let o = fx.m.mmu_update(fx.c, black_box(&reqs[k & 1]), SELF);
                 assert_eq!(o.map(|o| o.result), Ok(Ok(())));
+            }
+            "mmu_update_512_guest" => {
+                let nr = pvmmu_abi::hypercall::HYPERVISOR_mmu_update;
+                let r =
+                    fx.m.hypercall(fx.c, nr, black_box(args(k)), &mut pvmmu::NoHandler);
+                assert_eq!(r.map(|r| r.rax), Ok(0));
             }
             "pin_unpin_l4_1g" => {
                 fx.ext(MMUEXT_PIN_L4_TABLE, l4);

@@ -165,6 +165,7 @@ pub(crate) struct PageBuf {
 }
 
 impl PageBuf {
+    #[inline]
     fn get(&self, va: u64, len: usize) -> Option<&[u8]> {
         let off = usize::try_from(va.checked_sub(self.va)?).ok()?;
         self.bytes.get(off..off.checked_add(len)?)
@@ -175,16 +176,22 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
     fn count(&self) -> u32 {
         self.count
     }
+    #[inline]
     fn read(&mut self, i: u32) -> Result<T, Errno> {
-        let mut buf = [0u8; MAX_ENTRY];
-        let buf = buf.get_mut(..T::SIZE).ok_or(Errno::EFAULT)?;
         let va = self
             .va
             .checked_add(u64::from(i) * T::SIZE as u64)
             .ok_or(Errno::EFAULT)?;
+        // The common case: the entry lies in the page already copied.
         if let Some(b) = self.page.get(va, T::SIZE) {
-            buf.copy_from_slice(b);
-        } else {
+            if let Some(log) = self.log.as_deref_mut() {
+                log.extend_from_slice(b);
+            }
+            return T::decode(b).ok_or(Errno::EFAULT);
+        }
+        let mut buf = [0u8; MAX_ENTRY];
+        let buf = buf.get_mut(..T::SIZE).ok_or(Errno::EFAULT)?;
+        {
             let page_end = (va | (PAGE_SIZE - 1)).wrapping_add(1);
             let array_end = self
                 .va
@@ -207,6 +214,7 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
         }
         T::decode(buf).ok_or(Errno::EFAULT)
     }
+    #[inline]
     fn entry_written(&mut self, addr: u64) {
         let addr = addr & !7;
         if self.page.entries.contains(&addr) || Mfn::containing(addr) == self.page.frame {

@@ -186,11 +186,11 @@ impl<F: TlbFlush> Core<F> {
     /// The concurrent prefix of `mmu_update(src)` by `caller` (see the module docs),
     /// stopping before entry `budget` (never before the first), as the exclusive path
     /// stops at its preemption points once `budget` entries are done.
-    fn mmu_update_prefix<M: GuestMemory + ?Sized>(
+    fn mmu_update_prefix<M: GuestMemory + ?Sized, E: Entries<MmuUpdate> + ?Sized>(
         &self,
         mem: &M,
         caller: Caller,
-        src: &mut dyn Entries<MmuUpdate>,
+        src: &mut E,
         foreigndom: u32,
         budget: Option<u64>,
     ) -> Prefix {

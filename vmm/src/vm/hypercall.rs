@@ -50,11 +50,12 @@ pub(super) fn concurrent_mmu_update(
     if entry == Entry::Syscall && cpu.syscall_ring0 != Some(false) {
         return Ok(false);
     }
+    // Timed as the ordinary path times a call: from the exit to the library's answer.
+    let arrived = Instant::now();
     let mut regs = cpu.vcpu.regs();
     if regs.rax != HYPERVISOR_mmu_update || !cpu.pv.in_kernel(&shared.machine.read()) {
         return Ok(false);
     }
-    let arrived = Instant::now();
     let args = hypercall_args(&regs);
     let caller = cpu.vcpu.caller;
     // Whether another vCPU's exit is being served this way at the same moment.
@@ -62,6 +63,7 @@ pub(super) fn concurrent_mmu_update(
         shared.concurrent_overlaps.fetch_add(1, Ordering::Relaxed);
     }
     let call = shared.machine.hypercall_mmu_update(caller, args);
+    let served = arrived.elapsed();
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     let rax = match call? {
         SharedCall::Done(rax) => rax,
@@ -98,7 +100,7 @@ pub(super) fn concurrent_mmu_update(
             nr: HYPERVISOR_mmu_update,
             count: args[1],
             at: arrived - shared.started,
-            served: arrived.elapsed(),
+            served,
             invalidation: std::time::Duration::ZERO,
         });
     }
