@@ -90,10 +90,52 @@ const GUEST_KERNEL: u64 = 1 << 52;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 /// NX, bits 52..62, bits 9..11, G, D, A, US: what the fast path lets change.
 const FAST_OK: u64 = 0xfff0_0000_0000_0000 | 0xe00 | GLOBAL | DIRTY | ACC | US;
-/// Disallowed at L2..L4: PWT, PCD, PSE/bit 7, G.
-const UPPER_BAD: u64 = PWT | PCD | BIT7 | GLOBAL;
-/// Disallowed at L1 for a domain without I/O rights: PWT, PCD, PAT.
-const L1_BAD: u64 = PWT | PCD | BIT7;
+/// The PTE bits Xen treats as flags: 0..=11 and 52..=63 (`get_pte_flags`).
+const FLAG_BITS: u64 = 0xfff0_0000_0000_0fff;
+/// Xen's software-available bits 9..=11 (`_PAGE_AVAIL`).
+const AVAIL: u64 = 0xe00;
+/// Bits 52..=62 (`_PAGE_AVAIL_HIGH`).
+const AVAIL_HIGH: u64 = 0x7ff << 52;
+/// No-execute (bit 63).
+const NX: u64 = 1 << 63;
+/// What `arch_init_memory` lets a guest set in any entry (`base_disallow_mask` is the
+/// complement): P, RW, US, A, D, AVAIL, AVAIL_HIGH and NX (the CPU has NX).
+const BASE_ALLOWED: u64 = P | RW | US | ACC | DIRTY | AVAIL | AVAIL_HIGH | NX;
+/// `base_disallow_mask` as PTE flag bits: PWT, PCD, bit 7 (PSE/PAT), G.
+const BASE_DISALLOW: u64 = FLAG_BITS & !BASE_ALLOWED;
+/// Xen's cache-attribute bits of an L1 entry (`PAGE_CACHE_ATTRS`): PAT, PCD, PWT.
+const CACHE_ATTRS: u64 = BIT7 | PCD | PWT;
+/// `L1_DISALLOW_MASK`, release build: `(base | _PAGE_GNTTAB) & ~_PAGE_GLOBAL`, with
+/// `_PAGE_GNTTAB` 0 outside debug builds: G is allowed at L1 (user mappings).
+const L1_DISALLOW: u64 = BASE_DISALLOW & !GLOBAL;
+/// `L2_DISALLOW_MASK`, `l3_disallow_mask(d)` for a 64-bit guest and
+/// `L4_DISALLOW_MASK`: all `base_disallow_mask`, so no superpage (PSE) at L2 or L3
+/// for a 64-bit PV guest, no cache attributes and no G above L1.
+const L2_DISALLOW: u64 = BASE_DISALLOW;
+/// See [`L2_DISALLOW`].
+const L3_DISALLOW: u64 = BASE_DISALLOW;
+/// See [`L2_DISALLOW`].
+const L4_DISALLOW: u64 = BASE_DISALLOW;
+const _: () = assert!(BASE_DISALLOW == PWT | PCD | BIT7 | GLOBAL);
+const _: () = assert!(L1_DISALLOW == PWT | PCD | BIT7);
+
+/// The flag bits Xen refuses in a present entry of a table at `level` (1..=4) owned by
+/// a domain with (`io`) or without I/O rights: `l1_disallow_mask(d)` drops the cache
+/// attributes for DOMID_IO and for a domain that may flush caches (I/O memory or
+/// ports), the upper levels' masks do not depend on the domain.
+const fn disallowed(level: u8, io: bool) -> u64 {
+    match level {
+        1 if io => L1_DISALLOW & !CACHE_ATTRS,
+        1 => L1_DISALLOW,
+        2 => L2_DISALLOW,
+        3 => L3_DISALLOW,
+        _ => L4_DISALLOW,
+    }
+}
+
+/// The hypervisor's L4 slots of a 64-bit PV guest, which no guest update may change:
+/// `ROOT_PAGETABLE_FIRST_XEN_SLOT` (256) ..= `ROOT_PAGETABLE_LAST_XEN_SLOT` (271)
+/// (`is_guest_l4_slot`).
 const XEN_SLOTS: RangeInclusive<usize> = 256..=271;
 const M2P_SLOT: usize = 256;
 const ENTRIES: usize = 512;
@@ -662,11 +704,10 @@ impl XenModel {
     }
 
     fn l1_bad(&self, d: u16) -> u64 {
-        if d == DOMID_IO || self.doms.get(&d).is_some_and(Dom::io_rights) {
-            0
-        } else {
-            L1_BAD
-        }
+        disallowed(
+            1,
+            d == DOMID_IO || self.doms.get(&d).is_some_and(Dom::io_rights),
+        )
     }
 
     fn owned_by(&self, mfn: u64, owner: u16) -> bool {
@@ -857,7 +898,7 @@ impl XenModel {
 
     /// `get_page_from_l2e/l3e/l4e` for entry `e` of `table` (level `level`, owner `d`).
     fn get_upper(&mut self, level: u8, e: u64, table: u64, d: u16) -> Result<(), Errno> {
-        if e & UPPER_BAD != 0 {
+        if e & disallowed(level, false) != 0 {
             return Err(Errno::EINVAL);
         }
         let target = (e & ADDR) >> 12;
@@ -1081,7 +1122,7 @@ impl XenModel {
             self.put_upper(level, old, table);
             return Ok(());
         }
-        if new & UPPER_BAD != 0 {
+        if new & disallowed(level, false) != 0 {
             return Err(Errno::EINVAL);
         }
         let nl = adjust(level, new);
