@@ -8,6 +8,9 @@
 //! - [`shared_ops()`]: the same sequences through a `SharedMachine` (its concurrent
 //!   `mmu_update` path) against a plain `Machine`: the two must agree after every
 //!   operation.
+//! - [`descriptor_ops()`]: `set_gdt` and `update_descriptor` on two vCPUs among
+//!   writable mappings, pins and the guest's own writes, against a model of Xen's
+//!   descriptor rules.
 //! - [`reservation_ops()`]: frames leaving and joining live domains (decrease,
 //!   increase, populate, exchange, `max_pages`) among pins, unpins and mappings that
 //!   keep them referenced and typed, against a model of Xen's memory-op rules.
@@ -27,12 +30,14 @@
 //! pvmmu_fuzzing::mmu_ops(b"arbitrary bytes decode to operations");
 //! ```
 
+pub mod descriptor_ops;
 pub mod ops;
 pub mod reservation_ops;
 pub mod shared_ops;
 pub mod vmm_calls;
 pub mod xen_model;
 
+pub use descriptor_ops::descriptor_ops;
 pub use ops::{mmu_ops, mmu_ops_judged};
 pub use reservation_ops::reservation_ops;
 pub use shared_ops::shared_ops;

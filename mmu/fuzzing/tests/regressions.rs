@@ -112,3 +112,19 @@ fn reservation_ops_regressions_corpus_and_random_inputs_hold() {
         pvmmu_fuzzing::reservation_ops(&bytes);
     }
 }
+
+#[test]
+fn descriptor_ops_regressions_corpus_and_random_inputs_hold() {
+    let files: Vec<_> = inputs("regressions", "descriptor_ops")
+        .into_iter()
+        .chain(inputs("corpus", "descriptor_ops"))
+        .collect();
+    for (path, bytes) in &files {
+        eprintln!("replaying {}", path.display());
+        pvmmu_fuzzing::descriptor_ops(bytes);
+    }
+    for seed in 0..400u64 {
+        let bytes = random_bytes(seed ^ 0xde5c, 64 + (seed as usize % 7) * 96);
+        pvmmu_fuzzing::descriptor_ops(&bytes);
+    }
+}
