@@ -287,7 +287,7 @@ impl Fixture {
                     ops: vec![MmuextOp::new(cmd, first, 0)],
                     foreigndom: pvmmu_abi::DOMID_SELF.into(),
                 };
-                let o = xen_model::check(&mut f.model, &mut f.m, &op);
+                let o = xen_model::check_recorded(&mut f.model, &mut f.m, &op);
                 assert!(
                     matches!(&o, Ok(Outcome::Batch(b)) if b.done == 1 && b.result.is_ok()),
                     "fixture: {cmd}: {o:?}"
@@ -474,7 +474,7 @@ impl Fixture {
         };
         self.judged.ops += 1;
         self.judged.entries += entries;
-        let outcome = xen_model::check(&mut self.model, &mut self.m, &mop)?;
+        let outcome = xen_model::check_recorded(&mut self.model, &mut self.m, &mop)?;
         self.judged.ops_judged += 1;
         self.judged.entries_judged += entries;
         if let ModelOp::Teardown { dom } = mop {
@@ -505,7 +505,7 @@ impl Fixture {
         for id in [1u16, 2] {
             if self.alive[usize::from(id - 1)] {
                 let op = ModelOp::Teardown { dom: id };
-                if let Err(e) = xen_model::check(&mut self.model, &mut self.m, &op) {
+                if let Err(e) = xen_model::check_recorded(&mut self.model, &mut self.m, &op) {
                     panic!("{e}");
                 }
             }

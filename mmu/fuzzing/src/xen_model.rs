@@ -36,8 +36,13 @@
 //!
 //! # What it does not model
 //!
-//! - TLB flushes and stale-translation tracking: the model predicts results and
-//!   bookkeeping, not which flushes the library requests.
+//! - Every TLB flush: [`XenModel::flush_needs`] lists the flushes Xen performs that
+//!   the guest asked for or that XSA-286 requires (the `mmuext_op` flush commands,
+//!   `NEW_BASEPTR`'s CR3 reload, `update_va_mapping`'s `UVMF_*` flush, the flush of
+//!   the table owner's vCPUs after an `mmu_update` batch that changed an L2..L4
+//!   entry), and [`check_recorded`] requires the library's requests to cover them;
+//!   the flushes before a frame changes type are not predicted (Xen decides them from
+//!   TLB-flush timestamps), nor is which frames a request reports stale.
 //! - The L1TF check on non-present entries (the library does not implement it either;
 //!   the reference §4.9 leaves that choice to a model that controls guest walks).
 //! - Descriptor pages (GDT, filled LDT windows), grant mappings and registered guest
@@ -69,8 +74,8 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use pvmmu::{
-    BatchOutcome, Caller, DomainConfig, Machine, MachineConfig, Mfn, PageType, PtwrOutcome,
-    PtwrRefusal, PtwrWrite, TlbFlush,
+    BatchOutcome, Caller, DomainConfig, FlushRequest, FlushScope, Machine, MachineConfig, Mfn,
+    PageType, PtwrOutcome, PtwrRefusal, PtwrWrite, RecordingFlush, TlbFlush,
 };
 use pvmmu_abi::mmu as abi;
 use pvmmu_abi::{DOMID_INVALID, DOMID_IO, DOMID_SELF, DOMID_XEN, Errno, MmuUpdate, MmuextOp};
@@ -355,6 +360,92 @@ pub enum Outcome {
     NoSuchCaller,
 }
 
+/// What a TLB flush Xen performs invalidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeedScope {
+    /// Every non-global translation (`FLUSH_TLB`: `flush_tlb_local`, `flush_tlb_mask`,
+    /// a CR3 reload). A request for every translation covers it too.
+    Tlb,
+    /// The translations of one virtual address (`flush_tlb_one_*`, `paging_invlpg`):
+    /// covered by an invalidation of that address or of everything, global entries
+    /// included (a CR3 reload keeps a global user mapping).
+    Va(u64),
+}
+
+/// A TLB flush Xen performs during an operation: the library must request one that
+/// covers it (the same domain, at least these vCPUs, at least this scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushNeed {
+    /// The domain whose vCPUs are flushed.
+    pub domain: u16,
+    /// The vCPUs (bit `i`: vCPU `i`) that must be flushed; Xen flushes the physical
+    /// CPUs they may have run on, and the model counts every vCPU as having run.
+    pub vcpus: u64,
+    /// What must be invalidated.
+    pub scope: NeedScope,
+    /// Whether the flush must follow everything the operation changed: the last request
+    /// for `domain` during the operation must cover it (`mmu_update`'s flush after an
+    /// L2..L4 change, XSA-286; `update_va_mapping`'s flush after the update).
+    /// Otherwise the needs of an operation are matched in order, each by a later
+    /// request than the one before it (an `mmuext_op` batch's flush commands).
+    pub last: bool,
+}
+
+impl NeedScope {
+    fn covered_by(self, s: FlushScope) -> bool {
+        match (self, s) {
+            (_, FlushScope::All) => true,
+            (NeedScope::Tlb, FlushScope::AllNonGlobal) => true,
+            (NeedScope::Va(v), FlushScope::Va(w)) => v == w,
+            _ => false,
+        }
+    }
+}
+
+impl FlushNeed {
+    /// Whether `req` carries this flush out.
+    pub fn covered_by(&self, req: &FlushRequest) -> bool {
+        req.domain == self.domain
+            && req.vcpus.0 & self.vcpus == self.vcpus
+            && self.scope.covered_by(req.scope)
+    }
+}
+
+/// Checks the flush requests the library made during one operation (`log`, oldest
+/// first) against what Xen flushes (`needs`, from [`XenModel::flush_needs`]): every
+/// need is covered (see [`FlushNeed::last`] for where). Requests nothing needs (the
+/// library's flushes before a type change, which the model does not predict) are
+/// allowed.
+pub fn check_flushes(needs: &[FlushNeed], log: &[FlushRequest]) -> Result<(), String> {
+    let mut next = 0;
+    for n in needs {
+        if n.last {
+            let last = log.iter().rev().find(|r| r.domain == n.domain);
+            if !last.is_some_and(|r| n.covered_by(r)) {
+                return Err(format!(
+                    "Xen flushes {n:x?} after everything the operation changed; the last \
+                     request for domain {} was {last:x?}",
+                    n.domain
+                ));
+            }
+        } else {
+            match log[next.min(log.len())..]
+                .iter()
+                .position(|r| n.covered_by(r))
+            {
+                Some(k) => next += k + 1,
+                None => {
+                    return Err(format!(
+                        "Xen flushes {n:x?}; no request covers it (after the one matching \
+                         the previous need): {log:x?}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a model could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
@@ -459,6 +550,8 @@ pub struct XenModel {
     xen_slots: [u64; 16],
     ro_mmio: Vec<RangeInclusive<u64>>,
     touched: Vec<u64>,
+    /// The flushes Xen performs during the operation last predicted.
+    needs: Vec<FlushNeed>,
     /// The domain whose hypercall is being modelled (Xen's `current->domain`).
     current: u16,
 }
@@ -475,6 +568,7 @@ impl XenModel {
             xen_slots: config.xen_l4_slots,
             ro_mmio: config.ro_mmio.clone(),
             touched: Vec::new(),
+            needs: Vec::new(),
             current: DOMID_INVALID,
         }
     }
@@ -1136,8 +1230,10 @@ impl XenModel {
         Ok(())
     }
 
-    /// One page-table update request (commands 0, 2, 3).
-    fn pt_update(&mut self, ptr: u64, val: u64, how: How, pt: u16, fd: u16) -> Result<(), Errno> {
+    /// One page-table update request (commands 0, 2, 3); `Ok` with the level of the
+    /// live table whose entry it changed (0: a plain store into a frame that is not
+    /// one).
+    fn pt_update(&mut self, ptr: u64, val: u64, how: How, pt: u16, fd: u16) -> Result<u8, Errno> {
         let table = ptr >> 12;
         let idx = ((ptr & 0xfff) >> 3) as usize;
         let f = *self.frame(table).ok_or(Errno::EINVAL)?;
@@ -1155,15 +1251,16 @@ impl XenModel {
             if !live {
                 self.put_type(table);
             }
-            return Ok(());
+            return Ok(0);
         }
         match f.ty {
-            FrameType::Table(1) => self.mod_l1(table, idx, val, how, pt, fd, true).map(|_| ()),
+            FrameType::Table(1) => self.mod_l1(table, idx, val, how, pt, fd, true).map(|_| 1),
             FrameType::Table(level) => {
                 if fd != pt {
                     return Err(Errno::EINVAL);
                 }
                 self.mod_upper(level, table, idx, val, how, pt)
+                    .map(|()| level)
             }
             _ => Err(Errno::EINVAL),
         }
@@ -1200,6 +1297,63 @@ impl XenModel {
         e & P != 0 && self.slot((e & ADDR) >> 12, 0).is_some()
     }
 
+    /// The 8 bytes at guest `va` read through `root` (each byte's page translated).
+    fn read_guest_u64(&self, root: Option<u64>, va: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        for (k, x) in b.iter_mut().enumerate() {
+            let a = va.checked_add(k as u64)?;
+            if !pvmmu_abi::is_guest_va(a) {
+                return None;
+            }
+            let (_, _, e) = root.and_then(|r| self.walk(r, a))?;
+            if e & P == 0 {
+                return None;
+            }
+            *x = *self.page((e & ADDR) >> 12)?.get((a & 0xfff) as usize)?;
+        }
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Xen's `vcpumask_to_pcpumask` for the caller's domain: the vCPUs named by the
+    /// bitmap at `va` (its first word: the model's domains have at most 64 vCPUs),
+    /// past the domain's last vCPU ignored; `None` if it cannot be read.
+    fn vcpumask(&self, caller: Caller, va: u64) -> Option<u64> {
+        let word = self.read_guest_u64(self.kernel_root(caller), va)?;
+        Some(word & self.all_vcpus(caller.dom))
+    }
+
+    /// Every vCPU of `d` (Xen's dirty mask, counting every vCPU as having run).
+    fn all_vcpus(&self, d: u16) -> u64 {
+        match self.doms.get(&d).map_or(0, |x| x.roots.len()) {
+            n if n >= 64 => u64::MAX,
+            n => (1u64 << n) - 1,
+        }
+    }
+
+    /// Records a flush Xen performs (none if no vCPU is named).
+    fn need(&mut self, domain: u16, vcpus: u64, scope: NeedScope, last: bool) {
+        if vcpus != 0 {
+            self.needs.push(FlushNeed {
+                domain,
+                vcpus,
+                scope,
+                last,
+            });
+        }
+    }
+
+    /// The flushes Xen performs during the operation last given to
+    /// [`XenModel::predict_and_apply`], in order: `mmu_update`'s flush of every vCPU of
+    /// the table owner after a batch that changed an L2..L4 entry (XSA-286, even when
+    /// a later entry failed), the TLB flush and INVLPG commands of `mmuext_op`, the
+    /// CR3 reload of `NEW_BASEPTR`, and `update_va_mapping`'s `UVMF_*` flush after a
+    /// successful update. Not predicted: the flushes before a frame changes type
+    /// (they depend on which TLBs may hold it, which Xen tracks with timestamps), and
+    /// `SET_LDT`'s.
+    pub fn flush_needs(&self) -> &[FlushNeed] {
+        &self.needs
+    }
+
     /// Xen's `map_guest_l1e` check for `update_va_mapping`.
     fn guest_l1e(&self, root: Option<u64>, va: u64, d: u16) -> Result<(u64, usize), Errno> {
         if !pvmmu_abi::is_guest_va(va) {
@@ -1223,6 +1377,7 @@ impl XenModel {
 
     /// Predicts the result of `op` and applies it to the model's state.
     pub fn predict_and_apply(&mut self, op: &ModelOp) -> Outcome {
+        self.needs.clear();
         self.current = match op {
             ModelOp::MmuUpdate { caller, .. }
             | ModelOp::Mmuext { caller, .. }
@@ -1339,6 +1494,8 @@ impl XenModel {
             Err(e) => return refuse(e, true),
         };
         let mut done = 0;
+        // Whether an L2..L4 entry was changed (Xen's `flush_linear_pt`).
+        let mut non_leaf = false;
         for r in reqs {
             let res = match r.ptr & 7 {
                 0 | 2 | 3 => {
@@ -1351,6 +1508,7 @@ impl XenModel {
                             How::Plain
                         };
                         self.pt_update(r.ptr & !7, r.val, how, pt, pg)
+                            .map(|level| non_leaf |= level >= 2)
                     } else {
                         Err(Errno::EPERM)
                     }
@@ -1371,6 +1529,7 @@ impl XenModel {
                 _ => Err(Errno::ENOSYS),
             };
             if let Err(e) = res {
+                self.non_leaf_flush(pt, non_leaf);
                 return Outcome::Batch(BatchOutcome {
                     done,
                     result: Err(e),
@@ -1380,12 +1539,23 @@ impl XenModel {
             }
             done += 1;
         }
+        self.non_leaf_flush(pt, non_leaf);
         Outcome::Batch(BatchOutcome {
             done,
             result: Ok(()),
             writes_pdone: true,
             preempted: false,
         })
+    }
+
+    /// XSA-286: after a batch that changed an L2..L4 entry (even if a later entry
+    /// failed), before returning, Xen flushes the TLBs (non-global) of every CPU dirty
+    /// for the table owner, so that no linear-page-table access (its own or the
+    /// guest's) uses paging structures from before the change.
+    fn non_leaf_flush(&mut self, pt: u16, non_leaf: bool) {
+        if non_leaf {
+            self.need(pt, self.all_vcpus(pt), NeedScope::Tlb, true);
+        }
     }
 
     fn mmuext(&mut self, caller: Caller, ops: &[MmuextOp], foreigndom: u32) -> Outcome {
@@ -1469,16 +1639,41 @@ impl XenModel {
             | abi::MMUEXT_TLB_FLUSH_ALL
             | abi::MMUEXT_INVLPG_LOCAL
             | abi::MMUEXT_INVLPG_ALL => {
-                if own {
-                    Ok(())
-                } else {
-                    Err(Errno::EPERM)
+                if !own {
+                    return Err(Errno::EPERM);
                 }
+                let va = op.arg1;
+                match op.cmd {
+                    abi::MMUEXT_TLB_FLUSH_LOCAL => {
+                        self.need(d, vcpu_bit(caller.vcpu), NeedScope::Tlb, false);
+                    }
+                    abi::MMUEXT_TLB_FLUSH_ALL => {
+                        self.need(d, self.all_vcpus(d), NeedScope::Tlb, false);
+                    }
+                    // `paging_invlpg`: nothing for a non-canonical address.
+                    abi::MMUEXT_INVLPG_LOCAL if canonical(va) => {
+                        self.need(d, vcpu_bit(caller.vcpu), NeedScope::Va(va), false);
+                    }
+                    // Only a guest address (`__addr_ok`).
+                    abi::MMUEXT_INVLPG_ALL if pvmmu_abi::is_guest_va(va) => {
+                        self.need(d, self.all_vcpus(d), NeedScope::Va(va), false);
+                    }
+                    _ => {}
+                }
+                Ok(())
             }
             abi::MMUEXT_TLB_FLUSH_MULTI | abi::MMUEXT_INVLPG_MULTI => {
                 if !own {
                     Err(Errno::EPERM)
                 } else if self.readable(root, op.arg2) {
+                    // The bitmap is read whole (`copy_from_guest`); the model's
+                    // callers give page-aligned ones, which `readable` covers.
+                    let vcpus = self.vcpumask(caller, op.arg2).unwrap_or(0);
+                    if op.cmd == abi::MMUEXT_TLB_FLUSH_MULTI {
+                        self.need(d, vcpus, NeedScope::Tlb, false);
+                    } else if pvmmu_abi::is_guest_va(op.arg1) {
+                        self.need(d, vcpus, NeedScope::Va(op.arg1), false);
+                    }
                     Ok(())
                 } else {
                     Err(Errno::EINVAL)
@@ -1547,6 +1742,10 @@ impl XenModel {
         // alone entirely (Xen returns before taking references or zapping the RO-M2P
         // slot).
         if old == Some(mfn) || (!kernel && old.is_none() && mfn == 0) {
+            if kernel {
+                // `write_ptbase`: a CR3 reload on this vCPU.
+                self.need(d, vcpu_bit(caller.vcpu), NeedScope::Tlb, false);
+            }
             return Ok(());
         }
         if !kernel && mfn == 0 {
@@ -1563,6 +1762,10 @@ impl XenModel {
             self.write(mfn, M2P_SLOT, 0);
         }
         self.replace_root(caller, kernel, Some(mfn));
+        if kernel {
+            // `write_ptbase` after installing the new root.
+            self.need(d, vcpu_bit(caller.vcpu), NeedScope::Tlb, false);
+        }
         if let Some(o) = old {
             self.put_page_and_type(o);
         }
@@ -1588,14 +1791,27 @@ impl XenModel {
         let root = self.kernel_root(caller);
         let (table, idx) = self.guest_l1e(root, va, d)?;
         self.mod_l1(table, idx, val, How::Plain, d, pg, true)?;
-        // The flush: only a vCPU-bitmap pointer can still fail, after the update.
-        let target = flags & !3;
-        if flags & 3 != 0 && flags & 3 != 3 && target != 0 && target != 4 {
-            let root = self.kernel_root(caller);
-            if !self.readable(root, target) {
-                return Err(Errno::EFAULT);
+        // The flush, only after a successful update (XSA-279): UVMF_TLB_FLUSH (1) or
+        // UVMF_INVLPG (2) of this vCPU (UVMF_LOCAL, 0), every vCPU (UVMF_ALL, 4) or
+        // those of a vCPU bitmap; only a bitmap pointer can still fail, after the
+        // update, and then nothing is flushed.
+        let scope = match flags & 3 {
+            1 => NeedScope::Tlb,
+            2 => NeedScope::Va(va),
+            _ => return Ok(()),
+        };
+        let vcpus = match flags & !3 {
+            0 => vcpu_bit(caller.vcpu),
+            4 => self.all_vcpus(d),
+            target => {
+                let root = self.kernel_root(caller);
+                if !self.readable(root, target) {
+                    return Err(Errno::EFAULT);
+                }
+                self.vcpumask(caller, target).unwrap_or(0)
             }
-        }
+        };
+        self.need(d, vcpus, scope, true);
         Ok(())
     }
 
@@ -1905,6 +2121,17 @@ fn le(page: &[u8], i: usize) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
+/// vCPU `v` as a bit (none past 63).
+fn vcpu_bit(v: u32) -> u64 {
+    1u64.checked_shl(v).unwrap_or(0)
+}
+
+/// Whether `va` is canonical for 4-level paging (bits 63..47 all equal).
+fn canonical(va: u64) -> bool {
+    let top = va >> 47;
+    top == 0 || top == (1 << 17) - 1
+}
+
 fn rax(r: Result<(), Errno>) -> i64 {
     match r {
         Ok(()) => 0,
@@ -1982,4 +2209,19 @@ pub fn check<M: GuestMemory, F: TlbFlush>(
         .compare(m)
         .map_err(|e| format!("bookkeeping differs after {op:x?}: {e}"))?;
     Ok(actual)
+}
+
+/// [`check`] on a machine that records its flush requests, and then
+/// [`check_flushes`]: the requests made during `op` must cover every flush Xen
+/// performs ([`XenModel::flush_needs`]). The log is emptied before and after.
+pub fn check_recorded<M: GuestMemory>(
+    model: &mut XenModel,
+    m: &mut Machine<M, RecordingFlush>,
+    op: &ModelOp,
+) -> Result<Outcome, String> {
+    m.flusher().log.clear();
+    let outcome = check(model, m, op)?;
+    let log = m.flusher().take();
+    check_flushes(model.flush_needs(), &log).map_err(|e| format!("flushes after {op:x?}: {e}"))?;
+    Ok(outcome)
 }

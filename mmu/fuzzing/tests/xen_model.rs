@@ -409,3 +409,77 @@ fn an_uncached_mapping_of_a_shared_hypervisor_page_is_eacces() {
         Ok(batch(1, Ok(())))
     );
 }
+
+/// The flush oracle: the model lists the flushes Xen performs, and a log of requests
+/// that misses one (as a library without XSA-286's flush would make) is reported.
+#[test]
+fn a_missing_flush_is_reported() {
+    use pvmmu::{FlushScope, VcpuSet};
+    use xen_model::{FlushNeed, NeedScope, check_flushes};
+    let mut f = Fixture::new();
+    // Domain 1's L2 (0x102) entry 0 made present: a non-leaf change, so every vCPU of
+    // domain 1 (it has two) is flushed after the batch. The target is its L1 (0x103),
+    // read-only.
+    let op = ModelOp::MmuUpdate {
+        caller: Caller::new(1, 0),
+        reqs: vec![MmuUpdate {
+            ptr: (D1.0 + 2) << 12,
+            val: ((D1.0 + 3) << 12) | 1,
+        }],
+        foreigndom: DOMID_SELF.into(),
+    };
+    let model_before = f.model.clone();
+    xen_model::check_recorded(&mut f.model, &mut f.m, &op).expect("model and library agree");
+    let needs = f.model.flush_needs().to_vec();
+    assert_eq!(
+        needs,
+        [FlushNeed {
+            domain: 1,
+            vcpus: 0b11,
+            scope: NeedScope::Tlb,
+            last: true
+        }]
+    );
+    // The same operation again on a fresh fixture, keeping the log this time.
+    let mut g = Fixture::new();
+    g.model = model_before;
+    xen_model::check(&mut g.model, &mut g.m, &op).expect("agree");
+    let log = g.m.flusher().take();
+    assert_eq!(check_flushes(&needs, &log), Ok(()));
+    assert!(check_flushes(&needs, &[]).is_err(), "no flush at all");
+    // A request for one vCPU only, or for another domain, does not cover it.
+    let mut narrow = log.last().expect("a request").clone();
+    narrow.vcpus = VcpuSet::one(0);
+    assert!(check_flushes(&needs, &[narrow.clone()]).is_err());
+    narrow.vcpus = VcpuSet(0b11);
+    narrow.domain = 2;
+    assert!(check_flushes(&needs, &[narrow.clone()]).is_err());
+    // A covering request followed by a narrower one for the same domain: the flush
+    // after the batch must be the last.
+    narrow.domain = 1;
+    let mut later = narrow.clone();
+    later.vcpus = VcpuSet::one(1);
+    assert!(check_flushes(&needs, &[narrow.clone(), later]).is_err());
+    // An INVLPG is covered by an invalidation of that address or of everything, not by
+    // a CR3 reload (it keeps global mappings).
+    let va = NeedScope::Va(KBASE);
+    let need = [FlushNeed {
+        domain: 1,
+        vcpus: 1,
+        scope: va,
+        last: false,
+    }];
+    for (scope, ok) in [
+        (FlushScope::Va(KBASE), true),
+        (FlushScope::All, true),
+        (FlushScope::AllNonGlobal, false),
+        (FlushScope::Va(KBASE + 0x1000), false),
+    ] {
+        narrow.scope = scope;
+        assert_eq!(
+            check_flushes(&need, &[narrow.clone()]).is_ok(),
+            ok,
+            "{scope:?}"
+        );
+    }
+}
