@@ -68,7 +68,9 @@ impl Dom {
 /// A frame, chosen mostly among the interesting ones.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum FrameSel {
-    /// One of the acting domain's frames.
+    /// One of the acting domain's frames (`i % 256`); with the top two bits of `i`
+    /// set, one of those with no type reference (free to become a page table: none in
+    /// the starting world, where every frame is mapped, and any the input unmapped).
     Own(u16),
     /// One of its current page-table frames.
     Table(u16),
@@ -85,7 +87,12 @@ pub enum FrameSel {
 /// An entry value.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Val {
-    /// Maps a frame with flag bits (bit 0..8 as in a PTE, bit 9 NX, bit 10 bit 52).
+    /// Maps a frame with flag bits (bit 0..8 as in a PTE, bit 9 NX, bit 10 bit 52; P
+    /// always set). Bits 11..12 may pick the frame from the table being written
+    /// instead (see [`Fixture::val_for`]): 1, a page table of the same level (a
+    /// linear entry); 2, one of the level below (hooking in a table). Bit 13 clears RW,
+    /// PWT, PCD and G (bit 7 stays as given): with 1 or 2, an entry Xen accepts or
+    /// refuses only for its bit 7 (PSE at L2/L3).
     Map(FrameSel, u16),
     /// Not present.
     Zero,
@@ -96,9 +103,10 @@ pub enum Val {
 /// The PTE an operation addresses.
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Slot {
-    /// Entry `index` of one of the acting domain's page tables.
+    /// Entry `index` of one of the acting domain's page tables (index as by
+    /// [`entry_index`]).
     Table(u16, u16),
-    /// Entry `index` of any frame.
+    /// Entry `index` of any frame (index as by [`entry_index`]).
     Frame(FrameSel, u16),
     /// Anything.
     Raw(u64),
@@ -199,6 +207,42 @@ impl std::ops::AddAssign for Judged {
         self.ops_judged += o.ops_judged;
         self.entries += o.entries;
         self.entries_judged += o.entries_judged;
+    }
+}
+
+/// Entry indices at the edges of the hypervisor's reserved L4 slots (Xen's
+/// `ROOT_PAGETABLE_FIRST_XEN_SLOT` 256 ..= `ROOT_PAGETABLE_LAST_XEN_SLOT` 271, stated
+/// here from Xen, not taken from the library) and of a table.
+pub const EDGE_INDICES: [u64; 8] = [255, 256, 257, 270, 271, 272, 0, 511];
+
+/// The entry index a slot's `u16` names: `i % 512`, or with the top two bits of `i`
+/// set (a quarter of the values), one of [`EDGE_INDICES`], so that an update of
+/// exactly the first or last reserved L4 slot is not a 1-in-512 draw.
+pub fn entry_index(i: u16) -> u64 {
+    if i >> 14 == 3 {
+        EDGE_INDICES[usize::from(i & 7)]
+    } else {
+        u64::from(i % 512)
+    }
+}
+
+/// The number a frame selector carries (an index among its candidates).
+fn sel_number(sel: FrameSel) -> usize {
+    match sel {
+        FrameSel::Own(i) | FrameSel::Table(i) | FrameSel::Other(i) => usize::from(i),
+        FrameSel::Xen(i) | FrameSel::Mmio(i) => usize::from(i),
+        FrameSel::Raw(r) => r as usize,
+    }
+}
+
+/// A page-table type's level.
+fn level_of(t: PageType) -> Option<u8> {
+    match t {
+        PageType::L1 => Some(1),
+        PageType::L2 => Some(2),
+        PageType::L3 => Some(3),
+        PageType::L4 => Some(4),
+        _ => None,
     }
 }
 
@@ -307,6 +351,25 @@ impl Fixture {
             .collect()
     }
 
+    /// The acting domain's live page tables of `level`.
+    fn tables_at(&self, dom: u16, level: u8) -> Vec<Mfn> {
+        self.m
+            .frames()
+            .iter()
+            .filter(|(_, p)| p.owner == dom && level_of(p.ty) == Some(level) && p.type_count > 0)
+            .map(|(m, _)| m)
+            .collect()
+    }
+
+    /// The level of the live page table `mfn`, if it is one.
+    fn live_level(&self, mfn: u64) -> Option<u8> {
+        self.m
+            .frames()
+            .get(Mfn(mfn))
+            .filter(|p| p.type_count > 0)
+            .and_then(|p| level_of(p.ty))
+    }
+
     fn frame(&self, d: Dom, sel: FrameSel) -> u64 {
         let (first, end) = d.frames();
         let other = match d {
@@ -314,6 +377,20 @@ impl Fixture {
             Dom::Two => D1,
         };
         match sel {
+            FrameSel::Own(i) if i >> 14 == 3 => {
+                let untyped: Vec<Mfn> = self
+                    .m
+                    .frames()
+                    .iter()
+                    .filter(|(m, p)| {
+                        (first..end).contains(&m.0) && p.owner == d.id() && p.type_count == 0
+                    })
+                    .map(|(m, _)| m)
+                    .collect();
+                untyped
+                    .get(usize::from(i) % untyped.len().max(1))
+                    .map_or(first + u64::from(i) % (end - first), |m| m.0)
+            }
             FrameSel::Own(i) => first + u64::from(i) % (end - first),
             FrameSel::Table(i) => {
                 let t = self.tables(d.id());
@@ -327,13 +404,28 @@ impl Fixture {
         }
     }
 
-    fn val(&self, d: Dom, v: Val) -> u64 {
+    /// The value `v` for an entry of a table of `level` (`None`: not a live page
+    /// table), see [`Val::Map`].
+    fn val_for(&self, d: Dom, v: Val, level: Option<u8>) -> u64 {
         match v {
             Val::Map(f, flags) => {
-                let bits = u64::from(flags & 0x1ff)
+                let mut bits = u64::from(flags & 0x1ff)
                     | (u64::from(flags >> 9 & 1) << 63)
                     | (u64::from(flags >> 10 & 1) << 52);
-                (self.frame(d, f) << 12) | bits | 1
+                if flags & (1 << 13) != 0 {
+                    // RW, PWT, PCD, G.
+                    bits &= !0x11a;
+                }
+                let target = match (flags >> 11 & 3, level) {
+                    (1, Some(l)) => Some(l),
+                    (2, Some(l)) if l > 1 => Some(l - 1),
+                    _ => None,
+                };
+                let frame = target
+                    .map(|l| self.tables_at(d.id(), l))
+                    .and_then(|t| t.get(sel_number(f) % t.len().max(1)).map(|m| m.0))
+                    .unwrap_or_else(|| self.frame(d, f));
+                (frame << 12) | bits | 1
             }
             Val::Zero => 0,
             Val::Raw(r) => r,
@@ -347,9 +439,9 @@ impl Fixture {
                 let f = tables
                     .get(usize::from(t) % tables.len().max(1))
                     .map_or(d.frames().0, |m| m.0);
-                (f << 12) + u64::from(i % 512) * 8
+                (f << 12) + entry_index(i) * 8
             }
-            Slot::Frame(f, i) => (self.frame(d, f) << 12) + u64::from(i % 512) * 8,
+            Slot::Frame(f, i) => (self.frame(d, f) << 12) + entry_index(i) * 8,
             Slot::Raw(r) => r & !7,
         }
     }
@@ -387,9 +479,10 @@ impl Fixture {
                             12 => 3,
                             n => u64::from(n - 9),
                         };
+                        let ptr = self.slot(*d, r.slot);
                         MmuUpdate {
-                            ptr: self.slot(*d, r.slot) | cmd,
-                            val: self.val(*d, r.val),
+                            ptr: ptr | cmd,
+                            val: self.val_for(*d, r.val, self.live_level(ptr >> 12)),
                         }
                     })
                     .collect(),
@@ -420,7 +513,7 @@ impl Fixture {
                 ModelOp::UpdateVaMapping {
                     caller: Caller::new(d.id(), u32::from(*vcpu && d.id() == 1)),
                     va: KBASE + ((first + u64::from(*page) % (end - first)) << 12),
-                    val: self.val(*d, *v),
+                    val: self.val_for(*d, *v, Some(1)),
                     flags: u64::from(*flags),
                 }
             }
@@ -444,8 +537,8 @@ impl Fixture {
                     write: PtwrWrite {
                         addr,
                         size,
-                        value: self.val(*d, *v),
-                        cmpxchg: cmp.map(|x| self.val(*d, x)),
+                        value: self.val_for(*d, *v, Some(1)),
+                        cmpxchg: cmp.map(|x| self.val_for(*d, x, Some(1))),
                     },
                 }
             }
