@@ -4,9 +4,12 @@
 //!   migration needs);
 //! - its own vCPU threads: each "vCPU" is a thread playing guest code, which writes its
 //!   hypercall arguments into guest memory and traps to the VMM;
-//! - its own hypercall transport: a channel per vCPU carrying (number, argument
-//!   registers) to the VMM thread, which owns the `Machine`, serves each call with
-//!   `Machine::hypercall` (the PV MMU hypercalls the library's, the others its own
+//! - its own hypercall transport: a vCPU serves its `mmu_update` calls itself through
+//!   the `SharedMachine` all threads share (`SharedMachine::hypercall_mmu_update`: the
+//!   L1 updates of its own tables concurrently with the other vCPUs', as Xen does), and
+//!   traps everything else, and whatever part of a batch needs the whole machine, over
+//!   a channel to the VMM thread, which serves it with `Machine::hypercall` under
+//!   `SharedMachine::lock` (the PV MMU hypercalls the library's, the others its own
 //!   `HypercallHandler`) and answers RAX.
 //!
 //! `cargo run -p pvmmu --example mini_vmm` (CI runs it; it exits non-zero if any
@@ -16,9 +19,12 @@ use std::error::Error;
 use std::ops::ControlFlow;
 use std::sync::mpsc;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use pvmmu::{
     Caller, DomainConfig, Level, Machine, MachineConfig, Mfn, Pte, PteFlags, RecordingFlush,
-    VaRange, Visit, Walker,
+    SharedCall, SharedMachine, VaRange, Visit, Walker,
 };
 use pvmmu_abi::hypercall::{HYPERVISOR_mmu_update, HYPERVISOR_multicall, HYPERVISOR_xen_version};
 use pvmmu_abi::mmu::{MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE};
@@ -57,9 +63,16 @@ fn platform(_: &mut Vmm, _: Caller, nr: u64, _: [u64; 5]) -> i64 {
 /// Guest code of vCPU `v`: remaps its own page of the range with one `mmu_update`
 /// (requests written into its argument page, read by the library through the guest's
 /// page tables), then a multicall of `xen_version` and an unknown call.
-fn vcpu(v: u32, mem: Mem, l1: Mfn, trap: mpsc::Sender<Trap>) -> Result<Vec<i64>, String> {
+fn vcpu(
+    v: u32,
+    mem: Mem,
+    l1: Mfn,
+    shared: Arc<SharedMachine<Mem, RecordingFlush>>,
+    concurrent: Arc<AtomicU32>,
+    trap: mpsc::Sender<Trap>,
+) -> Result<Vec<i64>, String> {
     let (reply, answers) = mpsc::channel();
-    let call = |nr, args| -> Result<i64, String> {
+    let trap_to_vmm = |nr, args| -> Result<i64, String> {
         trap.send(Trap {
             vcpu: v,
             nr,
@@ -68,6 +81,26 @@ fn vcpu(v: u32, mem: Mem, l1: Mfn, trap: mpsc::Sender<Trap>) -> Result<Vec<i64>,
         })
         .map_err(|e| e.to_string())?;
         answers.recv().map_err(|e| e.to_string())
+    };
+    let call = |nr, mut args| -> Result<i64, String> {
+        if nr != HYPERVISOR_mmu_update {
+            return trap_to_vmm(nr, args);
+        }
+        // Served on this thread as far as it runs concurrently; the rest by the VMM.
+        loop {
+            match shared
+                .hypercall_mmu_update(Caller::new(1, v), args)
+                .map_err(|e| e.to_string())?
+            {
+                SharedCall::Done(rax) => {
+                    concurrent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(rax);
+                }
+                // A real VMM resumes the guest at its hypercall instruction.
+                SharedCall::Preempted(next) => args = next,
+                SharedCall::Exclusive(rest) => return trap_to_vmm(nr, rest),
+            }
+        }
     };
     let args = GuestAddress(ARGS[v as usize] << 12);
     let page = u64::from(v);
@@ -189,22 +222,40 @@ fn main() -> Result<(), Box<dyn Error>> {
         std::ops::Deref::deref(region).bitmap().reset();
     }
 
-    // Two vCPU threads trapping into the VMM thread over a channel.
+    // Two vCPU threads sharing the machine, trapping the rest into the VMM thread over
+    // a channel.
+    let shared = Arc::new(SharedMachine::new(m));
+    let concurrent = Arc::new(AtomicU32::new(0));
     let (trap, traps) = mpsc::channel::<Trap>();
     let threads: Vec<_> = (0..2u32)
         .map(|v| {
             let (mem, trap) = (mem.clone(), trap.clone());
-            std::thread::spawn(move || vcpu(v, mem, l1, trap))
+            let (shared, concurrent) = (shared.clone(), concurrent.clone());
+            std::thread::spawn(move || vcpu(v, mem, l1, shared, concurrent, trap))
         })
         .collect();
     drop(trap);
     let mut handler = platform;
     for t in traps {
-        let r = m.hypercall(Caller::new(dom, t.vcpu), t.nr, t.args, &mut handler)?;
+        let r = shared
+            .lock()
+            .hypercall(Caller::new(dom, t.vcpu), t.nr, t.args, &mut handler)?;
         let _ = t.reply.send(r.rax);
     }
-    for (v, t) in threads.into_iter().enumerate() {
-        let r = t.join().map_err(|_| "vCPU thread panicked")??;
+    let mut results = Vec::new();
+    for t in threads {
+        results.push(t.join().map_err(|_| "vCPU thread panicked")??);
+    }
+    let mut m = Arc::into_inner(shared)
+        .ok_or("the machine is still shared")?
+        .into_inner();
+    // Both remaps are L1 updates of the domain's own table: served on the vCPU threads.
+    check(
+        "mmu_update calls served concurrently",
+        i64::from(concurrent.load(Ordering::Relaxed)),
+        2,
+    )?;
+    for (v, r) in results.into_iter().enumerate() {
         println!("vCPU {v}:");
         check("mmu_update rc", r[0], 0)?;
         check("mmu_update *pdone", r[1], 1)?;
