@@ -122,6 +122,7 @@ macro_rules! from_guest {
     ($($t:ty),*) => {$(
         impl FromGuest for $t {
             const SIZE: usize = <$t>::SIZE;
+            #[inline]
             fn decode(b: &[u8]) -> Option<Self> {
                 Some(Self::from_bytes(b.try_into().ok()?))
             }
@@ -172,6 +173,36 @@ impl PageBuf {
     }
 }
 
+impl<M: GuestMemory + ?Sized> GuestEntries<'_, '_, '_, M> {
+    /// The entry at `va` when it is not in the page already copied: the rest of the
+    /// array on its page is copied (one translation), or an entry across a page
+    /// boundary is read as it lies.
+    #[cold]
+    #[inline(never)]
+    fn read_uncached<T: FromGuest>(&mut self, va: u64) -> Result<T, Errno> {
+        let mut buf = [0u8; MAX_ENTRY];
+        let buf = buf.get_mut(..T::SIZE).ok_or(Errno::EFAULT)?;
+        let page_end = (va | (PAGE_SIZE - 1)).wrapping_add(1);
+        let array_end = self
+            .va
+            .saturating_add(u64::from(self.count) * T::SIZE as u64);
+        let n = page_end.min(array_end).wrapping_sub(va);
+        if (T::SIZE as u64) <= n && n <= PAGE_SIZE {
+            self.page.bytes.resize(n as usize, 0);
+            (self.page.entries, self.page.frame) =
+                self.view.read_in_page(va, &mut self.page.bytes)?;
+            self.page.va = va;
+            buf.copy_from_slice(&self.page.bytes[..T::SIZE]);
+        } else {
+            self.view.read(va, buf)?;
+        }
+        if let Some(log) = self.log.as_deref_mut() {
+            log.extend_from_slice(buf);
+        }
+        T::decode(buf).ok_or(Errno::EFAULT)
+    }
+}
+
 impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, '_, M> {
     fn count(&self) -> u32 {
         self.count
@@ -189,30 +220,7 @@ impl<T: FromGuest, M: GuestMemory + ?Sized> Entries<T> for GuestEntries<'_, '_, 
             }
             return T::decode(b).ok_or(Errno::EFAULT);
         }
-        let mut buf = [0u8; MAX_ENTRY];
-        let buf = buf.get_mut(..T::SIZE).ok_or(Errno::EFAULT)?;
-        {
-            let page_end = (va | (PAGE_SIZE - 1)).wrapping_add(1);
-            let array_end = self
-                .va
-                .saturating_add(u64::from(self.count) * T::SIZE as u64);
-            let n = page_end.min(array_end).wrapping_sub(va);
-            if (T::SIZE as u64) <= n && n <= PAGE_SIZE {
-                // The rest of the array on this page, in one copy.
-                self.page.bytes.resize(n as usize, 0);
-                (self.page.entries, self.page.frame) =
-                    self.view.read_in_page(va, &mut self.page.bytes)?;
-                self.page.va = va;
-                buf.copy_from_slice(&self.page.bytes[..T::SIZE]);
-            } else {
-                // An entry across a page boundary: read as it lies.
-                self.view.read(va, buf)?;
-            }
-        }
-        if let Some(log) = self.log.as_deref_mut() {
-            log.extend_from_slice(buf);
-        }
-        T::decode(buf).ok_or(Errno::EFAULT)
+        self.read_uncached(va)
     }
     #[inline]
     fn entry_written(&mut self, addr: u64) {

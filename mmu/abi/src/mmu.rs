@@ -125,6 +125,7 @@ impl MmuUpdate {
 
     /// Decodes from the 16-byte little-endian encoding.
     #[must_use]
+    #[inline]
     pub fn from_bytes(b: &[u8; 16]) -> Self {
         Self {
             ptr: get_u64(b, 0),
