@@ -370,8 +370,8 @@ impl EventChannels {
 
     /// Xen's `evtchn_bind_interdomain`: the remote domain (-ESRCH), a free local port
     /// (-ENOSPC), then the remote port, which must be unbound and offered to the caller
-    /// (-EINVAL). The caller can bind its own unbound ports (a loopback pair); the
-    /// backend domain offers it none of its ports.
+    /// (-EINVAL); the new local port is set pending. The caller can bind its own
+    /// unbound ports (a loopback pair); the backend domain offers it none of its ports.
     fn bind_interdomain<F: TlbFlush>(
         &mut self,
         m: &Mach<F>,
@@ -408,6 +408,9 @@ impl EventChannels {
                 remote_port: lport,
             };
         }
+        // Notifications sent to the unbound end were dropped: Xen makes up for them by
+        // always setting the new local port pending.
+        self.set_pending(m, lport);
         m.kernel_view(caller).write_u32(arg + 8, lport)
     }
 
