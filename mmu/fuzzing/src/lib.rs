@@ -11,6 +11,9 @@
 //! - [`descriptor_ops()`]: `set_gdt` and `update_descriptor` on two vCPUs among
 //!   writable mappings, pins and the guest's own writes, against a model of Xen's
 //!   descriptor rules.
+//! - [`evtchn_ops()`]: a domain's 2-level event channels (allocation, loopback
+//!   binding, VIRQs, IPIs, close, send, unmask, vCPU binding) among the guest's own
+//!   mask and acknowledge work, against a model of Xen's event-channel rules.
 //! - [`reservation_ops()`]: frames leaving and joining live domains (decrease,
 //!   increase, populate, exchange, `max_pages`) among pins, unpins and mappings that
 //!   keep them referenced and typed, against a model of Xen's memory-op rules.
@@ -31,6 +34,7 @@
 //! ```
 
 pub mod descriptor_ops;
+pub mod evtchn_ops;
 pub mod ops;
 pub mod reservation_ops;
 pub mod shared_ops;
@@ -38,6 +42,7 @@ pub mod vmm_calls;
 pub mod xen_model;
 
 pub use descriptor_ops::descriptor_ops;
+pub use evtchn_ops::evtchn_ops;
 pub use ops::{mmu_ops, mmu_ops_judged};
 pub use reservation_ops::reservation_ops;
 pub use shared_ops::shared_ops;

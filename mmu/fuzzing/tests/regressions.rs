@@ -128,3 +128,19 @@ fn descriptor_ops_regressions_corpus_and_random_inputs_hold() {
         pvmmu_fuzzing::descriptor_ops(&bytes);
     }
 }
+
+#[test]
+fn evtchn_ops_regressions_corpus_and_random_inputs_hold() {
+    let files: Vec<_> = inputs("regressions", "evtchn_ops")
+        .into_iter()
+        .chain(inputs("corpus", "evtchn_ops"))
+        .collect();
+    for (path, bytes) in &files {
+        eprintln!("replaying {}", path.display());
+        pvmmu_fuzzing::evtchn_ops(bytes);
+    }
+    for seed in 0..200u64 {
+        let bytes = random_bytes(seed ^ 0xe7c4, 64 + (seed as usize % 7) * 96);
+        pvmmu_fuzzing::evtchn_ops(&bytes);
+    }
+}
