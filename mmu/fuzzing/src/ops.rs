@@ -38,6 +38,13 @@ pub const D2: (u64, u64) = (0x200, 0x240);
 pub const XEN: (u64, u64) = (0x10, 0x14);
 /// I/O memory domain 1 may map (beyond RAM).
 pub const MMIO: u64 = 0xfee00;
+/// Domain 1's spare page tables: empty, pinned at setup and hooked nowhere, one per
+/// upper level (L2, L3, L4), so that a linear entry (a table pointing at another of
+/// its level) and a second one chaining through it (XSA-240's rule) are two
+/// mmu_update requests away, not an unmap and a pin more. Mapped read-only, as
+/// tables are.
+pub const SPARE_TABLES: [(u64, u8); 3] = [(D1.1 - 3, 2), (D1.1 - 2, 3), (D1.1 - 1, 4)];
+
 /// Where each domain maps its own frames: VA = KBASE + mfn * 4096 (L4 slot 272).
 pub const KBASE: u64 = 0xffff_8800_0000_0000;
 
@@ -253,12 +260,14 @@ fn template() -> [u64; 16] {
     t
 }
 
-/// Maps the domain's frames at KBASE (tables read-only) with the walker, writing
-/// guest memory only: the harness pins and installs the L4 through checked operations.
-fn build_tree(m: &mut HarnessMachine, (first, end): (u64, u64)) {
+/// Maps the domain's frames at KBASE (tables and `spare` read-only) with the walker,
+/// writing guest memory only: the harness pins and installs the L4 through checked
+/// operations.
+fn build_tree(m: &mut HarnessMachine, (first, end): (u64, u64), spare: &[u64]) {
     let l4 = Mfn(first);
     let mut next = first + 1;
     let mut tables = vec![l4];
+    tables.extend(spare.iter().map(|&f| Mfn(f)));
     let range = VaRange::new(KBASE + (first << 12), (end - first) << 12).expect("range");
     let walker = Walker::new(m.memory());
     let mut alloc = |_: Level| {
@@ -281,7 +290,8 @@ fn build_tree(m: &mut HarnessMachine, (first, end): (u64, u64)) {
 
 impl Fixture {
     /// Domain 1 (2 vCPUs, I/O memory at MMIO) and domain 2 (privileged), each with a
-    /// pinned, installed tree mapping its frames. The model is built from the same
+    /// pinned, installed tree mapping its frames, and domain 1 with its pinned
+    /// [`SPARE_TABLES`]. The model is built from the same
     /// description (domains, frames, the memory the walker wrote) and judges the pins
     /// and base-pointer switches of the setup like any other operation.
     pub fn new() -> Fixture {
@@ -312,8 +322,9 @@ impl Fixture {
                 "model frames"
             );
         }
-        build_tree(&mut m, D1);
-        build_tree(&mut m, D2);
+        let spare: Vec<u64> = SPARE_TABLES.iter().map(|(f, _)| *f).collect();
+        build_tree(&mut m, D1, &spare);
+        build_tree(&mut m, D2, &[]);
         model.load_memory(m.memory()).expect("model memory");
         let mut f = Fixture {
             m,
@@ -321,22 +332,30 @@ impl Fixture {
             alive: [true, true],
             judged: Judged::default(),
         };
-        for (dom, (first, _)) in [(1, D1), (2, D2)] {
-            for cmd in [
-                pvmmu_abi::mmu::MMUEXT_PIN_L4_TABLE,
-                pvmmu_abi::mmu::MMUEXT_NEW_BASEPTR,
-            ] {
-                let op = ModelOp::Mmuext {
-                    caller: Caller::new(dom, 0),
-                    ops: vec![MmuextOp::new(cmd, first, 0)],
-                    foreigndom: pvmmu_abi::DOMID_SELF.into(),
-                };
-                let o = xen_model::check_recorded(&mut f.model, &mut f.m, &op);
-                assert!(
-                    matches!(&o, Ok(Outcome::Batch(b)) if b.done == 1 && b.result.is_ok()),
-                    "fixture: {cmd}: {o:?}"
-                );
-            }
+        let spare_pins = SPARE_TABLES.iter().map(|&(f, level)| {
+            let pin = pvmmu_abi::mmu::MMUEXT_PIN_L1_TABLE + u32::from(level) - 1;
+            (1, pin, f)
+        });
+        let setup = [(1, D1), (2, D2)]
+            .into_iter()
+            .flat_map(|(dom, (first, _))| {
+                [
+                    (dom, pvmmu_abi::mmu::MMUEXT_PIN_L4_TABLE, first),
+                    (dom, pvmmu_abi::mmu::MMUEXT_NEW_BASEPTR, first),
+                ]
+            })
+            .chain(spare_pins);
+        for (dom, cmd, mfn) in setup {
+            let op = ModelOp::Mmuext {
+                caller: Caller::new(dom, 0),
+                ops: vec![MmuextOp::new(cmd, mfn, 0)],
+                foreigndom: pvmmu_abi::DOMID_SELF.into(),
+            };
+            let o = xen_model::check_recorded(&mut f.model, &mut f.m, &op);
+            assert!(
+                matches!(&o, Ok(Outcome::Batch(b)) if b.done == 1 && b.result.is_ok()),
+                "fixture: {cmd}: {o:?}"
+            );
         }
         f.m.flusher().take();
         f
