@@ -548,7 +548,10 @@ impl EventChannels {
         let p = self.ports[port as usize];
         match p.state {
             PortState::Virq(virq) => {
-                if let Some(v) = self.virqs.get_mut(p.vcpu as usize) {
+                // A VIRQ that is not per vCPU sits in vCPU 0's table wherever its
+                // events go (`bind_vcpu` moves only those).
+                let on = if virq_is_global(virq) { 0 } else { p.vcpu };
+                if let Some(v) = self.virqs.get_mut(on as usize) {
                     v[virq as usize] = 0;
                 }
             }

@@ -22,8 +22,16 @@ struct World {
 }
 
 fn world() -> World {
-    let d = Domain::create(&DomainSpec::new(minimal_image(&[0xf4]), 16), NoFlush).expect("domain");
-    let state = DomainState::new(&d.boot, 1);
+    world_with(1)
+}
+
+fn world_with(vcpus: u32) -> World {
+    let spec = DomainSpec {
+        vcpus,
+        ..DomainSpec::new(minimal_image(&[0xf4]), 16)
+    };
+    let d = Domain::create(&spec, NoFlush).expect("domain");
+    let state = DomainState::new(&d.boot, vcpus);
     let pv = d.pv_vcpu(0);
     World { d, state, pv }
 }
@@ -950,4 +958,33 @@ fn bind_interdomain_pairs_own_unbound_ports_as_xen_checks_them() {
     w.poke(ARG, &local.to_le_bytes());
     assert_eq!(w.call(op, [3, ARG, 0, 0, 0]), 0);
     assert_eq!(bind(&mut w, 0x7ff0, unbound).0, 0);
+}
+
+#[test]
+fn a_domain_virq_moved_to_another_vcpu_closes_as_xen_closes_it() {
+    // VIRQ_ARGO is a per-domain VIRQ: bound on vCPU 0 (its table entry is vCPU 0's),
+    // its events may go to another vCPU (bind_vcpu), and closing it frees vCPU 0's
+    // entry wherever its events went, so it can be bound again (Xen's evtchn_close).
+    // Found by the evtchn_ops fuzz target's model.
+    const VIRQ_ARGO: u32 = 11;
+    let mut w = world_with(2);
+    assert_eq!(evtchn(&mut w, 1, &u32s(&[VIRQ_ARGO, 0, 0])), 0);
+    let port = u32::from_le_bytes(w.peek::<12>(ARG)[8..].try_into().unwrap());
+    assert_eq!(
+        evtchn(&mut w, 8, &u32s(&[port, 1])),
+        0,
+        "bind_vcpu to vCPU 1"
+    );
+    assert_eq!(status(&mut w, port).1[1], 1, "its events go to vCPU 1");
+    assert_eq!(
+        evtchn(&mut w, 1, &u32s(&[VIRQ_ARGO, 0, 0])),
+        Errno::EEXIST.neg(),
+        "still bound"
+    );
+    assert_eq!(evtchn(&mut w, 3, &u32s(&[port])), 0, "close");
+    assert_eq!(
+        evtchn(&mut w, 1, &u32s(&[VIRQ_ARGO, 0, 0])),
+        0,
+        "bound again"
+    );
 }
