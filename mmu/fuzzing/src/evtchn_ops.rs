@@ -93,6 +93,9 @@ pub enum Op {
     /// The guest's upcall handler on vCPU `.0`: clears the upcall flag and the selector
     /// and the pending bits of the words it names.
     GuestAck(u8),
+    /// A port masked by the guest, sent to, then unmasked with `EVTCHNOP_unmask` (the
+    /// path where unmasking delivers what arrived meanwhile).
+    MaskSendUnmask(PortSel),
 }
 
 /// A binding, as the model keeps it.
@@ -407,7 +410,13 @@ impl World {
                 }
             }
             Op::BindVirq(virq, vcpu) => {
-                let (virq, vcpu) = (u32::from(virq % 26), u32::from(vcpu % 3));
+                // The per-domain VIRQ (Argo's) often: it alone may move between vCPUs.
+                let virq = if virq >= 200 {
+                    11
+                } else {
+                    u32::from(virq % 26)
+                };
+                let vcpu = u32::from(vcpu % 3);
                 wr(&mut arg, 0, &virq.to_le_bytes());
                 wr(&mut arg, 4, &vcpu.to_le_bytes());
                 let r = if virq >= NR_VIRQS || (!virq_per_vcpu(virq) && vcpu != 0) {
@@ -464,7 +473,12 @@ impl World {
                 } else {
                     let c = self.model.chans[p as usize];
                     match c.state {
-                        State::Virq(v) => self.model.virq[c.vcpu as usize][v as usize] = 0,
+                        // A VIRQ that is not per vCPU is vCPU 0's in the table,
+                        // wherever its events go.
+                        State::Virq(v) => {
+                            let on = if virq_per_vcpu(v) { c.vcpu } else { 0 };
+                            self.model.virq[on as usize][v as usize] = 0;
+                        }
                         State::Interdomain(rd, rp) if rd == self.dom && rp != p => {
                             self.model.chans[rp as usize].state = State::Unbound(self.dom);
                         }
@@ -533,7 +547,8 @@ impl World {
                 } else {
                     let c = &mut self.model.chans[p as usize];
                     match c.state {
-                        State::Virq(v) if virq_global(v) => {
+                        // Any VIRQ but a per-vCPU one (a domain VIRQ too).
+                        State::Virq(v) if !virq_per_vcpu(v) => {
                             c.vcpu = vcpu;
                             0
                         }
@@ -553,6 +568,12 @@ impl World {
                     self.write_bits(&bits);
                 }
                 return self.compare(&bits, 0);
+            }
+            Op::MaskSendUnmask(p) => {
+                for op in [Op::GuestMask(p, true), Op::Send(p), Op::Unmask(p)] {
+                    self.apply(&op)?;
+                }
+                return Ok(());
             }
             Op::GuestAck(v) => {
                 let v = usize::from(v) % VCPUS as usize;
