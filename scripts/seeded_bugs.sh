@@ -2,7 +2,8 @@
 # Seeded bugs: puts one known bug at a time into a scratch copy of the library, builds
 # the `mmu_ops` fuzz target (stable, no sanitizer) and fuzzes it from an empty corpus
 # until it reports a failure or the time limit passes; prints the seconds each bug took
-# to find (or "not found"). The repository itself is never changed.
+# to find (or "not found") and the start of the failing oracle's message. The
+# repository itself is never changed.
 #
 # Usage: scripts/seeded_bugs.sh [SECONDS_PER_BUG] [corpus]   (default 120; with
 #        `corpus`, each run starts from the committed mmu_ops corpus, not an empty one)
@@ -79,6 +80,9 @@ for i in ${BUGS:-$(seq 0 $(( $(bug count 0) - 1 )))}; do
             end=$(date +%s.%N)
             if ls "$work/artifacts"/crash-* >/dev/null 2>&1; then
                 result=$(python3 -c "print(f'{$end - $start:.1f} s')")
+                # Which oracle failed: the first line of the panic message.
+                why=$(grep -m1 -A1 "panicked at" "$work/log" | tail -1 | cut -c1-110)
+                result="$result  ($why)"
             else
                 result="fuzzer error"
             fi
