@@ -3,7 +3,7 @@
 //! Every input starts from the same world: two domains with pinned, installed trees
 //! ([`Fixture::new`], every step checked against the reference model). Building it
 //! costs far more than most inputs, so [`mmu_ops`] builds it once per thread and
-//! restores it after each input instead (see [`World`]): the machine's and the model's
+//! restores it after each input instead (see `World`): the machine's and the model's
 //! bookkeeping from a snapshot, and the memory pages the input wrote from a copy. An
 //! input gets the same verdict whatever ran before it in the process; test builds check
 //! every restored world against a freshly built one.
@@ -96,7 +96,7 @@ pub enum FrameSel {
 pub enum Val {
     /// Maps a frame with flag bits (bit 0..8 as in a PTE, bit 9 NX, bit 10 bit 52; P
     /// always set). Bits 11..12 may pick the frame from the table being written
-    /// instead (see [`Fixture::val_for`]): 1, a page table of the same level (a
+    /// instead (see `Fixture::val_for`): 1, a page table of the same level (a
     /// linear entry); 2, one of the level below (hooking in a table). Bit 13 clears RW,
     /// PWT, PCD and G (bit 7 stays as given): with 1 or 2, an entry Xen accepts or
     /// refuses only for its bit 7 (PSE at L2/L3).
