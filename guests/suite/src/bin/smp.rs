@@ -485,15 +485,23 @@ pub fn guest_main(si: &'static StartInfo) {
     );
     c.eq("down(1) from vCPU 0", vcpu_op(VCPUOP_DOWN, 1, 0), 0);
     c.eq("is_up(1) after down(1)", vcpu_op(VCPUOP_IS_UP, 1, 0), 0);
-    // Xen's down of another vCPU is asynchronous: wait until the count settles.
+    // Xen's down of another vCPU is asynchronous: wait until the count settles, that
+    // is, stays the same over ten windows in a row (a host that deschedules vCPU 1's
+    // thread for one window must not pass for a stopped vCPU).
     let mut stopped = SPINS.load(Ordering::SeqCst);
-    for _ in 0..1000 {
+    let mut calm = 0;
+    for _ in 0..2000 {
         for _ in 0..20 {
             sched_op(SCHEDOP_YIELD);
         }
         let now = SPINS.load(Ordering::SeqCst);
         if now == stopped {
-            break;
+            calm += 1;
+            if calm == 10 {
+                break;
+            }
+        } else {
+            calm = 0;
         }
         stopped = now;
     }
