@@ -180,24 +180,22 @@ impl Exit<'_> {
                     ..returned(0)
                 }
             }
-            Some(Handoff::Rest(rest)) => dispatch::dispatch(
-                self.m,
-                &mut console,
-                &mut self.c.platform,
-                &mut self.cpu.pv,
-                &mut ctx,
-                nr,
-                rest,
-            )?,
-            None => dispatch::dispatch(
-                self.m,
-                &mut console,
-                &mut self.c.platform,
-                &mut self.cpu.pv,
-                &mut ctx,
-                nr,
-                args,
-            )?,
+            // The exclusive rest of a concurrent call, or the call itself.
+            rest => {
+                let args = match rest {
+                    Some(Handoff::Rest(rest)) => rest,
+                    _ => args,
+                };
+                dispatch::dispatch(
+                    self.m,
+                    &mut console,
+                    &mut self.c.platform,
+                    &mut self.cpu.pv,
+                    &mut ctx,
+                    nr,
+                    args,
+                )?
+            }
         };
         if let Some(t) = self.c.tracer.as_mut() {
             t.record(&Record::Hypercall {
